@@ -1,0 +1,173 @@
+"""The integer core and the float path against the Python-int reference of the contract."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from strategies import dyadic_floats, edge_ints, formats, int_arrays, overflows, roundings, u32_words
+
+from wageubn_sim.fixedpoint import (Format, Overflow, Rounding, quantize, quantize_to_grid,
+                                    reference as ref, requantize, requantize_scalar)
+
+MODES = list(Rounding)
+
+
+def ref_requantize_all(q, frac_in, fmt, rounding, overflow, u):
+    words = [None] * len(q) if u is None else [int(w) for w in u]
+    return [ref.requantize(int(v), frac_in, fmt, rounding, overflow, w) for v, w in zip(q, words)]
+
+
+@given(data=st.data(), q=int_arrays(), frac_in=st.integers(-8, 70), fmt=formats(),
+       rounding=roundings, overflow=overflows)
+def test_requantize_equals_reference(data, q, frac_in, fmt, rounding, overflow):
+    u = data.draw(u32_words(len(q))) if rounding == Rounding.STOCHASTIC else None
+    got = requantize(q, frac_in, fmt, rounding, overflow, u)
+    assert got.dtype == np.int64 and got.shape == q.shape
+    assert got.tolist() == ref_requantize_all(q, frac_in, fmt, rounding, overflow, u)
+
+
+@pytest.mark.parametrize("rounding", MODES)
+@pytest.mark.parametrize("shift", [1, 2, 7, 31, 32, 33, 61, 62, 63, 64, 100])
+def test_exact_ties_and_neighbours(rounding, shift):
+    """q = (2j+1) * 2**(shift-1) +- 1 around every tie, for several j of both signs."""
+    fmt = Format(None, 0)
+    base = [(2 * j + 1) << (shift - 1) for j in (-3, -2, -1, 0, 1, 2)] if shift < 60 else [1 << 59]
+    q = np.array([b + d for b in base for d in (-1, 0, 1) if abs(b + d) < 2**61], dtype=np.int64)
+    u = np.full(q.shape, 2**31, dtype=np.uint32)  # u = 1/2: SR ties on exact halves
+    got = requantize(q, shift, fmt, rounding, Overflow.SAT, u if rounding == Rounding.STOCHASTIC else None)
+    want = ref_requantize_all(q, shift, fmt, rounding, Overflow.SAT,
+                              u if rounding == Rounding.STOCHASTIC else None)
+    assert got.tolist() == want
+
+
+def test_half_even_ties_concrete():
+    # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0, -1.5 -> -2, -2.5 -> -2
+    q = np.array([1, 3, 5, -1, -3, -5])
+    assert requantize(q, 1, Format(None, 0)).tolist() == [0, 2, 2, 0, -2, -2]
+    assert requantize(q, 1, Format(None, 0), "HALF_UP").tolist() == [1, 2, 3, 0, -1, -2]
+    assert requantize(q, 1, Format(None, 0), "HALF_AWAY").tolist() == [1, 2, 3, -1, -2, -3]
+    assert requantize(q, 1, Format(None, 0), "FLOOR").tolist() == [0, 1, 2, -1, -2, -3]
+    assert requantize(q, 1, Format(None, 0), "TOWARD_ZERO").tolist() == [0, 1, 2, 0, -1, -2]
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16, 32, 62])
+@pytest.mark.parametrize("overflow", list(Overflow))
+def test_most_negative_and_extremes(bits, overflow):
+    fmt = Format(bits, 0)
+    lo, hi = fmt.min_int, fmt.max_int
+    q = np.array([lo, lo - 1, lo + 1, hi, hi + 1, 0, -1], dtype=np.int64)
+    q = q[np.abs(q) < 2**61]
+    got = requantize(q, 0, fmt, "HALF_EVEN", overflow)
+    assert got.tolist() == ref_requantize_all(q, 0, fmt, Rounding.HALF_EVEN, overflow, None)
+    if overflow == Overflow.SAT_SYM:
+        assert got.min() >= -hi  # the most negative value is never produced
+    if overflow == Overflow.WRAP and bits < 61:
+        assert got.tolist()[:2] == [lo, hi]  # lo - 1 wraps to the top
+
+
+@pytest.mark.parametrize("overflow", list(Overflow))
+@given(q=edge_ints(), shift=st.sampled_from([0, 1, 8, 31, 32, 61, 62, 63, 64, 200]), fmt=formats())
+def test_left_shift_saturates_beyond_int64(overflow, q, shift, fmt):
+    got = requantize_scalar(q, -shift, fmt.bits, fmt.signed, 0, int(overflow), 0)
+    want = ref.requantize(q, 0, Format(fmt.bits, shift, fmt.signed), Rounding.HALF_EVEN, overflow)
+    assert got == want
+
+
+def test_unbounded_left_shift_out_of_domain_raises():
+    with pytest.raises(OverflowError):
+        requantize(np.array([3]), -60, Format(None, 0))
+
+
+def test_empty_and_zero_tensors():
+    assert requantize(np.zeros(0, np.int64), 5, Format(8, 0)).shape == (0,)
+    assert requantize(np.zeros((2, 3), np.int64), 70, Format(8, 0), "FLOOR").tolist() == [[0] * 3] * 2
+    assert quantize(np.zeros(0), Format(8, 7)).shape == (0,)
+
+
+@given(x=dyadic_floats(), fmt=formats(unbounded=True), rounding=roundings, overflow=overflows,
+       data=st.data())
+def test_quantize_float_equals_reference(x, fmt, rounding, overflow, data):
+    u = data.draw(u32_words(len(x))) if rounding == Rounding.STOCHASTIC else None
+    words = [None] * len(x) if u is None else [int(w) for w in u]
+    want = [ref.quantize(float(v), fmt, rounding, overflow, w) for v, w in zip(x, words)]
+    if any(abs(v) >= 2**61 for v in want):  # outside the core's domain (unbounded formats)
+        with pytest.raises(OverflowError, match="62 bits"):
+            quantize(x, fmt, rounding, overflow, u)
+    else:
+        assert quantize(x, fmt, rounding, overflow, u).tolist() == want
+
+
+@given(q=int_arrays(limit_bits=52), frac_in=st.integers(-8, 40), fmt=formats(),
+       rounding=roundings, overflow=overflows, data=st.data())
+def test_float_grid_equals_integer_requantize(q, frac_in, fmt, rounding, overflow, data):
+    """The float path (what torch runs) on q * 2**-frac_in equals the integer requantize."""
+    u = data.draw(u32_words(len(q))) if rounding == Rounding.STOCHASTIC else None
+    x = q.astype(np.float64) * 2.0 ** -frac_in
+    grid = quantize_to_grid(x, fmt, rounding, overflow, u)
+    assert grid.tolist() == requantize(q, frac_in, fmt, rounding, overflow, u).tolist()
+
+
+def test_stochastic_rounding_frequency_tracks_fraction():
+    from wageubn_sim.fixedpoint import random_u32
+    n = 40000
+    q = np.full(n, 3 * 4 + 1, dtype=np.int64)  # 3.25 at frac 2
+    up = requantize(q, 2, Format(None, 0), "STOCHASTIC", u=random_u32(7, 0, n))
+    assert set(up.tolist()) == {3, 4}
+    assert abs((up == 4).mean() - 0.25) < 0.01
+    neg = requantize(-q, 2, Format(None, 0), "STOCHASTIC", u=random_u32(7, 0, n))
+    assert neg.tolist() == (-up).tolist()  # sign-magnitude: symmetric
+
+
+def test_stochastic_rounding_equal_word_goes_to_even():
+    # 2.5 and 3.5 with u = 1/2 exactly: to even (2 and 4), like the official +0.5 then RNE
+    u = np.array([2**31, 2**31], dtype=np.uint32)
+    assert requantize(np.array([5, 7]), 1, Format(None, 0), "STOCHASTIC", u=u).tolist() == [2, 4]
+    # an exact integer never moves, whatever the word
+    assert requantize(np.array([12]), 1, Format(None, 0), "STOCHASTIC",
+                      u=np.array([0], np.uint32)).tolist() == [6]
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: Format(0, 0), lambda: Format(1, 0, True), lambda: Format(63, 0),
+    lambda: Format(8, 2000), lambda: Format(8.0, 3), lambda: Format.from_seed(0, 8),
+    lambda: Format.from_seed(8, 0),
+])
+def test_bad_formats_raise_clear_errors(bad):
+    with pytest.raises((ValueError, TypeError), match="bits|k_dec|k_all|frac_bits"):
+        bad()
+
+
+def test_bad_modes_and_inputs():
+    with pytest.raises(ValueError, match="unknown rounding mode 'nearest'.*HALF_EVEN"):
+        Rounding.parse("nearest")
+    with pytest.raises(ValueError, match="unknown overflow mode"):
+        Overflow.parse("clip")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize(np.array([1.0, np.nan]), Format(8, 7))
+    with pytest.raises(ValueError, match="random words"):
+        requantize(np.array([1]), 1, Format(8, 0), "STOCHASTIC")
+    with pytest.raises(ValueError, match="shape"):
+        requantize(np.array([1, 2]), 1, Format(8, 0), "STOCHASTIC", u=np.zeros(3, np.uint32))
+    with pytest.raises(TypeError, match="integers"):
+        requantize(np.array([1.5]), 1, Format(8, 0))
+    with pytest.raises(OverflowError, match="2\\*\\*61"):
+        requantize(np.array([2**62]), 1, Format(8, 0))
+
+
+def test_mode_aliases_and_table():
+    from wageubn_sim.fixedpoint import MODE_NAMES
+    assert Rounding.parse("AP_RND_CONV") is Rounding.HALF_EVEN
+    assert Rounding.parse("trn_zero") is Rounding.TOWARD_ZERO
+    assert Overflow.parse("AP_SAT_SYM") is Overflow.SAT_SYM
+    assert set(MODE_NAMES[Rounding]) == set(Rounding)
+    assert set(MODE_NAMES[Overflow]) == set(Overflow)
+    for table in MODE_NAMES.values():
+        assert all(set(v) == {"ap_fixed", "APyTypes", "MATLAB", "QONNX"} for v in table.values())
+
+
+def test_seed_widths_map_to_formats():
+    fmt = Format.from_seed(8, 12)
+    assert (fmt.bits, fmt.frac_bits, fmt.signed, fmt.int_bits) == (12, 7, True, 5)
+    assert Format.from_seed(8).bits is None
+    assert ref.quantize(Fraction(5, 256), Format.from_seed(8, 8), Rounding.HALF_EVEN,
+                        Overflow.SAT_SYM) == 2  # 2.5 LSB -> 2

@@ -1,0 +1,18 @@
+"""wageubn-sim: a bit-exact integer golden model of WAGEUBN networks.
+
+Layout: `fixedpoint` (formats, rounding, overflow, R, random bits: the arithmetic contract),
+`scheme` (the WAGEUBN quantizers on integers), `function` and `config` (the PyTorch path,
+the seed's API corrected), `convert` (float model -> WAGEUBN modules).
+"""
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # torch is imported only when the torch path is asked for: the integer side runs without it.
+    if name == "quantize_model":
+        from .convert import quantize_model
+        return quantize_model
+    if name in ("function", "config"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'wageubn_sim' has no attribute {name!r}")

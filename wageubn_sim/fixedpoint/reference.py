@@ -1,0 +1,83 @@
+"""The arithmetic contract in plain Python integers and Fractions, one element at a time.
+
+A reference in the manner of JAX's ``lax_reference.py``: a few readable lines per
+primitive, exact by construction, slow. The numpy/Numba core (`core.py`, `scale.py`) and
+the torch path are tested against these functions; `docs/arithmetic.md` quotes them.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from .format import Format
+from .modes import Overflow, Rounding
+from .random_bits import U_BITS
+
+
+def round_fraction(x: Fraction, rounding: Rounding, u: int | None = None) -> int:
+    """Round the exact rational ``x`` to an integer. ``u`` is the 32-bit random word of SR."""
+    floor = math.floor(x)
+    frac = x - floor  # in [0, 1)
+    if rounding == Rounding.FLOOR or frac == 0:
+        return floor
+    half = Fraction(1, 2)
+    if rounding == Rounding.HALF_EVEN:
+        return floor + (frac > half or (frac == half and floor % 2 == 1))
+    if rounding == Rounding.HALF_UP:
+        return floor + (frac >= half)
+    if rounding == Rounding.HALF_AWAY:
+        return floor + (frac > half or (frac == half and x > 0))
+    if rounding == Rounding.TOWARD_ZERO:
+        return floor + (x < 0)
+    if rounding == Rounding.STOCHASTIC:
+        if u is None:
+            raise ValueError("stochastic rounding needs a random word u")
+        magnitude = abs(x)
+        m_floor = math.floor(magnitude)
+        m_frac = magnitude - m_floor
+        threshold = Fraction(u, 1 << U_BITS)
+        up = m_frac > threshold or (m_frac == threshold and m_floor % 2 == 1)
+        return int(math.copysign(1, x)) * (m_floor + up)
+    raise ValueError(f"unknown rounding {rounding!r}")
+
+
+def overflow_int(n: int, fmt: Format, overflow: Overflow) -> int:
+    """Fit the integer ``n`` into ``fmt.bits`` bits."""
+    if not fmt.bounded:
+        return n
+    lo, hi = fmt.min_int, fmt.max_int
+    if overflow == Overflow.WRAP:
+        return (n - lo) % (1 << fmt.bits) + lo
+    if overflow == Overflow.SAT_SYM and fmt.signed:
+        lo = -hi
+    return min(max(n, lo), hi)
+
+
+def quantize(x, fmt: Format, rounding: Rounding, overflow: Overflow, u: int | None = None) -> int:
+    """The integer q of ``x`` (a float, int or Fraction) in ``fmt``: value q * 2**-frac_bits."""
+    scaled = Fraction(x) * Fraction(2) ** fmt.frac_bits
+    return overflow_int(round_fraction(scaled, rounding, u), fmt, overflow)
+
+
+def requantize(q: int, frac_in: int, fmt: Format, rounding: Rounding, overflow: Overflow,
+               u: int | None = None) -> int:
+    """Move the integer ``q`` (value q * 2**-frac_in) into ``fmt``."""
+    return quantize(Fraction(q) / Fraction(2) ** frac_in, fmt, rounding, overflow, u)
+
+
+def shift_exponent(magnitude) -> int:
+    """e of R = 2**e = 2**round(log2 magnitude), for a non-negative magnitude.
+
+    With E = floor(log2 m), e = E + 1 exactly when m >= sqrt(2) * 2**E, i.e. m*m >= 2**(2E+1).
+    That boundary is irrational, so a dyadic m never sits on it: there is no tie to break.
+    An all-zero tensor (m = 0) gets e = 0, R = 1: every quantizer then returns zeros.
+    """
+    m = Fraction(magnitude)
+    if m < 0:
+        raise ValueError("shift_exponent takes a magnitude >= 0")
+    if m == 0:
+        return 0
+    e = m.numerator.bit_length() - m.denominator.bit_length()
+    if Fraction(2) ** e > m:  # bit_length difference may overshoot by one
+        e -= 1
+    return e + (m * m >= Fraction(2) ** (2 * e + 1))

@@ -1,0 +1,78 @@
+"""BatchNorm2d of the torch path: the official UBN forward (BatchNorm.py of yang-yk/wageubn).
+
+    mean_q = Q(mean, k_mean)                 std_q = Q(sqrt(var), k_var) + eps_q
+    xhat   = Q((x - mean_q) / std_q, k_xhat)  y = xhat * Q(gamma, k_w) + Q(beta, k_b)
+
+Statistics are the batch's (biased variance, over N, H, W) in training and the running
+averages in eval; running averages follow torch's momentum rule in float (the official code
+keeps them in float too, with momentum 0.003). ``eps`` is honoured: eps_q is eps rounded to
+the std grid, at least one LSB there (the official eps = 2**-15 for k_var = 16).
+Backward through the statistics is float autograd, as in the official code; gamma and beta
+gradients go through G_BN.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..fixedpoint.core import quantize
+from ..fixedpoint.format import Format
+from ._layer import QuantModule, pick_widths
+from .number import directquant
+
+BATCHNORM_WIDTHS = {"weight": (8, 16), "bias": (8, 16), "mean": (16, 24), "var": (16, 24),
+                    "xhat": (8, 16), "input": (12, 24), "output": (8, 16)}
+
+_TINY_VARIANCE = 2.0 ** -80  # keeps d sqrt(var) finite at var = 0; sqrt is 2**-40, below any grid
+
+
+class BatchNorm2d(QuantModule, nn.BatchNorm2d):
+    """nn.BatchNorm2d with the official UBN forward. ``var_*_bit_width`` sizes the std."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 iostrict=False, seed=0, **widths):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         bias=bias)
+        self._init_quant(pick_widths(BATCHNORM_WIDTHS, widths, "BatchNorm2d"), iostrict, seed)
+
+    def quantized_eps(self) -> float:
+        k = self.var_dec_bit_width
+        lsbs = max(int(quantize(np.float64(self.eps), Format(None, k - 1))), 1)
+        return lsbs * 2.0 ** -(k - 1)
+
+    def _statistics(self, x):
+        use_batch = self.training or self.running_mean is None
+        if not use_batch:
+            return self.running_mean, self.running_var
+        count = x.numel() // x.shape[1]
+        if count == 0:
+            raise ValueError("BatchNorm2d in training mode got an empty batch; batch statistics "
+                             "need at least one value per channel")
+        mean = x.mean((0, 2, 3))
+        var = (x - mean[None, :, None, None]).square().mean((0, 2, 3))
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                          else self.momentum)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(var.detach().to(self.running_var.dtype), factor)
+        return mean, var
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        x = self._io(input, "input")
+        mean, var = self._statistics(x)
+        mean_q = self._register(mean, "mean")
+        std_q = self._register(torch.sqrt(var.clamp_min(_TINY_VARIANCE)), "var") + self.quantized_eps()
+        xhat = (x - mean_q[None, :, None, None]) / std_q[None, :, None, None]
+        xhat = self._register(xhat, "xhat") if self.iostrict else directquant(xhat, self.xhat_dec_bit_width)
+        if self.affine:
+            gamma = self._register(self._bn_gradient(self.weight), "weight")
+            xhat = xhat * gamma[None, :, None, None]
+            if self.bias is not None:
+                beta = self._register(self._bn_gradient(self.bias), "bias")
+                xhat = xhat + beta[None, :, None, None]
+        return self._io(xhat, "output")

@@ -1,0 +1,108 @@
+"""The WAGEUBN quantizers in integers: W, A, E1, E2, G, G_BN and LR.
+
+Each takes a `FixedArray` (exact integers and their fractional bits) and returns one. The
+formulas are the official code's (`wageubn-scheme.md` section A; yang-yk/wageubn
+`Quantize.py`), restated on integers; `docs/arithmetic.md` section 5 pins the choices the
+official float code leaves open. ``k`` is always the scheme's width: Q(x, k) keeps
+``k - 1`` fractional bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..fixedpoint.core import quantize, requantize
+from ..fixedpoint.format import FixedArray, Format
+from ..fixedpoint.modes import Overflow, Rounding
+from ..fixedpoint.scale import scale_exponent_of_ints
+
+HALF_EVEN = Rounding.HALF_EVEN
+
+
+def _check_k(name: str, k: int, low: int = 2) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < low:
+        raise ValueError(f"{name}={k!r}: the scheme's widths are integers >= {low}")
+
+
+def weight_quantize(w: FixedArray, k: int = 8) -> FixedArray:
+    """fw = C(Q(w, k), k): k-1 fractional bits, clipped to +-(2**(k-1) - 1)."""
+    _check_k("k", k)
+    fmt = Format(bits=k, frac_bits=k - 1)
+    return FixedArray(requantize(w.q, w.frac_bits, fmt, HALF_EVEN, Overflow.SAT_SYM), k - 1)
+
+
+def activation_quantize(a: FixedArray, k: int = 8, bits: int | None = None,
+                        overflow=Overflow.SAT) -> FixedArray:
+    """fa = Q(a, k): k-1 fractional bits, no clip (``bits`` adds a register width)."""
+    _check_k("k", k, low=1)
+    fmt = Format(bits=bits, frac_bits=k - 1)
+    return FixedArray(requantize(a.q, a.frac_bits, fmt, HALF_EVEN, overflow), k - 1)
+
+
+def _scaled_frac(e: FixedArray, frac_below_r: int) -> int:
+    """Fractional bits of a result on the grid R * 2**-frac_below_r."""
+    return frac_below_r - scale_exponent_of_ints(e.q, e.frac_bits)
+
+
+def e1_quantize(e: FixedArray, k: int = 8) -> FixedArray:
+    """fe1 = R * clip(Q(e / R, k), -1, 1): integers in [-2**(k-1), 2**(k-1)] (k+1 bits)."""
+    _check_k("k", k)
+    frac = _scaled_frac(e, k - 1)
+    n = requantize(e.q, e.frac_bits, Format(None, frac), HALF_EVEN)
+    limit = 1 << (k - 1)
+    return FixedArray(np.clip(n, -limit, limit), frac)
+
+
+def e2_quantize(e: FixedArray, k: int = 8) -> FixedArray:
+    """fe2, the flag quantization, on the grid R * 2**-(2k-2).
+
+    With t = |e| / R * 2**(2k-2): where t < 2**(k-1) (|e| below one step ds = R/2**(k-1)),
+    n = RNE(t) (at most 2**(k-1)); elsewhere n = 2**(k-1) * min(RNE(t / 2**(k-1)), 2**(k-1)-1).
+    The sign of e is kept.
+    """
+    _check_k("k", k)
+    frac = _scaled_frac(e, 2 * (k - 1))
+    magnitude = np.abs(e.q)
+    shift = e.frac_bits - frac  # t = magnitude * 2**-shift
+    small = _below_power_of_two(magnitude, shift, k - 1)
+    fine = requantize(magnitude, e.frac_bits, Format(None, frac), HALF_EVEN)
+    coarse = requantize(magnitude, e.frac_bits, Format(None, frac - (k - 1)), HALF_EVEN)
+    step = 1 << (k - 1)
+    n = np.where(small, np.minimum(fine, step), np.minimum(coarse, step - 1) * step)
+    return FixedArray(np.sign(e.q) * n, frac)
+
+
+def _below_power_of_two(magnitude: np.ndarray, shift: int, p: int) -> np.ndarray:
+    """magnitude * 2**-shift < 2**p, decided on integers."""
+    if shift >= 0:
+        # m < 2**(p+shift)  <=>  floor(m / 2**shift) < 2**p
+        return (magnitude >> min(shift, 63)) < (1 << p)
+    exponent = p + shift  # m < 2**exponent
+    return magnitude < (1 << exponent) if exponent >= 0 else magnitude == 0
+
+
+def g_quantize(g: FixedArray, u: np.ndarray, k_dr: int = 8, k: int = 15) -> FixedArray:
+    """fg, the constant quantization: n = clip(SR(2**(k_dr-1) * g / R), +-(2**(k_dr-1) - 1)),
+    G = n * 2**-(k-1). ``u``: one uint32 random word per element (`random_bits`).
+
+    The official code calls this with g_scale = LR = 2**(k_dr-1) and divides by
+    128 * 2**(kG-1) = 2**14, i.e. k = 15.
+    """
+    _check_k("k_dr", k_dr)
+    _check_k("k", k, low=1)
+    frac = _scaled_frac(g, 0) + (k_dr - 1)  # grid of SR(2**(k_dr-1) * g / R)
+    fmt = Format(bits=k_dr, frac_bits=frac)
+    n = requantize(g.q, g.frac_bits, fmt, Rounding.STOCHASTIC, Overflow.SAT_SYM, u=u)
+    return FixedArray(n, k - 1)
+
+
+def gbn_quantize(g: FixedArray, k: int = 15) -> FixedArray:
+    """fgBN = Q(g, k): the BatchNorm gamma/beta gradients, no R scaling, no clip."""
+    _check_k("k", k, low=1)
+    return FixedArray(requantize(g.q, g.frac_bits, Format(None, k - 1), HALF_EVEN), k - 1)
+
+
+def lr_quantize(lr: float, k: int = 10) -> FixedArray:
+    """flr = C(Q(lr, k), k): k-1 fractional bits, clipped to +-(2**(k-1) - 1)."""
+    _check_k("k", k)
+    fmt = Format(bits=k, frac_bits=k - 1)
+    return FixedArray(quantize(np.asarray(lr, dtype=np.float64), fmt, HALF_EVEN, Overflow.SAT_SYM), k - 1)
