@@ -171,3 +171,26 @@ def test_seed_widths_map_to_formats():
     assert Format.from_seed(8).bits is None
     assert ref.quantize(Fraction(5, 256), Format.from_seed(8, 8), Rounding.HALF_EVEN,
                         Overflow.SAT_SYM) == 2  # 2.5 LSB -> 2
+
+
+@given(q=int_arrays(), frac_in=st.integers(-70, 70), fmt=formats(), overflow=overflows)
+def test_flags_mark_ties_and_overflow(q, frac_in, fmt, overflow):
+    from fractions import Fraction as Fr
+
+    from wageubn_sim.fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
+    out, flags = requantize_flagged(q, frac_in, fmt, "HALF_EVEN", overflow)
+    for v, o, f in zip(q.tolist(), out.tolist(), flags.tolist()):
+        exact = Fr(v) * Fr(2) ** (fmt.frac_bits - frac_in)
+        assert bool(f & TIE) == (exact - (exact.numerator // exact.denominator) == Fr(1, 2))
+        rounded = ref.round_fraction(exact, Rounding.HALF_EVEN)
+        assert bool(f & OVERFLOWED) == (ref.overflow_int(rounded, fmt, overflow) != rounded
+                                         or (overflow == Overflow.SAT_SYM and fmt.signed
+                                             and rounded == fmt.min_int))
+        assert o == ref.overflow_int(rounded, fmt, overflow)
+
+
+@given(p=edge_ints(60), d=st.integers(1, 2**60), rounding=st.sampled_from(
+    [r for r in Rounding if r != Rounding.STOCHASTIC]))
+def test_divide_rounded_equals_reference(p, d, rounding):
+    from wageubn_sim.fixedpoint.core import divide_rounded
+    assert divide_rounded(p, d, int(rounding)) == ref.round_fraction(Fraction(p, d), rounding)

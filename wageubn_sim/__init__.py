@@ -2,9 +2,17 @@
 
 Layout: `fixedpoint` (formats, rounding, overflow, R, random bits: the arithmetic contract),
 `scheme` (the WAGEUBN quantizers on integers), `function` and `config` (the PyTorch path,
-the seed's API corrected), `convert` (float model -> WAGEUBN modules).
+the seed's API corrected), `convert` (float model -> WAGEUBN modules), `engine` (the Numba
+integer kernels, one op per file), `graph` (the integer graph, its torch importer, the
+layer-by-layer comparison).
 """
 __version__ = "0.1.0"
+
+
+def load_graph(path):
+    """Load a saved integer graph (no torch needed)."""
+    from .graph.ir import load_graph as _load
+    return _load(path)
 
 
 def __getattr__(name):
@@ -12,6 +20,12 @@ def __getattr__(name):
     if name == "quantize_model":
         from .convert import quantize_model
         return quantize_model
+    if name == "compile":
+        from .graph.importer import compile_model
+        return compile_model
+    if name == "compare":
+        from .graph.compare import compare
+        return compare
     if name in ("function", "config"):
         import importlib
         return importlib.import_module(f".{name}", __name__)

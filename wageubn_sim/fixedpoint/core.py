@@ -109,16 +109,23 @@ def shift_right_rounded(q, shift, rounding, u):
 
 
 @njit(cache=True)
+def format_range(bits, signed, overflow):
+    """(lo, hi) that saturation clamps to; SAT_SYM drops the most negative value."""
+    if signed:
+        hi = (np.int64(1) << (bits - 1)) - 1
+        lo = -hi if overflow == _SAT_SYM else -hi - 1
+    else:
+        hi = (np.int64(1) << bits) - 1
+        lo = np.int64(0)
+    return lo, hi
+
+
+@njit(cache=True)
 def fit_overflow(n, bits, signed, overflow):
     """Fit n into ``bits`` bits (``bits == 0``: unbounded, n unchanged)."""
     if bits == 0:
         return n
-    if signed:
-        hi = (np.int64(1) << (bits - 1)) - 1
-        lo = -hi - 1
-    else:
-        hi = (np.int64(1) << bits) - 1
-        lo = np.int64(0)
+    lo, hi = format_range(bits, signed, overflow)
     if overflow == _WRAP:
         # n & mask is n mod 2**bits for any int64 n (two's complement), even one that
         # itself wrapped mod 2**64, because 2**bits divides 2**64.
@@ -126,8 +133,6 @@ def fit_overflow(n, bits, signed, overflow):
         if signed and wrapped > hi:
             wrapped -= np.int64(1) << bits
         return wrapped
-    if overflow == _SAT_SYM and signed:
-        lo = -hi
     if n > hi:
         return hi
     if n < lo:
@@ -136,26 +141,32 @@ def fit_overflow(n, bits, signed, overflow):
 
 
 @njit(cache=True)
-def shift_left_fitted(q, shift, bits, signed, overflow):
-    """q * 2**shift (shift >= 0) fitted into ``bits``: saturation is decided before the
-    shift, so a product beyond int64 still saturates correctly."""
-    if q == 0 or shift == 0:
-        return fit_overflow(q, bits, signed, overflow)
-    if overflow == _WRAP or bits == 0:
-        if bits == 0 and (shift >= MAX_BITS - 1 or
-                          (q if q > 0 else -q) >= (np.int64(1) << (MAX_BITS - 1 - shift))):
-            raise OverflowError("left shift leaves the 62-bit domain of an unbounded format")
-        shifted = q << shift if shift < 64 else np.int64(0)
-        return fit_overflow(shifted, bits, signed, overflow)
-    hi = fit_overflow(_INT64_MAX, bits, signed, 1)
-    lo = fit_overflow(-_INT64_MAX, bits, signed, overflow)
+def left_shift_overflows(q, shift, bits, signed, overflow):
+    """Whether q * 2**shift (shift >= 0) leaves the format, decided before shifting:
+    q * 2**s > hi iff q > hi >> s, and q * 2**s < lo iff q < -((-lo) >> s)."""
+    if q == 0:
+        return False
+    if bits == 0:
+        magnitude = q if q > 0 else -q
+        return shift >= MAX_BITS - 1 or magnitude >= (np.int64(1) << (MAX_BITS - 1 - shift))
+    lo, hi = format_range(bits, signed, overflow)
     if shift >= MAX_BITS:
-        return hi if q > 0 else lo
-    if q > (hi >> shift):
-        return hi
-    if q < -((-lo) >> shift):  # q * 2**shift < lo  <=>  q < ceil(lo / 2**shift)
-        return lo
-    return q << shift
+        return True
+    return q > (hi >> shift) or q < -((-lo) >> shift)
+
+
+@njit(cache=True)
+def shift_left_fitted(q, shift, bits, signed, overflow):
+    """q * 2**shift (shift >= 0) fitted into ``bits``; correct even where q * 2**shift is far
+    beyond int64. An unbounded format (bits == 0) raises if the result leaves the domain."""
+    if not left_shift_overflows(q, shift, bits, signed, overflow):
+        return q << shift
+    if bits == 0:
+        raise OverflowError("left shift leaves the 62-bit domain of an unbounded format")
+    if overflow == _WRAP:
+        return fit_overflow(q << shift if shift < 64 else np.int64(0), bits, signed, overflow)
+    lo, hi = format_range(bits, signed, overflow)
+    return hi if q > 0 else lo
 
 
 @njit(cache=True)
@@ -166,14 +177,90 @@ def requantize_scalar(q, shift, bits, signed, rounding, overflow, u):
     return shift_left_fitted(q, -shift, bits, signed, overflow)
 
 
+TIE = 1  # flag: the dropped bits were exactly one half (a rounding tie)
+OVERFLOWED = 2  # flag: the rounded value did not fit and was wrapped or saturated
+
+
+@njit(cache=True)
+def is_exact_tie(q, shift):
+    """Whether q / 2**shift lies exactly halfway between two integers (shift >= 1)."""
+    if shift <= 0 or shift >= MAX_BITS:
+        return False
+    return (q & low_mask(shift)) == (np.int64(1) << (shift - 1))
+
+
 @njit(cache=True)
 def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
+    """Returns (result, flags): flags per element hold TIE and OVERFLOWED."""
     out = np.empty_like(q)
+    flags = np.zeros(q.size, dtype=np.uint8)
     has_u = u.size > 0
     for i in range(q.size):
         ui = u[i] if has_u else np.int64(0)
-        out[i] = requantize_scalar(q[i], shift, bits, signed, rounding, overflow, ui)
-    return out
+        if shift >= 0:
+            rounded = shift_right_rounded(q[i], shift, rounding, ui)
+            out[i] = fit_overflow(rounded, bits, signed, overflow)
+            flag = TIE if is_exact_tie(q[i], shift) else 0
+            if out[i] != rounded:
+                flag |= OVERFLOWED
+        else:
+            out[i] = shift_left_fitted(q[i], -shift, bits, signed, overflow)
+            flag = OVERFLOWED if left_shift_overflows(q[i], -shift, bits, signed, overflow) else 0
+        flags[i] = flag
+    return out, flags
+
+
+QUOTIENT_ESTIMATE_LIMIT = 1 << 50  # below it, the float64 estimate is off by one at most
+
+
+@njit(cache=True, inline="always")
+def floor_divide(p, d, inv_d, small_quotients):
+    """(floor(p / d), p - floor(p / d) * d) for d > 0 and |p|, d < 2**61; inv_d = 1.0 / d.
+
+    The quotient is estimated in float64 from the reciprocal and corrected on integers until
+    0 <= r < d, so the result is exact for every input (integer division is the slowest
+    instruction of the datapath, and this lets the loop vectorize). The estimate is off by
+    one at most while |p / d| < 2**50; callers that know this (``small_quotients``, a
+    loop-invariant flag) skip the final integer fix-up.
+    """
+    q = np.int64(np.floor(np.float64(p) * inv_d))
+    r = p - q * d
+    if r < 0:
+        q -= 1
+        r += d
+    elif r >= d:
+        q += 1
+        r -= d
+    if not small_quotients and (r < 0 or r >= d):
+        q += r // d
+        r -= (r // d) * d
+    return q, r
+
+
+@njit(cache=True, inline="always")
+def round_quotient(q, r, d, p, rounding):
+    """Round p / d given its floor quotient q and remainder r (0 <= r < d); not STOCHASTIC.
+    Branch-free on the data, so that loops over it vectorize."""
+    twice = 2 * r
+    above, tie = twice > d, twice == d
+    if rounding == _HALF_EVEN:
+        up = above | (tie & ((q & 1) == 1))
+    elif rounding == _HALF_UP:
+        up = above | tie
+    elif rounding == _HALF_AWAY:
+        up = above | (tie & (p > 0))
+    elif rounding == _TOWARD_ZERO:
+        up = (r != 0) & (p < 0)
+    else:  # FLOOR
+        up = False
+    return q + np.int64(up)
+
+
+@njit(cache=True)
+def divide_rounded(p, d, rounding):
+    """Round p / d to an integer (d > 0), for every mode but STOCHASTIC. |p|, d < 2**61."""
+    q, r = floor_divide(p, d, 1.0 / d, False)
+    return round_quotient(q, r, d, p, rounding)
 
 
 def _bits_code(fmt: Format) -> int:
@@ -181,7 +268,7 @@ def _bits_code(fmt: Format) -> int:
 
 
 def check_domain(q: np.ndarray, what: str = "input") -> None:
-    if q.size and int(np.abs(q).max()) >= DOMAIN_LIMIT:
+    if q.size and (int(q.max()) >= DOMAIN_LIMIT or int(q.min()) <= -DOMAIN_LIMIT):
         raise OverflowError(f"{what} holds an integer of 62 bits or more; the core supports "
                             f"|q| < 2**61 (formats of at most {MAX_BITS} bits)")
 
@@ -203,17 +290,23 @@ def check_random_words(u, shape, rounding: Rounding):
 def requantize(q, frac_in: int, fmt: Format, rounding=Rounding.HALF_EVEN,
                overflow=Overflow.SAT, u=None) -> np.ndarray:
     """Integers q at 2**-frac_in moved into ``fmt`` (int64 array out)."""
+    if np.asarray(q).dtype.kind not in "iu":
+        raise TypeError(f"requantize takes integers, got dtype {np.asarray(q).dtype}; "
+                        "use quantize for floats")
+    return requantize_flagged(q, frac_in, fmt, rounding, overflow, u)[0]
+
+
+def requantize_flagged(q, frac_in: int, fmt: Format, rounding=Rounding.HALF_EVEN,
+                       overflow=Overflow.SAT, u=None):
+    """`requantize`, also returning per-element flags (TIE, OVERFLOWED) as uint8."""
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
-    q = np.asarray(q)
-    if q.dtype.kind not in "iu":
-        raise TypeError(f"requantize takes integers, got dtype {q.dtype}; use quantize for floats")
-    q = q.astype(np.int64)
+    q = np.asarray(q).astype(np.int64)
     check_domain(q)
     u = check_random_words(u, q.shape, rounding)
     words = np.empty(0, np.int64) if u is None else u.astype(np.int64).ravel()
-    flat = _requantize_flat(np.ascontiguousarray(q).ravel(), int(frac_in) - fmt.frac_bits,
-                            _bits_code(fmt), fmt.signed, int(rounding), int(overflow), words)
-    return flat.reshape(q.shape)
+    out, flags = _requantize_flat(np.ascontiguousarray(q).ravel(), int(frac_in) - fmt.frac_bits,
+                                  _bits_code(fmt), fmt.signed, int(rounding), int(overflow), words)
+    return out.reshape(q.shape), flags.reshape(q.shape)
 
 
 # ---- float primitives, shared by numpy and torch -------------------------------------------

@@ -16,6 +16,7 @@ from .random_bits import U_BITS
 
 def round_fraction(x: Fraction, rounding: Rounding, u: int | None = None) -> int:
     """Round the exact rational ``x`` to an integer. ``u`` is the 32-bit random word of SR."""
+    rounding = Rounding.parse(rounding)
     floor = math.floor(x)
     frac = x - floor  # in [0, 1)
     if rounding == Rounding.FLOOR or frac == 0:
@@ -43,6 +44,7 @@ def round_fraction(x: Fraction, rounding: Rounding, u: int | None = None) -> int
 
 def overflow_int(n: int, fmt: Format, overflow: Overflow) -> int:
     """Fit the integer ``n`` into ``fmt.bits`` bits."""
+    overflow = Overflow.parse(overflow)
     if not fmt.bounded:
         return n
     lo, hi = fmt.min_int, fmt.max_int

@@ -42,6 +42,12 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         lsbs = max(int(quantize(np.float64(self.eps), Format(None, k - 1))), 1)
         return lsbs * 2.0 ** -(k - 1)
 
+    def statistics_registers(self, mean, var):
+        """(mean_q, std_q): the mean and the std (eps_q included) as held in their registers."""
+        mean_q = self._register(mean, "mean")
+        std_q = self._register(torch.sqrt(var.clamp_min(_TINY_VARIANCE)), "var") + self.quantized_eps()
+        return mean_q, std_q
+
     def _statistics(self, x):
         use_batch = self.training or self.running_mean is None
         if not use_batch:
@@ -64,9 +70,7 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
     def forward(self, input):
         self._check_input_dim(input)
         x = self._io(input, "input")
-        mean, var = self._statistics(x)
-        mean_q = self._register(mean, "mean")
-        std_q = self._register(torch.sqrt(var.clamp_min(_TINY_VARIANCE)), "var") + self.quantized_eps()
+        mean_q, std_q = self.statistics_registers(*self._statistics(x))
         xhat = (x - mean_q[None, :, None, None]) / std_q[None, :, None, None]
         xhat = self._register(xhat, "xhat") if self.iostrict else directquant(xhat, self.xhat_dec_bit_width)
         if self.affine:

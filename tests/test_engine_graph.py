@@ -1,0 +1,161 @@
+"""The graph file, running without torch, the comparison's divergence report, and the other
+kernels against exact references."""
+import json
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, strategies as st
+
+import wageubn_sim
+from wageubn_sim.engine.activation import ActivationParams, activation
+from wageubn_sim.engine.batchnorm import BatchNormParams, batchnorm2d
+from wageubn_sim.engine.pool import PoolParams, avg_pool2d, max_pool2d
+from wageubn_sim.engine.registers import Accumulator
+from wageubn_sim.fixedpoint import Format, Rounding, reference as ref
+
+
+def _model():
+    torch.manual_seed(0)
+    m = wageubn_sim.quantize_model(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU6(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(4, 3)))
+    m.train()
+    with torch.no_grad():
+        m.double()(torch.randn(8, 1, 8, 8, dtype=torch.float64))
+    return m.eval()
+
+
+def test_saved_graph_runs_identically_without_torch(tmp_path):
+    model = _model()
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8))
+    graph = wageubn_sim.compile(model, x)
+    path = graph.save(tmp_path / "net.wgraph")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", graph.run(x).q)
+    script = f"""
+import sys
+sys.modules['torch'] = None  # any import of torch now fails
+import numpy as np
+import wageubn_sim
+g = wageubn_sim.load_graph({str(path)!r})
+got = g.run(np.load({str(tmp_path / 'x.npy')!r}, allow_pickle=False)).q
+assert np.array_equal(got, np.load({str(tmp_path / 'want.npy')!r}, allow_pickle=False))
+assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_graph_files_are_deterministic_and_never_overwritten(tmp_path):
+    model = _model()
+    x = np.zeros((1, 1, 8, 8))
+    a = wageubn_sim.compile(model, x).save(tmp_path / "a")
+    b = wageubn_sim.compile(model, x).save(tmp_path / "b")
+    assert (a / "graph.json").read_bytes() == (b / "graph.json").read_bytes()
+    assert (a / "arrays.npz").read_bytes() == (b / "arrays.npz").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        wageubn_sim.compile(model, x).save(a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temp left behind
+    data = json.loads((a / "graph.json").read_text())
+    assert data["version"] == 1 and data["nodes"][0]["params"]["weight_fmt"]["format"]["bits"] == 8
+
+
+def test_bad_graph_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a graph folder"):
+        wageubn_sim.load_graph(tmp_path)
+    g = wageubn_sim.compile(_model(), np.zeros((1, 1, 8, 8))).save(tmp_path / "g")
+    data = json.loads((g / "graph.json").read_text())
+    data["nodes"][0]["params"]["bogus"] = 1
+    (g / "graph.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unknown parameters \\['bogus'\\]"):
+        wageubn_sim.load_graph(g)
+    data["nodes"][0]["params"].pop("bogus")
+    data["nodes"][0]["arrays"].append("missing")
+    (g / "graph.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="missing"):
+        wageubn_sim.load_graph(g)
+
+
+def test_compare_finds_accumulator_saturation():
+    model = _model()
+    x = np.random.default_rng(2).standard_normal((2, 1, 8, 8)) * 4
+    report = wageubn_sim.compare(model, x, accumulators={"4": Accumulator(12, "SAT")})
+    assert not report.exact
+    assert report.first.layer == "_4" and "accumulator saturation" in report.first.cause
+    assert report.layers[0].exact  # the layers before it agree
+    assert "first divergence: _4" in str(report)
+    assert report.to_dict()["first_divergence"]["layer"] == "_4"
+
+
+def test_compare_reports_float32_rounding_on_large_sums():
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(nn.Sequential(nn.Conv2d(64, 4, 3, bias=False))).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(0.99)
+    x = np.full((1, 64, 5, 5), 127.99) * np.random.default_rng(0).uniform(0.5, 1, (1, 64, 5, 5))
+    report64 = wageubn_sim.compare(model, x)
+    assert report64.exact
+    report32 = wageubn_sim.compare(model, x, graph=None, dtype=torch.float32)
+    assert not report32.exact and "float32 rounding" in report32.first.cause
+
+
+@given(seed=st.integers(0, 2**31), x_frac=st.integers(4, 16), iostrict=st.booleans())
+def test_batchnorm_kernel_equals_exact_reference(seed, x_frac, iostrict):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2**14, 2**14, (2, 3, 3, 3))
+    mean = rng.integers(-2**16, 2**16, 3)
+    std = rng.integers(1, 2**16, 3)
+    gamma = rng.integers(-300, 300, 3)
+    beta = rng.integers(-300, 300, 3)
+    xhat_fmt = Format(12, 7) if iostrict else Format(None, 7)
+    p = BatchNormParams(Format(24, 15), Format(None, 15), xhat_fmt, Format(16, 7), Format(16, 7))
+    got = batchnorm2d(x, x_frac, mean, std, gamma, beta, p)
+    for idx in np.ndindex(x.shape):
+        c = idx[1]
+        v = (Fraction(int(x[idx]), 2**x_frac) - Fraction(int(mean[c]), 2**15)) / Fraction(int(std[c]), 2**15)
+        xh = ref.quantize(v, xhat_fmt, Rounding.HALF_EVEN, "SAT_SYM")
+        want = xh * int(gamma[c]) + (int(beta[c]) << 7)
+        assert got.q[idx] == want
+    assert got.fmt.frac_bits == 14
+
+
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 3), stride=st.integers(1, 3),
+       pad=st.integers(0, 1), out_frac=st.integers(-2, 12), include_pad=st.booleans())
+def test_pool_kernels_equal_exact_reference(seed, k, stride, pad, out_frac, include_pad):
+    pad = min(pad, k // 2)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2**10, 2**10, (1, 2, 7, 7))
+    p = PoolParams((k, k), (stride, stride), (pad, pad), out_fmt=Format(None, out_frac),
+                   count_include_pad=include_pad)
+    got_avg, got_max = avg_pool2d(x, 5, p).q, max_pool2d(x, 5, p).q
+    xt = torch.from_numpy(x.astype(np.float64))
+    want_max = nn.functional.max_pool2d(xt, k, stride, pad).numpy()
+    assert np.array_equal(got_max, want_max)
+    ones = nn.functional.avg_pool2d(torch.ones_like(xt), k, stride, pad, count_include_pad=include_pad)
+    sums = nn.functional.avg_pool2d(xt, k, stride, pad, count_include_pad=True, divisor_override=1)
+    divisor = (torch.full_like(ones, k * k) if include_pad else
+               nn.functional.avg_pool2d(torch.ones_like(xt), k, stride, pad, divisor_override=1))
+    for idx in np.ndindex(got_avg.shape):
+        want = ref.quantize(Fraction(int(sums[idx]), int(divisor[idx]) * 2**5), Format(None, out_frac),
+                            Rounding.HALF_EVEN, "SAT")
+        assert got_avg[idx] == want
+
+
+@given(seed=st.integers(0, 2**31), x_frac=st.integers(-2, 12), six=st.booleans(),
+       out_bits=st.sampled_from([None, 6, 10]))
+def test_activation_kernel(seed, x_frac, six, out_bits):
+    x = np.random.default_rng(seed).integers(-2**12, 2**12, (40,))
+    fmt = Format(out_bits, 7)
+    got = activation(x, x_frac, ActivationParams(fmt, 6 if six else None)).q
+    for v, g in zip(x.tolist(), got.tolist()):
+        a = max(Fraction(v, 1) / Fraction(2) ** x_frac, 0)
+        a = min(a, 6) if six else a
+        assert g == ref.quantize(a, fmt, Rounding.HALF_EVEN, "SAT_SYM")

@@ -1,0 +1,112 @@
+"""BatchNorm2d inference, the official UBN datapath on integers (docs/arithmetic.md §8):
+
+    d    = x - mean                         at F = max(fx, f_mean), exact
+    xhat = round(d * 2**(f_std + f_xhat - F) / std)   a rounding division per element
+    y    = xhat * gamma + beta              at f_xhat + f_gamma (beta aligned), exact
+
+``std`` already holds Q(sqrt(running_var)) + eps_q, so it is a positive integer per channel.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numba import njit, prange
+
+from ..fixedpoint.core import (OVERFLOWED, QUOTIENT_ESTIMATE_LIMIT, TIE, fit_overflow,
+                               floor_divide, requantize, round_quotient)
+from ..fixedpoint.format import Format
+from ..fixedpoint.modes import Overflow, Rounding
+from .registers import Events, Output, align, output_stage
+
+DOMAIN = 1 << 61
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNormParams:
+    mean_fmt: Format
+    std_fmt: Format
+    xhat_fmt: Format  # unbounded unless iostrict
+    gamma_fmt: Format | None = None  # None: no affine scale
+    beta_fmt: Format | None = None  # None: no shift
+    input_register: Format | None = None
+    out_fmt: Format | None = None
+    rounding: Rounding = Rounding.HALF_EVEN
+    overflow: Overflow = Overflow.SAT_SYM
+
+
+@njit(cache=True, parallel=True)
+def _batchnorm(x, x_shift, mean, shift, std, xhat_bits, rounding, overflow, gamma, beta,
+               beta_shift, small_quotients, xhat_out, y_out, flags):
+    """Per element: d = (x << x_shift) - mean; xhat = round(d * 2**shift / std), fitted to
+    xhat_bits (0: unbounded); y = xhat * gamma + (beta << beta_shift)."""
+    n, c, pixels = x.shape
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        m, s, g, be = mean[ch], std[ch], gamma[ch], beta[ch] << beta_shift
+        d_scale = s << -shift if shift < 0 else s
+        inv = 1.0 / d_scale
+        for i in range(pixels):
+            p = (x[b, ch, i] << x_shift) - m
+            if shift > 0:
+                p = p << shift
+            q, r = floor_divide(p, d_scale, inv, small_quotients)
+            xhat = round_quotient(q, r, d_scale, p, rounding)
+            flag = TIE if 2 * r == d_scale else 0
+            fitted = xhat
+            if xhat_bits != 0:
+                fitted = fit_overflow(xhat, xhat_bits, True, overflow)
+                if fitted != xhat:
+                    flag |= OVERFLOWED
+            xhat_out[b, ch, i] = fitted
+            y_out[b, ch, i] = fitted * g + be
+            flags[b, ch, i] = flag
+
+
+def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=False) -> Output:
+    if x.ndim != 4 or mean.shape != (x.shape[1],) or std.shape != mean.shape:
+        raise ValueError(f"BatchNorm2d: input {x.shape} and statistics {mean.shape}, {std.shape} "
+                         "do not fit")
+    if std.size and std.min() <= 0:
+        raise ValueError("BatchNorm2d: the std register must be positive (it includes eps)")
+    stages = {}
+    if p.input_register is not None:
+        x = requantize(x, x_frac, p.input_register, p.rounding, Overflow.SAT_SYM)
+        x_frac = p.input_register.frac_bits
+    frac = max(x_frac, p.mean_fmt.frac_bits)
+    mean_al = align(mean, p.mean_fmt.frac_bits, frac)
+    shift = p.std_fmt.frac_bits + p.xhat_fmt.frac_bits - frac
+    # the domain: |x - mean| * 2**shift and std * 2**-shift stay below 2**61
+    lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    span = (max(-lo, hi) << (frac - x_frac)) + int(np.abs(mean_al).max(initial=0))
+    if (span << max(shift, 0)) >= DOMAIN or (int(std.max(initial=1)) << max(-shift, 0)) >= DOMAIN:
+        raise OverflowError("BatchNorm2d: the normalisation leaves the 62-bit domain; "
+                            "narrow the input format")
+    y_frac = p.xhat_fmt.frac_bits
+    gamma_ = np.ones(mean.shape, np.int64) if p.gamma_fmt is None else gamma
+    if p.gamma_fmt is not None:
+        y_frac += p.gamma_fmt.frac_bits
+    beta_shift = 0
+    beta_ = np.zeros(mean.shape, np.int64) if p.beta_fmt is None else beta
+    if p.beta_fmt is not None:
+        to = max(y_frac, p.beta_fmt.frac_bits)
+        if to > y_frac:  # beta is finer than the product: scale the product (exact) instead
+            gamma_ = gamma_ << (to - y_frac)
+        beta_shift, y_frac = to - p.beta_fmt.frac_bits, to
+    n, c = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+    xhat, y = np.empty_like(x3), np.empty_like(x3)
+    flags = np.empty(x3.shape, np.uint8)
+    _batchnorm(x3, frac - x_frac, mean_al, shift, std.astype(np.int64),
+               p.xhat_fmt.bits or 0, int(p.rounding), int(p.overflow), gamma_.astype(np.int64),
+               beta_.astype(np.int64), beta_shift,
+               (span << max(shift, 0)) < QUOTIENT_ESTIMATE_LIMIT, xhat, y, flags)
+    xhat, y, flags = xhat.reshape(x.shape), y.reshape(x.shape), flags.reshape(x.shape)
+    events = Events(ties=int(np.count_nonzero(flags & TIE)),
+                    saturations=int(np.count_nonzero(flags & OVERFLOWED)))
+    if trace:
+        stages.update(input=x, xhat=xhat, affine=y)
+    q, fmt, out_events, flags = output_stage(y, y_frac, p.out_fmt, p.rounding, p.overflow, trace,
+                                             stages, flags)
+    events.add(out_events)
+    return Output(q, fmt, events, stages, flags)

@@ -1,0 +1,176 @@
+"""Conv2d (and Linear, as a 1x1 conv; and Adder2d's MAC): integer datapath of one layer.
+
+    x --input register--> x' --MACs into the accumulator (preloaded with the aligned bias)-->
+    acc --shift + round--> rounded --overflow--> y
+
+Grids: x' at 2**-fx, w at 2**-fw, products at 2**-(fx+fw). The accumulator works at
+F = max(fx + fw, fb): products are shifted left by F - (fx + fw), the bias by F - fb, both exact.
+Without an output format the accumulator itself is the output (the torch path's conv output
+without iostrict is the exact sum).
+
+Overflow bound (why the fast path is exact): every partial sum of output o is at most
+|b_o| + sum_k |w[o,k]| * max|x| (times 2**(F-fx-fw)). When that bound fits the accumulator, no
+order can overflow it, and any exact method gives the register's value; otherwise a saturating
+accumulator runs MAC by MAC in the declared order (`mac.narrow_mac_loop`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..fixedpoint.core import OVERFLOWED, requantize, requantize_flagged
+from ..fixedpoint.format import Format
+from ..fixedpoint.modes import Overflow, Rounding
+from .mac import (OP_ADDER, OP_MULTIPLY, exact_matmul, im2col, narrow_mac_loop, pad_nchw,
+                  weight_cache)
+from .registers import ACC_EVENT, Accumulator, Events, Output, align, output_stage
+
+DOMAIN = 1 << 61
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv2dParams:
+    weight_fmt: Format
+    bias_fmt: Format | None = None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    input_register: Format | None = None  # iostrict: x held in this register first
+    accumulator: Accumulator = Accumulator()
+    out_fmt: Format | None = None  # None: the accumulator is the output
+    rounding: Rounding = Rounding.HALF_EVEN
+    out_overflow: Overflow = Overflow.SAT_SYM
+
+
+def _check(x, weight, bias, p: Conv2dParams, what: str):
+    if x.ndim != 4:
+        raise ValueError(f"{what} expects an N,C,H,W input, got shape {x.shape}")
+    o, cg = weight.shape[:2]
+    if x.shape[1] != cg * p.groups or o % p.groups:
+        raise ValueError(f"{what}: input has {x.shape[1]} channels, weights {tuple(weight.shape)} "
+                         f"with groups={p.groups} need {cg * p.groups}")
+    if bias is not None and bias.shape != (o,):
+        raise ValueError(f"{what}: bias shape {bias.shape} != ({o},)")
+    lo, hi = p.weight_fmt.min_int, p.weight_fmt.max_int
+    if p.weight_fmt.bounded and weight.size and (weight.min() < lo or weight.max() > hi):
+        raise ValueError(f"{what}: weights outside their format {p.weight_fmt.describe()}")
+
+
+def _out_size(size, k, s, pad, d):
+    return (size + 2 * pad - d * (k - 1) - 1) // s + 1
+
+
+def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | None,
+           p: Conv2dParams, trace: bool = False, op: int = OP_MULTIPLY) -> Output:
+    what = "Adder2d" if op == OP_ADDER else "Conv2d"
+    _check(x, weight, bias, p, what)
+    stages: dict = {}
+    if p.input_register is not None:
+        x = requantize(x, x_frac, p.input_register, p.rounding, Overflow.SAT_SYM)
+        x_frac = p.input_register.frac_bits
+    if trace:
+        stages["input"] = x
+    n, _, h, w_in = x.shape
+    o, cg, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w_in, kw, sw, pw, dw)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"{what}: input {h}x{w_in} is smaller than the {kh}x{kw} window "
+                         f"(padding {p.padding}, dilation {p.dilation})")
+    fw = p.weight_fmt.frac_bits
+    fb = p.bias_fmt.frac_bits if bias is not None else -10**6
+    if op == OP_ADDER:  # differences need one grid: align x and w to it
+        frac = max(x_frac, fw, fb)
+        x, weight = align(x, x_frac, frac), align(weight, fw, frac)
+        prod_shift = 0
+    else:
+        frac = max(x_frac + fw, fb)
+        prod_shift = frac - (x_frac + fw)
+    bias_al = align(bias, fb, frac) if bias is not None else np.zeros(o, np.int64)
+
+    x_max = int(np.abs(x).max()) if x.size else 0
+    w_flat = weight.reshape(o, -1)
+    w_abs = np.abs(w_flat).sum(axis=1)
+    if op == OP_ADDER:
+        bound = int(np.abs(bias_al).max(initial=0)) + w_flat.shape[1] * (x_max + int(np.abs(w_flat).max(initial=0)))
+    else:
+        bound = int(np.abs(bias_al).max(initial=0)) + (int(w_abs.max(initial=0)) * x_max << prod_shift)
+    acc = p.accumulator
+    if bound >= DOMAIN:
+        raise OverflowError(f"{what}: a partial sum may reach 2**{bound.bit_length() - 1}, beyond "
+                            "the 62-bit domain; give the input a narrower format or the "
+                            "accumulator a width")
+    hi = (1 << (acc.bits - 1)) - 1 if acc.bits else None
+    per_mac = op == OP_ADDER or (acc.bits is not None and acc.overflow != Overflow.WRAP and bound > hi)
+    events = Events()
+    flags = np.zeros((n, o, oh, ow), np.uint8)
+    if per_mac:
+        xp = pad_nchw(x, ph, pw, 0) if (ph or pw) else x
+        out = np.empty((n, o, oh, ow), np.int64)
+        acc_events = np.zeros((n, o), np.int64)
+        narrow_mac_loop(xp, weight, bias_al, prod_shift, p.groups, sh, sw, dh, dw, oh, ow,
+                        acc.bits or 0, int(acc.overflow), acc.mac_order == "kernel_major",
+                        acc.k_split, op, out, acc_events)
+        count = int(acc_events.sum())
+        if acc.overflow == Overflow.WRAP:
+            events.wraps += count
+        else:
+            events.saturations += count
+        flags |= np.where(acc_events > 0, ACC_EVENT, 0).astype(np.uint8)[:, :, None, None]
+        accumulator = out
+        if trace:
+            stages["accumulator"] = out
+    else:
+        exact = _exact_sums(x, weight, p, oh, ow, x_max) << prod_shift
+        exact = exact + bias_al[None, :, None, None]
+        if acc.bits is not None:  # WRAP, or a bound that never reaches the rails
+            accumulator, f = requantize_flagged(exact, frac, Format(acc.bits, frac), Rounding.FLOOR,
+                                                acc.overflow)
+            wrapped = (f & OVERFLOWED) != 0
+            events.wraps += int(np.count_nonzero(wrapped))
+            flags |= np.where(wrapped, ACC_EVENT, 0).astype(np.uint8)
+        else:
+            accumulator = exact
+        if trace:
+            stages["sum"] = exact
+            stages["accumulator"] = accumulator
+    q, fmt, out_events, flags = output_stage(accumulator, frac, p.out_fmt, p.rounding,
+                                             p.out_overflow, trace, stages, flags)
+    if p.out_fmt is None and acc.bits is not None:
+        fmt = Format(acc.bits, frac)
+    events.add(out_events)
+    return Output(q, fmt, events, stages, flags)
+
+
+def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max) -> np.ndarray:
+    """Exact (N, O, OH, OW) sums of products, per group, through `mac.exact_matmul`."""
+    n = x.shape[0]
+    o, cg, kh, kw = weight.shape
+    og = o // p.groups
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    x = np.ascontiguousarray(x)
+    cache = weight_cache(weight)
+    parts = []
+    for g in range(p.groups):
+        def cols(dtype, g=g):
+            out = np.empty((cg * kh * kw, n * oh * ow), dtype=dtype)
+            im2col(x, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+            return out
+        w_g = weight[g * og:(g + 1) * og].reshape(og, -1)
+        parts.append(exact_matmul(w_g, cols, x_max, n, cache.setdefault(g, {})))  # (N, O/g, P)
+    sums = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return sums.reshape(n, o, oh, ow)
+
+
+def linear(x: np.ndarray, x_frac: int, weight: np.ndarray, bias, p: Conv2dParams,
+           trace: bool = False) -> Output:
+    """Linear as a 1x1 convolution: x (N, K), weight (O, K)."""
+    if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"Linear: input {x.shape} does not fit weights {weight.shape}")
+    out = conv2d(x[:, :, None, None], x_frac, weight[:, :, None, None], bias, p, trace)
+    out.q = out.q[:, :, 0, 0]
+    out.flags = out.flags[:, :, 0, 0]
+    out.trace = {k: (v[:, :, 0, 0] if v.ndim == 4 else v) for k, v in out.trace.items()}
+    return out

@@ -1,0 +1,95 @@
+"""MaxPool2d (selection: exact on any grid) and AvgPool2d / global average pooling
+(the window sum, exact, then a rounding division by the divisor onto the output grid)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numba import njit, prange
+
+from ..fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
+from ..fixedpoint.format import Format
+from ..fixedpoint.modes import Overflow, Rounding
+from .divide import divide_scaled
+from .registers import Events, Output
+
+_MIN = np.iinfo(np.int64).min
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolParams:
+    kernel: tuple
+    stride: tuple
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    # average pooling only:
+    out_fmt: Format | None = None  # Q(mean, k): frac k-1, bounded under iostrict
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+    rounding: Rounding = Rounding.HALF_EVEN
+    overflow: Overflow = Overflow.SAT_SYM
+
+
+def _geometry(x, p):
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if x.ndim != 4 or oh <= 0 or ow <= 0:
+        raise ValueError(f"pooling: input {x.shape} does not fit kernel {p.kernel}")
+    return n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+
+
+@njit(cache=True, parallel=True)
+def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, out, counts):
+    n, c, h, w = x.shape
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        for y in range(oh):
+            for xo in range(ow):
+                acc = _MIN if take_max else np.int64(0)
+                count = 0
+                for i in range(kh):
+                    yi = y * sh + i * dh - ph
+                    for j in range(kw):
+                        xi = xo * sw + j * dw - pw
+                        if 0 <= yi < h and 0 <= xi < w:
+                            v = x[b, ch, yi, xi]
+                            acc = max(acc, v) if take_max else acc + v
+                            count += 1
+                out[b, ch, y, xo] = acc
+                counts[y, xo] = count
+
+
+def max_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
+    n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
+    out = np.empty((n, c, oh, ow), np.int64)
+    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True, out, np.empty((oh, ow), np.int64))
+    return Output(out, Format(None, x_frac), Events(), {"output": out} if trace else {},
+                  np.zeros(out.shape, np.uint8))
+
+
+def avg_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
+    n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
+    sums = np.empty((n, c, oh, ow), np.int64)
+    counts = np.empty((oh, ow), np.int64)
+    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, sums, counts)
+    if p.divisor_override:
+        divisor = np.full((oh, ow), p.divisor_override, np.int64)
+    elif p.count_include_pad:  # torch counts padded cells (inside the padded border)
+        divisor = np.full((oh, ow), kh * kw, np.int64)
+    else:
+        divisor = counts
+    out_frac = p.out_fmt.frac_bits
+    q, flags = divide_scaled(sums, divisor[None], out_frac - x_frac, p.rounding)
+    events = Events(ties=int(np.count_nonzero(flags & TIE)),
+                    underflows=int(np.count_nonzero((q == 0) & (sums != 0))))
+    if p.out_fmt.bounded:
+        rounded = q
+        q, f2 = requantize_flagged(q, out_frac, p.out_fmt, p.rounding, p.overflow)
+        events.saturations = int(np.count_nonzero(f2 & OVERFLOWED))
+        flags |= f2 & OVERFLOWED
+    else:
+        rounded = q
+    stages = {"sum": sums, "rounded": rounded, "output": q} if trace else {}
+    return Output(q, p.out_fmt, events, stages, flags)

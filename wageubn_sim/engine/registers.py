@@ -1,0 +1,117 @@
+"""Registers shared by the layer kernels: the accumulator spec, tensor formats, the output
+stage (align, shift, round, fit) and the event counts every kernel reports.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..fixedpoint.core import OVERFLOWED, TIE, check_domain, requantize_flagged
+from ..fixedpoint.format import MAX_BITS, Format
+from ..fixedpoint.modes import Overflow, Rounding
+
+MAC_ORDERS = ("channel_major", "kernel_major")
+
+
+@dataclasses.dataclass(frozen=True)
+class Accumulator:
+    """The MAC accumulator of one layer.
+
+    ``bits=None``: exact (no overflow can happen; values are checked against the 62-bit
+    domain). Otherwise a ``bits``-wide signed register with ``overflow`` applied after every
+    addition. With WRAP the result is the exact sum mod 2**bits whatever the order; with SAT it
+    depends on the order: ``mac_order`` (channel_major: for c, for kh, for kw; kernel_major:
+    for kh, for kw, for c) and ``k_split`` (the reduction cut into that many consecutive chunks,
+    each summed in its own accumulator from zero, the partial sums then added in order into the
+    first, with the same overflow rule).
+    """
+
+    bits: int | None = None
+    overflow: Overflow = Overflow.SAT
+    mac_order: str = "channel_major"
+    k_split: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "overflow", Overflow.parse(self.overflow))
+        if self.bits is not None and not (2 <= self.bits <= MAX_BITS):
+            raise ValueError(f"accumulator bits={self.bits}: choose 2..{MAX_BITS}, or None for exact")
+        if self.mac_order not in MAC_ORDERS:
+            raise ValueError(f"mac_order={self.mac_order!r}: choose one of {MAC_ORDERS}")
+        if not isinstance(self.k_split, int) or self.k_split < 1:
+            raise ValueError(f"k_split={self.k_split!r} must be a positive int")
+
+    def to_dict(self):
+        return {"bits": self.bits, "overflow": self.overflow.name, "mac_order": self.mac_order,
+                "k_split": self.k_split}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["bits"], d["overflow"], d["mac_order"], d["k_split"])
+
+
+@dataclasses.dataclass
+class Events:
+    """What a layer's registers did on one run (counts over the whole batch)."""
+
+    wraps: int = 0  # accumulator wraps (per MAC in narrow mode; final otherwise)
+    saturations: int = 0  # accumulator or output saturations
+    ties: int = 0  # exact ties met by a rounding
+    underflows: int = 0  # nonzero values rounded to zero
+
+    def add(self, other: "Events") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclasses.dataclass
+class Output:
+    """A kernel's result: the output integers, their format, and on request the stages."""
+
+    q: np.ndarray
+    fmt: Format
+    events: Events
+    trace: dict = dataclasses.field(default_factory=dict)  # name -> int64 array
+    flags: np.ndarray | None = None  # per output element: TIE | OVERFLOWED | ACC_EVENT
+
+
+ACC_EVENT = 4  # flag: the accumulator wrapped or saturated for this element
+
+
+def output_stage(value: np.ndarray, frac: int, out_fmt: Format | None, rounding: Rounding,
+                 overflow: Overflow, trace: bool, stages: dict, flags: np.ndarray | None = None):
+    """Move ``value`` (at 2**-frac) into ``out_fmt`` (None: keep it as it is).
+
+    Returns (q, fmt, events, flags); records 'shifted' (floor), 'rounded' (before overflow)
+    and 'output' when tracing.
+    """
+    flags = np.zeros(value.shape, np.uint8) if flags is None else flags
+    events = Events()
+    if out_fmt is None:
+        if trace:
+            stages["output"] = value
+        return value, Format(None, frac), events, flags
+    out, f = requantize_flagged(value, frac, out_fmt, rounding, overflow)
+    overflowed = (f & OVERFLOWED) != 0
+    events.ties = int(np.count_nonzero(f & TIE))
+    events.underflows = int(np.count_nonzero((out == 0) & (value != 0) & ~overflowed))
+    if overflow == Overflow.WRAP:
+        events.wraps = int(np.count_nonzero(overflowed))
+    else:
+        events.saturations = int(np.count_nonzero(overflowed))
+    if trace:
+        unbounded = Format(None, out_fmt.frac_bits)
+        stages["shifted"] = requantize_flagged(value, frac, unbounded, Rounding.FLOOR)[0]
+        stages["rounded"] = requantize_flagged(value, frac, unbounded, rounding)[0]
+        stages["output"] = out
+    return out, out_fmt, events, flags | f
+
+
+def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
+    """q at 2**-frac, exactly, at the finer grid 2**-to_frac."""
+    if to_frac < frac:
+        raise ValueError(f"cannot align frac {frac} down to {to_frac} exactly")
+    shift = to_frac - frac
+    if shift and q.size and int(np.abs(q).max()) >= (1 << max(0, 61 - shift)):
+        raise OverflowError(f"aligning to {to_frac} fractional bits leaves the 62-bit domain")
+    return q.astype(np.int64) << shift
