@@ -90,13 +90,17 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         prod_shift = frac - (x_frac + fw)
     bias_al = align(bias, fb, frac) if bias is not None else np.zeros(o, np.int64)
 
-    x_max = int(np.abs(x).max()) if x.size else 0
-    w_flat = weight.reshape(o, -1)
-    w_abs = np.abs(w_flat).sum(axis=1)
+    x_max = max(-int(x.min()), int(x.max())) if x.size else 0
+    cache = weight_cache(weight)
+    if "row_abs_max" not in cache:
+        w_abs = np.abs(weight.reshape(o, -1))
+        cache["row_abs_max"] = int(w_abs.sum(axis=1).max(initial=0))
+        cache["abs_max"] = int(w_abs.max(initial=0))
+    b_max = int(np.abs(bias_al).max(initial=0))
     if op == OP_ADDER:
-        bound = int(np.abs(bias_al).max(initial=0)) + w_flat.shape[1] * (x_max + int(np.abs(w_flat).max(initial=0)))
+        bound = b_max + cg * kh * kw * (x_max + cache["abs_max"])
     else:
-        bound = int(np.abs(bias_al).max(initial=0)) + (int(w_abs.max(initial=0)) * x_max << prod_shift)
+        bound = b_max + (cache["row_abs_max"] * x_max << prod_shift)
     acc = p.accumulator
     if bound >= DOMAIN:
         raise OverflowError(f"{what}: a partial sum may reach 2**{bound.bit_length() - 1}, beyond "
@@ -123,8 +127,11 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         if trace:
             stages["accumulator"] = out
     else:
-        exact = _exact_sums(x, weight, p, oh, ow, x_max) << prod_shift
-        exact = exact + bias_al[None, :, None, None]
+        exact = _exact_sums(x, weight, p, oh, ow, x_max, cache)  # a fresh array: edit in place
+        if prod_shift:
+            exact <<= prod_shift
+        if bias is not None:
+            exact += bias_al[None, :, None, None]
         if acc.bits is not None:  # WRAP, or a bound that never reaches the rails
             accumulator, f = requantize_flagged(exact, frac, Format(acc.bits, frac), Rounding.FLOOR,
                                                 acc.overflow)
@@ -144,14 +151,13 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     return Output(q, fmt, events, stages, flags)
 
 
-def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max) -> np.ndarray:
+def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max, cache) -> np.ndarray:
     """Exact (N, O, OH, OW) sums of products, per group, through `mac.exact_matmul`."""
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
     og = o // p.groups
     (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     x = np.ascontiguousarray(x)
-    cache = weight_cache(weight)
     parts = []
     for g in range(p.groups):
         def cols(dtype, g=g):

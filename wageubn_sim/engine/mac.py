@@ -73,21 +73,44 @@ def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                     dst[xo] = 0
 
 
-def _chunks(w_abs_cumsum: np.ndarray, x_max: int, limit: int) -> list[tuple[int, int]] | None:
-    """Cut the reduction into chunks whose worst partial sum stays below ``limit``."""
-    k = w_abs_cumsum.shape[1]
-    zero = np.zeros((w_abs_cumsum.shape[0], 1), dtype=w_abs_cumsum.dtype)
-    cs = np.concatenate([zero, w_abs_cumsum], axis=1)  # cs[:, j] = sum of the first j columns
-    bounds, start = [], 0
-    while start < k:
-        # largest end with max_o (cs[o, end] - cs[o, start]) * x_max < limit
-        span = (cs[:, start + 1:] - cs[:, start:start + 1]).max(axis=0) * x_max
-        fits = int(np.searchsorted(span, limit, side="left"))  # span is non-decreasing
-        if fits == 0:
-            return None
-        bounds.append((start, start + fits))
-        start += fits
-    return bounds
+@njit(cache=True)
+def _chunk_ends(cs, budget):
+    """Greedy cut of the reduction: each chunk ends as late as possible with
+    max_o (cs[o, end] - cs[o, start]) < budget, where cs[o, j] = sum_{k<j} |w[o, k]|.
+    Each row is monotonic, so its own last fitting end is a binary search."""
+    rows, k1 = cs.shape
+    ends = np.empty(k1, np.int64)
+    count = 0
+    start = 0
+    while start < k1 - 1:
+        end = k1 - 1
+        for o in range(rows):
+            limit = cs[o, start] + budget  # cs[o, e] < limit
+            lo, hi = start, end  # largest e in [start, end] with cs[o, e] < limit
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if cs[o, mid] < limit:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            end = lo
+        if end == start:
+            return ends[:0], False  # one column alone is too large
+        ends[count] = end
+        count += 1
+        start = end
+    return ends[:count], True
+
+
+def _chunks(cs: np.ndarray, x_max: int, limit: int) -> list[tuple[int, int]] | None:
+    """Cut the reduction into chunks whose worst partial sum stays below ``limit``;
+    cs[o, j] = sum_{k<j} |w[o, k]| (a leading zero column)."""
+    budget = -(-limit // x_max)  # sum |w| * x_max < limit  <=>  sum |w| < ceil(limit / x_max)
+    ends, ok = _chunk_ends(cs, budget)
+    if not ok:
+        return None
+    starts = [0] + ends[:-1].tolist()
+    return list(zip(starts, ends.tolist()))
 
 
 _PREPARED: dict = {}
@@ -116,16 +139,21 @@ def exact_matmul(w: np.ndarray, cols_source, x_max: int, n: int, prepared: dict 
     with the conversion to int64.
     """
     prepared = {} if prepared is None else prepared
-    if "abs_cumsum" not in prepared:
-        prepared["abs_cumsum"] = np.cumsum(np.abs(w), axis=1, dtype=np.int64)
-    for dtype, limit in ((np.float32, FLOAT32_EXACT), (np.float64, FLOAT64_EXACT)):
-        if x_max >= limit:
-            continue
-        chunks = _chunks(prepared["abs_cumsum"], max(x_max, 1), limit)
-        if chunks is None:
-            continue
+    if "abs_prefix" not in prepared:
+        cs = np.zeros((w.shape[0], w.shape[1] + 1), np.int64)
+        np.cumsum(np.abs(w), axis=1, out=cs[:, 1:])
+        prepared["abs_prefix"] = cs
+    plans = [(dtype, _chunks(prepared["abs_prefix"], max(x_max, 1), limit))
+             for dtype, limit in ((np.float32, FLOAT32_EXACT), (np.float64, FLOAT64_EXACT))
+             if x_max < limit]
+    plans = [(dtype, chunks) for dtype, chunks in plans if chunks is not None]
+    if len(plans) == 2 and len(plans[0][1]) > 2 and len(plans[1][1]) == 1:
+        plans = plans[1:]  # one float64 GEMM beats many float32 ones
+    for dtype, chunks in plans:
         cols = cols_source(dtype)
-        wf = prepared.setdefault(dtype, w.astype(dtype))
+        if dtype not in prepared:
+            prepared[dtype] = w.astype(dtype)
+        wf = prepared[dtype]
         out = np.zeros((n, w.shape[0], cols.shape[1] // n), dtype=np.int64)
         for a, b in chunks:
             _add_transposed(cols[a:b].T @ wf[:, a:b].T, out)
@@ -202,7 +230,7 @@ def narrow_mac_loop(xp, w, bias, prod_shift, groups, sh, sw, dh, dw, oh, ow, acc
                 row = xp[b, c0 + c, y * sh + i * dh, j * dw:]
                 a = acc[s, y]
                 if op == OP_MULTIPLY and not wrap and sw == 1:
-                    # the common case, kept branch-free so that it vectorizes
+                    # the common case, kept branch-free
                     for x in range(ow):
                         total = a[x] + ((row[x] * wt) << prod_shift)
                         fitted = min(max(total, lo), hi)
