@@ -18,7 +18,7 @@ test: setup
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/wageubn-sim demo
+	$(VENV)/bin/wageubn-sim demo --out wageubn-demo --force
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

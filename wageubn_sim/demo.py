@@ -1,13 +1,14 @@
 """The embedded demo: a small residual CNN through the WAGEUBN torch path, checked in integers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn as nn
 
 from . import function as F
 from .convert import quantize_model
-from .fixedpoint import Format, quantize
 
 
 class ResidualBlock(nn.Module):
@@ -26,6 +27,14 @@ class ResidualBlock(nn.Module):
         return self.relu2(self.add(x, y))
 
 
+DEMO_DATA = Path(__file__).with_name("demo_data") / "digits_demo.npz"
+
+
+def images_to_input(images: np.ndarray) -> np.ndarray:
+    """8x8 digit images (0..16) -> the model's input, N x 1 x 8 x 8 in [0, 1]."""
+    return (np.asarray(images, dtype=np.float64) / 16.0)[:, None]
+
+
 def demo_model(channels: int = 8, classes: int = 10) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
@@ -33,27 +42,54 @@ def demo_model(channels: int = 8, classes: int = 10) -> nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
 
 
-def run_demo(seed: int = 0, echo=print) -> bool:
-    """One float64 training step; per conv layer, check the torch path's fw weights against the
-    integer core and the weight gradients against the G grid (n * 2**-14, |n| <= 127)."""
-    torch.manual_seed(seed)
-    model = quantize_model(demo_model()).double().train()
-    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
-    labels = torch.randint(0, 10, (16,))
-    loss = nn.functional.cross_entropy(model(x), labels)
-    loss.backward()
-    echo(f"wageubn-sim demo (seed {seed}): one float64 training step, loss {loss.item():.4f}")
-    echo(f"{'layer':<12}{'weights':>9}{'fw == integer core':>20}{'G on its grid':>15}")
-    ok = True
-    for name, m in model.named_modules():
-        if not isinstance(m, F.Conv2d):
-            continue
-        w = m.weight.detach().numpy()
-        fw = quantize(w, Format(8, 7), "HALF_EVEN", "SAT_SYM") * 2.0 ** -7
-        w_ok = np.array_equal(m.quantized_weight().detach().numpy(), fw)
-        g = m.weight.grad.numpy() * 2**14
-        g_ok = bool(np.array_equal(g, np.round(g)) and np.abs(g).max() <= 127)
-        ok &= w_ok and g_ok
-        echo(f"{name:<12}{w.size:>9}{'yes' if w_ok else 'NO':>20}{'yes' if g_ok else 'NO':>15}")
-    echo("all checks passed" if ok else "a check FAILED")
-    return ok
+def load_demo_model():
+    """The trained demo model (torch path, eval mode) and its held-out digits."""
+    with np.load(DEMO_DATA, allow_pickle=False) as data:
+        state = {k[len("state/"):]: torch.from_numpy(data[k]) for k in data.files if k.startswith("state/")}
+        images, labels = data["test_images"], data["test_labels"]
+        trained_accuracy = float(data["torch_accuracy"])
+    model = quantize_model(demo_model())
+    model.load_state_dict(state)
+    return model.eval(), images, labels, trained_accuracy
+
+
+def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
+    """Compile the demo model, compare engine and torch path on the held-out digits, and
+    write the graph, a vector bundle (first 4 images) and the width audit into ``out_dir``."""
+    from ._files import staged_folder
+    from .graph.compare import compare
+    from .graph.importer import compile_model
+    from .reports.audit import audit
+    from .vectors.bundle import write_bundle
+    from .vectors.verify import verify_bundle
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:  # before the work; staged_folder checks again at the end
+        raise FileExistsError(f"{out_dir} exists; pass --force to replace it, or choose --out")
+    model, images, labels, _ = load_demo_model()
+    x = images_to_input(images)
+    graph = compile_model(model, x[:4])
+    report = compare(model, x, graph)
+    logits = graph.run(x).q
+    with torch.no_grad():
+        torch_pred = model.double()(torch.from_numpy(graph.quantize_input(x) * 2.0 ** -8)).argmax(1).numpy()
+    engine_acc = float((logits.argmax(1) == labels).mean())
+    torch_acc = float((torch_pred == labels).mean())
+    with staged_folder(out_dir, force) as stage:
+        graph.save(stage / "graph")
+        write_bundle(graph, x[:4], stage / "vectors", command="wageubn-sim demo", progress=progress)
+        verified = verify_bundle(stage / "vectors")
+        rep = audit(graph, x)
+        (stage / "audit").mkdir()
+        for name, text in (("audit.json", rep.to_json()), ("audit.csv", rep.to_csv()),
+                           ("audit.md", rep.to_markdown()), ("audit.html", rep.to_html())):
+            (stage / "audit" / name).write_text(text)
+    echo(f"demo: a WAGEUBN CNN with residual blocks on {len(labels)} held-out 8x8 digits")
+    echo(f"  engine vs torch path (float64), {len(report.layers)} layers: "
+         + ("bit-exact" if report.exact else f"DIVERGES at {report.first}"))
+    echo(f"  accuracy: engine {engine_acc:.4f}, torch path {torch_acc:.4f}")
+    echo(f"  vector bundle check: {verified}")
+    echo(rep.to_table().rstrip())
+    echo(f"wrote {out_dir}/graph (integer graph), {out_dir}/vectors (manifest.json + "
+         f".hex/.coe/.mif/.npy), {out_dir}/audit (audit.json, .csv, .md, .html)")
+    return report.exact and verified.ok and engine_acc == torch_acc

@@ -206,7 +206,13 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
     example = torch.as_tensor(np.asarray(example_input, dtype=np.float64))
     graph_input = GraphInput("input", tuple(example.shape[1:]), input_format)
     x_q = Graph([graph_input], [], []).quantize_input(example.numpy())
-    ShapeProp(gm).propagate(torch.from_numpy(x_q * 2.0 ** -input_format.frac_bits))
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.from_numpy(x_q * 2.0 ** -input_format.frac_bits))
+    except RuntimeError as err:
+        cause = err.__cause__ or err
+        raise ValueError(f"the example input of shape {tuple(example.shape)} does not fit the "
+                         f"model: {str(cause).splitlines()[0]}") from None
 
     nodes, alias, outputs = [], {}, []
     placeholders = 0

@@ -3,15 +3,14 @@ JSON plus npz (no pickle), loadable and runnable without torch."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .._files import write_folder_atomically
 from ..fixedpoint.core import quantize
 from ..fixedpoint.format import Format
 from .ops import OPS, params_from_json, params_to_json
@@ -137,23 +136,12 @@ class Graph:
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Write the folder ``path`` (graph.json + arrays.npz) atomically."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            arrays = {f"{n.name}/{k}": v for n in self.nodes for k, v in n.arrays.items()}
-            with open(tmp / GRAPH_ARRAYS, "wb") as fh:
-                np.savez(fh, **arrays)
-            (tmp / GRAPH_JSON).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        arrays = {f"{n.name}/{k}": v for n in self.nodes for k, v in n.arrays.items()}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        text = json.dumps(self.to_json(), indent=1, sort_keys=True)
+        return write_folder_atomically(path, {GRAPH_ARRAYS: buf.getvalue(),
+                                              GRAPH_JSON: text.encode()}, overwrite)
 
     @classmethod
     def load(cls, path) -> "Graph":

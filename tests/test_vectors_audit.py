@@ -1,0 +1,158 @@
+"""Vector bundles (formats, manifest, verification, tampering) and the width audit."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch.nn as nn
+from hypothesis import given, strategies as st
+
+import wageubn_sim
+from wageubn_sim.reports import audit
+from wageubn_sim.vectors import BundleError, verify_bundle, write_bundle
+from wageubn_sim.vectors.formats import (pack_words, read_coe, read_mif, read_readmemh,
+                                         unpack_words, write_coe, write_mif, write_readmemh)
+
+
+@given(values=st.lists(st.integers(-2**11, 2**11 - 1), min_size=0, max_size=40),
+       lanes=st.integers(1, 5))
+def test_memory_images_round_trip(values, lanes):
+    width = 12
+    q = np.array(values, dtype=np.int64)
+    words = pack_words(q, width, lanes)
+    for write, read in ((write_readmemh, read_readmemh), (write_coe, read_coe), (write_mif, read_mif)):
+        text = write(words, width * lanes, {"k": "v"})
+        got = read(text)[:len(words)]
+        assert got == words or (not words and len(got) <= 1)
+        assert np.array_equal(unpack_words(got, width, lanes, len(values)), q)
+
+
+def test_word_syntax_matches_the_specs():
+    words = pack_words(np.array([-1, 127, -128, 5]), 8, 2)  # lane 0 in the LSBs
+    assert words == [0x7FFF, 0x0580]
+    assert write_readmemh(words, 16, {"w": 16}).splitlines() == ["// w=16", "7fff", "0580"]
+    coe = write_coe(words, 16, {})
+    assert "memory_initialization_radix=16;" in coe and coe.rstrip().endswith("0580;")
+    mif = write_mif(words, 16, {})
+    assert "DEPTH = 2;" in mif and "WIDTH = 16;" in mif and "0 : 7fff;" in mif and "END;" in mif
+    assert read_mif("DEPTH=4;WIDTH=8;CONTENT BEGIN [0..3] : 5 6; END;") == [5, 6, 5, 6]
+    with pytest.raises(ValueError, match="does not fit 8 signed bits"):
+        pack_words(np.array([128]), 8, 1)
+
+
+def _graph():
+    import torch
+    torch.manual_seed(0)
+    m = wageubn_sim.quantize_model(nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))).eval()
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    return wageubn_sim.compile(m, x), x
+
+
+@pytest.mark.parametrize("layout,lanes", [("NCHW", 1), ("NHWC", 3), ("NCHW", 4)])
+def test_bundle_verifies_and_is_deterministic(tmp_path, layout, lanes):
+    graph, x = _graph()
+    a = write_bundle(graph, x, tmp_path / "a", layout, lanes, seed=7, command="test")
+    b = write_bundle(graph, x, tmp_path / "b", layout, lanes, seed=7, command="test")
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    report = verify_bundle(a)
+    assert report.ok, str(report)
+    assert report.layers == len(graph.nodes)
+    manifest = json.loads((a / "manifest.json").read_text())
+    conv = manifest["layers"][0]
+    assert conv["op"] == "conv2d" and conv["params"]["padding"] == [1, 1]
+    assert set(conv["tensors"]) >= {"inputs", "weight", "bias", "accumulator", "output"}
+    w = manifest["tensors"][conv["tensors"]["weight"]]
+    assert w["width"] == 8 and w["word_width"] == 8 * lanes and w["layout"] == layout
+
+
+def test_recompute_detects_a_wrong_output_and_tampering(tmp_path):
+    graph, x = _graph()
+    root = write_bundle(graph, x, tmp_path / "v")
+    # one flipped bit in a .hex file: its sha256 no longer matches
+    hexfile = root / "_0" / "output.hex"
+    lines = hexfile.read_text().splitlines()
+    lines[-1] = format(int(lines[-1], 16) ^ 1, f"0{len(lines[-1])}x")
+    hexfile.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BundleError, match="_0/output.hex: sha256 does not match"):
+        verify_bundle(root)
+    # a consistent forgery (files and hashes rewritten) is caught by recomputation
+    root2 = write_bundle(graph, x, tmp_path / "w", kinds=("npy",))
+    manifest = json.loads((root2 / "manifest.json").read_text())
+    entry = manifest["tensors"]["_4/output"]
+    path = root2 / entry["files"][0]["path"]
+    q = np.load(path)
+    q.reshape(-1)[0] += 1
+    np.save(path, q)
+    import hashlib
+    entry["files"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (root2 / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_bundle(root2)
+    assert not report.ok and any(f.startswith("_4/output: recomputed 1 values") for f in report.failures)
+
+
+def test_bad_bundles(tmp_path):
+    graph, x = _graph()
+    root = write_bundle(graph, x, tmp_path / "v", kinds=("npy", "readmemh"))
+    with pytest.raises(FileExistsError, match="--force"):
+        write_bundle(graph, x, root)
+    write_bundle(graph, x, root, force=True)  # replaced as a whole
+    manifest = json.loads((root / "manifest.json").read_text())
+    first = manifest["tensors"]["input"]["files"][0]
+    first["path"] = "../../etc/passwd"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not follow the manifest schema|escapes the bundle"):
+        verify_bundle(root)
+    first["path"] = "_0/../../outside.npy"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="escapes the bundle folder"):
+        verify_bundle(root)
+    shutil.rmtree(root)
+    root = write_bundle(graph, x, tmp_path / "v2")
+    (root / "_0" / "weight.coe").unlink()
+    with pytest.raises(BundleError, match="_0/weight.coe is missing"):
+        verify_bundle(root)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        verify_bundle(tmp_path)
+    with pytest.raises(ValueError, match="layout 'CHWN'"):
+        write_bundle(graph, x, tmp_path / "z", layout="CHWN")
+    with pytest.raises(ValueError, match="lanes=0"):
+        write_bundle(graph, x, tmp_path / "z", lanes=0)
+    assert not (tmp_path / "z").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_audit_outputs_and_widths():
+    graph, x = _graph()
+    report = audit(graph, x)
+    rows = {(r.layer, r.tensor): r for r in report.rows}
+    acc = rows[("_0", "accumulator")]
+    assert acc.needed_bits <= acc.bound_bits <= acc.static_bits
+    out = graph.run(x, trace=True).layers["_0"].trace["accumulator"]
+    assert (acc.observed_min, acc.observed_max) == (int(out.min()), int(out.max()))
+    assert acc.proposed.startswith(f"s{acc.bound_bits}.")
+    csv_text = report.to_csv()
+    assert csv_text.splitlines()[0].startswith("layer,op,tensor,declared")
+    assert len(csv_text.splitlines()) == len(report.rows) + 1
+    assert json.loads(report.to_json())["rows"][0]["layer"] == "_0"
+    assert report.to_markdown().startswith("# Width audit")
+    page = report.to_html()
+    assert page.count("data:image/png;base64,") == len(report.rows) and "<table>" in page
+    assert "needed" in report.to_table().splitlines()[0]
+
+
+def test_audit_counts_saturation_events():
+    import torch
+    from wageubn_sim.config import Config, config_network
+    torch.manual_seed(0)
+    m = wageubn_sim.quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())).eval()
+    config_network(m, "m", Config(iostrict=True, acti=8, acti_all=4))
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)) * 8
+    graph = wageubn_sim.compile(m, x)
+    rows = {(r.layer, r.tensor): r for r in audit(graph, x).rows}
+    relu = rows[("_1", "output")]
+    assert relu.declared == "s4.7" and relu.saturations > 0 and relu.headroom_bits <= 0

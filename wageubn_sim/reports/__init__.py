@@ -1,0 +1,4 @@
+"""Reports: the per-layer width audit."""
+from .audit import AuditReport, TensorAudit, audit
+
+__all__ = ["AuditReport", "TensorAudit", "audit"]

@@ -1,0 +1,164 @@
+"""Test-vector bundles: every layer's tensors as $readmemh / .coe / .mif / .npy, and a manifest
+that says how each was made and how to recompute it.
+
+Layout of a bundle::
+
+    manifest.json                   (schema: wageubn_sim/vectors/manifest.schema.json)
+    <layer>/<role>.hex|.coe|.mif|.npy
+
+Tensor roles: ``input`` (the network input), and per layer ``weight``, ``bias``, ``mean``,
+``std``, ``gamma``, ``beta``, ``accumulator`` (MAC layers) and ``output``. A layer's inputs are
+the ``output`` tensors of the layers before it (or ``input``). Same inputs, same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .._files import write_folder_atomically
+from ..fixedpoint.format import Format
+from ..graph.ir import Graph
+from ..graph.ops import params_to_json
+from .formats import WRITERS, pack_words
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+LAYOUTS = ("NCHW", "NHWC")
+FILE_KINDS = ("readmemh", "coe", "mif", "npy")
+PARAM_ROLES = ("weight", "bias", "mean", "std", "gamma", "beta")
+
+
+def to_layout(q: np.ndarray, layout: str) -> np.ndarray:
+    """NCHW (or OIHW) -> the chosen layout; tensors of other ranks are unchanged."""
+    if layout == "NHWC" and q.ndim == 4:
+        return np.ascontiguousarray(q.transpose(0, 2, 3, 1))
+    return q
+
+
+def from_layout(q: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "NHWC" and q.ndim == 4:
+        return np.ascontiguousarray(q.transpose(0, 3, 1, 2))
+    return q
+
+
+def needed_bits(q: np.ndarray) -> int:
+    """The smallest two's complement width holding every value (at least 2)."""
+    if q.size == 0:
+        return 2
+    lo, hi = int(q.min()), int(q.max())
+    return max(2, (max(hi, -lo - 1)).bit_length() + 1)
+
+
+def _param_fmt(params, role) -> Format:
+    return {"weight": getattr(params, "weight_fmt", None), "bias": getattr(params, "bias_fmt", None),
+            "mean": getattr(params, "mean_fmt", None), "std": getattr(params, "std_fmt", None),
+            "gamma": getattr(params, "gamma_fmt", None), "beta": getattr(params, "beta_fmt", None)}[role]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(q: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, q.astype(np.int64), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
+                 kinds=FILE_KINDS, force: bool = False, seed: int | None = None,
+                 command: str | None = None, progress=None) -> Path:
+    """Run ``graph`` on ``x`` and write the bundle into ``out_dir`` (atomically)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes={lanes!r}: the number of values per word is a positive int")
+    kinds = tuple(kinds)
+    unknown = set(kinds) - set(FILE_KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"file kinds {sorted(unknown) or kinds}: choose from {FILE_KINDS}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:  # checked before the work, and again when writing
+        raise FileExistsError(f"{out_dir} exists; pass overwrite (CLI: --force) to replace it")
+
+    x_q = graph.quantize_input(x)
+    result = graph.run(x_q, trace=True)
+    tensors, layers = {}, []
+    files = {}  # relative path -> bytes
+
+    def add_tensor(tid, role, layer, q, fmt, declared_bits=None):
+        q = np.asarray(q, dtype=np.int64)
+        width = fmt.bits if fmt.bits is not None else needed_bits(q)
+        entry = {"role": role, "layer": layer, "shape": list(q.shape), "layout": layout if q.ndim == 4 else "plain",
+                 "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
+                 "signed": True, "lanes": lanes, "word_width": width * lanes,
+                 "depth": -(-q.size // lanes), "files": []}
+        stored = to_layout(q, layout)
+        words = pack_words(stored, width, lanes)
+        stem = f"{layer}/{role}" if layer else role
+        header = {"tensor": tid, "shape": "x".join(map(str, q.shape)) or "scalar", "layout": entry["layout"],
+                  "width": width, "lanes": lanes, "format": fmt.describe(), "tool": f"wageubn-sim {__version__}"}
+        for kind in kinds:
+            if kind == "npy":
+                rel, data = f"{stem}.npy", _npy_bytes(stored)
+            else:
+                ext, writer = WRITERS[kind]
+                rel, data = stem + ext, writer(words, entry["word_width"], header).encode()
+            files[rel] = data
+            entry["files"].append({"kind": kind, "path": rel, "sha256": sha256(data),
+                                   "radix": 10 if kind == "npy" else 16})
+        tensors[tid] = entry
+
+    spec = graph.inputs[0]
+    add_tensor("input", "input", "", x_q, spec.fmt)
+    produced = {spec.name: "input"}
+    nodes = graph.nodes if progress is None else progress(graph.nodes)
+    for node in nodes:
+        out = result.layers[node.name]
+        roles = {"inputs": [produced[i] for i in node.inputs]}
+        for role in PARAM_ROLES:
+            if role in node.arrays:
+                tid = f"{node.name}/{role}"
+                add_tensor(tid, role, node.name, node.arrays[role], _param_fmt(node.params, role))
+                roles[role] = tid
+        if "accumulator" in out.trace:
+            acc = node.params.accumulator
+            frac = _accumulator_frac(node, graph, produced, tensors)
+            add_tensor(f"{node.name}/accumulator", "accumulator", node.name, out.trace["accumulator"],
+                       Format(acc.bits, frac))
+            roles["accumulator"] = f"{node.name}/accumulator"
+        add_tensor(f"{node.name}/output", "output", node.name, out.q, out.fmt)
+        roles["output"] = f"{node.name}/output"
+        produced[node.name] = roles["output"]
+        layers.append({"name": node.name, "op": node.op, "source": node.source,
+                       "params": params_to_json(node.params), "tensors": roles,
+                       "events": {k: int(v) for k, v in vars(out.events).items()}})
+
+    manifest = {
+        "schema": "wageubn-sim-vectors", "version": MANIFEST_VERSION,
+        "tool": {"name": "wageubn-sim", "version": __version__},
+        "seed": seed, "command": command,
+        "options": {"layout": layout, "lanes": lanes, "kinds": list(kinds),
+                    "packing": "lane 0 in the least significant bits; two's complement"},
+        "input_format": spec.fmt.to_dict(), "outputs": [produced[o] for o in graph.outputs],
+        "layers": layers, "tensors": tensors,
+    }
+    files[MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return write_folder_atomically(out_dir, files, force)
+
+
+def _accumulator_frac(node, graph, produced, tensors) -> int:
+    """F = max(f_x + f_w, f_b) (products) or max(f_x, f_w, f_b) (adder), from the formats."""
+    p = node.params
+    src = produced[node.inputs[0]]
+    fx = (p.input_register.frac_bits if p.input_register is not None
+          else tensors[src]["format"]["frac_bits"])
+    fw = p.weight_fmt.frac_bits
+    fb = p.bias_fmt.frac_bits if "bias" in node.arrays else None
+    base = max(fx, fw) if node.op == "adder2d" else fx + fw
+    return base if fb is None else max(base, fb)
