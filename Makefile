@@ -3,13 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench rtl-tools clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
@@ -19,6 +18,13 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/wageubn-sim demo --out wageubn-demo --force
+
+# Icarus Verilog for the RTL testbench (tests/test_rtl.py skips without it; CI requires it).
+rtl-tools:
+	command -v iverilog >/dev/null || (apt-get update -qq && apt-get install -y -qq iverilog)
+
+bench: setup
+	$(PY) tools/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
