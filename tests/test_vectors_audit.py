@@ -70,6 +70,20 @@ def test_bundle_verifies_and_is_deterministic(tmp_path, layout, lanes):
     assert w["width"] == 8 and w["word_width"] == 8 * lanes and w["layout"] == layout
 
 
+def test_word_width_pads_words(tmp_path):
+    graph, x = _graph()
+    root = write_bundle(graph, x, tmp_path / "v", lanes=2, word_width=64)
+    manifest = json.loads((root / "manifest.json").read_text())
+    w = manifest["tensors"]["_0/weight"]
+    assert w["word_width"] == 64 and w["width"] == 8
+    lines = [l for l in (root / "_0" / "weight.hex").read_text().splitlines() if not l.startswith("//")]
+    assert all(len(l) == 16 and l[:12] == "0" * 12 for l in lines)  # 64-bit words, zero above lane 1
+    assert verify_bundle(root).ok
+    with pytest.raises(ValueError, match="tensor input: 2 lanes of 16 bits need 32-bit words, more than word_width=12"):
+        write_bundle(graph, x, tmp_path / "z", lanes=2, word_width=12)
+    assert not (tmp_path / "z").exists()
+
+
 def test_recompute_detects_a_wrong_output_and_tampering(tmp_path):
     graph, x = _graph()
     root = write_bundle(graph, x, tmp_path / "v")

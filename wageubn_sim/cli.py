@@ -263,9 +263,11 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
 @click.option("-o", "--out", required=True, help="Bundle folder to write.")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--lanes", type=int, default=1, show_default=True, help="Values packed per word (lane 0 in the LSBs).")
+@click.option("--word-width", type=int, help="Bits per memory word (default: lanes x value width; "
+                                             "wider words are zero-padded above the last lane).")
 @click.option("--formats", default="readmemh,coe,mif,npy", show_default=True, help="File kinds to write.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def vectors(graph, input_path, random, shape, seed, out, layout, lanes, formats, force):
+def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_width, formats, force):
     """Write a test-vector bundle (manifest + memory images) for GRAPH on inputs."""
     from .vectors.bundle import write_bundle
     g = _load_graph(graph)
@@ -273,7 +275,8 @@ def vectors(graph, input_path, random, shape, seed, out, layout, lanes, formats,
         shape = ",".join(map(str, g.inputs[0].shape))
     x = load_inputs(input_path, random, shape, seed)
     _guard(write_bundle, g, x, out, layout, lanes, [k.strip() for k in formats.split(",")], force,
-           seed if input_path is None else None, _command_line(), _progress("writing vectors"))
+           seed if input_path is None else None, _command_line(), _progress("writing vectors"),
+           word_width)
     click.echo(f"wrote {out}")
 
 

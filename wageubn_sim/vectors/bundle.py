@@ -72,12 +72,19 @@ def _npy_bytes(q: np.ndarray) -> bytes:
 
 def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
                  kinds=FILE_KINDS, force: bool = False, seed: int | None = None,
-                 command: str | None = None, progress=None) -> Path:
-    """Run ``graph`` on ``x`` and write the bundle into ``out_dir`` (atomically)."""
+                 command: str | None = None, progress=None, word_width: int | None = None) -> Path:
+    """Run ``graph`` on ``x`` and write the bundle into ``out_dir`` (atomically).
+
+    ``word_width``: the width of every memory word (default: lanes * the tensor's width); a
+    wider word is padded with zero bits above the last lane.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
         raise ValueError(f"lanes={lanes!r}: the number of values per word is a positive int")
+    if word_width is not None and (isinstance(word_width, bool) or not isinstance(word_width, int)
+                                   or word_width < 2):
+        raise ValueError(f"word_width={word_width!r}: give a width in bits, at least 2")
     kinds = tuple(kinds)
     unknown = set(kinds) - set(FILE_KINDS)
     if unknown or not kinds:
@@ -94,9 +101,13 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
     def add_tensor(tid, role, layer, q, fmt, declared_bits=None):
         q = np.asarray(q, dtype=np.int64)
         width = fmt.bits if fmt.bits is not None else needed_bits(q)
+        word = lanes * width if word_width is None else word_width
+        if word < lanes * width:
+            raise ValueError(f"tensor {tid}: {lanes} lanes of {width} bits need {lanes * width}-bit "
+                             f"words, more than word_width={word_width}; raise it or use fewer lanes")
         entry = {"role": role, "layer": layer, "shape": list(q.shape), "layout": layout if q.ndim == 4 else "plain",
                  "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
-                 "signed": True, "lanes": lanes, "word_width": width * lanes,
+                 "signed": True, "lanes": lanes, "word_width": word,
                  "depth": -(-q.size // lanes), "files": []}
         stored = to_layout(q, layout)
         words = pack_words(stored, width, lanes)
