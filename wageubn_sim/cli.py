@@ -161,9 +161,13 @@ def input_options(fn):
     return fn
 
 
-def _load_graph(path):
+def _graph_and_inputs(path, input_path, random, shape, seed):
+    """A saved graph and its inputs; random inputs take the graph's input shape by default."""
     from .graph.ir import load_graph
-    return _guard(load_graph, path)
+    graph = _guard(load_graph, path)
+    if shape is None and random is not None:
+        shape = ",".join(map(str, graph.inputs[0].shape))
+    return graph, load_inputs(input_path, random, shape, seed)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -220,10 +224,7 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def simulate(graph, input_path, random, shape, seed, out, force):
     """Run a saved GRAPH on inputs with the integer engine."""
-    g = _load_graph(graph)
-    if shape is None and random is not None:
-        shape = ",".join(map(str, g.inputs[0].shape))
-    x = load_inputs(input_path, random, shape, seed)
+    g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     result = _guard(g.run, x)
     out = Path(out)
     if out.exists() and not force:
@@ -270,10 +271,7 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
 def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_width, formats, force):
     """Write a test-vector bundle (manifest + memory images) for GRAPH on inputs."""
     from .vectors.bundle import write_bundle
-    g = _load_graph(graph)
-    if shape is None and random is not None:
-        shape = ",".join(map(str, g.inputs[0].shape))
-    x = load_inputs(input_path, random, shape, seed)
+    g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     _guard(write_bundle, g, x, out, layout, lanes, [k.strip() for k in formats.split(",")], force,
            seed if input_path is None else None, _command_line(), _progress("writing vectors"),
            word_width)
@@ -299,10 +297,7 @@ def audit(graph, input_path, random, shape, seed, out, force):
     """Audit the register widths of GRAPH over inputs; print the table."""
     from ._files import write_folder_atomically
     from .reports.audit import audit as run_audit
-    g = _load_graph(graph)
-    if shape is None and random is not None:
-        shape = ",".join(map(str, g.inputs[0].shape))
-    x = load_inputs(input_path, random, shape, seed)
+    g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     report = _guard(run_audit, g, x)
     click.echo(report.to_table().rstrip())
     if out:
