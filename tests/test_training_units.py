@@ -1,0 +1,119 @@
+"""Integer backward kernels and the update unit, against torch autograd (float64, exact on
+integer-valued tensors) and plain int64 references."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given, strategies as st
+from int_reference import int_windows
+
+from wageubn_sim.engine.activation_backward import activation_backward, max_pool2d_backward
+from wageubn_sim.engine.conv2d import Conv2dParams
+from wageubn_sim.engine.conv2d_backward import conv2d_backward, linear_backward
+from wageubn_sim.engine.pool import PoolParams
+from wageubn_sim.fixedpoint import FixedArray, Format, random_u32
+from wageubn_sim.function.optim import WageubnSGD
+from wageubn_sim.scheme import g_quantize, lr_quantize
+from wageubn_sim.training import UpdateParams, momentum_update
+
+
+@st.composite
+def conv_backward_cases(draw):
+    groups = draw(st.sampled_from([1, 2]))
+    k = draw(st.integers(1, 3))
+    d = draw(st.integers(1, 2))
+    return dict(groups=groups, cin=groups * draw(st.integers(1, 3)), cout=groups * draw(st.integers(1, 3)),
+                k=k, d=d, s=draw(st.integers(1, 2)), p=draw(st.integers(0, 2)),
+                size=draw(st.integers(d * (k - 1) + 1, 8)), n=draw(st.integers(1, 3)),
+                seed=draw(st.integers(0, 2**31)))
+
+
+@given(c=conv_backward_cases())
+def test_conv_backward_equals_torch_autograd_and_int64(c):
+    rng = np.random.default_rng(c["seed"])
+    x = rng.integers(-2**10, 2**10, (c["n"], c["cin"], c["size"], c["size"]))
+    w = rng.integers(-127, 128, (c["cout"], c["cin"] // c["groups"], c["k"], c["k"]))
+    p = Conv2dParams(Format(8, 7), stride=(c["s"],) * 2, padding=(c["p"],) * 2,
+                     dilation=(c["d"],) * 2, groups=c["groups"])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    y = TF.conv2d(xt, wt, None, c["s"], c["p"], c["d"], c["groups"])
+    e = rng.integers(-2**12, 2**12, tuple(y.shape))
+    y.backward(torch.tensor(e, dtype=torch.float64))
+    dx, dw, db = conv2d_backward(x, w, e, p, with_bias=True)
+    assert np.array_equal(dx, xt.grad.numpy()) and np.array_equal(dw, wt.grad.numpy())
+    assert np.array_equal(db, e.sum(axis=(0, 2, 3)))
+    # int64 reference for dw: windows of x times e
+    win = int_windows(x, w.shape[2:], c["s"], c["p"], c["d"])  # N,C,OH,OW,KH,KW
+    cg, og = c["cin"] // c["groups"], c["cout"] // c["groups"]
+    for o in range(c["cout"]):
+        g = o // og
+        ref = np.einsum("nchwij,nhw->cij", win[:, g * cg:(g + 1) * cg], e[:, o], dtype=np.int64)
+        assert np.array_equal(dw[o], ref)
+
+
+def test_linear_backward():
+    rng = np.random.default_rng(0)
+    x, w, e = rng.integers(-300, 300, (4, 7)), rng.integers(-127, 128, (3, 7)), rng.integers(-99, 99, (4, 3))
+    dx, dw, db = linear_backward(x, w, e, with_bias=True)
+    assert np.array_equal(dx, e @ w) and np.array_equal(dw, e.T @ x) and np.array_equal(db, e.sum(0))
+
+
+@given(seed=st.integers(0, 2**31), frac=st.integers(-2, 10), six=st.booleans())
+def test_activation_backward_equals_torch(seed, frac, six):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2**12, 2**12, (50,))
+    x[:3] = [0, 6 << max(frac, 0), -1]
+    e = rng.integers(-1000, 1000, (50,))
+    xt = torch.tensor(x * 2.0 ** -frac, requires_grad=True)
+    (TF.relu6(xt) if six else TF.relu(xt)).backward(torch.tensor(e, dtype=torch.float64))
+    assert np.array_equal(activation_backward(x, frac, e, 6 if six else None), xt.grad.numpy())
+
+
+@given(seed=st.integers(0, 2**31), k=st.integers(2, 3), s=st.integers(1, 3), pad=st.integers(0, 1))
+def test_max_pool_backward_routes_to_the_first_maximum(seed, k, s, pad):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-4, 4, (2, 2, 7, 7))  # many ties
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y = TF.max_pool2d(xt, k, s, pad)
+    e = rng.integers(-50, 50, tuple(y.shape))
+    y.backward(torch.tensor(e, dtype=torch.float64))
+    got = max_pool2d_backward(x, e, PoolParams((k, k), (s, s), (pad, pad)))
+    assert np.array_equal(got, xt.grad.numpy())
+
+
+@pytest.mark.parametrize("order", ["quantize_after", "quantize_before"])
+def test_update_unit_equals_torch_optimizer_over_100_steps(order):
+    rng = np.random.default_rng(1)
+    update = UpdateParams(order=order)
+    w0 = rng.standard_normal((4, 3, 3, 3)) * 0.2
+    param = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    opt = WageubnSGD([param], lr=0.05, update=update)
+    opt.snap_to_grid()
+    w = FixedArray(np.round(param.detach().numpy() * 2**23).astype(np.int64), 23)
+    acc = FixedArray(np.zeros(w.q.shape, np.int64), 12)
+    lr = lr_quantize(0.05)
+    assert lr.q.item() == 26
+    for step in range(100):
+        raw = FixedArray(rng.integers(-2**20, 2**20, w.q.shape), 30)
+        g = g_quantize(raw, random_u32(5, step, raw.q.size).reshape(raw.q.shape))
+        param.grad = torch.from_numpy(g.to_float())
+        opt.step()
+        w, acc = momentum_update(w, acc, g, lr, update)
+        assert np.array_equal(param.detach().numpy(), w.to_float()), step
+        assert np.array_equal(opt.state[param]["momentum"].numpy(), acc.to_float()), step
+    assert w.frac_bits == 23 and acc.frac_bits == 12
+
+
+def test_update_orders_differ_and_are_pinned():
+    g = FixedArray(np.array([1, -3, 5]), 14)  # below the momentum grid: lost if quantized first
+    w = FixedArray(np.zeros(3, np.int64), 23)
+    acc = FixedArray(np.zeros(3, np.int64), 12)
+    lr = lr_quantize(0.05)
+    after = momentum_update(w, acc, g, lr, UpdateParams(order="quantize_after"))
+    before = momentum_update(w, acc, g, lr, UpdateParams(order="quantize_before"))
+    assert after[0].q.tolist() == [-26 * 1 * 1, 26 * 3, -26 * 5]  # lr * G lands on 2**-23 exactly
+    assert before[0].q.tolist() == [0, 26 * 4, -26 * 4]  # G rounded to 2**-12 first (RNE)
+    assert after[1].q.tolist() == before[1].q.tolist() == [0, -1, 1]
+    with pytest.raises(ValueError, match="order='sometimes'"):
+        UpdateParams(order="sometimes")
