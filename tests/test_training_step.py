@@ -1,0 +1,70 @@
+"""100 consecutive integer training steps equal the torch path's (float64), bit for bit."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import wageubn_sim
+from wageubn_sim.function.optim import WageubnSGD
+from wageubn_sim.training import UpdateParams
+from wageubn_sim.training.step import IntegerTrainer, cross_entropy_error
+
+
+class ResidualNet(nn.Module):
+    """BatchNorm-free: conv, ReLU, a residual block, max pooling, a dense layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu0 = nn.ReLU()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.relu1 = nn.ReLU6()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.relu0(self.stem(x))
+        y = self.conv2(self.relu1(self.conv1(x)))
+        x = self.pool(self.relu2(x + y))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("order", ["quantize_after", "quantize_before"])
+def test_integer_training_equals_torch_path_for_100_steps(order):
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(ResidualNet()).double()
+    update = UpdateParams(order=order)
+    opt = WageubnSGD(model.parameters(), lr=0.05, update=update)
+    opt.snap_to_grid()
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((8, 16, 1, 8, 8))
+    labels = rng.integers(0, 10, (8, 16))
+    trainer = IntegerTrainer.from_model(model, data[0], lr=0.05, update=update)
+    params = dict(model.named_parameters())
+    for step in range(100):
+        x, y = data[step % 8], labels[step % 8]
+        logits = trainer.step(x, y)
+        xq = trainer.graph.quantize_input(x) * 2.0 ** -trainer.graph.inputs[0].fmt.frac_bits
+        out = model(torch.from_numpy(xq))
+        assert np.array_equal(out.detach().numpy(), logits.to_float()), f"outputs, step {step}"
+        out.backward(torch.from_numpy(cross_entropy_error(logits, y).to_float()))
+        opt.step()
+        opt.zero_grad()
+        for node in trainer.graph.nodes:
+            for role in ("weight", "bias"):
+                key = (node.name, role)
+                if key not in trainer.master:
+                    continue
+                p = params[f"{node.source}.{role}"]
+                assert np.array_equal(p.detach().numpy(), trainer.master[key].to_float()), (step, key)
+                assert np.array_equal(opt.state[p]["momentum"].numpy(),
+                                      trainer.momentum[key].to_float()), (step, key)
+    assert trainer.step_number == 100
+
+
+def test_unsupported_layers_are_named():
+    model = wageubn_sim.quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))).double()
+    with pytest.raises(ValueError, match="does not support _1 \\(batchnorm2d\\)"):
+        IntegerTrainer.from_model(model.eval(), np.zeros((1, 1, 5, 5)), lr=0.05)

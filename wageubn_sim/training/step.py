@@ -1,0 +1,181 @@
+"""A bit-exact integer training step for networks of Conv2d, Linear, ReLU, ReLU6, MaxPool2d,
+Add and Flatten (BatchNorm, average pooling and Adder2d are not defined for integer training
+yet; see docs/arithmetic.md §10).
+
+One step, in the order the torch path runs it:
+
+1. forward: the engine, with fw(master weights) and Q(bias) in the layers' registers;
+2. the error at the logits: ``error_fn(logits)`` of the caller (a deterministic function of the
+   integer logits, e.g. `cross_entropy_error`), as integers on its own grid;
+3. backward, layers in reverse: at a MAC layer's output the error is E2-quantized, at an
+   activation's output E1-quantized (where the torch path's modules put backward_e2 and
+   backward_e1); errors of a tensor read by several layers are summed exactly;
+4. G of each weight and bias gradient, with the counter-based words of key = the layer's
+   seed (weights) or seed + 1 (bias) and stream = the step number, as the torch path draws them;
+5. the update unit (`update.momentum_update`) on the master weights and momenta.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..fixedpoint.core import quantize, requantize
+from ..fixedpoint.format import FixedArray, Format
+from ..fixedpoint.modes import Overflow, Rounding
+from ..fixedpoint.random_bits import random_u32
+from ..engine.activation_backward import activation_backward, max_pool2d_backward
+from ..engine.conv2d_backward import conv2d_backward, linear_backward
+from ..scheme.quantizers import e1_quantize, e2_quantize, g_quantize, lr_quantize
+from .update import UpdateParams, momentum_update
+
+SUPPORTED_OPS = ("conv2d", "linear", "activation", "max_pool2d", "add", "flatten")
+LOGIT_ERROR_FRAC = 24
+
+
+def cross_entropy_error(logits: FixedArray, labels: np.ndarray, frac_bits: int = LOGIT_ERROR_FRAC) -> FixedArray:
+    """d(mean cross-entropy)/d(logits) = (softmax - onehot) / N, computed in float64 from the
+    integer logits and rounded half to even onto 2**-frac_bits: the same integers for any path
+    that has the same logits."""
+    z = logits.to_float()
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1.0
+    return FixedArray(quantize(p / len(labels), Format(None, frac_bits)), frac_bits)
+
+
+def _add(errors: dict, name: str, e: FixedArray) -> None:
+    if name not in errors:
+        errors[name] = e
+        return
+    old = errors[name]
+    frac = max(old.frac_bits, e.frac_bits)
+    errors[name] = FixedArray((old.q << (frac - old.frac_bits)) + (e.q << (frac - e.frac_bits)), frac)
+
+
+class IntegerTrainer:
+    """Integer training of a compiled graph. ``layers`` maps each MAC node to the torch-path
+    module settings it needs: error width, G widths, SR keys (see `from_model`)."""
+
+    def __init__(self, graph, layers: dict, lr: float, update: UpdateParams = UpdateParams()):
+        bad = [f"{n.name} ({n.op})" for n in graph.nodes if n.op not in SUPPORTED_OPS]
+        if bad:
+            raise ValueError(f"integer training does not support {', '.join(bad)} yet; "
+                             f"supported: {', '.join(SUPPORTED_OPS)}")
+        self.graph, self.layers, self.update = graph, layers, update
+        self.lr = lr_quantize(lr)
+        self.step_number = 0
+        self.master, self.momentum = {}, {}
+        for node in graph.nodes:
+            for role in ("weight", "bias"):
+                if node.op in ("conv2d", "linear") and role in node.arrays:
+                    q = layers[node.name][f"master_{role}"]
+                    self.master[(node.name, role)] = FixedArray(q, update.weight_k - 1)
+                    self.momentum[(node.name, role)] = FixedArray(np.zeros_like(q), update.acc_k - 1)
+        self._refresh_registers()
+
+    @classmethod
+    def from_model(cls, model, example_input, lr: float, update: UpdateParams = UpdateParams(), **compile_args):
+        """From a torch-path model whose parameters are on the master grid (see
+        `function.optim.WageubnSGD.snap_to_grid`); its layers' settings and SR keys are read."""
+        from ..graph.importer import compile_model
+        graph = compile_model(model, example_input, **compile_args)
+        modules = dict(model.named_modules())
+        layers = {}
+        for node in graph.nodes:
+            if node.op not in ("conv2d", "linear"):
+                continue
+            m = modules[node.source]
+            info = {"error_k": m.error_bit_width, "grad_k": m.grad_dec_bit_width,
+                    "grad_range_k": m.grad_range_bit_width,
+                    "weight_key": m.grad_sources["weight"].seed, "bias_key": m.grad_sources["bias"].seed}
+            for role in ("weight", "bias"):
+                p = getattr(m, role)
+                if p is not None:
+                    info[f"master_{role}"] = quantize(p.detach().double().cpu().numpy(),
+                                                      Format(None, update.weight_k - 1))
+            layers[node.name] = info
+        error_k = {n.name: modules[n.source].error_bit_width for n in graph.nodes if n.op == "activation"
+                   and n.source in modules and hasattr(modules[n.source], "error_bit_width")}
+        for name, k in error_k.items():
+            layers[name] = {"error_k": k}
+        return cls(graph, layers, lr, update)
+
+    def _refresh_registers(self):
+        """fw(master weights) and Q(master bias) into the graph's registers."""
+        for (name, role), w in self.master.items():
+            node = next(n for n in self.graph.nodes if n.name == name)
+            fmt = node.params.weight_fmt if role == "weight" else node.params.bias_fmt
+            q = requantize(w.q, w.frac_bits, fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM)
+            q.flags.writeable = False
+            node.arrays[role] = q
+
+    def step(self, x, labels, error_fn=cross_entropy_error):
+        """One training step; returns the logits (FixedArray) it trained on."""
+        self._x_q = self.graph.quantize_input(x)
+        result = self.graph.run(self._x_q, trace=True)
+        logits = FixedArray(result.q, result.fmt.frac_bits)
+        errors: dict = {}
+        _add(errors, self.graph.outputs[0], error_fn(logits, np.asarray(labels)))
+        grads = {}
+        for node in reversed(self.graph.nodes):
+            if node.name not in errors:
+                continue
+            e = errors.pop(node.name)
+            out = result.layers[node.name]
+            if node.op in ("conv2d", "linear"):
+                e = e2_quantize(e, self.layers[node.name]["error_k"])
+                self._mac_backward(node, out, e, errors, grads)
+            elif node.op == "activation":
+                e = e1_quantize(e, self.layers.get(node.name, {}).get("error_k", 8))
+                x_in, x_frac = self._input(node, result, 0)
+                x_seen = out.trace.get("input", x_in)
+                frac = node.params.input_register.frac_bits if node.params.input_register else x_frac
+                _add(errors, node.inputs[0], FixedArray(
+                    activation_backward(x_seen, frac, e.q, node.params.ceiling), e.frac_bits))
+            elif node.op == "max_pool2d":
+                x_in, _ = self._input(node, result, 0)
+                _add(errors, node.inputs[0], FixedArray(max_pool2d_backward(x_in, e.q, node.params), e.frac_bits))
+            elif node.op == "add":
+                for name in node.inputs:
+                    _add(errors, name, e)
+            elif node.op == "flatten":
+                x_in, _ = self._input(node, result, 0)
+                _add(errors, node.inputs[0], FixedArray(e.q.reshape(x_in.shape), e.frac_bits))
+        for key, g in grads.items():
+            self.master[key], self.momentum[key] = momentum_update(
+                self.master[key], self.momentum[key], g, self.lr, self.update)
+        self.step_number += 1
+        self._refresh_registers()
+        return logits
+
+    def _input(self, node, result, i):
+        name = node.inputs[i]
+        if name == self.graph.inputs[0].name:
+            return self._x_q, self.graph.inputs[0].fmt.frac_bits
+        out = result.layers[name]
+        return out.q, out.fmt.frac_bits
+
+    def _mac_backward(self, node, out, e, errors, grads):
+        info = self.layers[node.name]
+        x_in = out.trace["input"]
+        p = node.params
+        x_frac = p.input_register.frac_bits if p.input_register else None
+        if x_frac is None:
+            x_frac = (self.graph.inputs[0].fmt.frac_bits if node.inputs[0] == self.graph.inputs[0].name
+                      else self._frac_of(node.inputs[0]))
+        has_bias = "bias" in node.arrays
+        if node.op == "linear":
+            dx, dw, db = linear_backward(x_in, node.arrays["weight"], e.q, has_bias)
+        else:
+            dx, dw, db = conv2d_backward(x_in, node.arrays["weight"], e.q, p, has_bias)
+        if node.inputs[0] != self.graph.inputs[0].name:
+            _add(errors, node.inputs[0], FixedArray(dx, e.frac_bits + p.weight_fmt.frac_bits))
+        for role, grad, frac in (("weight", dw, x_frac + e.frac_bits), ("bias", db, e.frac_bits)):
+            if grad is None:
+                continue
+            u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
+            grads[(node.name, role)] = g_quantize(FixedArray(grad, frac), u, info["grad_range_k"],
+                                                  info["grad_k"])
+
+    def _frac_of(self, name):
+        return next(n for n in self.graph.nodes if n.name == name).out_fmt.frac_bits
