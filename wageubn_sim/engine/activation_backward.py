@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pool import PoolParams
+from .pool import PoolParams, max_pool_argmax
 
 
 def activation_backward(x: np.ndarray, x_frac: int, error: np.ndarray, ceiling: int | None = None):
@@ -24,30 +24,23 @@ def activation_backward(x: np.ndarray, x_frac: int, error: np.ndarray, ceiling: 
 
 
 @njit(cache=True, parallel=True)
-def _max_pool_backward(x, error, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    n, c, h, w = x.shape
-    oh, ow = error.shape[2:]
+def _scatter_add(error, argmax, out):
+    """out[n, c].flat[argmax[n, c, y, x]] += error[n, c, y, x], per (n, c) plane."""
+    n, c = error.shape[:2]
     for job in prange(n * c):
         b, ch = job // c, job % c
-        for y in range(oh):
-            for xo in range(ow):
-                best_y, best_x, found = -1, -1, False
-                best = np.int64(0)
-                for i in range(kh):
-                    yi = y * sh + i * dh - ph
-                    for j in range(kw):
-                        xi = xo * sw + j * dw - pw
-                        if 0 <= yi < h and 0 <= xi < w:
-                            v = x[b, ch, yi, xi]
-                            if not found or v > best:
-                                best, best_y, best_x, found = v, yi, xi, True
-                if found:
-                    out[b, ch, best_y, best_x] += error[b, ch, y, xo]
+        plane = out[b, ch].reshape(-1)
+        for y in range(error.shape[2]):
+            for x in range(error.shape[3]):
+                if argmax[b, ch, y, x] >= 0:  # a window wholly in the padding reads nothing
+                    plane[argmax[b, ch, y, x]] += error[b, ch, y, x]
 
 
 def max_pool2d_backward(x: np.ndarray, error: np.ndarray, p: PoolParams) -> np.ndarray:
+    """Each window's error to the window's first maximum (the forward's argmax)."""
+    _, argmax = max_pool_argmax(x, p)
+    if argmax.shape != error.shape:
+        raise ValueError(f"max-pool backward: error {error.shape} != output {argmax.shape}")
     out = np.zeros(x.shape, np.int64)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
-    _max_pool_backward(np.ascontiguousarray(x, dtype=np.int64), np.ascontiguousarray(error, dtype=np.int64),
-                       kh, kw, sh, sw, ph, pw, dh, dw, out)
+    _scatter_add(np.ascontiguousarray(error, dtype=np.int64), argmax, out)
     return out

@@ -41,30 +41,46 @@ def _geometry(x, p):
 
 
 @njit(cache=True, parallel=True)
-def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, out, counts):
+def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, out, counts, argmax):
+    """Window max (the first maximum in (kh, kw) order; its flat input index into argmax) or
+    window sum (with the number of cells inside the input into counts)."""
     n, c, h, w = x.shape
     for job in prange(n * c):
         b, ch = job // c, job % c
         for y in range(oh):
             for xo in range(ow):
                 acc = _MIN if take_max else np.int64(0)
-                count = 0
+                count, where = 0, -1
                 for i in range(kh):
                     yi = y * sh + i * dh - ph
                     for j in range(kw):
                         xi = xo * sw + j * dw - pw
                         if 0 <= yi < h and 0 <= xi < w:
                             v = x[b, ch, yi, xi]
-                            acc = max(acc, v) if take_max else acc + v
+                            if take_max:
+                                if where < 0 or v > acc:
+                                    acc, where = v, yi * w + xi
+                            else:
+                                acc += v
                             count += 1
                 out[b, ch, y, xo] = acc
                 counts[y, xo] = count
+                if take_max:
+                    argmax[b, ch, y, xo] = where
+
+
+def max_pool_argmax(x, p: PoolParams):
+    """(window maxima, flat input index of each window's first maximum)."""
+    n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
+    out = np.empty((n, c, oh, ow), np.int64)
+    argmax = np.empty((n, c, oh, ow), np.int64)
+    _pool(np.ascontiguousarray(x, dtype=np.int64), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True,
+          out, np.empty((oh, ow), np.int64), argmax)
+    return out, argmax
 
 
 def max_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
-    n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
-    out = np.empty((n, c, oh, ow), np.int64)
-    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True, out, np.empty((oh, ow), np.int64))
+    out = max_pool_argmax(x, p)[0]
     return Output(out, Format(None, x_frac), Events(), {"output": out} if trace else {},
                   np.zeros(out.shape, np.uint8))
 
@@ -73,7 +89,7 @@ def avg_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
     sums = np.empty((n, c, oh, ow), np.int64)
     counts = np.empty((oh, ow), np.int64)
-    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, sums, counts)
+    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, sums, counts, sums)
     if p.divisor_override:
         divisor = np.full((oh, ow), p.divisor_override, np.int64)
     elif p.count_include_pad:  # torch counts padded cells (inside the padded border)
