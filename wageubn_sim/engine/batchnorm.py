@@ -9,14 +9,16 @@
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 import numpy as np
 from numba import njit, prange
 
 from ..fixedpoint.core import (OVERFLOWED, QUOTIENT_ESTIMATE_LIMIT, TIE, fit_overflow,
-                               floor_divide, requantize, round_quotient)
+                               floor_divide, requantize, round_quotient, sqrt_rounded)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
+from ..fixedpoint.reference import round_fraction
 from .registers import Events, Output, align, output_stage
 
 DOMAIN = 1 << 61
@@ -110,3 +112,34 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
                                              stages, flags)
     events.add(out_events)
     return Output(q, fmt, events, stages, flags)
+
+
+def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Format,
+                     eps_lsbs: int, overflow=Overflow.SAT_SYM) -> tuple[np.ndarray, np.ndarray]:
+    """The training-mode statistics registers of one batch, per channel (docs §8):
+
+        mean_q = round(S1 / M)                  on mean_fmt's grid, then its overflow
+        std_q  = round(sqrt(S2/M - (S1/M)**2))  on std_fmt's grid, then its overflow, + eps_lsbs
+
+    with S1 = sum x, S2 = sum x*x over N, H, W (M values; biased variance), computed exactly on
+    Python integers and rounded half to even once each.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"batch statistics need an N,C,H,W input, got {x.shape}")
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    if m == 0:
+        raise ValueError("batch statistics of an empty batch are undefined")
+    fm, fs = mean_fmt.frac_bits, std_fmt.frac_bits
+    means, stds = [], []
+    for ch in range(x.shape[1]):
+        vals = x[:, ch].reshape(-1).astype(object)
+        s1, s2 = int(vals.sum()), int((vals * vals).sum())
+        # mean = s1 / (m * 2**fx); on 2**-fm: round(s1 * 2**fm / (m * 2**fx))
+        num, den = s1 << max(fm - x_frac, 0), m << max(x_frac - fm, 0)
+        means.append(round_fraction(Fraction(num, den), Rounding.HALF_EVEN))  # exact, any size
+        # var * 2**(2 fs) = (m*s2 - s1**2) * 2**(2 fs) / (m**2 * 2**(2 fx))
+        shift = 2 * fs - 2 * x_frac
+        stds.append(sqrt_rounded((m * s2 - s1 * s1) << max(shift, 0), (m * m) << max(-shift, 0)))
+    mean_q = requantize(np.array(means, dtype=np.int64), fm, mean_fmt, Rounding.HALF_EVEN, overflow)
+    std_q = requantize(np.array(stds, dtype=np.int64), fs, std_fmt, Rounding.HALF_EVEN, overflow)
+    return mean_q, std_q + eps_lsbs

@@ -13,6 +13,8 @@ values and the ``half`` constant all stay inside int64.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -402,3 +404,22 @@ def quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT,
         raise OverflowError(f"a value needs 62 bits or more in {fmt.describe()}; "
                             f"give the format a width (bits) and an overflow mode")
     return grid.astype(np.int64)
+
+
+def sqrt_rounded(numerator: int, denominator: int) -> int:
+    """sqrt(numerator / denominator) rounded half to even, exactly, on Python integers.
+
+    With t = isqrt(floor(4 * num / den)) = floor(2 * sqrt(v)): an even t puts sqrt(v) in
+    [t/2, t/2 + 1/2), so the answer is t/2; an odd t puts it in [t/2, t/2 + 1/2) with
+    t/2 = n + 1/2, so the answer is n + 1, except on the exact tie 4 * num == t*t * den,
+    which goes to the even one of n, n + 1.
+    """
+    if numerator < 0 or denominator <= 0:
+        raise ValueError("sqrt_rounded takes numerator >= 0 and denominator > 0")
+    t = math.isqrt((4 * numerator) // denominator)
+    n = t // 2
+    if t % 2 == 0:
+        return n
+    if 4 * numerator == t * t * denominator:
+        return n if n % 2 == 0 else n + 1
+    return n + 1

@@ -83,3 +83,19 @@ def shift_exponent(magnitude) -> int:
     if Fraction(2) ** e > m:  # bit_length difference may overshoot by one
         e -= 1
     return e + (m * m >= Fraction(2) ** (2 * e + 1))
+
+
+def round_sqrt(x) -> int:
+    """sqrt(x) rounded half to even, for a rational x >= 0, by comparing squares:
+    n is the answer when (n - 1/2)**2 <= x <= (n + 1/2)**2, ties to the even n."""
+    x = Fraction(x)
+    if x < 0:
+        raise ValueError("round_sqrt takes x >= 0")
+    n = math.isqrt(math.floor(x))
+    while Fraction(2 * n + 1, 2) ** 2 < x:
+        n += 1
+    while n > 0 and Fraction(2 * n - 1, 2) ** 2 > x:
+        n -= 1
+    if Fraction(2 * n + 1, 2) ** 2 == x and n % 2 == 1:  # tie between n and n + 1
+        n += 1
+    return n

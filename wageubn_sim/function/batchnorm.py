@@ -24,7 +24,23 @@ from .number import directquant
 BATCHNORM_WIDTHS = {"weight": (8, 16), "bias": (8, 16), "mean": (16, 24), "var": (16, 24),
                     "xhat": (8, 16), "input": (12, 24), "output": (8, 16)}
 
-_TINY_VARIANCE = 2.0 ** -80  # keeps d sqrt(var) finite at var = 0; sqrt is 2**-40, below any grid
+_TINY_VARIANCE = 2.0 ** -80
+_MAX_GRID_FRAC = 60
+
+
+def _grid_frac(x: torch.Tensor) -> int | None:
+    """The coarsest grid 2**-f (0 <= f <= 60) holding every value of x exactly, with the
+    integers below 2**53; None if there is none."""
+    v = x.detach().double().cpu().numpy()
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        return None
+    for f in range(_MAX_GRID_FRAC + 1):
+        scaled = v * 2.0 ** f
+        if np.abs(scaled).max() >= 2.0 ** 53:
+            return None
+        if np.array_equal(scaled, np.round(scaled)):
+            return f
+    return None  # keeps d sqrt(var) finite at var = 0; sqrt is 2**-40, below any grid
 
 
 class BatchNorm2d(QuantModule, nn.BatchNorm2d):
@@ -47,6 +63,24 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         mean_q = self._register(mean, "mean")
         std_q = self._register(torch.sqrt(var.clamp_min(_TINY_VARIANCE)), "var") + self.quantized_eps()
         return mean_q, std_q
+
+    def _exact_batch_registers(self, x, mean_q, std_q):
+        """In training, the contract's exact batch statistics (integer sums, one rounding each,
+        `engine.batchnorm.batch_statistics`) replace the float ones' values wherever the input
+        lies on a dyadic grid, as it does between WAGEUBN layers; gradients stay those of the
+        float statistics (straight-through, as in the official code)."""
+        frac = _grid_frac(x)
+        if frac is None:
+            return mean_q, std_q
+        from ..engine.batchnorm import batch_statistics
+        q = np.round(x.detach().double().cpu().numpy() * 2.0 ** frac).astype(np.int64)
+        mean_fmt, std_fmt = Format.from_seed(self.mean_dec_bit_width, self.mean_all_bit_width), \
+            Format.from_seed(self.var_dec_bit_width, self.var_all_bit_width)
+        eps_lsbs = round(self.quantized_eps() * 2.0 ** std_fmt.frac_bits)
+        mean_i, std_i = batch_statistics(q, frac, mean_fmt, std_fmt, eps_lsbs)
+        exact = [torch.from_numpy(v * 2.0 ** -f).to(mean_q) for v, f in
+                 ((mean_i, mean_fmt.frac_bits), (std_i, std_fmt.frac_bits))]
+        return (mean_q + (exact[0] - mean_q).detach(), std_q + (exact[1] - std_q).detach())
 
     def _statistics(self, x):
         use_batch = self.training or self.running_mean is None
@@ -71,6 +105,8 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         self._check_input_dim(input)
         x = self._io(input, "input")
         mean_q, std_q = self.statistics_registers(*self._statistics(x))
+        if self.training or self.running_mean is None:
+            mean_q, std_q = self._exact_batch_registers(x, mean_q, std_q)
         xhat = (x - mean_q[None, :, None, None]) / std_q[None, :, None, None]
         xhat = self._register(xhat, "xhat") if self.iostrict else directquant(xhat, self.xhat_dec_bit_width)
         if self.affine:

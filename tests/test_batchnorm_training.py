@@ -1,0 +1,70 @@
+"""BatchNorm's training-mode forward on integers: exact batch statistics, the rounded square
+root, and the torch path computing the same values."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from wageubn_sim import function as F
+from wageubn_sim.engine.batchnorm import BatchNormParams, batch_statistics, batchnorm2d
+from wageubn_sim.fixedpoint import Format, Rounding, reference as ref
+from wageubn_sim.fixedpoint.core import sqrt_rounded
+
+
+@given(num=st.integers(0, 2**200), den=st.integers(1, 2**100))
+def test_sqrt_rounded_equals_reference(num, den):
+    assert sqrt_rounded(num, den) == ref.round_sqrt(Fraction(num, den))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 6, 100])
+def test_sqrt_ties_go_to_even(n):
+    tie = Fraction(2 * n + 1, 2) ** 2  # sqrt is exactly n + 1/2
+    want = n if n % 2 == 0 else n + 1
+    assert sqrt_rounded(tie.numerator, tie.denominator) == want == ref.round_sqrt(tie)
+    assert sqrt_rounded(n * n, 1) == n
+
+
+@given(seed=st.integers(0, 2**31), frac=st.integers(0, 16), bits=st.integers(4, 24),
+       n=st.integers(1, 4))
+def test_batch_statistics_equal_exact_rationals(seed, frac, bits, n):
+    x = np.random.default_rng(seed).integers(-2**bits, 2**bits, (n, 3, 4, 4))
+    mean_q, std_q = batch_statistics(x, frac, Format(24, 15), Format(24, 15), eps_lsbs=1)
+    for c in range(3):
+        vals = [Fraction(int(v), 2**frac) for v in x[:, c].ravel()]
+        mean = sum(vals) / len(vals)
+        var = sum(v * v for v in vals) / len(vals) - mean * mean
+        assert mean_q[c] == ref.quantize(mean, Format(24, 15), Rounding.HALF_EVEN, "SAT_SYM")
+        assert std_q[c] == min(ref.round_sqrt(var * 2**30), 2**23 - 1) + 1
+
+
+@given(seed=st.integers(0, 2**31), frac=st.integers(0, 20), bits=st.integers(4, 26),
+       n=st.integers(1, 3), iostrict=st.booleans())
+def test_torch_training_forward_equals_engine(seed, frac, bits, n, iostrict):
+    """Also where float statistics would not be exact (sums of squares beyond 2**53)."""
+    x = np.random.default_rng(seed).integers(-2**bits, 2**bits, (n, 2, 5, 5))
+    bn = F.BatchNorm2d(2, iostrict=iostrict, input_all_bit_width=40).double().train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.25, -0.5]))
+        bn.bias.copy_(torch.tensor([0.125, 0.0]))
+    got = bn(torch.from_numpy(x * 2.0 ** -frac)).detach().numpy()
+    p = BatchNormParams(Format.from_seed(16, 24), Format(None, 15),
+                        Format.from_seed(8, 16) if iostrict else Format(None, 7),
+                        Format.from_seed(8, 16), Format.from_seed(8, 16),
+                        input_register=Format.from_seed(12, 40) if iostrict else None,
+                        out_fmt=Format.from_seed(8, 16) if iostrict else None)
+    x_in, f_in = x, frac
+    if iostrict:
+        from wageubn_sim.fixedpoint import requantize
+        x_in, f_in = requantize(x, frac, Format.from_seed(12, 40), "HALF_EVEN", "SAT_SYM"), 11
+    mean_q, std_q = batch_statistics(x_in, f_in, Format.from_seed(16, 24), Format.from_seed(16, 24), 1)
+    out = batchnorm2d(x_in, f_in, mean_q, std_q, np.array([160, -64]), np.array([16, 0]), p)
+    assert np.array_equal(got, out.q * 2.0 ** -out.fmt.frac_bits)
+
+
+def test_training_gradients_still_flow():
+    bn = F.BatchNorm2d(2).double().train()
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bn(x).pow(2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
