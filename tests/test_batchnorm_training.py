@@ -68,3 +68,32 @@ def test_training_gradients_still_flow():
     x = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     bn(x).pow(2).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@given(seed=st.integers(0, 2**31), affine=st.booleans())
+def test_batchnorm_backward_equals_exact_rational_formula(seed, affine):
+    from wageubn_sim.engine.batchnorm_backward import DX_BITS, batchnorm2d_backward
+    from wageubn_sim.fixedpoint import scale_exponent_of_ints
+    from wageubn_sim.fixedpoint import FixedArray
+    rng = np.random.default_rng(seed)
+    x = FixedArray(rng.integers(-2**14, 2**14, (2, 2, 3, 3)), 14)
+    e = FixedArray(rng.integers(-200, 200, (2, 2, 3, 3)), 11)
+    mean = FixedArray(rng.integers(-2**12, 2**12, 2), 15)
+    std = FixedArray(rng.integers(2**12, 2**16, 2), 15)
+    xhat = FixedArray(rng.integers(-300, 300, (2, 2, 3, 3)), 7)
+    gamma = FixedArray(rng.integers(-200, 200, 2), 7) if affine else None
+    dx, dg, db = batchnorm2d_backward(x, e, mean, std, xhat, gamma)
+    m = 18
+    for c in range(2):
+        gam = Fraction(int(gamma.q[c]), 2**7) if affine else Fraction(1)
+        g = [Fraction(int(v), 2**11) * gam for v in e.q[:, c].ravel()]
+        d = [Fraction(int(v), 2**14) - Fraction(int(mean.q[c]), 2**15) for v in x.q[:, c].ravel()]
+        s = Fraction(int(std.q[c]), 2**15)
+        mean_g = sum(g) / m
+        mean_gd = sum(gi * di / s for gi, di in zip(g, d)) / m
+        want = [ref.quantize((gi - mean_g - di / s * mean_gd) / s, Format(None, dx.frac_bits),
+                             Rounding.HALF_EVEN, "SAT") for gi, di in zip(g, d)]
+        assert dx.q[:, c].ravel().tolist() == want
+        assert db.q[c] == e.q[:, c].sum() and db.frac_bits == 11
+        assert dg.q[c] == int((e.q[:, c] * xhat.q[:, c]).sum()) and dg.frac_bits == 18
+    assert dx.frac_bits == (7 if affine else 0) + DX_BITS - scale_exponent_of_ints(e.q, 11)

@@ -65,6 +65,41 @@ def test_integer_training_equals_torch_path_for_100_steps(order):
 
 
 def test_unsupported_layers_are_named():
-    model = wageubn_sim.quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))).double()
-    with pytest.raises(ValueError, match="does not support _1 \\(batchnorm2d\\)"):
+    from wageubn_sim import function as F
+    model = nn.Sequential(F.Adder2d(1, 2, 3)).double()
+    with pytest.raises(ValueError, match="does not support _0 \\(adder2d\\)"):
         IntegerTrainer.from_model(model.eval(), np.zeros((1, 1, 5, 5)), lr=0.05)
+
+
+def _compare(trainer, model, opt, step):
+    params = dict(model.named_parameters())
+    names = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
+    for (node_name, role), master in trainer.master.items():
+        node = next(n for n in trainer.graph.nodes if n.name == node_name)
+        p = params[f"{node.source}.{names[role]}"]
+        assert np.array_equal(p.detach().numpy(), master.to_float()), (step, node_name, role)
+        assert np.array_equal(opt.state[p]["momentum"].numpy(),
+                              trainer.momentum[(node_name, role)].to_float()), (step, node_name, role)
+
+
+def test_demo_model_trains_bit_exactly_for_100_steps():
+    """BatchNorm (batch statistics, integer backward), global average pooling, residual adds."""
+    from wageubn_sim.demo import DEMO_DATA, demo_model, images_to_input
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(demo_model()).double().train()
+    opt = WageubnSGD(model.parameters(), lr=0.05)
+    opt.snap_to_grid()
+    with np.load(DEMO_DATA) as data:
+        x_all, y_all = images_to_input(data["test_images"]), data["test_labels"]
+    trainer = IntegerTrainer.from_model(model, x_all[:16], lr=0.05)
+    for step in range(100):
+        batch = slice(16 * (step % 20), 16 * (step % 20) + 16)
+        x, y = x_all[batch], y_all[batch]
+        logits = trainer.step(x, y)
+        xq = trainer.graph.quantize_input(x) * 2.0 ** -trainer.graph.inputs[0].fmt.frac_bits
+        out = model(torch.from_numpy(xq))
+        assert np.array_equal(out.detach().numpy(), logits.to_float()), f"outputs, step {step}"
+        out.backward(torch.from_numpy(cross_entropy_error(logits, y).to_float()))
+        opt.step()
+        opt.zero_grad()
+        _compare(trainer, model, opt, step)

@@ -117,3 +117,21 @@ def test_update_orders_differ_and_are_pinned():
     assert after[1].q.tolist() == before[1].q.tolist() == [0, -1, 1]
     with pytest.raises(ValueError, match="order='sometimes'"):
         UpdateParams(order="sometimes")
+
+
+@given(seed=st.integers(0, 2**31), k=st.sampled_from([1, 2, 4]), s=st.integers(1, 3))
+def test_avg_pool_backward_equals_torch_for_power_of_two_windows(seed, k, s):
+    from wageubn_sim.engine.activation_backward import avg_pool2d_backward
+    rng = np.random.default_rng(seed)
+    xt = torch.zeros((2, 2, 8, 8), dtype=torch.float64, requires_grad=True)
+    y = TF.avg_pool2d(xt, (k, k), s)
+    e = rng.integers(-999, 999, tuple(y.shape))
+    y.backward(torch.tensor(e * 2.0 ** -5, dtype=torch.float64))
+    got, frac = avg_pool2d_backward(xt.shape, e, 5, PoolParams((k, k), (s, s)))
+    assert np.array_equal(got * 2.0 ** -frac, xt.grad.numpy())
+
+
+def test_avg_pool_backward_refuses_inexact_divisors():
+    from wageubn_sim.engine.activation_backward import avg_pool2d_backward
+    with pytest.raises(ValueError, match="divisor 9 is not a power of two"):
+        avg_pool2d_backward((1, 1, 6, 6), np.zeros((1, 1, 2, 2), np.int64), 0, PoolParams((3, 3), (3, 3)))

@@ -44,3 +44,38 @@ def max_pool2d_backward(x: np.ndarray, error: np.ndarray, p: PoolParams) -> np.n
     out = np.zeros(x.shape, np.int64)
     _scatter_add(np.ascontiguousarray(error, dtype=np.int64), argmax, out)
     return out
+
+
+@njit(cache=True, parallel=True)
+def _spread(error, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """out[window cells] += error of the window, per (n, c) plane."""
+    n, c, h, w = out.shape
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        for y in range(error.shape[2]):
+            for x in range(error.shape[3]):
+                for i in range(kh):
+                    yi = y * sh + i * dh - ph
+                    for j in range(kw):
+                        xi = x * sw + j * dw - pw
+                        if 0 <= yi < h and 0 <= xi < w:
+                            out[b, ch, yi, xi] += error[b, ch, y, x]
+
+
+def avg_pool2d_backward(x_shape: tuple, error: np.ndarray, error_frac: int, p: PoolParams):
+    """Each window's error divided by the divisor, onto every cell of the window. Defined for
+    power-of-two divisors only, where the division is exact: the result is the spread error
+    on the grid 2**-(error_frac + log2(divisor)). (With other divisors the official float
+    division has no exact integer form; see docs §10.)"""
+    kh, kw = p.kernel
+    divisor = p.divisor_override or kh * kw
+    if not p.count_include_pad and any(p.padding):
+        raise ValueError("average-pooling backward: count_include_pad=False with padding has "
+                         "per-window divisors; not defined for integer training")
+    if divisor & (divisor - 1):
+        raise ValueError(f"average-pooling backward: divisor {divisor} is not a power of two; "
+                         "integer training defines only exact divisions")
+    out = np.zeros(x_shape, np.int64)
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    _spread(np.ascontiguousarray(error, dtype=np.int64), kh, kw, sh, sw, ph, pw, dh, dw, out)
+    return out, error_frac + divisor.bit_length() - 1

@@ -52,6 +52,9 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias)
         self._init_quant(pick_widths(BATCHNORM_WIDTHS, widths, "BatchNorm2d"), iostrict, seed)
+        # training backward: the integer contract (docs §10) where the tensors lie on grids;
+        # False gives the official float autograd through the statistics
+        self.integer_backward = True
 
     def quantized_eps(self) -> float:
         k = self.var_dec_bit_width
@@ -105,14 +108,62 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         self._check_input_dim(input)
         x = self._io(input, "input")
         mean_q, std_q = self.statistics_registers(*self._statistics(x))
-        if self.training or self.running_mean is None:
+        batch = self.training or self.running_mean is None
+        if batch:
             mean_q, std_q = self._exact_batch_registers(x, mean_q, std_q)
         xhat = (x - mean_q[None, :, None, None]) / std_q[None, :, None, None]
         xhat = self._register(xhat, "xhat") if self.iostrict else directquant(xhat, self.xhat_dec_bit_width)
         if self.affine:
             gamma = self._register(self._bn_gradient(self.weight), "weight")
-            xhat = xhat * gamma[None, :, None, None]
-            if self.bias is not None:
-                beta = self._register(self._bn_gradient(self.bias), "bias")
-                xhat = xhat + beta[None, :, None, None]
+            beta = (self._register(self._bn_gradient(self.bias), "bias") if self.bias is not None
+                    else torch.zeros_like(gamma))
+        if batch and self.integer_backward and _grid_frac(x) is not None:
+            if not self.affine:
+                gamma, beta = torch.ones_like(mean_q), torch.zeros_like(mean_q)
+            y = _IntegerBatchNorm.apply(x, mean_q.detach(), std_q.detach(), xhat.detach(), gamma, beta,
+                                        self.mean_dec_bit_width - 1, self.var_dec_bit_width - 1,
+                                        self.weight_dec_bit_width - 1 if self.affine else 0)
+            return self._io(y, "output")
+        if self.affine:
+            xhat = xhat * gamma[None, :, None, None] + beta[None, :, None, None]
         return self._io(xhat, "output")
+
+
+class _IntegerBatchNorm(torch.autograd.Function):
+    """y = xhat * gamma + beta in forward (xhat already computed); in backward, the contract's
+    integer BatchNorm backward (`engine.batchnorm_backward`) for dx, and the exact sums for
+    d_gamma and d_beta, from the error at y."""
+
+    @staticmethod
+    def forward(ctx, x, mean_q, std_q, xhat, gamma, beta, mean_frac, std_frac, gamma_frac):
+        ctx.save_for_backward(x, mean_q, std_q, xhat, gamma)
+        ctx.fracs = (mean_frac, std_frac, gamma_frac)
+        return xhat * gamma[None, :, None, None] + beta[None, :, None, None]
+
+    @staticmethod
+    def backward(ctx, e):
+        from ..engine.batchnorm_backward import batchnorm2d_backward
+        from ..fixedpoint.format import FixedArray
+        x, mean_q, std_q, xhat, gamma = ctx.saved_tensors
+        mean_frac, std_frac, gamma_frac = ctx.fracs
+        d_gamma = (e * xhat).sum((0, 2, 3))
+        d_beta = e.sum((0, 2, 3))
+        fx, fe, fh = _grid_frac(x), _grid_frac(e), _grid_frac(xhat)
+        if fx is None or fe is None or fh is None:  # an error off every grid (no error
+            # quantizers upstream): the same formula in float64, without the final rounding
+            g = e * gamma[None, :, None, None]
+            d = x - mean_q[None, :, None, None]
+            s = std_q[None, :, None, None]
+            mean_g = g.mean((0, 2, 3), keepdim=True)
+            mean_gd = (g * d / s).mean((0, 2, 3), keepdim=True)
+            dx = (g - mean_g - d / s * mean_gd) / s
+        else:
+            def ints(t, f):
+                return np.round(t.detach().double().cpu().numpy() * 2.0 ** f).astype(np.int64)
+            dx = batchnorm2d_backward(FixedArray(ints(x, fx), fx), FixedArray(ints(e, fe), fe),
+                                      FixedArray(ints(mean_q, mean_frac), mean_frac),
+                                      FixedArray(ints(std_q, std_frac), std_frac),
+                                      FixedArray(ints(xhat, fh), fh),
+                                      FixedArray(ints(gamma, gamma_frac), gamma_frac))[0]
+            dx = torch.from_numpy(dx.to_float()).to(e)
+        return dx, None, None, None, d_gamma, d_beta, None, None, None

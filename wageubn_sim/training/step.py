@@ -1,6 +1,6 @@
-"""A bit-exact integer training step for networks of Conv2d, Linear, ReLU, ReLU6, MaxPool2d,
-Add and Flatten (BatchNorm, average pooling and Adder2d are not defined for integer training
-yet; see docs/arithmetic.md §10).
+"""A bit-exact integer training step for networks of Conv2d, Linear, BatchNorm2d (batch
+statistics), ReLU, ReLU6, MaxPool2d, AvgPool2d / global average pooling (power-of-two windows),
+Add and Flatten (Adder2d is not defined for integer training yet; docs/arithmetic.md §10).
 
 One step, in the order the torch path runs it:
 
@@ -16,18 +16,24 @@ One step, in the order the torch path runs it:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..fixedpoint.core import quantize, requantize
 from ..fixedpoint.format import FixedArray, Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.random_bits import random_u32
-from ..engine.activation_backward import activation_backward, max_pool2d_backward
+from ..engine.activation_backward import (activation_backward, avg_pool2d_backward,
+                                          max_pool2d_backward)
+from ..engine.batchnorm_backward import batchnorm2d_backward
 from ..engine.conv2d_backward import conv2d_backward, linear_backward
-from ..scheme.quantizers import e1_quantize, e2_quantize, g_quantize, lr_quantize
+from ..scheme.quantizers import e1_quantize, e2_quantize, g_quantize, gbn_quantize, lr_quantize
 from .update import UpdateParams, momentum_update
 
-SUPPORTED_OPS = ("conv2d", "linear", "activation", "max_pool2d", "add", "flatten")
+SUPPORTED_OPS = ("conv2d", "linear", "batchnorm2d", "activation", "max_pool2d", "avg_pool2d",
+                 "add", "flatten")
+PARAM_ROLES = {"conv2d": ("weight", "bias"), "linear": ("weight", "bias"), "batchnorm2d": ("gamma", "beta")}
 LOGIT_ERROR_FRAC = 24
 
 
@@ -66,8 +72,8 @@ class IntegerTrainer:
         self.step_number = 0
         self.master, self.momentum = {}, {}
         for node in graph.nodes:
-            for role in ("weight", "bias"):
-                if node.op in ("conv2d", "linear") and role in node.arrays:
+            for role in PARAM_ROLES.get(node.op, ()):
+                if role in node.arrays:
                     q = layers[node.name][f"master_{role}"]
                     self.master[(node.name, role)] = FixedArray(q, update.weight_k - 1)
                     self.momentum[(node.name, role)] = FixedArray(np.zeros_like(q), update.acc_k - 1)
@@ -82,14 +88,17 @@ class IntegerTrainer:
         modules = dict(model.named_modules())
         layers = {}
         for node in graph.nodes:
-            if node.op not in ("conv2d", "linear"):
+            if node.op not in PARAM_ROLES:
                 continue
             m = modules[node.source]
             info = {"error_k": m.error_bit_width, "grad_k": m.grad_dec_bit_width,
-                    "grad_range_k": m.grad_range_bit_width,
+                    "grad_range_k": m.grad_range_bit_width, "grad_bn_k": m.grad_bn_bit_width,
                     "weight_key": m.grad_sources["weight"].seed, "bias_key": m.grad_sources["bias"].seed}
-            for role in ("weight", "bias"):
-                p = getattr(m, role)
+            if node.op == "batchnorm2d":
+                info["std_register"] = Format.from_seed(m.var_dec_bit_width, m.var_all_bit_width)
+                info["eps_lsbs"] = round(m.quantized_eps() * 2.0 ** (m.var_dec_bit_width - 1))
+            for role, attr in zip(PARAM_ROLES[node.op], ("weight", "bias")):
+                p = getattr(m, attr)
                 if p is not None:
                     info[f"master_{role}"] = quantize(p.detach().double().cpu().numpy(),
                                                       Format(None, update.weight_k - 1))
@@ -101,10 +110,11 @@ class IntegerTrainer:
         return cls(graph, layers, lr, update)
 
     def _refresh_registers(self):
-        """fw(master weights) and Q(master bias) into the graph's registers."""
+        """fw(master weights), Q(master bias), Q(gamma), Q(beta) into the graph's registers."""
         for (name, role), w in self.master.items():
             node = next(n for n in self.graph.nodes if n.name == name)
-            fmt = node.params.weight_fmt if role == "weight" else node.params.bias_fmt
+            fmt = getattr(node.params, {"weight": "weight_fmt", "bias": "bias_fmt",
+                                        "gamma": "gamma_fmt", "beta": "beta_fmt"}[role])
             q = requantize(w.q, w.frac_bits, fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM)
             q.flags.writeable = False
             node.arrays[role] = q
@@ -112,7 +122,7 @@ class IntegerTrainer:
     def step(self, x, labels, error_fn=cross_entropy_error):
         """One training step; returns the logits (FixedArray) it trained on."""
         self._x_q = self.graph.quantize_input(x)
-        result = self.graph.run(self._x_q, trace=True)
+        result = self._forward(self._x_q)
         logits = FixedArray(result.q, result.fmt.frac_bits)
         errors: dict = {}
         _add(errors, self.graph.outputs[0], error_fn(logits, np.asarray(labels)))
@@ -132,6 +142,12 @@ class IntegerTrainer:
                 frac = node.params.input_register.frac_bits if node.params.input_register else x_frac
                 _add(errors, node.inputs[0], FixedArray(
                     activation_backward(x_seen, frac, e.q, node.params.ceiling), e.frac_bits))
+            elif node.op == "batchnorm2d":
+                self._bn_backward(node, result, e, errors, grads)
+            elif node.op == "avg_pool2d":
+                x_in, _ = self._input(node, result, 0)
+                dx, frac = avg_pool2d_backward(x_in.shape, e.q, e.frac_bits, node.params)
+                _add(errors, node.inputs[0], FixedArray(dx, frac))
             elif node.op == "max_pool2d":
                 x_in, _ = self._input(node, result, 0)
                 _add(errors, node.inputs[0], FixedArray(max_pool2d_backward(x_in, e.q, node.params), e.frac_bits))
@@ -147,6 +163,46 @@ class IntegerTrainer:
         self.step_number += 1
         self._refresh_registers()
         return logits
+
+    def _forward(self, x_q):
+        """The engine forward, BatchNorm with the batch's statistics (training mode)."""
+        from ..engine.batchnorm import batch_statistics, batchnorm2d
+        from ..graph.ir import RunResult
+        from ..graph.ops import OPS
+        values = {self.graph.inputs[0].name: (x_q, self.graph.inputs[0].fmt.frac_bits)}
+        layers = {}
+        for node in self.graph.nodes:
+            ins = [values[i] for i in node.inputs]
+            if node.op == "batchnorm2d":
+                p, info = node.params, self.layers[node.name]
+                x_in, f_in = ins[0]
+                if p.input_register is not None:
+                    x_in = requantize(x_in, f_in, p.input_register, p.rounding, Overflow.SAT_SYM)
+                    f_in = p.input_register.frac_bits
+                mean_q, std_q = batch_statistics(x_in, f_in, p.mean_fmt, info["std_register"],
+                                                 info["eps_lsbs"])
+                out = batchnorm2d(x_in, f_in, mean_q, std_q, node.arrays.get("gamma"),
+                                  node.arrays.get("beta"),
+                                  dataclasses.replace(p, input_register=None), trace=True)
+                out.trace.update(input=x_in, mean=mean_q, std=std_q, input_frac=f_in)
+            else:
+                out = OPS[node.op][1](node, ins, True)
+            values[node.name] = (out.q, out.fmt.frac_bits)
+            layers[node.name] = out
+        last = layers[self.graph.outputs[0]]
+        return RunResult(last.q, last.fmt, layers)
+
+    def _bn_backward(self, node, result, e, errors, grads):
+        p, info, out = node.params, self.layers[node.name], result.layers[node.name]
+        t = out.trace
+        gamma = FixedArray(node.arrays["gamma"], p.gamma_fmt.frac_bits) if p.gamma_fmt else None
+        dx, d_gamma, d_beta = batchnorm2d_backward(
+            FixedArray(t["input"], t["input_frac"]), e, FixedArray(t["mean"], p.mean_fmt.frac_bits),
+            FixedArray(t["std"], p.std_fmt.frac_bits), FixedArray(t["xhat"], p.xhat_fmt.frac_bits), gamma)
+        _add(errors, node.inputs[0], dx)
+        for role, grad in (("gamma", d_gamma), ("beta", d_beta)):
+            if (node.name, role) in self.master:
+                grads[(node.name, role)] = gbn_quantize(grad, info["grad_bn_k"])
 
     def _input(self, node, result, i):
         name = node.inputs[i]
