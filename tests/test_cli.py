@@ -108,3 +108,10 @@ def test_compare_exit_code_1_when_diverging(tmp_path):
     r = run("compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "x.npy",
             "--accumulator", "12:CLAMP")
     assert r.exit_code == 2 and "unknown overflow mode" in r.output
+
+
+def test_train_reports_integer_and_float_accuracy():
+    r = run("train", "--epochs", 1, "--limit", 64, "--batch", 16)
+    assert r.exit_code == 0, r.output
+    assert "integer 8-bit engine" in r.output and "float" in r.output
+    assert run("train", "--epochs", 0).exit_code == 2

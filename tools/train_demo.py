@@ -6,8 +6,9 @@ The model (`wageubn_sim.demo.demo_model`: a small CNN with two residual blocks) 
 with `quantize_model` and trained through the WAGEUBN torch path (8-bit W/A, E1/E2 errors, G
 gradients with stochastic rounding, G_BN), with plain SGD + momentum in float on top, on
 scikit-learn's bundled 8x8 digits (1797 images; 80/20 split, fixed seed). The file holds
-the trained parameters and buffers (float32/int64 arrays, no pickle), the held-out test
-images (uint8, 0..16) and labels, and the accuracies measured here. Needs scikit-learn.
+the trained parameters and buffers (float32/int64 arrays, no pickle), the training and the
+held-out test images (uint8, 0..16) with their labels (for `wageubn-sim train`, offline), and the
+accuracy measured here. Needs scikit-learn.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "wb") as fh:
         np.savez_compressed(fh, **state, test_images=images[test], test_labels=labels[test],
+                            train_images=images[train], train_labels=labels[train],
                             torch_accuracy=np.float64(acc), epochs=np.int64(args.epochs),
                             seed=np.int64(args.seed))
     print(f"wrote {args.out}")

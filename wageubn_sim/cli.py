@@ -199,6 +199,20 @@ def demo(out, force):
     sys.exit(0 if ok else CHECK_FAILED)
 
 
+@main.command()
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--lr", default=0.25, show_default=True, type=float, help="Integer training's rate (flr-quantized).")
+@click.option("--float-lr", default=0.05, show_default=True, type=float, help="The float baseline's rate.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--limit", type=click.IntRange(2), help="Train on the first N digits only.")
+def train(epochs, batch, lr, float_lr, seed, limit):
+    """Train the demo model bit-exactly in integers (8-bit W/A/G/E/U/BN) and in float."""
+    from .demo import train_comparison
+    _guard(train_comparison, epochs, batch, lr, float_lr, seed, limit, click.echo,
+           _progress("training"))
+
+
 @main.command("compile")
 @click.argument("model")
 @click.option("--weights", help="State dict: .pt (loaded with weights_only=True) or .npz.")

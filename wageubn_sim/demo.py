@@ -93,3 +93,48 @@ def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
     echo(f"wrote {out_dir}/graph (integer graph), {out_dir}/vectors (manifest.json + "
          f".hex/.coe/.mif/.npy), {out_dir}/audit (audit.json, .csv, .md, .html)")
     return report.exact and verified.ok and engine_acc == torch_acc
+
+
+def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_lr: float = 0.05,
+                     seed: int = 0, limit: int | None = None, echo=print, progress=None) -> dict:
+    """Train the demo architecture from scratch twice on the digits, on the same batches: with
+    the bit-exact integer engine (full 8-bit W/A/G/E/U/BN, `training.IntegerTrainer`, learning
+    rate ``lr``: G normalises gradients to at most 127 * 2**-14, so it wants a larger rate than
+    float) and in float (plain torch, SGD with momentum 0.9 at ``float_lr``). Returns both
+    held-out accuracies."""
+    from .function.optim import WageubnSGD
+    from .training.step import IntegerTrainer
+
+    with np.load(DEMO_DATA, allow_pickle=False) as data:
+        x_train, y_train = images_to_input(data["train_images"]), data["train_labels"]
+        x_test, y_test = images_to_input(data["test_images"]), data["test_labels"]
+    if limit:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    rng = np.random.default_rng(seed)
+    orders = [rng.permutation(len(y_train)) for _ in range(epochs)]
+    batches = [order[i:i + batch] for order in orders for i in range(0, len(order) - batch + 1, batch)]
+
+    torch.manual_seed(seed)
+    model = quantize_model(demo_model()).double().train()
+    WageubnSGD(model.parameters(), lr).snap_to_grid()
+    trainer = IntegerTrainer.from_model(model, x_train[:batch], lr)
+    steps = batches if progress is None else progress(batches)
+    for idx in steps:
+        trainer.step(x_train[idx], y_train[idx])
+    int_acc = float((trainer.evaluate(x_test).q.argmax(1) == y_test).mean())
+
+    torch.manual_seed(seed)
+    float_model = demo_model().double().train()
+    opt = torch.optim.SGD(float_model.parameters(), lr=float_lr, momentum=0.9)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    for idx in batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(float_model(xt[idx]), yt[idx]).backward()
+        opt.step()
+    with torch.no_grad():
+        float_acc = float((float_model.eval()(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
+    echo(f"trained {epochs} epochs of {len(y_train)} digits, batch {batch}, seed {seed}; "
+         f"lr {lr} (integer), {float_lr} (float)")
+    echo(f"  held-out accuracy ({len(y_test)} digits): integer 8-bit engine {int_acc:.4f}, "
+         f"float {float_acc:.4f}")
+    return {"integer": int_acc, "float": float_acc, "steps": len(batches)}

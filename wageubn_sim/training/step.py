@@ -97,6 +97,9 @@ class IntegerTrainer:
             if node.op == "batchnorm2d":
                 info["std_register"] = Format.from_seed(m.var_dec_bit_width, m.var_all_bit_width)
                 info["eps_lsbs"] = round(m.quantized_eps() * 2.0 ** (m.var_dec_bit_width - 1))
+                info["momentum"] = m.momentum if m.momentum is not None else 0.1
+                info["running_mean"] = m.running_mean.detach().double().cpu().numpy().copy()
+                info["running_var"] = m.running_var.detach().double().cpu().numpy().copy()
             for role, attr in zip(PARAM_ROLES[node.op], ("weight", "bias")):
                 p = getattr(m, attr)
                 if p is not None:
@@ -181,6 +184,7 @@ class IntegerTrainer:
                     f_in = p.input_register.frac_bits
                 mean_q, std_q = batch_statistics(x_in, f_in, p.mean_fmt, info["std_register"],
                                                  info["eps_lsbs"])
+                self._update_running(info, x_in, f_in)
                 out = batchnorm2d(x_in, f_in, mean_q, std_q, node.arrays.get("gamma"),
                                   node.arrays.get("beta"),
                                   dataclasses.replace(p, input_register=None), trace=True)
@@ -191,6 +195,28 @@ class IntegerTrainer:
             layers[node.name] = out
         last = layers[self.graph.outputs[0]]
         return RunResult(last.q, last.fmt, layers)
+
+    @staticmethod
+    def _update_running(info, x_in, f_in):
+        """The moving averages, in float from the unquantized batch statistics, as the official
+        code keeps them (they serve inference only; they are not part of the bit-exact step)."""
+        v = x_in.astype(np.float64) * 2.0 ** -f_in
+        momentum = info["momentum"]
+        for key, stat in (("running_mean", v.mean(axis=(0, 2, 3))), ("running_var", v.var(axis=(0, 2, 3)))):
+            info[key] = info[key] + momentum * (stat - info[key])
+
+    def evaluate(self, x):
+        """Inference with the current weights and the BatchNorm moving averages (eval mode)."""
+        for node in self.graph.nodes:
+            if node.op == "batchnorm2d":
+                p, info = node.params, self.layers[node.name]
+                mean = quantize(info["running_mean"], p.mean_fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM)
+                std = quantize(np.sqrt(info["running_var"]), info["std_register"], Rounding.HALF_EVEN,
+                               Overflow.SAT_SYM) + info["eps_lsbs"]
+                for name, q in (("mean", mean), ("std", std)):
+                    q.flags.writeable = False
+                    node.arrays[name] = q
+        return self.graph.run(x)
 
     def _bn_backward(self, node, result, e, errors, grads):
         p, info, out = node.params, self.layers[node.name], result.layers[node.name]
