@@ -110,8 +110,11 @@ def test_compare_exit_code_1_when_diverging(tmp_path):
     assert r.exit_code == 2 and "unknown overflow mode" in r.output
 
 
-def test_train_reports_integer_and_float_accuracy():
-    r = run("train", "--epochs", 1, "--limit", 64, "--batch", 16)
+def test_train_reports_integer_and_float_accuracy(tmp_path):
+    r = run("train", "--epochs", 1, "--limit", 64, "--batch", 16, "--step-vectors", tmp_path / "s")
     assert r.exit_code == 0, r.output
     assert "integer 8-bit engine" in r.output and "float" in r.output
+    assert run("verify", tmp_path / "s").exit_code == 0
     assert run("train", "--epochs", 0).exit_code == 2
+    r = run("train", "--epochs", 1, "--limit", 32, "--step-vectors", tmp_path / "s")
+    assert r.exit_code == 2 and "--force" in r.output

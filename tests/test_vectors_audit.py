@@ -170,3 +170,40 @@ def test_audit_counts_saturation_events():
     rows = {(r.layer, r.tensor): r for r in audit(graph, x).rows}
     relu = rows[("_1", "output")]
     assert relu.declared == "s4.7" and relu.saturations > 0 and relu.headroom_bits <= 0
+
+
+def test_training_step_bundle_verifies_and_catches_tampering(tmp_path):
+    import hashlib
+
+    import torch
+
+    from wageubn_sim.demo import DEMO_DATA, demo_model, images_to_input
+    from wageubn_sim.function.optim import WageubnSGD
+    from wageubn_sim.training import IntegerTrainer
+    from wageubn_sim.vectors.training import write_training_bundle
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(demo_model()).double().train()
+    WageubnSGD(model.parameters(), 0.25).snap_to_grid()
+    with np.load(DEMO_DATA) as data:
+        x, y = images_to_input(data["train_images"][:8]), data["train_labels"][:8]
+    trainer = IntegerTrainer.from_model(model, x, lr=0.25)
+    trainer.step(x, y)  # the bundle records step 1: its G draws stream 1
+    root = write_training_bundle(trainer, x, y, tmp_path / "t", kinds=("npy", "readmemh"))
+    report = verify_bundle(root)
+    assert report.ok, str(report)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["training"]["step"] == 1 and manifest["training"]["update"]["order"] == "quantize_after"
+    roles = {r for layer in manifest["training"]["layers"] for r in layer["tensors"]}
+    assert {"error", "weight_grad_raw", "weight_grad", "weight_master_after", "gamma_grad",
+            "beta_momentum_after"} <= roles
+    # a consistent forgery of one G value (files and hashes rewritten) is caught by recomputation
+    entry = manifest["tensors"]["_0/weight_grad"]
+    entry["files"] = [f for f in entry["files"] if f["kind"] == "npy"]
+    path = root / entry["files"][0]["path"]
+    q = np.load(path)
+    q.reshape(-1)[0] += 1
+    np.save(path, q)
+    entry["files"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_bundle(root)
+    assert not report.ok and any("_0/weight_grad: recomputed G differs" in f for f in report.failures)

@@ -206,11 +206,13 @@ def demo(out, force):
 @click.option("--float-lr", default=0.05, show_default=True, type=float, help="The float baseline's rate.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", type=click.IntRange(2), help="Train on the first N digits only.")
-def train(epochs, batch, lr, float_lr, seed, limit):
+@click.option("--step-vectors", help="Write the first step's training bundle into this folder.")
+@click.option("--force", is_flag=True, help="Replace an existing --step-vectors folder.")
+def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
     """Train the demo model bit-exactly in integers (8-bit W/A/G/E/U/BN) and in float."""
     from .demo import train_comparison
     _guard(train_comparison, epochs, batch, lr, float_lr, seed, limit, click.echo,
-           _progress("training"))
+           _progress("training"), step_vectors, force, _command_line())
 
 
 @main.command("compile")

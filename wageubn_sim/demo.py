@@ -96,12 +96,14 @@ def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
 
 
 def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_lr: float = 0.05,
-                     seed: int = 0, limit: int | None = None, echo=print, progress=None) -> dict:
+                     seed: int = 0, limit: int | None = None, echo=print, progress=None,
+                     step_vectors=None, force: bool = False, command: str | None = None) -> dict:
     """Train the demo architecture from scratch twice on the digits, on the same batches: with
     the bit-exact integer engine (full 8-bit W/A/G/E/U/BN, `training.IntegerTrainer`, learning
     rate ``lr``: G normalises gradients to at most 127 * 2**-14, so it wants a larger rate than
     float) and in float (plain torch, SGD with momentum 0.9 at ``float_lr``). Returns both
-    held-out accuracies."""
+    held-out accuracies. ``step_vectors``: a folder for the training-step bundle of the first
+    step."""
     from .function.optim import WageubnSGD
     from .training.step import IntegerTrainer
 
@@ -118,7 +120,14 @@ def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_
     model = quantize_model(demo_model()).double().train()
     WageubnSGD(model.parameters(), lr).snap_to_grid()
     trainer = IntegerTrainer.from_model(model, x_train[:batch], lr)
-    steps = batches if progress is None else progress(batches)
+    if step_vectors is not None:
+        from .vectors.training import write_training_bundle
+        first = batches[0]
+        write_training_bundle(trainer, x_train[first], y_train[first], step_vectors, force=force,
+                              seed=seed, command=command)
+        echo(f"wrote the training-step bundle of step 0 to {step_vectors}")
+    remaining = batches[trainer.step_number:]
+    steps = remaining if progress is None else progress(remaining)
     for idx in steps:
         trainer.step(x_train[idx], y_train[idx])
     int_acc = float((trainer.evaluate(x_test).q.argmax(1) == y_test).mean())

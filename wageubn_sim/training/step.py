@@ -70,6 +70,7 @@ class IntegerTrainer:
         self.graph, self.layers, self.update = graph, layers, update
         self.lr = lr_quantize(lr)
         self.step_number = 0
+        self._record = None
         self.master, self.momentum = {}, {}
         for node in graph.nodes:
             for role in PARAM_ROLES.get(node.op, ()):
@@ -122,8 +123,12 @@ class IntegerTrainer:
             q.flags.writeable = False
             node.arrays[role] = q
 
-    def step(self, x, labels, error_fn=cross_entropy_error):
-        """One training step; returns the logits (FixedArray) it trained on."""
+    def step(self, x, labels, error_fn=cross_entropy_error, record: dict | None = None):
+        """One training step; returns the logits (FixedArray) it trained on. ``record``, if
+        given, receives {(layer, role): FixedArray} of the step's tensors: ``error`` (as the
+        layer's backward used it), ``<param>_grad_raw``, ``<param>_grad`` (after G / G_BN),
+        ``<param>_master_before/after`` and ``<param>_momentum_before/after``."""
+        self._record = record
         self._x_q = self.graph.quantize_input(x)
         result = self._forward(self._x_q)
         logits = FixedArray(result.q, result.fmt.frac_bits)
@@ -137,6 +142,7 @@ class IntegerTrainer:
             out = result.layers[node.name]
             if node.op in ("conv2d", "linear"):
                 e = e2_quantize(e, self.layers[node.name]["error_k"])
+                self._keep(node.name, "error", e)
                 self._mac_backward(node, out, e, errors, grads)
             elif node.op == "activation":
                 e = e1_quantize(e, self.layers.get(node.name, {}).get("error_k", 8))
@@ -146,6 +152,7 @@ class IntegerTrainer:
                 _add(errors, node.inputs[0], FixedArray(
                     activation_backward(x_seen, frac, e.q, node.params.ceiling), e.frac_bits))
             elif node.op == "batchnorm2d":
+                self._keep(node.name, "error", e)
                 self._bn_backward(node, result, e, errors, grads)
             elif node.op == "avg_pool2d":
                 x_in, _ = self._input(node, result, 0)
@@ -161,8 +168,15 @@ class IntegerTrainer:
                 x_in, _ = self._input(node, result, 0)
                 _add(errors, node.inputs[0], FixedArray(e.q.reshape(x_in.shape), e.frac_bits))
         for key, g in grads.items():
+            before = (self.master[key], self.momentum[key])
             self.master[key], self.momentum[key] = momentum_update(
                 self.master[key], self.momentum[key], g, self.lr, self.update)
+            name, role = key
+            self._keep(name, f"{role}_grad", g)
+            for state, b, a in (("master", before[0], self.master[key]),
+                                ("momentum", before[1], self.momentum[key])):
+                self._keep(name, f"{role}_{state}_before", b)
+                self._keep(name, f"{role}_{state}_after", a)
         self.step_number += 1
         self._refresh_registers()
         return logits
@@ -196,6 +210,10 @@ class IntegerTrainer:
         last = layers[self.graph.outputs[0]]
         return RunResult(last.q, last.fmt, layers)
 
+    def _keep(self, layer: str, role: str, value: FixedArray) -> None:
+        if self._record is not None:
+            self._record[(layer, role)] = value
+
     @staticmethod
     def _update_running(info, x_in, f_in):
         """The moving averages, in float from the unquantized batch statistics, as the official
@@ -228,6 +246,7 @@ class IntegerTrainer:
         _add(errors, node.inputs[0], dx)
         for role, grad in (("gamma", d_gamma), ("beta", d_beta)):
             if (node.name, role) in self.master:
+                self._keep(node.name, f"{role}_grad_raw", grad)
                 grads[(node.name, role)] = gbn_quantize(grad, info["grad_bn_k"])
 
     def _input(self, node, result, i):
@@ -256,6 +275,7 @@ class IntegerTrainer:
             if grad is None:
                 continue
             u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
+            self._keep(node.name, f"{role}_grad_raw", FixedArray(grad, frac))
             grads[(node.name, role)] = g_quantize(FixedArray(grad, frac), u, info["grad_range_k"],
                                                   info["grad_k"])
 

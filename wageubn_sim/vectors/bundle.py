@@ -70,6 +70,76 @@ def _npy_bytes(q: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class BundleWriter:
+    """Collects tensors as memory images and .npy files, and writes them with a manifest."""
+
+    def __init__(self, layout: str = "NCHW", lanes: int = 1, kinds=FILE_KINDS,
+                 word_width: int | None = None):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes={lanes!r}: the number of values per word is a positive int")
+        if word_width is not None and (isinstance(word_width, bool) or not isinstance(word_width, int)
+                                       or word_width < 2):
+            raise ValueError(f"word_width={word_width!r}: give a width in bits, at least 2")
+        kinds = tuple(kinds)
+        unknown = set(kinds) - set(FILE_KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"file kinds {sorted(unknown) or kinds}: choose from {FILE_KINDS}")
+        self.layout, self.lanes, self.kinds, self.word_width = layout, lanes, kinds, word_width
+        self.tensors: dict = {}
+        self.files: dict = {}  # relative path -> bytes
+
+    def add(self, tid: str, role: str, layer: str, q, fmt: Format) -> str:
+        q = np.asarray(q, dtype=np.int64)
+        lanes = self.lanes
+        width = fmt.bits if fmt.bits is not None else needed_bits(q)
+        word = lanes * width if self.word_width is None else self.word_width
+        if word < lanes * width:
+            raise ValueError(f"tensor {tid}: {lanes} lanes of {width} bits need {lanes * width}-bit "
+                             f"words, more than word_width={self.word_width}; raise it or use fewer lanes")
+        entry = {"role": role, "layer": layer, "shape": list(q.shape),
+                 "layout": self.layout if q.ndim == 4 else "plain",
+                 "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
+                 "signed": True, "lanes": lanes, "word_width": word,
+                 "depth": -(-q.size // lanes), "files": []}
+        stored = to_layout(q, self.layout)
+        words = pack_words(stored, width, lanes)
+        stem = f"{layer}/{role}" if layer else role
+        header = {"tensor": tid, "shape": "x".join(map(str, q.shape)) or "scalar", "layout": entry["layout"],
+                  "width": width, "lanes": lanes, "format": fmt.describe(), "tool": f"wageubn-sim {__version__}"}
+        for kind in self.kinds:
+            if kind == "npy":
+                rel, data = f"{stem}.npy", _npy_bytes(stored)
+            else:
+                ext, writer = WRITERS[kind]
+                rel, data = stem + ext, writer(words, word, header).encode()
+            self.files[rel] = data
+            entry["files"].append({"kind": kind, "path": rel, "sha256": sha256(data),
+                                   "radix": 10 if kind == "npy" else 16})
+        self.tensors[tid] = entry
+        return tid
+
+    def write(self, out_dir, force: bool, **manifest_fields) -> Path:
+        manifest = {
+            "schema": "wageubn-sim-vectors", "version": MANIFEST_VERSION,
+            "tool": {"name": "wageubn-sim", "version": __version__},
+            "options": {"layout": self.layout, "lanes": self.lanes, "kinds": list(self.kinds),
+                        "packing": "lane 0 in the least significant bits; two's complement"},
+            **manifest_fields, "tensors": self.tensors,
+        }
+        files = dict(self.files)
+        files[MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        return write_folder_atomically(out_dir, files, force)
+
+
+def _refuse_existing(out_dir, force):
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:  # checked before the work, and again when writing
+        raise FileExistsError(f"{out_dir} exists; pass overwrite (CLI: --force) to replace it")
+    return out_dir
+
+
 def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
                  kinds=FILE_KINDS, force: bool = False, seed: int | None = None,
                  command: str | None = None, progress=None, word_width: int | None = None) -> Path:
@@ -78,55 +148,13 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
     ``word_width``: the width of every memory word (default: lanes * the tensor's width); a
     wider word is padded with zero bits above the last lane.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ValueError(f"lanes={lanes!r}: the number of values per word is a positive int")
-    if word_width is not None and (isinstance(word_width, bool) or not isinstance(word_width, int)
-                                   or word_width < 2):
-        raise ValueError(f"word_width={word_width!r}: give a width in bits, at least 2")
-    kinds = tuple(kinds)
-    unknown = set(kinds) - set(FILE_KINDS)
-    if unknown or not kinds:
-        raise ValueError(f"file kinds {sorted(unknown) or kinds}: choose from {FILE_KINDS}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:  # checked before the work, and again when writing
-        raise FileExistsError(f"{out_dir} exists; pass overwrite (CLI: --force) to replace it")
-
+    writer = BundleWriter(layout, lanes, kinds, word_width)
+    out_dir = _refuse_existing(out_dir, force)
     x_q = graph.quantize_input(x)
     result = graph.run(x_q, trace=True)
-    tensors, layers = {}, []
-    files = {}  # relative path -> bytes
-
-    def add_tensor(tid, role, layer, q, fmt, declared_bits=None):
-        q = np.asarray(q, dtype=np.int64)
-        width = fmt.bits if fmt.bits is not None else needed_bits(q)
-        word = lanes * width if word_width is None else word_width
-        if word < lanes * width:
-            raise ValueError(f"tensor {tid}: {lanes} lanes of {width} bits need {lanes * width}-bit "
-                             f"words, more than word_width={word_width}; raise it or use fewer lanes")
-        entry = {"role": role, "layer": layer, "shape": list(q.shape), "layout": layout if q.ndim == 4 else "plain",
-                 "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
-                 "signed": True, "lanes": lanes, "word_width": word,
-                 "depth": -(-q.size // lanes), "files": []}
-        stored = to_layout(q, layout)
-        words = pack_words(stored, width, lanes)
-        stem = f"{layer}/{role}" if layer else role
-        header = {"tensor": tid, "shape": "x".join(map(str, q.shape)) or "scalar", "layout": entry["layout"],
-                  "width": width, "lanes": lanes, "format": fmt.describe(), "tool": f"wageubn-sim {__version__}"}
-        for kind in kinds:
-            if kind == "npy":
-                rel, data = f"{stem}.npy", _npy_bytes(stored)
-            else:
-                ext, writer = WRITERS[kind]
-                rel, data = stem + ext, writer(words, entry["word_width"], header).encode()
-            files[rel] = data
-            entry["files"].append({"kind": kind, "path": rel, "sha256": sha256(data),
-                                   "radix": 10 if kind == "npy" else 16})
-        tensors[tid] = entry
-
+    layers = []
     spec = graph.inputs[0]
-    add_tensor("input", "input", "", x_q, spec.fmt)
+    writer.add("input", "input", "", x_q, spec.fmt)
     produced = {spec.name: "input"}
     nodes = graph.nodes if progress is None else progress(graph.nodes)
     for node in nodes:
@@ -134,33 +162,20 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
         roles = {"inputs": [produced[i] for i in node.inputs]}
         for role in PARAM_ROLES:
             if role in node.arrays:
-                tid = f"{node.name}/{role}"
-                add_tensor(tid, role, node.name, node.arrays[role], _param_fmt(node.params, role))
-                roles[role] = tid
+                roles[role] = writer.add(f"{node.name}/{role}", role, node.name, node.arrays[role],
+                                         _param_fmt(node.params, role))
         if "accumulator" in out.trace:
             acc = node.params.accumulator
-            frac = _accumulator_frac(node, graph, produced, tensors)
-            add_tensor(f"{node.name}/accumulator", "accumulator", node.name, out.trace["accumulator"],
-                       Format(acc.bits, frac))
-            roles["accumulator"] = f"{node.name}/accumulator"
-        add_tensor(f"{node.name}/output", "output", node.name, out.q, out.fmt)
-        roles["output"] = f"{node.name}/output"
+            frac = _accumulator_frac(node, graph, produced, writer.tensors)
+            roles["accumulator"] = writer.add(f"{node.name}/accumulator", "accumulator", node.name,
+                                              out.trace["accumulator"], Format(acc.bits, frac))
+        roles["output"] = writer.add(f"{node.name}/output", "output", node.name, out.q, out.fmt)
         produced[node.name] = roles["output"]
         layers.append({"name": node.name, "op": node.op, "source": node.source,
                        "params": params_to_json(node.params), "tensors": roles,
                        "events": {k: int(v) for k, v in vars(out.events).items()}})
-
-    manifest = {
-        "schema": "wageubn-sim-vectors", "version": MANIFEST_VERSION,
-        "tool": {"name": "wageubn-sim", "version": __version__},
-        "seed": seed, "command": command,
-        "options": {"layout": layout, "lanes": lanes, "kinds": list(kinds),
-                    "packing": "lane 0 in the least significant bits; two's complement"},
-        "input_format": spec.fmt.to_dict(), "outputs": [produced[o] for o in graph.outputs],
-        "layers": layers, "tensors": tensors,
-    }
-    files[MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    return write_folder_atomically(out_dir, files, force)
+    return writer.write(out_dir, force, seed=seed, command=command, input_format=spec.fmt.to_dict(),
+                        outputs=[produced[o] for o in graph.outputs], layers=layers)
 
 
 def _accumulator_frac(node, graph, produced, tensors) -> int:

@@ -125,4 +125,8 @@ def verify_bundle(root) -> VerifyReport:
         fmt = Format.from_dict(tensors[roles["output"]]["format"])
         if fmt != out.fmt:
             failures.append(f"{layer['name']}: output format {out.fmt.describe()} != manifest {fmt.describe()}")
-    return VerifyReport(n_files, len(manifest["layers"]), failures)
+    if "training" in manifest:
+        from .training import verify_training
+        failures += verify_training(root, manifest, cache)
+    n_layers = len(manifest["layers"]) + len(manifest.get("training", {}).get("layers", []))
+    return VerifyReport(n_files, n_layers, failures)
