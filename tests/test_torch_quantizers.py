@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from strategies import formats, int_arrays, overflows, roundings, u32_words
 
 from wageubn_sim import function as F
-from wageubn_sim.fixedpoint import Format, Overflow, Rounding, quantize, requantize
+from wageubn_sim.fixedpoint import Format, Rounding, quantize, requantize
 
 
 @given(q=int_arrays(limit_bits=50), frac_in=st.integers(-8, 40), fmt=formats(unbounded=True),

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import OVERFLOWED, TIE, check_domain, requantize_flagged
+from ..fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
 from ..fixedpoint.format import MAX_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
 

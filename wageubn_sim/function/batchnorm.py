@@ -67,12 +67,11 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         std_q = self._register(torch.sqrt(var.clamp_min(_TINY_VARIANCE)), "var") + self.quantized_eps()
         return mean_q, std_q
 
-    def _exact_batch_registers(self, x, mean_q, std_q):
+    def _exact_batch_registers(self, x, mean_q, std_q, frac):
         """In training, the contract's exact batch statistics (integer sums, one rounding each,
         `engine.batchnorm.batch_statistics`) replace the float ones' values wherever the input
         lies on a dyadic grid, as it does between WAGEUBN layers; gradients stay those of the
-        float statistics (straight-through, as in the official code)."""
-        frac = _grid_frac(x)
+        float statistics (straight-through, as in the official code). ``frac``: x's grid."""
         if frac is None:
             return mean_q, std_q
         from ..engine.batchnorm import batch_statistics
@@ -109,15 +108,16 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         x = self._io(input, "input")
         mean_q, std_q = self.statistics_registers(*self._statistics(x))
         batch = self.training or self.running_mean is None
+        frac = _grid_frac(x) if batch else None
         if batch:
-            mean_q, std_q = self._exact_batch_registers(x, mean_q, std_q)
+            mean_q, std_q = self._exact_batch_registers(x, mean_q, std_q, frac)
         xhat = (x - mean_q[None, :, None, None]) / std_q[None, :, None, None]
         xhat = self._register(xhat, "xhat") if self.iostrict else directquant(xhat, self.xhat_dec_bit_width)
         if self.affine:
             gamma = self._register(self._bn_gradient(self.weight), "weight")
             beta = (self._register(self._bn_gradient(self.bias), "bias") if self.bias is not None
                     else torch.zeros_like(gamma))
-        if batch and self.integer_backward and _grid_frac(x) is not None:
+        if batch and self.integer_backward and frac is not None:
             if not self.affine:
                 gamma, beta = torch.ones_like(mean_q), torch.zeros_like(mean_q)
             y = _IntegerBatchNorm.apply(x, mean_q.detach(), std_q.detach(), xhat.detach(), gamma, beta,

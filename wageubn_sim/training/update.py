@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 
 from ..fixedpoint.core import requantize
 from ..fixedpoint.format import FixedArray, Format
