@@ -31,6 +31,27 @@ class ResidualNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+def _train_both(model, opt, trainer, batches):
+    """One step of each path per batch; after each, outputs, weights and momenta must agree."""
+    params = dict(model.named_parameters())
+    names = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
+    sources = {n.name: n.source for n in trainer.graph.nodes}
+    for step, (x, y) in enumerate(batches):
+        logits = trainer.step(x, y)
+        xq = trainer.graph.quantize_input(x) * 2.0 ** -trainer.graph.inputs[0].fmt.frac_bits
+        out = model(torch.from_numpy(xq))
+        assert np.array_equal(out.detach().numpy(), logits.to_float()), f"outputs, step {step}"
+        out.backward(torch.from_numpy(cross_entropy_error(logits, y).to_float()))
+        opt.step()
+        opt.zero_grad()
+        for (layer, role), master in trainer.master.items():
+            p = params[f"{sources[layer]}.{names[role]}"]
+            assert np.array_equal(p.detach().numpy(), master.to_float()), (step, layer, role)
+            assert np.array_equal(opt.state[p]["momentum"].numpy(),
+                                  trainer.momentum[(layer, role)].to_float()), (step, layer, role)
+    assert trainer.step_number == len(batches)
+
+
 @pytest.mark.parametrize("order", ["quantize_after", "quantize_before"])
 def test_integer_training_equals_torch_path_for_100_steps(order):
     torch.manual_seed(0)
@@ -42,26 +63,7 @@ def test_integer_training_equals_torch_path_for_100_steps(order):
     data = rng.standard_normal((8, 16, 1, 8, 8))
     labels = rng.integers(0, 10, (8, 16))
     trainer = IntegerTrainer.from_model(model, data[0], lr=0.05, update=update)
-    params = dict(model.named_parameters())
-    for step in range(100):
-        x, y = data[step % 8], labels[step % 8]
-        logits = trainer.step(x, y)
-        xq = trainer.graph.quantize_input(x) * 2.0 ** -trainer.graph.inputs[0].fmt.frac_bits
-        out = model(torch.from_numpy(xq))
-        assert np.array_equal(out.detach().numpy(), logits.to_float()), f"outputs, step {step}"
-        out.backward(torch.from_numpy(cross_entropy_error(logits, y).to_float()))
-        opt.step()
-        opt.zero_grad()
-        for node in trainer.graph.nodes:
-            for role in ("weight", "bias"):
-                key = (node.name, role)
-                if key not in trainer.master:
-                    continue
-                p = params[f"{node.source}.{role}"]
-                assert np.array_equal(p.detach().numpy(), trainer.master[key].to_float()), (step, key)
-                assert np.array_equal(opt.state[p]["momentum"].numpy(),
-                                      trainer.momentum[key].to_float()), (step, key)
-    assert trainer.step_number == 100
+    _train_both(model, opt, trainer, [(data[s % 8], labels[s % 8]) for s in range(100)])
 
 
 def test_unsupported_layers_are_named():
@@ -69,17 +71,6 @@ def test_unsupported_layers_are_named():
     model = nn.Sequential(F.Adder2d(1, 2, 3)).double()
     with pytest.raises(ValueError, match="does not support _0 \\(adder2d\\)"):
         IntegerTrainer.from_model(model.eval(), np.zeros((1, 1, 5, 5)), lr=0.05)
-
-
-def _compare(trainer, model, opt, step):
-    params = dict(model.named_parameters())
-    names = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
-    for (node_name, role), master in trainer.master.items():
-        node = next(n for n in trainer.graph.nodes if n.name == node_name)
-        p = params[f"{node.source}.{names[role]}"]
-        assert np.array_equal(p.detach().numpy(), master.to_float()), (step, node_name, role)
-        assert np.array_equal(opt.state[p]["momentum"].numpy(),
-                              trainer.momentum[(node_name, role)].to_float()), (step, node_name, role)
 
 
 def test_demo_model_trains_bit_exactly_for_100_steps():
@@ -92,14 +83,6 @@ def test_demo_model_trains_bit_exactly_for_100_steps():
     with np.load(DEMO_DATA) as data:
         x_all, y_all = images_to_input(data["test_images"]), data["test_labels"]
     trainer = IntegerTrainer.from_model(model, x_all[:16], lr=0.05)
-    for step in range(100):
-        batch = slice(16 * (step % 20), 16 * (step % 20) + 16)
-        x, y = x_all[batch], y_all[batch]
-        logits = trainer.step(x, y)
-        xq = trainer.graph.quantize_input(x) * 2.0 ** -trainer.graph.inputs[0].fmt.frac_bits
-        out = model(torch.from_numpy(xq))
-        assert np.array_equal(out.detach().numpy(), logits.to_float()), f"outputs, step {step}"
-        out.backward(torch.from_numpy(cross_entropy_error(logits, y).to_float()))
-        opt.step()
-        opt.zero_grad()
-        _compare(trainer, model, opt, step)
+    batches = [(x_all[16 * (s % 20):16 * (s % 20) + 16], y_all[16 * (s % 20):16 * (s % 20) + 16])
+               for s in range(100)]
+    _train_both(model, opt, trainer, batches)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from hypothesis import given, strategies as st
 
 import wageubn_sim
+from forgery import forge_value
 from wageubn_sim.reports import audit
 from wageubn_sim.vectors import BundleError, verify_bundle, write_bundle
 from wageubn_sim.vectors.formats import (pack_words, read_coe, read_mif, read_readmemh,
@@ -96,15 +97,7 @@ def test_recompute_detects_a_wrong_output_and_tampering(tmp_path):
         verify_bundle(root)
     # a consistent forgery (files and hashes rewritten) is caught by recomputation
     root2 = write_bundle(graph, x, tmp_path / "w", kinds=("npy",))
-    manifest = json.loads((root2 / "manifest.json").read_text())
-    entry = manifest["tensors"]["_4/output"]
-    path = root2 / entry["files"][0]["path"]
-    q = np.load(path)
-    q.reshape(-1)[0] += 1
-    np.save(path, q)
-    import hashlib
-    entry["files"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (root2 / "manifest.json").write_text(json.dumps(manifest))
+    forge_value(root2, "_4/output")
     report = verify_bundle(root2)
     assert not report.ok and any(f.startswith("_4/output: recomputed 1 values") for f in report.failures)
 
@@ -173,8 +166,6 @@ def test_audit_counts_saturation_events():
 
 
 def test_training_step_bundle_verifies_and_catches_tampering(tmp_path):
-    import hashlib
-
     import torch
 
     from wageubn_sim.demo import DEMO_DATA, demo_model, images_to_input
@@ -197,13 +188,6 @@ def test_training_step_bundle_verifies_and_catches_tampering(tmp_path):
     assert {"error", "weight_grad_raw", "weight_grad", "weight_master_after", "gamma_grad",
             "beta_momentum_after"} <= roles
     # a consistent forgery of one G value (files and hashes rewritten) is caught by recomputation
-    entry = manifest["tensors"]["_0/weight_grad"]
-    entry["files"] = [f for f in entry["files"] if f["kind"] == "npy"]
-    path = root / entry["files"][0]["path"]
-    q = np.load(path)
-    q.reshape(-1)[0] += 1
-    np.save(path, q)
-    entry["files"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    forge_value(root, "_0/weight_grad")
     report = verify_bundle(root)
     assert not report.ok and any("_0/weight_grad: recomputed G differs" in f for f in report.failures)
