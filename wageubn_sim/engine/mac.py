@@ -158,35 +158,24 @@ def exact_matmul(w: np.ndarray, cols_source, x_max: int, n: int, prepared: dict 
         # BLAS is faster with the longer dimension as rows (measured both ways here)
         rows_are_pixels = cols.shape[1] >= w.shape[0]
         for a, b in chunks:
-            if rows_are_pixels:
-                _add_transposed(cols[a:b].T @ wf[:, a:b].T, out)
-            else:
-                _add_plain(wf[:, a:b] @ cols[a:b], out)
+            part = cols[a:b].T @ wf[:, a:b].T if rows_are_pixels else wf[:, a:b] @ cols[a:b]
+            _add_part(part, rows_are_pixels, out)
         return out
     sums = _int_matmul(w, cols_source(np.int64))  # (O, N*P)
     return np.ascontiguousarray(sums.reshape(w.shape[0], n, -1).transpose(1, 0, 2))
 
 
 @njit(cache=True, parallel=True)
-def _add_transposed(part, out):
-    """out[n, o, p] += part[n * P + p, o]: exact, the part holding integers."""
+def _add_part(part, pixels_first, out):
+    """out[n, o, p] += part[n * P + p, o] (pixels_first) or part[o, n * P + p]: exact, the
+    part holding integers."""
     n_batch, o_total, pixels = out.shape
     for job in prange(n_batch * o_total):
         b = job // o_total
         o = job % o_total
         for p in range(pixels):
-            out[b, o, p] += np.int64(part[b * pixels + p, o])
-
-
-@njit(cache=True, parallel=True)
-def _add_plain(part, out):
-    """out[n, o, p] += part[o, n * P + p]: exact, the part holding integers."""
-    n_batch, o_total, pixels = out.shape
-    for job in prange(n_batch * o_total):
-        b = job // o_total
-        o = job % o_total
-        for p in range(pixels):
-            out[b, o, p] += np.int64(part[o, b * pixels + p])
+            v = part[b * pixels + p, o] if pixels_first else part[o, b * pixels + p]
+            out[b, o, p] += np.int64(v)
 
 
 @njit(cache=True, parallel=True)
