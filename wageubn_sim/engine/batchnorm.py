@@ -14,14 +14,13 @@ from fractions import Fraction
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import (OVERFLOWED, QUOTIENT_ESTIMATE_LIMIT, TIE, fit_overflow,
+from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, QUOTIENT_ESTIMATE_LIMIT, TIE, fit_overflow,
                                floor_divide, requantize, round_quotient, sqrt_rounded)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.reference import round_fraction
 from .registers import Events, Output, align, output_stage
 
-DOMAIN = 1 << 61
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +80,8 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
     # the domain: |x - mean| * 2**shift and std * 2**-shift stay below 2**61
     lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
     span = (max(-lo, hi) << (frac - x_frac)) + int(np.abs(mean_al).max(initial=0))
-    if (span << max(shift, 0)) >= DOMAIN or (int(std.max(initial=1)) << max(-shift, 0)) >= DOMAIN:
+    if ((span << max(shift, 0)) >= DOMAIN_LIMIT
+            or (int(std.max(initial=1)) << max(-shift, 0)) >= DOMAIN_LIMIT):
         raise OverflowError("BatchNorm2d: the normalisation leaves the 62-bit domain; "
                             "narrow the input format")
     y_frac = p.xhat_fmt.frac_bits

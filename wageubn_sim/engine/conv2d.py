@@ -19,15 +19,12 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import OVERFLOWED, requantize, requantize_flagged
+from ..fixedpoint.core import DOMAIN_LIMIT, OVERFLOWED, requantize, requantize_flagged
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
-from .mac import (OP_ADDER, OP_MULTIPLY, exact_matmul, im2col, narrow_mac_loop, pad_nchw,
-                  weight_cache)
+from .mac import (OP_ADDER, OP_MULTIPLY, exact_matmul, narrow_mac_loop, pad_nchw, weight_cache,
+                  window_matrix)
 from .registers import ACC_EVENT, Accumulator, Events, Output, align, output_stage
-
-DOMAIN = 1 << 61
-
 
 @dataclasses.dataclass(frozen=True)
 class Conv2dParams:
@@ -102,7 +99,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     else:
         bound = b_max + (cache["row_abs_max"] * x_max << prod_shift)
     acc = p.accumulator
-    if bound >= DOMAIN:
+    if bound >= DOMAIN_LIMIT:
         raise OverflowError(f"{what}: a partial sum may reach 2**{bound.bit_length() - 1}, beyond "
                             "the 62-bit domain; give the input a narrower format or the "
                             "accumulator a width")
@@ -156,14 +153,11 @@ def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max, cache) -> np.ndarray:
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
     og = o // p.groups
-    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     x = np.ascontiguousarray(x)
     parts = []
     for g in range(p.groups):
-        def cols(dtype, g=g):
-            out = np.empty((cg * kh * kw, n * oh * ow), dtype=dtype)
-            im2col(x, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
-            return out
+        cols = window_matrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
+                             (oh, ow))
         w_g = weight[g * og:(g + 1) * og].reshape(og, -1)
         parts.append(exact_matmul(w_g, cols, x_max, n, cache.setdefault(g, {})))  # (N, O/g, P)
     sums = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

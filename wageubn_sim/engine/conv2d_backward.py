@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .conv2d import Conv2dParams
-from .mac import exact_matmul, im2col
+from .mac import exact_matmul, window_matrix
 
 
 @njit(cache=True, parallel=True)
@@ -62,10 +62,8 @@ def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Con
     for g in range(p.groups):
         rows = slice(g * og, (g + 1) * og)
 
-        def cols(dtype, g=g):
-            out = np.empty((cg * kh * kw, n * oh * ow), dtype=dtype)
-            im2col(x, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw_, oh, ow, out)
-            return out
+        cols = window_matrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
+                             (oh, ow))
         # dw (O/g, K) = e (O/g, NP) @ cols^T (NP, K)
         grad_w[rows] = exact_matmul(e_mat[rows], lambda dtype: cols(dtype).T, x_max, 1)[0].reshape(og, cg, kh, kw)
         # dcols (K, NP) = w^T (K, O/g) @ e (O/g, NP), then scattered back onto the input grid

@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import QUOTIENT_ESTIMATE_LIMIT, TIE, floor_divide, round_quotient
+from ..fixedpoint.core import DOMAIN_LIMIT, QUOTIENT_ESTIMATE_LIMIT, TIE, floor_divide, round_quotient
 
-DOMAIN = 1 << 61
 
 
 @njit(cache=True, parallel=True)
@@ -43,7 +42,7 @@ def divide_scaled(num: np.ndarray, den: np.ndarray, shift: int, rounding) -> tup
     lo, hi = (int(num.min()), int(num.max())) if num.size else (0, 0)
     mag = max(-lo, hi) << max(shift, 0)
     dmax = int(den2.max(initial=0)) << max(-shift, 0)
-    if mag >= DOMAIN or dmax >= DOMAIN:
+    if mag >= DOMAIN_LIMIT or dmax >= DOMAIN_LIMIT:
         raise OverflowError("a rounding division leaves the 62-bit domain; narrow the formats")
     num3 = np.ascontiguousarray(num, dtype=np.int64).reshape(n, c, -1)
     out = np.empty_like(num3)

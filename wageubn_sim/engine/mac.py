@@ -73,6 +73,18 @@ def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                     dst[xo] = 0
 
 
+def window_matrix(x, c0: int, c1: int, kernel, stride, padding, dilation, out_size):
+    """A builder of the (K, N*OH*OW) window matrix of channels c0..c1 of x, for
+    `exact_matmul`'s ``cols_source``: called with a dtype, it unrolls the windows in it."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
+
+    def build(dtype):
+        out = np.empty(((c1 - c0) * kh * kw, x.shape[0] * oh * ow), dtype=dtype)
+        im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+        return out
+    return build
+
+
 @njit(cache=True)
 def _chunk_ends(cs, budget):
     """Greedy cut of the reduction: each chunk ends as late as possible with
