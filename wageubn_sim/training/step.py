@@ -29,7 +29,7 @@ from ..engine.activation_backward import (activation_backward, avg_pool2d_backwa
 from ..engine.batchnorm_backward import batchnorm2d_backward
 from ..engine.conv2d_backward import conv2d_backward, linear_backward
 from ..scheme.quantizers import e1_quantize, e2_quantize, g_quantize, gbn_quantize, lr_quantize
-from .update import UpdateParams, momentum_update
+from .update import UpdateParams, aligned_sum, momentum_update
 
 SUPPORTED_OPS = ("conv2d", "linear", "batchnorm2d", "activation", "max_pool2d", "avg_pool2d",
                  "add", "flatten")
@@ -50,12 +50,8 @@ def cross_entropy_error(logits: FixedArray, labels: np.ndarray, frac_bits: int =
 
 
 def _add(errors: dict, name: str, e: FixedArray) -> None:
-    if name not in errors:
-        errors[name] = e
-        return
-    old = errors[name]
-    frac = max(old.frac_bits, e.frac_bits)
-    errors[name] = FixedArray((old.q << (frac - old.frac_bits)) + (e.q << (frac - e.frac_bits)), frac)
+    """Sum the errors a tensor receives from its readers, exactly."""
+    errors[name] = aligned_sum(errors[name], e) if name in errors else e
 
 
 class IntegerTrainer:
@@ -68,6 +64,7 @@ class IntegerTrainer:
             raise ValueError(f"integer training does not support {', '.join(bad)} yet; "
                              f"supported: {', '.join(SUPPORTED_OPS)}")
         self.graph, self.layers, self.update = graph, layers, update
+        self._nodes = {n.name: n for n in graph.nodes}
         self.lr = lr_quantize(lr)
         self.step_number = 0
         self._record = None
@@ -116,7 +113,7 @@ class IntegerTrainer:
     def _refresh_registers(self):
         """fw(master weights), Q(master bias), Q(gamma), Q(beta) into the graph's registers."""
         for (name, role), w in self.master.items():
-            node = next(n for n in self.graph.nodes if n.name == name)
+            node = self._nodes[name]
             fmt = getattr(node.params, {"weight": "weight_fmt", "bias": "bias_fmt",
                                         "gamma": "gamma_fmt", "beta": "beta_fmt"}[role])
             q = requantize(w.q, w.frac_bits, fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM)
@@ -280,4 +277,4 @@ class IntegerTrainer:
                                                   info["grad_k"])
 
     def _frac_of(self, name):
-        return next(n for n in self.graph.nodes if n.name == name).out_fmt.frac_bits
+        return self._nodes[name].out_fmt.frac_bits

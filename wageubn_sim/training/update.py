@@ -48,7 +48,8 @@ class UpdateParams:
         return Format(self.weight_bits, self.weight_k - 1)
 
 
-def _sum(a: FixedArray, b: FixedArray, sign: int = 1) -> FixedArray:
+def aligned_sum(a: FixedArray, b: FixedArray, sign: int = 1) -> FixedArray:
+    """a + sign * b, exactly, on the finer of their grids."""
     frac = max(a.frac_bits, b.frac_bits)
     return FixedArray((a.q << (frac - a.frac_bits)) + sign * (b.q << (frac - b.frac_bits)), frac)
 
@@ -65,9 +66,9 @@ def momentum_update(w: FixedArray, acc: FixedArray, g: FixedArray, lr: FixedArra
         raise ValueError(f"update: weights {w.q.shape}, momentum {acc.q.shape} and gradient "
                          f"{g.q.shape} must have one shape")
     scaled = FixedArray(acc.q, acc.frac_bits + p.momentum_shift)  # acc * 2**-shift, exact
-    a = _sum(scaled, g)
+    a = aligned_sum(scaled, g)
     if p.order == "quantize_before":
         a = _store(a, p.acc_fmt)
     step = FixedArray(int(lr.q) * a.q, lr.frac_bits + a.frac_bits)
-    new_w = _store(_sum(w, step, -1), p.weight_fmt)
+    new_w = _store(aligned_sum(w, step, -1), p.weight_fmt)
     return new_w, (a if p.order == "quantize_before" else _store(a, p.acc_fmt))
