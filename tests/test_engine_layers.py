@@ -9,6 +9,7 @@ from int_reference import int_adder2d, int_conv2d
 import wageubn_sim
 from wageubn_sim import function as F
 from wageubn_sim.config import Config, config_network
+from wageubn_sim.engine.adder2d import adder2d
 from wageubn_sim.engine.conv2d import Conv2dParams, conv2d, linear
 from wageubn_sim.engine.registers import Accumulator
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding, requantize
@@ -63,22 +64,28 @@ def test_conv2d_equals_int64_reference(c, rounding, overflow, out_bits, out_frac
 
 
 @given(c=conv_cases(), order=st.sampled_from(["channel_major", "kernel_major"]),
-       k_split=st.integers(1, 4), acc_bits=st.integers(8, 24),
-       overflow=st.sampled_from([Overflow.SAT, Overflow.WRAP]))
-def test_narrow_accumulator_follows_the_mac_order(c, order, k_split, acc_bits, overflow):
+       k_split=st.integers(1, 4), acc_bits=st.integers(8, 40),
+       overflow=st.sampled_from(list(Overflow)), adder=st.booleans())
+def test_narrow_accumulator_follows_the_mac_order(c, order, k_split, acc_bits, overflow, adder):
     x, w, b = _random_case(c)
+    adder = adder and c["groups"] == 1  # Adder2d has no groups
     acc = Accumulator(acc_bits, overflow, order, k_split)
     p = Conv2dParams(Format(c["w_bits"], c["w_bits"] - 1), Format(22, 0) if c["bias"] else None,
                      (c["stride"],) * 2, (c["pad"],) * 2, (c["dil"],) * 2, c["groups"], accumulator=acc)
-    got = conv2d(x, 0, w, b, p)
-    want = _per_mac_reference(x, w, b, c, acc)
+    got = adder2d(x, 0, w, b, p) if adder else conv2d(x, 0, w, b, p)
+    want, events = _per_mac_reference(x, w, b, c, acc, adder)
     assert np.array_equal(got.q, want)
     assert got.fmt == Format(acc_bits, c["w_bits"] - 1)
+    if adder or overflow != Overflow.WRAP:  # MAC by MAC: every wrap or saturation counted
+        counted = got.events.wraps if overflow == Overflow.WRAP else got.events.saturations
+        assert counted == events.sum()
 
 
-def _per_mac_reference(x, w, b, c, acc):
-    """Plain Python loops: one accumulator per output, MAC by MAC, overflow after each add."""
-    lo, hi = -(1 << (acc.bits - 1)), (1 << (acc.bits - 1)) - 1
+def _per_mac_reference(x, w, b, c, acc, adder=False):
+    """Plain Python loops: one accumulator per output, MAC by MAC, overflow after each add.
+    Returns the sums and, per (n, o), how many additions the overflow rule changed."""
+    hi = (1 << (acc.bits - 1)) - 1
+    lo = -hi if acc.overflow == Overflow.SAT_SYM else -hi - 1
 
     def fit(v):
         if acc.overflow == Overflow.WRAP:
@@ -92,11 +99,14 @@ def _per_mac_reference(x, w, b, c, acc):
     s, d = c["stride"], c["dil"]
     oh = (h - d * (k - 1) - 1) // s + 1
     out = np.zeros((n, o, oh, oh), np.int64)
+    events = np.zeros((n, o), np.int64)
     terms_order = ([(ci, i, j) for ci in range(cg) for i in range(k) for j in range(k)]
                    if acc.mac_order == "channel_major" else
                    [(ci, i, j) for i in range(k) for j in range(k) for ci in range(cg)])
     chunk = -(-len(terms_order) // acc.k_split)
     w_frac = c["w_bits"] - 1
+    if adder:  # x and w meet on one grid: x (frac 0) moves to the weights' grid
+        xp = xp << w_frac
     for bi in range(n):
         for oc in range(o):
             c0 = (oc // og) * cg
@@ -104,13 +114,18 @@ def _per_mac_reference(x, w, b, c, acc):
                 for xo in range(oh):
                     parts = [int(b[oc]) << w_frac if b is not None else 0] + [0] * (acc.k_split - 1)
                     for t, (ci, i, j) in enumerate(terms_order):
-                        prod = int(xp[bi, c0 + ci, y * s + i * d, xo * s + j * d]) * int(w[oc, ci, i, j])
-                        parts[t // chunk] = fit(parts[t // chunk] + prod)
-                    total = parts[0]
+                        xv = int(xp[bi, c0 + ci, y * s + i * d, xo * s + j * d])
+                        prod = -abs(xv - int(w[oc, ci, i, j])) if adder else xv * int(w[oc, ci, i, j])
+                        total = parts[t // chunk] + prod
+                        parts[t // chunk] = fit(total)
+                        events[bi, oc] += parts[t // chunk] != total
+                    result = parts[0]
                     for extra in parts[1:]:
-                        total = fit(total + extra)
-                    out[bi, oc, y, xo] = total
-    return out
+                        total = result + extra
+                        result = fit(total)
+                        events[bi, oc] += result != total
+                    out[bi, oc, y, xo] = result
+    return out, events
 
 
 @given(seed=st.integers(0, 2**31), n_in=st.integers(1, 40), n_out=st.integers(1, 8),
@@ -130,7 +145,6 @@ def test_adder_kernel_equals_int64_reference():
     rng = np.random.default_rng(3)
     x = rng.integers(-300, 300, (2, 3, 6, 6))
     w = rng.integers(-127, 128, (4, 3, 3, 3))
-    from wageubn_sim.engine.adder2d import adder2d
     got = adder2d(x, 7, w, None, Conv2dParams(Format(8, 7), stride=(1, 1), padding=(1, 1)))
     assert np.array_equal(got.q, int_adder2d(x, w, 1, 1))
 
@@ -210,16 +224,20 @@ def test_engine_equals_plain_module_call():
 def test_results_do_not_depend_on_thread_count():
     import numba
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (2, 16, 12, 12))
+    x = rng.integers(0, 255, (2, 16, 12, 12))  # two int8 digits on the int8 GEMM path
     w = rng.integers(-127, 128, (16, 16, 3, 3))
-    outs = []
+    torch_threads = torch.get_num_threads()
     for acc in (Accumulator(), Accumulator(18, "SAT")):
         p = Conv2dParams(Format(8, 7), padding=(1, 1), accumulator=acc)
+        outs = []
         for threads in (1, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
-            outs.append(conv2d(x, 7, w, None, p).q)
+            torch.set_num_threads(threads)  # the int8 GEMM's threads
+            out = conv2d(x, 7, w, None, p)
+            outs.append((out.q, out.events))
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[2], outs[3])
+        torch.set_num_threads(torch_threads)
+        assert np.array_equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
 
 
 def test_iostrict_config_reaches_the_engine_formats():

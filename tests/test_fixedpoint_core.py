@@ -173,20 +173,35 @@ def test_seed_widths_map_to_formats():
                         Overflow.SAT_SYM) == 2  # 2.5 LSB -> 2
 
 
-@given(q=int_arrays(), frac_in=st.integers(-70, 70), fmt=formats(), overflow=overflows)
-def test_flags_mark_ties_and_overflow(q, frac_in, fmt, overflow):
+@given(q=int_arrays(), frac_in=st.integers(-70, 70), fmt=formats(), overflow=overflows,
+       rounding=st.sampled_from([r for r in Rounding if r != Rounding.STOCHASTIC]))
+def test_flags_and_counts_mark_ties_overflow_and_underflow(q, frac_in, fmt, overflow, rounding):
     from fractions import Fraction as Fr
 
-    from wageubn_sim.fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
-    out, flags = requantize_flagged(q, frac_in, fmt, "HALF_EVEN", overflow)
+    from wageubn_sim.fixedpoint.core import OVERFLOWED, TIE, requantize_counted
+    out, flags, counts = requantize_counted(q, frac_in, fmt, rounding, overflow)
+    ties = overflowed = underflows = 0
     for v, o, f in zip(q.tolist(), out.tolist(), flags.tolist()):
         exact = Fr(v) * Fr(2) ** (fmt.frac_bits - frac_in)
-        assert bool(f & TIE) == (exact - (exact.numerator // exact.denominator) == Fr(1, 2))
-        rounded = ref.round_fraction(exact, Rounding.HALF_EVEN)
-        assert bool(f & OVERFLOWED) == (ref.overflow_int(rounded, fmt, overflow) != rounded
-                                         or (overflow == Overflow.SAT_SYM and fmt.signed
-                                             and rounded == fmt.min_int))
+        tie = exact - (exact.numerator // exact.denominator) == Fr(1, 2)
+        assert bool(f & TIE) == tie
+        rounded = ref.round_fraction(exact, rounding)
+        over = (ref.overflow_int(rounded, fmt, overflow) != rounded
+                or (overflow == Overflow.SAT_SYM and fmt.signed and rounded == fmt.min_int))
+        assert bool(f & OVERFLOWED) == over
         assert o == ref.overflow_int(rounded, fmt, overflow)
+        ties, overflowed = ties + tie, overflowed + over
+        underflows += o == 0 and v != 0 and not over
+    assert counts == {"ties": ties, "overflowed": overflowed, "underflows": underflows}
+
+
+def test_value_range_edges():
+    from wageubn_sim.fixedpoint.core import magnitude_max, value_range
+    assert value_range(np.zeros(0, np.int64)) == (0, 0) and magnitude_max(np.zeros((0, 3))) == 0
+    most_negative = np.array([5, -2**63, 7], np.int64)
+    assert value_range(most_negative) == (-2**63, 7)
+    assert magnitude_max(most_negative) == 2**63  # a Python int: no int64 wrap
+    assert magnitude_max(np.array([[-3], [2]], np.int8)) == 3
 
 
 @given(p=edge_ints(60), d=st.integers(1, 2**60), rounding=st.sampled_from(

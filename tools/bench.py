@@ -1,12 +1,15 @@
 """Benchmark: the bit-exact engine against the torch fake-quant path on ResNet-18.
 
-    python tools/bench.py [--batch N] [--repeats R]
+    python tools/bench.py [--batch N] [--rounds R]
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
 ratio, the engine's conv-layer GMAC/s, its peak traced memory, and the GMAC/s of one conv
-layer with a narrow saturating accumulator modelled MAC by MAC. Figures are wall-clock
-medians on this machine; nothing is asserted.
+layer with a narrow saturating accumulator modelled MAC by MAC. Nothing is asserted.
+
+Shared 2-core machines drift (a plain sgemm loop here varies 2.5x within a minute), so torch
+and the engine run alternately, round by round: the ratio is the median of the per-round
+ratios, and each time is given as median (best) over the rounds.
 """
 from __future__ import annotations
 
@@ -37,65 +40,75 @@ def conv_macs(graph) -> dict:
     return macs
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up (JIT, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def bench_resnet(label, size, batch, repeats, cifar):
+def summary(values, higher_is_better=False, scale=1.0, fmt="{:.1f}"):
+    """'median (best)' of per-round figures."""
+    best = max(values) if higher_is_better else min(values)
+    return f"{fmt.format(statistics.median(values) * scale)} ({fmt.format(best * scale)})"
+
+
+def bench_resnet(label, size, batch, rounds, cifar):
     torch.manual_seed(0)
     model = wageubn_sim.quantize_model(resnet18(10 if cifar else 1000, cifar)).eval()
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size))
     graph = wageubn_sim.compile(model, x[:1])
     xq = torch.from_numpy(graph.quantize_input(x) * 2.0 ** -8).float()
-    with torch.no_grad():
-        t_torch = median_time(lambda: model.float()(xq), repeats)
-    t_engine = median_time(lambda: graph.run(x), repeats)
-    timings = {}
-    graph.run(x, timings=timings)
+    model = model.float()
     macs = conv_macs(graph)
-    conv_time = sum(timings[n] for n in macs)
+    total = sum(macs.values()) * batch
+    with torch.no_grad():
+        model(xq), graph.run(x)  # warm-up (JIT, caches)
+        t_torch, t_engine, ratios, rates = [], [], [], []
+        for _ in range(rounds):
+            t_torch.append(timed(lambda: model(xq)))
+            t_engine.append(timed(lambda: graph.run(x)))
+            ratios.append(t_torch[-1] / t_engine[-1])
+            timings = {}
+            graph.run(x, timings=timings)
+            rates.append(total / sum(timings[n] for n in macs) / 1e9)
     tracemalloc.start()
     graph.run(x)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    total = sum(macs.values()) * batch
-    print(f"{label}: batch {batch}, {total / 1e9:.2f} GMAC")
-    print(f"  torch fake-quant forward (float32): {t_torch * 1e3:9.1f} ms")
-    print(f"  engine bit-exact forward:           {t_engine * 1e3:9.1f} ms   "
-          f"(torch / engine = {t_torch / t_engine:.2f}x)")
-    print(f"  engine conv+linear layers:          {total / conv_time / 1e9:9.1f} GMAC/s")
-    print(f"  engine peak traced memory:          {peak / 2**20:9.1f} MiB")
+    print(f"{label}: batch {batch}, {total / 1e9:.2f} GMAC, {rounds} rounds, median (best)")
+    print(f"  torch fake-quant forward (float32):  {summary(t_torch, scale=1e3)} ms")
+    print(f"  engine bit-exact forward:            {summary(t_engine, scale=1e3)} ms")
+    print(f"  torch / engine, per round:           {summary(ratios, True, fmt='{:.2f}')}x")
+    print(f"  engine conv+linear layers:           {summary(rates, True)} GMAC/s")
+    print(f"  engine peak traced memory:           {peak / 2**20:.1f} MiB")
 
 
-def bench_narrow(repeats):
+def bench_narrow(rounds):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (1, 64, 56, 56))
     w = rng.integers(-127, 128, (64, 64, 3, 3))
     macs = 64 * 64 * 9 * 56 * 56
     for acc in (Accumulator(20, "SAT"), Accumulator(20, "SAT", "kernel_major", 4)):
         p = Conv2dParams(Format(8, 7), padding=(1, 1), accumulator=acc)
-        t = median_time(lambda: conv2d(x, 7, w, None, p), repeats)
+        conv2d(x, 7, w, None, p)  # warm-up (JIT)
+        rates = [macs / timed(lambda: conv2d(x, 7, w, None, p)) / 1e9 for _ in range(rounds)]
         print(f"  narrow accumulator s20 SAT, {acc.mac_order}, k_split={acc.k_split}: "
-              f"{macs / t / 1e9:.2f} GMAC/s (64x64x3x3 conv on 56x56, MAC by MAC)")
+              f"{summary(rates, True, fmt='{:.2f}')} GMAC/s "
+              "(64x64x3x3 conv on 56x56, MAC by MAC)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (default 3)")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="timed rounds per figure (default 9)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
-    bench_resnet("ResNet-18 CIFAR 32x32", 32, args.batch, args.repeats, cifar=True)
-    bench_resnet("ResNet-18 ImageNet 224x224", 224, max(1, args.batch // 8), args.repeats, cifar=False)
+    bench_resnet("ResNet-18 CIFAR 32x32", 32, args.batch, args.rounds, cifar=True)
+    bench_resnet("ResNet-18 ImageNet 224x224", 224, max(1, args.batch // 8), args.rounds, cifar=False)
     print("narrow-accumulator mode:")
-    bench_narrow(args.repeats)
+    bench_narrow(args.rounds)
 
 
 if __name__ == "__main__":

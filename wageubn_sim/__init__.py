@@ -15,6 +15,12 @@ def load_graph(path):
     return _load(path)
 
 
+def fold_batchnorm(graph, multiplier_bits: int = 16):
+    """The graph with each conv -> BatchNorm pair folded into one node (docs/arithmetic.md §9)."""
+    from .graph.fold import fold_batchnorm as _fold
+    return _fold(graph, multiplier_bits)
+
+
 def __getattr__(name):
     # torch is imported only when the torch path is asked for: the integer side runs without it.
     if name == "quantize_model":

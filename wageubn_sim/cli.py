@@ -221,14 +221,21 @@ def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
 @input_options
 @click.option("--input-format", default="s16.8", show_default=True, help="Format of the network input.")
 @_accumulator_option
+@click.option("--fold-bn", "fold_bn", type=click.IntRange(2, 31), metavar="BITS",
+              help="Fold each BatchNorm into its conv with BITS-bit multipliers (a different "
+                   "datapath: docs/arithmetic.md section 9).")
 @click.option("-o", "--out", required=True, help="Graph folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def compile_cmd(model, weights, input_path, random, shape, seed, input_format, accumulator, out, force):
+def compile_cmd(model, weights, input_path, random, shape, seed, input_format, accumulator,
+                fold_bn, out, force):
     """Compile MODEL (package.module:factory) into an integer graph folder."""
+    from .graph.fold import fold_batchnorm
     from .graph.importer import compile_model
     net = load_model(model, weights)
     x = load_inputs(input_path, random or 1, shape, seed)
     graph = _guard(compile_model, net, x, _parse_format(input_format), _parse_accumulator(accumulator))
+    if fold_bn is not None:
+        graph = _guard(fold_batchnorm, graph, fold_bn)
     _guard(graph.save, out, force)
     click.echo(f"wrote {out}: {len(graph.nodes)} nodes")
 

@@ -15,7 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, QUOTIENT_ESTIMATE_LIMIT, TIE, fit_overflow,
-                               floor_divide, requantize, round_quotient, sqrt_rounded)
+                               floor_divide, magnitude_max, requantize, round_quotient,
+                               sqrt_rounded)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.reference import round_fraction
@@ -78,8 +79,7 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
     mean_al = align(mean, p.mean_fmt.frac_bits, frac)
     shift = p.std_fmt.frac_bits + p.xhat_fmt.frac_bits - frac
     # the domain: |x - mean| * 2**shift and std * 2**-shift stay below 2**61
-    lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
-    span = (max(-lo, hi) << (frac - x_frac)) + int(np.abs(mean_al).max(initial=0))
+    span = (magnitude_max(x) << (frac - x_frac)) + int(np.abs(mean_al).max(initial=0))
     if ((span << max(shift, 0)) >= DOMAIN_LIMIT
             or (int(std.max(initial=1)) << max(-shift, 0)) >= DOMAIN_LIMIT):
         raise OverflowError("BatchNorm2d: the normalisation leaves the 62-bit domain; "

@@ -19,11 +19,12 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import DOMAIN_LIMIT, OVERFLOWED, requantize, requantize_flagged
+from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, magnitude_max,
+                               requantize, requantize_flagged)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
-from .mac import (OP_ADDER, OP_MULTIPLY, exact_matmul, narrow_mac_loop, pad_nchw, weight_cache,
-                  window_matrix)
+from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, exact_matmul, mac_taps, narrow_mac_loop,
+                  stride_phase_planes, weight_cache, window_matrix)
 from .registers import ACC_EVENT, Accumulator, Events, Output, align, output_stage
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         prod_shift = frac - (x_frac + fw)
     bias_al = align(bias, fb, frac) if bias is not None else np.zeros(o, np.int64)
 
-    x_max = max(-int(x.min()), int(x.max())) if x.size else 0
+    x_max = magnitude_max(x)
     cache = weight_cache(weight)
     if "row_abs_max" not in cache:
         w_abs = np.abs(weight.reshape(o, -1))
@@ -108,12 +109,8 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     events = Events()
     flags = np.zeros((n, o, oh, ow), np.uint8)
     if per_mac:
-        xp = pad_nchw(x, ph, pw, 0) if (ph or pw) else x
-        out = np.empty((n, o, oh, ow), np.int64)
-        acc_events = np.zeros((n, o), np.int64)
-        narrow_mac_loop(xp, weight, bias_al, prod_shift, p.groups, sh, sw, dh, dw, oh, ow,
-                        acc.bits or 0, int(acc.overflow), acc.mac_order == "kernel_major",
-                        acc.k_split, op, out, acc_events)
+        out, acc_events = _mac_by_mac(x, weight, bias_al, p, op, prod_shift, (oh, ow), bound,
+                                      x_max, cache["abs_max"])
         count = int(acc_events.sum())
         if acc.overflow == Overflow.WRAP:
             events.wraps += count
@@ -148,10 +145,48 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     return Output(q, fmt, events, stages, flags)
 
 
+def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, bound, x_max,
+                w_abs_max):
+    """The accumulator MAC by MAC in the declared order (`mac.narrow_mac_loop`), in the
+    narrowest array dtype that holds every value exactly. Returns (sums, events per n, o)."""
+    acc = p.accumulator
+    n = x.shape[0]
+    o, cg, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    oh, ow = out_size
+    if acc.bits is None:  # exact: rails beyond the domain, never reached (bound < 2**61)
+        lo, hi = -2 * DOMAIN_LIMIT, 2 * DOMAIN_LIMIT
+    else:
+        lo, hi = (int(v) for v in format_range(acc.bits, True, int(acc.overflow)))
+    wrap = acc.bits is not None and acc.overflow == Overflow.WRAP
+    span = 1 << acc.bits if wrap else 1
+    # |v| <= max(|bias|, min(bound, rails)) after every step (a fit never grows |v|), so every
+    # sum below stays under ``largest``; float32 also counts events, up to 4 per output.
+    product_max = (x_max + w_abs_max) if op == OP_ADDER else (x_max * w_abs_max << prod_shift)
+    value_max = max(int(np.abs(bias_al).max(initial=0)), min(bound, max(-lo, hi)))
+    largest = 2 * value_max + product_max + (-lo if wrap else 0)
+    dtype = np.float32 if largest < FLOAT32_EXACT and 4 * oh * (ow + kw * dw) < FLOAT32_EXACT \
+        else np.int64
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
+    planes, _, pitch = stride_phase_planes(xp, sh, sw, dtype)
+    cij, tap_plane, tap_offset = mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch,
+                                          acc.mac_order == "kernel_major")
+    w_taps = weight[:, cij[:, 0], cij[:, 1], cij[:, 2]].astype(np.int64) << prod_shift
+    out = np.empty((n, o, oh, ow), np.int64)
+    acc_events = np.zeros((n, o), np.int64)
+    narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps.astype(dtype),
+                    bias_al.astype(dtype), p.groups, MAC_TERMS[op, wrap],
+                    MAC_TERMS[OP_MULTIPLY, wrap], dtype(lo), dtype(hi), dtype(span), acc.k_split,
+                    out, acc_events)
+    return out, acc_events
+
+
 def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max, cache) -> np.ndarray:
     """Exact (N, O, OH, OW) sums of products, per group, through `mac.exact_matmul`."""
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
+    if n == 0:  # an empty batch
+        return np.zeros((0, o, oh, ow), np.int64)
     og = o // p.groups
     x = np.ascontiguousarray(x)
     parts = []

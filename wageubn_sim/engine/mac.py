@@ -15,12 +15,12 @@ Two ways to the same sums:
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import format_range
 
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
@@ -28,14 +28,9 @@ FLOAT64_EXACT = 1 << 53
 OP_MULTIPLY = 0  # acc += x * w
 OP_ADDER = 1  # acc += -|x - w| (AdderNet)
 
-
-@njit(cache=True, parallel=True)
-def pad_nchw(x, pad_h, pad_w, value):
-    n, c, h, w = x.shape
-    out = np.full((n, c, h + 2 * pad_h, w + 2 * pad_w), value, dtype=x.dtype)
-    for i in prange(n * c):
-        out[i // c, i % c, pad_h:pad_h + h, pad_w:pad_w + w] = x[i // c, i % c]
-    return out
+# Float arithmetic on integers below 2**24 (float32) or 2**53 (float64) is exact, so LLVM may
+# reorder and fuse it freely (what lets it vectorise the event counts); NaN/Inf never occur.
+_EXACT_FAST = {"reassoc", "contract", "nnan", "ninf", "nsz"}
 
 
 @njit(cache=True, parallel=True)
@@ -73,16 +68,71 @@ def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                     dst[xo] = 0
 
 
-def window_matrix(x, c0: int, c1: int, kernel, stride, padding, dilation, out_size):
-    """A builder of the (K, N*OH*OW) window matrix of channels c0..c1 of x, for
-    `exact_matmul`'s ``cols_source``: called with a dtype, it unrolls the windows in it."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
+@njit(cache=True, parallel=True)
+def _padded_nhwc_digits(x, c0, c1, ph, pw, out):
+    """out[d, n, ph + y, pw + x, c] = digit d of x[n, c0 + c, y, x] (the border stays zero)."""
+    count = out.shape[0]
+    n, _, h, w = x.shape
+    for job in prange(n * h):
+        b, y = job // h, job % h
+        for c in range(c1 - c0):
+            for col in range(w):
+                v = np.int64(x[b, c0 + c, y, col])
+                for d in range(count - 1):
+                    out[d, b, ph + y, pw + col, c] = (v >> (DIGIT_BITS * d)) & 127
+                out[count - 1, b, ph + y, pw + col, c] = v >> (DIGIT_BITS * (count - 1))
 
-    def build(dtype):
-        out = np.empty(((c1 - c0) * kh * kw, x.shape[0] * oh * ow), dtype=dtype)
-        im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+
+@njit(cache=True, parallel=True)
+def _im2row_nhwc(xp, kh, kw, sh, sw, dh, dw, oh, ow, out):
+    """out[(n, y, x), (i, j, c)] = xp[n, y*sh + i*dh, x*sw + j*dw, c]: each tap one
+    contiguous run of channels (xp padded, NHWC)."""
+    n, _, _, c = xp.shape
+    for r in prange(n * oh):
+        b, y = r // oh, r % oh
+        for x in range(ow):
+            m = r * ow + x
+            for i in range(kh):
+                for j in range(kw):
+                    k0 = (i * kw + j) * c
+                    yy, xx = y * sh + i * dh, x * sw + j * dw
+                    for cc in range(c):
+                        out[m, k0 + cc] = xp[b, yy, xx, cc]
+
+
+class window_matrix:
+    """The (K, N*OH*OW) window matrix of channels c0..c1 of x, built on demand for
+    `exact_matmul`'s ``cols_source``: called with a dtype, it unrolls the windows in it
+    (K in channel-major order, (c, i, j)). For the int8 GEMM, ``digit_rows(count)`` gives
+    each int8 digit of x as the transposed (N*OH*OW, K) matrix in kernel-major order
+    (i, j, c), built from a padded NHWC copy: ``kernel_major`` maps its columns to K."""
+
+    def __init__(self, x, c0: int, c1: int, kernel, stride, padding, dilation, out_size):
+        self.x, self.c0, self.c1 = x, c0, c1
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.dilation, self.out_size = dilation, out_size
+        cg, (kh, kw) = c1 - c0, kernel
+        self.kernel_major = np.arange(cg * kh * kw).reshape(cg, kh, kw).transpose(1, 2, 0).ravel()
+
+    def __call__(self, dtype):
+        (kh, kw), (oh, ow) = self.kernel, self.out_size
+        out = np.empty(((self.c1 - self.c0) * kh * kw, self.x.shape[0] * oh * ow), dtype=dtype)
+        im2col(self.x, self.c0, self.c1, kh, kw, *self.stride, *self.padding, *self.dilation,
+               oh, ow, out)
         return out
-    return build
+
+    def digit_rows(self, count: int) -> list:
+        n, _, h, w = self.x.shape
+        (ph, pw), (kh, kw), (oh, ow) = self.padding, self.kernel, self.out_size
+        cg = self.c1 - self.c0
+        planes = np.zeros((count, n, h + 2 * ph, w + 2 * pw, cg), np.int8)
+        _padded_nhwc_digits(self.x, self.c0, self.c1, ph, pw, planes)
+        rows = []
+        for plane in planes:
+            out = np.empty((n * oh * ow, kh * kw * cg), np.int8)
+            _im2row_nhwc(plane, kh, kw, *self.stride, *self.dilation, oh, ow, out)
+            rows.append(out)
+        return rows
 
 
 @njit(cache=True)
@@ -129,65 +179,220 @@ _PREPARED: dict = {}
 
 
 def weight_cache(weight: np.ndarray) -> dict:
-    """A scratch dict tied to one read-only weight array (a graph's), for what is derived from
-    it once; the entry dies with the array. A writeable array gets a fresh dict each call,
-    since it may change in place."""
-    if weight.flags.writeable:
+    """A scratch dict tied to one read-only weight array (a graph's), or a view of one (e.g.
+    Linear's weight seen as 1x1 conv), for what is derived from it once; the entry dies with
+    the array. A writeable array gets a fresh dict each call, since it may change in place."""
+    root = weight
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if weight.flags.writeable or root.flags.writeable:
         return {}
-    key = id(weight)
+    key = (id(root), weight.__array_interface__["data"][0], weight.shape, weight.strides,
+           weight.dtype.str)
     entry = _PREPARED.get(key)
-    if entry is None or entry["ref"]() is not weight:
-        entry = {"ref": weakref.ref(weight, lambda _, key=key: _PREPARED.pop(key, None))}
+    if entry is None or entry["ref"]() is not root:
+        entry = {"ref": weakref.ref(root, lambda _, key=key: _PREPARED.pop(key, None))}
         _PREPARED[key] = entry
     return entry
+
+
+INT32_EXACT = 1 << 31
+# Operands wider than int8 are cut into base-2**7 digits, v = sum_d digit_d * 2**(7d): the
+# lower digits in 0..127, the top one signed in -128..127, so every digit is an int8 and each
+# digit GEMM an int8 GEMM. x (D_x digits) times w (D_w) costs D_x * D_w GEMMs.
+DIGIT_BITS = 7
+MAX_DIGIT_GEMMS = 6  # beyond, BLAS in floats is faster
+DIGIT_CHUNK = (INT32_EXACT - 1) // (128 * 128)  # reduction length whose int32 sums are exact
+
+
+def digit_count(v_max: int) -> int:
+    """Digits for values in [-v_max, v_max]: the top one holds v >> 7(D-1) in -128..127."""
+    count = 1
+    while v_max >= 1 << (DIGIT_BITS * count):  # D digits hold -2**7D .. 2**7D - 1
+        count += 1
+    return count
+
+
+@njit(cache=True, parallel=True)
+def _split_digits(flat, count, out):
+    for i in prange(flat.size):
+        v = np.int64(flat[i])
+        for d in range(count - 1):
+            out[d, i] = (v >> (DIGIT_BITS * d)) & 127
+        out[count - 1, i] = v >> (DIGIT_BITS * (count - 1))
+
+
+def split_digits(a: np.ndarray, count: int) -> np.ndarray:
+    """Integers a as (count, *a.shape) int8 digits: a = sum_d out[d] << 7d."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty((count, flat.size), np.int8)
+    _split_digits(flat, count, out)
+    return out.reshape((count,) + a.shape)
+
+
+_INT8_GEMM: list = []  # [function or None], resolved on first use
+
+
+def int8_gemm():
+    """An exact int8 x int8 -> int32 GEMM (torch._int_mm, oneDNN's VNNI/AMX kernels) when torch
+    is importable and its result checks out here, else None. Integer sums are exact in any
+    order, so this changes speed only, never a bit. WAGEUBN_SIM_INT8_GEMM=0 turns it off."""
+    if not _INT8_GEMM:
+        gemm = None
+        if os.environ.get("WAGEUBN_SIM_INT8_GEMM", "1") != "0":
+            try:
+                import torch
+
+                def gemm(a, b, out=None):
+                    """a (M, K) @ b (K, N) as int32, written into ``out`` when given."""
+                    ta, tb = torch.from_numpy(_row_strided(a)), torch.from_numpy(_row_strided(b))
+                    if out is None or _row_strided(out) is not out:
+                        result = torch._int_mm(ta, tb).numpy()
+                        if out is not None:
+                            out[...] = result
+                        return result
+                    return torch._int_mm(ta, tb, out=torch.from_numpy(out)).numpy()
+                a = np.arange(-128, 127, dtype=np.int8).reshape(15, 17)
+                if not np.array_equal(gemm(a, a.T.copy()), a.astype(np.int64) @ a.T.astype(np.int64)):
+                    gemm = None
+            except Exception:  # no torch, or no integer GEMM in this build: BLAS floats instead
+                gemm = None
+        _INT8_GEMM.append(gemm)
+    return _INT8_GEMM[0]
+
+
+def _row_strided(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if it is a row-major matrix with rows at least a row apart, else a copy:
+    numpy gives size-1 axes arbitrary strides (e.g. (1, 1) for a 1 x 5 matrix), which oneDNN
+    reads as a leading dimension smaller than the row and then computes nothing."""
+    item = a.itemsize
+    if a.strides[1] == item and a.strides[0] >= a.shape[1] * item:
+        return a
+    return a.copy()
+
+
+def use_int8_gemm(enabled: bool) -> None:
+    """Turn the int8 GEMM on (when available) or off, e.g. to compare both paths."""
+    _INT8_GEMM.clear()
+    if not enabled:
+        _INT8_GEMM.append(None)
 
 
 def exact_matmul(w: np.ndarray, cols_source, x_max: int, n: int, prepared: dict | None = None) -> np.ndarray:
     """Exact sums w (O, K) x windows (K, N*P) as int64 (N, O, P).
 
     ``cols_source(dtype)`` builds the (K, N*P) window matrix in that dtype; ``prepared`` is a
-    dict that caches what depends on ``w`` alone, across calls. BLAS runs as
-    windows^T @ w^T (the faster orientation here); the transpose back to N, O, P is fused
-    with the conversion to int64.
+    dict that caches what depends on ``w`` alone, across calls. The first exact method that
+    fits is used: the int8 GEMM on base-2**7 digits (chunks whose partial sums stay below
+    2**31), else BLAS in float32 or float64 (chunks below 2**24 or 2**53), else an int64 loop.
+    Each method yields a stack of partial products; one pass adds them (shifted to their
+    digit's weight) into int64 and transposes them back to N, O, P.
     """
     prepared = {} if prepared is None else prepared
     if "abs_prefix" not in prepared:
         cs = np.zeros((w.shape[0], w.shape[1] + 1), np.int64)
         np.cumsum(np.abs(w), axis=1, out=cs[:, 1:])
         prepared["abs_prefix"] = cs
+        prepared["abs_max"] = int(np.abs(w).max(initial=0))
+    x_digits, w_digits = digit_count(x_max), digit_count(prepared["abs_max"])
+    if int8_gemm() is not None and x_digits * w_digits <= MAX_DIGIT_GEMMS:
+        parts, shifts, pixels_first = _int8_parts(w, cols_source, x_digits, w_digits, prepared)
+    else:
+        found = _float_parts(w, cols_source, x_max, prepared)
+        if found is None:
+            sums = _int_matmul(w, cols_source(np.int64))  # (O, N*P)
+            return np.ascontiguousarray(sums.reshape(w.shape[0], n, -1).transpose(1, 0, 2))
+        parts, shifts, pixels_first = found
+    pixels = parts.shape[1 if pixels_first else 2] // n
+    out = np.empty((n, w.shape[0], pixels), dtype=np.int64)
+    _sum_parts(parts, shifts, pixels_first, out)
+    return out
+
+
+def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
+    """Every digit product x_d (N*P, K) @ w_e^T in int32, shifted by 7(d + e)."""
+    gemm = int8_gemm()
+    rows_layout = hasattr(cols_source, "digit_rows")
+    if rows_layout:  # (N*P, K) digits, K kernel-major: w^T in that order, (D, K, O)
+        cols = cols_source.digit_rows(x_digits)
+        if "digits_t" not in prepared:
+            w_km = w[:, cols_source.kernel_major]
+            prepared["digits_t"] = np.ascontiguousarray(split_digits(w_km, w_digits)
+                                                        .transpose(0, 2, 1))
+        w_d = prepared["digits_t"]
+        shape = (cols[0].shape[0], w.shape[0])
+    else:  # (K, N*P) digits against w's digits (D, O, K)
+        cols = split_digits(cols_source(np.int64), x_digits)
+        if "digits" not in prepared:
+            prepared["digits"] = split_digits(w, w_digits)
+        w_d = prepared["digits"]
+        shape = (w.shape[0], cols[0].shape[1])
+    k = w.shape[1]
+    starts = range(0, k, DIGIT_CHUNK)  # int32 sums: DIGIT_CHUNK * 128 * 128 < 2**31
+    parts = np.empty((len(starts) * x_digits * w_digits,) + shape, np.int32)
+    shifts = np.empty(len(parts), np.int64)
+    i = 0
+    for a in starts:
+        b = min(k, a + DIGIT_CHUNK)
+        for dx in range(x_digits):
+            for dw in range(w_digits):
+                if rows_layout:
+                    gemm(cols[dx][:, a:b], w_d[dw, a:b], parts[i])
+                else:
+                    gemm(w_d[dw, :, a:b], cols[dx][a:b], parts[i])
+                shifts[i] = DIGIT_BITS * (dx + dw)
+                i += 1
+    return parts, shifts, rows_layout
+
+
+def _float_parts(w, cols_source, x_max, prepared):
+    """BLAS chunk products in float32 (or float64), each chunk's sums exact; None if no float
+    type holds them."""
     plans = [(dtype, _chunks(prepared["abs_prefix"], max(x_max, 1), limit))
              for dtype, limit in ((np.float32, FLOAT32_EXACT), (np.float64, FLOAT64_EXACT))
              if x_max < limit]
     plans = [(dtype, chunks) for dtype, chunks in plans if chunks is not None]
+    if not plans:
+        return None
     if len(plans) == 2 and len(plans[0][1]) > 8 and len(plans[1][1]) == 1:
         plans = plans[1:]  # one float64 GEMM (about half sgemm's speed here) beats many sgemms
-    for dtype, chunks in plans:
-        cols = cols_source(dtype)
-        if dtype not in prepared:
-            prepared[dtype] = w.astype(dtype)
-        wf = prepared[dtype]
-        out = np.zeros((n, w.shape[0], cols.shape[1] // n), dtype=np.int64)
-        # BLAS is faster with the longer dimension as rows (measured both ways here)
-        rows_are_pixels = cols.shape[1] >= w.shape[0]
-        for a, b in chunks:
-            part = cols[a:b].T @ wf[:, a:b].T if rows_are_pixels else wf[:, a:b] @ cols[a:b]
-            _add_part(part, rows_are_pixels, out)
-        return out
-    sums = _int_matmul(w, cols_source(np.int64))  # (O, N*P)
-    return np.ascontiguousarray(sums.reshape(w.shape[0], n, -1).transpose(1, 0, 2))
+    dtype, chunks = plans[0]
+    cols = cols_source(dtype)
+    if dtype not in prepared:
+        prepared[dtype] = w.astype(dtype)
+    wf = prepared[dtype]
+    # BLAS is faster with the longer dimension as rows (measured both ways here)
+    pixels_first = cols.shape[1] >= w.shape[0]
+    shape = (cols.shape[1], w.shape[0]) if pixels_first else (w.shape[0], cols.shape[1])
+    parts = np.empty((len(chunks),) + shape, dtype)
+    for i, (a, b) in enumerate(chunks):
+        if pixels_first:
+            np.matmul(cols[a:b].T, wf[:, a:b].T, out=parts[i])
+        else:
+            np.matmul(wf[:, a:b], cols[a:b], out=parts[i])
+    return parts, np.zeros(len(chunks), np.int64), pixels_first
 
 
 @njit(cache=True, parallel=True)
-def _add_part(part, pixels_first, out):
-    """out[n, o, p] += part[n * P + p, o] (pixels_first) or part[o, n * P + p]: exact, the
-    part holding integers."""
+def _sum_parts(parts, shifts, pixels_first, out):
+    """out[n, o, p] = sum_i parts[i, n * P + p, o] << shifts[i] (pixels_first; else
+    parts[i, o, n * P + p]): exact, every part holding integers. Tiles of 64 x 64 keep the
+    transpose in cache."""
     n_batch, o_total, pixels = out.shape
-    for job in prange(n_batch * o_total):
-        b = job // o_total
-        o = job % o_total
-        for p in range(pixels):
-            v = part[b * pixels + p, o] if pixels_first else part[o, b * pixels + p]
-            out[b, o, p] += np.int64(v)
+    tile = 64
+    p_tiles = (pixels + tile - 1) // tile
+    o_tiles = (o_total + tile - 1) // tile
+    for job in prange(n_batch * p_tiles * o_tiles):
+        b = job // (p_tiles * o_tiles)
+        p0 = (job // o_tiles) % p_tiles * tile
+        o0 = job % o_tiles * tile
+        for o in range(o0, min(o_total, o0 + tile)):
+            for p in range(p0, min(pixels, p0 + tile)):
+                total = np.int64(0)
+                for i in range(parts.shape[0]):
+                    v = parts[i, b * pixels + p, o] if pixels_first else parts[i, o, b * pixels + p]
+                    total += np.int64(v) << shifts[i]
+                out[b, o, p] = total
 
 
 @njit(cache=True, parallel=True)
@@ -202,81 +407,147 @@ def _int_matmul(a, b):
     return out
 
 
-@njit(cache=True, parallel=True)
-def narrow_mac_loop(xp, w, bias, prod_shift, groups, sh, sw, dh, dw, oh, ow, acc_bits,
-                    acc_overflow, kernel_major, k_split, op, out, acc_events):
+# One MAC into accumulator value v, overflow applied: (new v, 1 if the overflow rule acted).
+# m is 0 for a padding tap (blocks are filled to four taps) and adds nothing. The loop takes
+# one of these as an argument, so the JIT compiles one branch-free kernel per kind.
+@njit(inline="always", fastmath=_EXACT_FAST)
+def multiply_saturate(v, x, w, m, lo, hi, span):
+    total = v + x * w
+    fitted = min(max(total, lo), hi)
+    return fitted, (lo - lo) + (fitted != total)  # the event in the values' dtype
+
+
+@njit(inline="always", fastmath=_EXACT_FAST)
+def multiply_wrap(v, x, w, m, lo, hi, span):
+    total = v + x * w
+    fitted = lo + (total - lo) % span
+    return fitted, (lo - lo) + (fitted != total)  # the event in the values' dtype
+
+
+@njit(inline="always", fastmath=_EXACT_FAST)
+def adder_saturate(v, x, w, m, lo, hi, span):
+    total = v - abs(x - w) * m
+    fitted = min(max(total, lo), hi)
+    return fitted, (lo - lo) + (fitted != total)  # the event in the values' dtype
+
+
+@njit(inline="always", fastmath=_EXACT_FAST)
+def adder_wrap(v, x, w, m, lo, hi, span):
+    total = v - abs(x - w) * m
+    fitted = lo + (total - lo) % span
+    return fitted, (lo - lo) + (fitted != total)  # the event in the values' dtype
+
+
+MAC_TERMS = {(OP_MULTIPLY, False): multiply_saturate, (OP_MULTIPLY, True): multiply_wrap,
+             (OP_ADDER, False): adder_saturate, (OP_ADDER, True): adder_wrap}
+
+
+@njit(cache=True, parallel=True, fastmath=_EXACT_FAST)
+def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, groups,
+                    mac_term, merge_term, lo, hi, span, k_split, out, acc_events):
     """One accumulator per output element, MACs in hardware order, overflow after each add.
 
-    xp: padded input (N, C, Hp, Wp); w: (O, C/groups, KH, KW); bias: (O,) already aligned;
-    products are shifted left by ``prod_shift`` to the accumulator's grid. ``acc_bits == 0``
-    means exact. acc_events[n, o] counts the additions that wrapped or saturated.
+    planes (N, C*S, L): the padded input split into S = sh*sw stride phases, each phase a flat
+    plane at row pitch ``pitch``, so a tap of any stride and dilation is one contiguous run:
+    output p = y*pitch + x reads planes[n, c*S + tap_plane[t], tap_offset[t] + p] (columns
+    x >= ow are computed on neighbouring data and dropped). w_taps (O, K): weights in MAC
+    order (products already shifted to the accumulator's grid). ``bias`` (O,) preloads the
+    first partial sum. ``mac_term`` is one of MAC_TERMS; ``merge_term`` (multiply_saturate
+    or multiply_wrap) adds the k_split partial sums. Values are exact in the arrays' dtype (the caller proves |every sum| <
+    2**24 for float32, 2**53 for float64). acc_events[n, o] counts additions that wrapped or
+    saturated, over real columns only.
+
+    Loop nest: four output channels share each pass over the input, and four taps run per
+    pass with the accumulator held in a register between them (still one add, one overflow
+    per MAC, in order).
     """
-    n_batch = xp.shape[0]
-    o_total, cg, kh, kw = w.shape
-    wrap = acc_overflow == 0 and acc_bits != 0
-    if acc_bits == 0:  # exact: rails outside the domain, never reached
-        lo, hi = -(np.int64(1) << 62), np.int64(1) << 62
-    else:
-        lo, hi = format_range(acc_bits, True, acc_overflow)
-    wrap_shift = 64 - acc_bits
+    n_batch = planes.shape[0]
+    o_total, k_total = w_taps.shape
     og = o_total // groups
-    k_total = cg * kh * kw
+    blocks = (og + 3) // 4  # per group
     chunk = (k_total + k_split - 1) // k_split
-    for job in prange(n_batch * o_total):
-        b = job // o_total
-        o = job % o_total
-        c0 = (o // og) * cg
-        events = 0
-        acc = np.empty((k_split, oh, ow), dtype=np.int64)
+    plane = oh * pitch
+    real = np.zeros(plane, planes.dtype)  # 1 on the columns that are outputs
+    for y in range(oh):
+        real[y * pitch:y * pitch + ow] = 1
+    zero = lo - lo  # 0 in the arrays' dtype
+    group_planes = planes.shape[1] // groups
+    for job in prange(n_batch * groups * blocks):
+        b = job // (groups * blocks)
+        g = (job // blocks) % groups
+        o0 = g * og + (job % blocks) * 4
+        rows = np.empty(4, np.int64)  # the block's output channels, the last repeated
+        for q in range(4):
+            rows[q] = min(o0 + q, g * og + og - 1)
+        acc = np.empty((4, k_split, plane), planes.dtype)
+        for q in range(4):
+            for s in range(k_split):
+                acc[q, s] = bias[rows[q]] if s == 0 else 0
+        events = np.zeros(4, np.int64)
+        src = np.empty(4, np.int64)
+        off = np.empty(4, np.int64)
+        wt = np.empty((4, 4), planes.dtype)
+        mask = np.empty(4, planes.dtype)
         for s in range(k_split):
-            for y in range(oh):
-                for x in range(ow):
-                    acc[s, y, x] = bias[o] if s == 0 else 0
-        for t in range(k_total):
-            s = t // chunk
-            if kernel_major:  # t = (i, j, c)
-                c = t % cg
-                i = t // (cg * kw)
-                j = (t // cg) % kw
-            else:  # t = (c, i, j)
-                c = t // (kh * kw)
-                i = (t // kw) % kh
-                j = t % kw
-            wt = w[o, c, i, j]
-            for y in range(oh):
-                row = xp[b, c0 + c, y * sh + i * dh, j * dw:]
-                a = acc[s, y]
-                if op == OP_MULTIPLY and not wrap and sw == 1:
-                    # the common case, kept branch-free
+            t_end = min(k_total, (s + 1) * chunk)
+            for t0 in range(s * chunk, t_end, 4):
+                for u in range(4):  # pad the block with weight-0, mask-0 taps
+                    t = min(t0 + u, t_end - 1)
+                    src[u] = g * group_planes + tap_plane[t]
+                    off[u] = tap_offset[t]
+                    mask[u] = 1 if t0 + u < t_end else 0
+                    for q in range(4):
+                        wt[q, u] = w_taps[rows[q], t] * mask[u]
+                x0 = planes[b, src[0], off[0]:off[0] + plane]
+                x1 = planes[b, src[1], off[1]:off[1] + plane]
+                x2 = planes[b, src[2], off[2]:off[2] + plane]
+                x3 = planes[b, src[3], off[3]:off[3] + plane]
+                m0, m1, m2, m3 = mask[0], mask[1], mask[2], mask[3]
+                for q in range(4):
+                    w0, w1, w2, w3 = wt[q, 0], wt[q, 1], wt[q, 2], wt[q, 3]
+                    a = acc[q, s]
+                    acted = zero
+                    for p in range(plane):
+                        v, e0 = mac_term(a[p], x0[p], w0, m0, lo, hi, span)
+                        v, e1 = mac_term(v, x1[p], w1, m1, lo, hi, span)
+                        v, e2 = mac_term(v, x2[p], w2, m2, lo, hi, span)
+                        v, e3 = mac_term(v, x3[p], w3, m3, lo, hi, span)
+                        a[p] = v
+                        acted += (e0 + e1 + e2 + e3) * real[p]
+                    events[q] += np.int64(acted)
+        for q in range(min(4, g * og + og - o0)):
+            for s in range(1, k_split):  # partial sums added in order into the first
+                for y in range(oh):
                     for x in range(ow):
-                        total = a[x] + ((row[x] * wt) << prod_shift)
-                        fitted = min(max(total, lo), hi)
-                        events += fitted != total
-                        a[x] = fitted
-                    continue
-                for x in range(ow):
-                    xv = row[x * sw]
-                    if op == OP_MULTIPLY:
-                        p = (xv * wt) << prod_shift
-                    else:  # the caller aligned x and w to one grid
-                        d = xv - wt
-                        p = -d if d >= 0 else d
-                    total = a[x] + p
-                    if wrap:  # keep the low acc_bits bits, sign-extended
-                        fitted = (total << wrap_shift) >> wrap_shift
-                    else:
-                        fitted = min(max(total, lo), hi)
-                    events += fitted != total
-                    a[x] = fitted
-        for s in range(1, k_split):  # partial sums added in order into the first
+                        p = y * pitch + x
+                        v, e = merge_term(acc[q, 0, p], acc[q, s, p], 1, 1, lo, hi, span)
+                        acc[q, 0, p] = v
+                        events[q] += e
             for y in range(oh):
                 for x in range(ow):
-                    total = acc[0, y, x] + acc[s, y, x]
-                    if wrap:
-                        fitted = (total << wrap_shift) >> wrap_shift
-                    else:
-                        fitted = min(max(total, lo), hi)
-                    events += fitted != total
-                    acc[0, y, x] = fitted
-        out[b, o] = acc[0]
-        acc_events[b, o] = events
+                    out[b, o0 + q, y, x] = np.int64(acc[q, 0, y * pitch + x])
+            acc_events[b, o0 + q] = events[q]
+
+
+def stride_phase_planes(xp, sh, sw, dtype):
+    """The padded input xp (N, C, Hp, Wp) as (N, C*sh*sw, (Hq+1)*Wq) stride phases:
+    phase (a, c) holds xp[..., a::sh, c::sw], each a flat plane at pitch Wq = ceil(Wp/sw), plus
+    one zero row so a tap's run may pass the last row's end. Returns (planes, Hq, Wq)."""
+    n, c, hp, wp = xp.shape
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    grid = np.zeros((n, c, hq + 1, sh, wq, sw), dtype)
+    grid.reshape(n, c, (hq + 1) * sh, wq * sw)[:, :, :hp, :wp] = xp
+    planes = np.ascontiguousarray(grid.transpose(0, 1, 3, 5, 2, 4))
+    return planes.reshape(n, c * sh * sw, (hq + 1) * wq), hq, wq
+
+
+def mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch, kernel_major):
+    """For each MAC t in hardware order: its (c, i, j), the stride-phase plane it reads
+    (channel c's phase ((i*dh) % sh, (j*dw) % sw)) and its offset in that plane."""
+    order = ([(c, i, j) for i in range(kh) for j in range(kw) for c in range(cg)] if kernel_major
+             else [(c, i, j) for c in range(cg) for i in range(kh) for j in range(kw)])
+    cij = np.array(order, np.int64).reshape(-1, 3)
+    c, i, j = cij[:, 0], cij[:, 1], cij[:, 2]
+    plane = c * (sh * sw) + (i * dh) % sh * sw + (j * dw) % sw
+    offset = (i * dh) // sh * pitch + (j * dw) // sw
+    return cij, plane, offset

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
+from ..fixedpoint.core import magnitude_max, requantize_counted, requantize_flagged
 from ..fixedpoint.format import MAX_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
 
@@ -85,26 +85,24 @@ def output_stage(value: np.ndarray, frac: int, out_fmt: Format | None, rounding:
     Returns (q, fmt, events, flags); records 'shifted' (floor), 'rounded' (before overflow)
     and 'output' when tracing.
     """
-    flags = np.zeros(value.shape, np.uint8) if flags is None else flags
     events = Events()
     if out_fmt is None:
         if trace:
             stages["output"] = value
-        return value, Format(None, frac), events, flags
-    out, f = requantize_flagged(value, frac, out_fmt, rounding, overflow)
-    overflowed = (f & OVERFLOWED) != 0
-    events.ties = int(np.count_nonzero(f & TIE))
-    events.underflows = int(np.count_nonzero((out == 0) & (value != 0) & ~overflowed))
+        return value, Format(None, frac), events, (np.zeros(value.shape, np.uint8)
+                                                    if flags is None else flags)
+    out, f, counts = requantize_counted(value, frac, out_fmt, rounding, overflow)
+    events.ties, events.underflows = counts["ties"], counts["underflows"]
     if overflow == Overflow.WRAP:
-        events.wraps = int(np.count_nonzero(overflowed))
+        events.wraps = counts["overflowed"]
     else:
-        events.saturations = int(np.count_nonzero(overflowed))
+        events.saturations = counts["overflowed"]
     if trace:
         unbounded = Format(None, out_fmt.frac_bits)
         stages["shifted"] = requantize_flagged(value, frac, unbounded, Rounding.FLOOR)[0]
         stages["rounded"] = requantize_flagged(value, frac, unbounded, rounding)[0]
         stages["output"] = out
-    return out, out_fmt, events, flags | f
+    return out, out_fmt, events, f if flags is None else flags | f
 
 
 def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
@@ -112,6 +110,6 @@ def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
     if to_frac < frac:
         raise ValueError(f"cannot align frac {frac} down to {to_frac} exactly")
     shift = to_frac - frac
-    if shift and q.size and int(np.abs(q).max()) >= (1 << max(0, 61 - shift)):
+    if shift and magnitude_max(q) >= (1 << max(0, 61 - shift)):
         raise OverflowError(f"aligning to {to_frac} fractional bits leaves the 62-bit domain")
     return q.astype(np.int64) << shift

@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .format import MAX_BITS, Format
 from .modes import Overflow, Rounding
 from .random_bits import U_BITS
 
 DOMAIN_LIMIT = 1 << (MAX_BITS - 1)  # |q| < 2**61
+TIE = 1  # flag: the dropped bits were exactly one half (a rounding tie)
+OVERFLOWED = 2  # flag: the rounded value did not fit and was wrapped or saturated
 
 _HALF_EVEN = int(Rounding.HALF_EVEN)
 _HALF_UP = int(Rounding.HALF_UP)
@@ -94,20 +96,26 @@ def shift_right_rounded(q, shift, rounding, u):
         return np.int64(0)
     floor = q >> shift
     remainder = q & low_mask(shift)  # q - floor * 2**shift, in [0, 2**shift)
-    if remainder == 0:
-        return floor
-    half = np.int64(1) << (shift - 1)
-    if rounding == _HALF_EVEN:
-        up = remainder > half or (remainder == half and (floor & 1) == 1)
-    elif rounding == _HALF_UP:
-        up = remainder >= half
-    elif rounding == _HALF_AWAY:
-        up = remainder > half or (remainder == half and q > 0)
-    elif rounding == _TOWARD_ZERO:
-        up = q < 0
-    else:  # FLOOR
-        up = False
-    return floor + 1 if up else floor
+    return floor + rounds_up(q, floor, remainder, np.int64(1) << (shift - 1), rounding)
+
+
+@njit(cache=True, inline="always")
+def rounds_up(q, floor, remainder, half, rounding):
+    """Whether a deterministic rounding takes floor + 1 for q = floor * 2**s + remainder,
+    0 <= remainder < 2**s, half = 2**(s-1). Branch-free, so loops over it vectorize:
+
+      HALF_EVEN    remainder > half, or == half with floor odd
+      HALF_UP      remainder >= half
+      HALF_AWAY    remainder > half, or == half with q > 0
+      TOWARD_ZERO  remainder != 0 with q < 0
+      FLOOR        never
+    """
+    above = remainder > half
+    tie = remainder == half
+    return (((rounding == _HALF_EVEN) & (above | (tie & ((floor & 1) == 1))))
+            | ((rounding == _HALF_UP) & (above | tie))
+            | ((rounding == _HALF_AWAY) & (above | (tie & (q > 0))))
+            | ((rounding == _TOWARD_ZERO) & (remainder != 0) & (q < 0)))
 
 
 @njit(cache=True)
@@ -179,8 +187,6 @@ def requantize_scalar(q, shift, bits, signed, rounding, overflow, u):
     return shift_left_fitted(q, -shift, bits, signed, overflow)
 
 
-TIE = 1  # flag: the dropped bits were exactly one half (a rounding tie)
-OVERFLOWED = 2  # flag: the rounded value did not fit and was wrapped or saturated
 
 
 @njit(cache=True)
@@ -191,25 +197,63 @@ def is_exact_tie(q, shift):
     return (q & low_mask(shift)) == (np.int64(1) << (shift - 1))
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
-    """Returns (result, flags): flags per element hold TIE and OVERFLOWED."""
+    """Returns (result, flags, counts): flags per element hold TIE and OVERFLOWED; counts =
+    [ties, overflowed, underflows (nonzero in, zero out, not overflowed), outside (|q| >=
+    2**61), left shifts that leave an unbounded format's domain]. Nothing raises in the
+    parallel loop (exceptions do not propagate out of it): the caller raises on the counts,
+    and elements outside the domain hold unspecified values."""
     out = np.empty_like(q)
-    flags = np.zeros(q.size, dtype=np.uint8)
+    flags = np.empty(q.size, dtype=np.uint8)
     has_u = u.size > 0
-    for i in range(q.size):
+    ties = 0
+    overflowed = 0
+    underflows = 0
+    outside = 0
+    unbounded_overflows = 0
+    if 0 < shift < MAX_BITS and rounding != _STOCHASTIC:  # the common case, vectorized
+        mask, half = low_mask(shift), np.int64(1) << (shift - 1)
+        for i in prange(q.size):
+            v = q[i]
+            outside += (v >= DOMAIN_LIMIT) | (v <= -DOMAIN_LIMIT)
+            floor = v >> shift
+            remainder = v & mask
+            rounded = floor + rounds_up(v, floor, remainder, half, rounding)
+            r = fit_overflow(rounded, bits, signed, overflow)
+            tie = remainder == half
+            over = r != rounded
+            out[i] = r
+            flags[i] = tie | (over << 1)  # TIE | OVERFLOWED
+            ties += tie
+            overflowed += over
+            underflows += (r == 0) & (v != 0) & (not over)
+        return out, flags, np.array([ties, overflowed, underflows, outside, 0])
+    for i in prange(q.size):
+        v = q[i]
         ui = u[i] if has_u else np.int64(0)
+        if v >= DOMAIN_LIMIT or v <= -DOMAIN_LIMIT:
+            outside += 1
+            v = np.int64(0)
         if shift >= 0:
-            rounded = shift_right_rounded(q[i], shift, rounding, ui)
-            out[i] = fit_overflow(rounded, bits, signed, overflow)
-            flag = TIE if is_exact_tie(q[i], shift) else 0
-            if out[i] != rounded:
+            rounded = shift_right_rounded(v, shift, rounding, ui)
+            r = fit_overflow(rounded, bits, signed, overflow)
+            flag = TIE if is_exact_tie(v, shift) else 0
+            if r != rounded:
                 flag |= OVERFLOWED
+        elif bits == 0 and left_shift_overflows(v, -shift, bits, signed, overflow):
+            unbounded_overflows += 1
+            r = np.int64(0)
+            flag = 0
         else:
-            out[i] = shift_left_fitted(q[i], -shift, bits, signed, overflow)
-            flag = OVERFLOWED if left_shift_overflows(q[i], -shift, bits, signed, overflow) else 0
+            r = shift_left_fitted(v, -shift, bits, signed, overflow)
+            flag = OVERFLOWED if left_shift_overflows(v, -shift, bits, signed, overflow) else 0
+        out[i] = r
         flags[i] = flag
-    return out, flags
+        ties += flag & TIE
+        overflowed += (flag & OVERFLOWED) >> 1
+        underflows += r == 0 and v != 0 and (flag & OVERFLOWED) == 0
+    return out, flags, np.array([ties, overflowed, underflows, outside, unbounded_overflows])
 
 
 QUOTIENT_ESTIMATE_LIMIT = 1 << 50  # below it, the float64 estimate is off by one at most
@@ -243,19 +287,8 @@ def floor_divide(p, d, inv_d, small_quotients):
 def round_quotient(q, r, d, p, rounding):
     """Round p / d given its floor quotient q and remainder r (0 <= r < d); not STOCHASTIC.
     Branch-free on the data, so that loops over it vectorize."""
-    twice = 2 * r
-    above, tie = twice > d, twice == d
-    if rounding == _HALF_EVEN:
-        up = above | (tie & ((q & 1) == 1))
-    elif rounding == _HALF_UP:
-        up = above | tie
-    elif rounding == _HALF_AWAY:
-        up = above | (tie & (p > 0))
-    elif rounding == _TOWARD_ZERO:
-        up = (r != 0) & (p < 0)
-    else:  # FLOOR
-        up = False
-    return q + np.int64(up)
+    # the rule of rounds_up with the remainder and the half both doubled: exact for odd d
+    return q + rounds_up(p, q, 2 * r, d, rounding)
 
 
 @njit(cache=True)
@@ -267,6 +300,29 @@ def divide_rounded(p, d, rounding):
 
 def _bits_code(fmt: Format) -> int:
     return 0 if fmt.bits is None else fmt.bits
+
+
+@njit(cache=True, parallel=True)
+def _value_range(flat):
+    lo, hi = flat[0], flat[0]
+    for i in prange(flat.size):
+        lo = min(lo, flat[i])
+        hi = max(hi, flat[i])
+    return lo, hi
+
+
+def value_range(q: np.ndarray) -> tuple[int, int]:
+    """(min, max) of an integer array in one parallel pass; (0, 0) when empty."""
+    if q.size == 0:
+        return 0, 0
+    lo, hi = _value_range(np.ascontiguousarray(q).reshape(-1))
+    return int(lo), int(hi)
+
+
+def magnitude_max(q: np.ndarray) -> int:
+    """max |q| as a Python int (no int64 overflow at -2**63); 0 when empty."""
+    lo, hi = value_range(q)
+    return max(-lo, hi)
 
 
 def check_domain(q: np.ndarray, what: str = "input") -> None:
@@ -301,14 +357,27 @@ def requantize(q, frac_in: int, fmt: Format, rounding=Rounding.HALF_EVEN,
 def requantize_flagged(q, frac_in: int, fmt: Format, rounding=Rounding.HALF_EVEN,
                        overflow=Overflow.SAT, u=None):
     """`requantize`, also returning per-element flags (TIE, OVERFLOWED) as uint8."""
+    out, flags, _ = requantize_counted(q, frac_in, fmt, rounding, overflow, u)
+    return out, flags
+
+
+def requantize_counted(q, frac_in: int, fmt: Format, rounding=Rounding.HALF_EVEN,
+                       overflow=Overflow.SAT, u=None):
+    """`requantize_flagged` plus its counts in one pass: a dict with ties, overflowed (wrapped
+    or saturated) and underflows (nonzero values that became zero without overflowing)."""
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
-    q = np.asarray(q).astype(np.int64)
-    check_domain(q)
+    q = np.asarray(q, dtype=np.int64)
     u = check_random_words(u, q.shape, rounding)
     words = np.empty(0, np.int64) if u is None else u.astype(np.int64).ravel()
-    out, flags = _requantize_flat(np.ascontiguousarray(q).ravel(), int(frac_in) - fmt.frac_bits,
-                                  _bits_code(fmt), fmt.signed, int(rounding), int(overflow), words)
-    return out.reshape(q.shape), flags.reshape(q.shape)
+    out, flags, counts = _requantize_flat(np.ascontiguousarray(q).ravel(),
+                                          int(frac_in) - fmt.frac_bits, _bits_code(fmt),
+                                          fmt.signed, int(rounding), int(overflow), words)
+    if counts[3]:
+        check_domain(q)
+    if counts[4]:
+        raise OverflowError("left shift leaves the 62-bit domain of an unbounded format")
+    return out.reshape(q.shape), flags.reshape(q.shape), {
+        "ties": int(counts[0]), "overflowed": int(counts[1]), "underflows": int(counts[2])}
 
 
 # ---- float primitives, shared by numpy and torch -------------------------------------------

@@ -87,7 +87,10 @@ def _torch_outputs(model, x, dtype):
     return rec.values
 
 
-def _cause(layer_out, flat_index, torch_lsb, dtype, acc_overflow) -> str:
+def _cause(layer_out, flat_index, torch_lsb, dtype, acc_overflow, op) -> str:
+    if op == "conv2d_bn":
+        return ("BatchNorm folded into the conv: a different datapath from the torch path's "
+                "(docs/arithmetic.md section 9)")
     flags = int(layer_out.flags.reshape(-1)[flat_index]) if layer_out.flags is not None else 0
     if flags & ACC_EVENT:
         return f"accumulator {'wrap' if acc_overflow == 'WRAP' else 'saturation'} in the engine"
@@ -134,5 +137,5 @@ def compare(model, inputs, graph: Graph | None = None, dtype=torch.float64,
             first = Divergence(node.name, tuple(int(v) for v in np.unravel_index(i, out.q.shape)),
                                float(lsb.reshape(-1)[i]), int(out.q.reshape(-1)[i]),
                                _cause(out, i, float(lsb.reshape(-1)[i]), dtype,
-                                      acc.overflow.name if acc else None))
+                                      acc.overflow.name if acc else None, node.op))
     return CompareReport(str(dtype).replace("torch.", ""), layers, first)

@@ -10,6 +10,7 @@ from ..engine.add import AddParams, add
 from ..engine.adder2d import adder2d
 from ..engine.batchnorm import BatchNormParams, batchnorm2d
 from ..engine.conv2d import Conv2dParams, conv2d, linear
+from ..engine.conv2d_bn import Conv2dBatchNormParams, conv2d_bn
 from ..engine.pool import PoolParams, avg_pool2d, max_pool2d
 from ..engine.registers import Accumulator, Events, Output
 from ..fixedpoint.format import Format
@@ -35,6 +36,8 @@ OPS = {
     "conv2d": (Conv2dParams, lambda n, ins, t: conv2d(ins[0][0], ins[0][1], *_weights(n), n.params, t)),
     "linear": (Conv2dParams, lambda n, ins, t: linear(ins[0][0], ins[0][1], *_weights(n), n.params, t)),
     "adder2d": (Conv2dParams, lambda n, ins, t: adder2d(ins[0][0], ins[0][1], *_weights(n), n.params, t)),
+    "conv2d_bn": (Conv2dBatchNormParams, lambda n, ins, t: conv2d_bn(
+        ins[0][0], ins[0][1], *_weights(n), n.arrays["multiplier"], n.arrays["offset"], n.params, t)),
     "batchnorm2d": (BatchNormParams, lambda n, ins, t: batchnorm2d(
         ins[0][0], ins[0][1], n.arrays["mean"], n.arrays["std"], n.arrays.get("gamma"),
         n.arrays.get("beta"), n.params, t)),

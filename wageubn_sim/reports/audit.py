@@ -1,6 +1,7 @@
 """The width audit: how wide each layer's registers must be, measured and bounded.
 
-Per layer and tensor (the output, and the accumulator of MAC layers):
+Per layer and tensor (the output, the accumulator of MAC layers, and a folded BatchNorm's
+product register):
 
 * ``declared``: the format the graph gives it (``sinf`` when unbounded);
 * ``observed_min`` / ``observed_max`` over the inputs, and ``needed_bits``, the two's complement
@@ -30,7 +31,7 @@ from ..fixedpoint.format import Format
 from ..graph.ir import Graph
 from ..vectors.bundle import needed_bits
 
-MAC_OPS = ("conv2d", "linear", "adder2d")
+MAC_OPS = ("conv2d", "linear", "adder2d", "conv2d_bn")
 
 
 @dataclasses.dataclass
@@ -183,6 +184,9 @@ def audit(graph: Graph, x, bins: int = 40) -> AuditReport:
             static, bound, acc_fmt = _mac_bounds(node, out, values[node.inputs[0]])
             acc_row = ("accumulator", out.trace["accumulator"], acc_fmt)
             tensors = [acc_row] if node.params.out_fmt is None else [acc_row] + tensors
+            if node.op == "conv2d_bn":  # the folded BatchNorm's product register, acc * m + o
+                scaled_fmt = Format(None, acc_fmt.frac_bits + node.params.multiplier_frac)
+                tensors.insert(1, ("scaled", out.trace["scaled"], scaled_fmt))
         for name, q, fmt in tensors:
             needed = needed_bits(q)
             lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)

@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 LAYOUTS = ("NCHW", "NHWC")
 FILE_KINDS = ("readmemh", "coe", "mif", "npy")
-PARAM_ROLES = ("weight", "bias", "mean", "std", "gamma", "beta")
+PARAM_ROLES = ("weight", "bias", "mean", "std", "gamma", "beta", "multiplier", "offset")
 
 
 def to_layout(q: np.ndarray, layout: str) -> np.ndarray:
@@ -55,6 +55,9 @@ def needed_bits(q: np.ndarray) -> int:
 
 
 def _param_fmt(params, role) -> Format:
+    if role in ("multiplier", "offset"):  # a folded BatchNorm's registers (engine/conv2d_bn.py)
+        frac = params.multiplier_frac + (params.accumulator_frac if role == "offset" else 0)
+        return Format(None, frac)
     return {"weight": getattr(params, "weight_fmt", None), "bias": getattr(params, "bias_fmt", None),
             "mean": getattr(params, "mean_fmt", None), "std": getattr(params, "std_fmt", None),
             "gamma": getattr(params, "gamma_fmt", None), "beta": getattr(params, "beta_fmt", None)}[role]

@@ -1,0 +1,76 @@
+"""Fold each BatchNorm into the conv before it (docs/arithmetic.md §9, folded BatchNorm): a graph-to-graph
+pass on integer graphs, so it also applies to a loaded graph and needs no torch."""
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+
+import numpy as np
+
+from ..engine.conv2d_bn import Conv2dBatchNormParams
+from ..fixedpoint.modes import Rounding
+from ..fixedpoint.reference import round_fraction
+from .ir import Graph, Node
+
+
+def fold_batchnorm(graph: Graph, multiplier_bits: int = 16) -> Graph:
+    """A new graph where every conv2d -> batchnorm2d pair that can fold is one conv2d_bn node
+    (named after the BatchNorm, so later nodes read it unchanged). A pair folds when the conv
+    feeds only the BatchNorm, the conv has no output register (iostrict rounds there) and the
+    BatchNorm no input register. ``multiplier_bits``: the signed width of the per-channel
+    multipliers gamma/std (one grid per layer, as wide as the largest allows).
+    Returns the new graph and leaves ``graph`` unchanged."""
+    if not 2 <= multiplier_bits <= 31:
+        raise ValueError(f"multiplier_bits={multiplier_bits}: choose 2..31")
+    readers: dict = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node.name)
+    by_name = {n.name: n for n in graph.nodes}
+    folded_convs, nodes = set(), []
+    for node in graph.nodes:
+        conv = by_name.get(node.inputs[0]) if node.op == "batchnorm2d" else None
+        if (conv is not None and conv.op == "conv2d" and readers.get(conv.name) == [node.name]
+                and conv.name not in graph.outputs and conv.params.out_fmt is None
+                and node.params.input_register is None):
+            folded_convs.add(conv.name)
+            nodes.append(_fold_pair(conv, node, multiplier_bits))
+        else:
+            nodes.append(node)
+    nodes = [n for n in nodes if n.name not in folded_convs]
+    meta = dict(graph.meta, folded_batchnorm={"multiplier_bits": multiplier_bits})
+    return Graph(graph.inputs, nodes, graph.outputs, meta)
+
+
+def _fold_pair(conv: Node, bn: Node, multiplier_bits: int) -> Node:
+    bp = bn.params
+    acc_frac = conv.out_fmt.frac_bits  # F: recorded when the graph was compiled
+    mean, std = bn.arrays["mean"], bn.arrays["std"]
+    gamma = bn.arrays.get("gamma") if bp.gamma_fmt is not None else None
+    beta = bn.arrays.get("beta") if bp.beta_fmt is not None else None
+    channels = len(mean)
+    # real values: gamma_c / std_c and beta_c, mean_c, exactly
+    ratio = [Fraction(int(gamma[c]) if gamma is not None else 1, 2 ** (bp.gamma_fmt.frac_bits if gamma is not None else 0))
+             / Fraction(int(std[c]), 2 ** bp.std_fmt.frac_bits) for c in range(channels)]
+    shift = [Fraction(int(beta[c]), 2 ** bp.beta_fmt.frac_bits) if beta is not None else Fraction(0)
+             for c in range(channels)]
+    mu = [Fraction(int(mean[c]), 2 ** bp.mean_fmt.frac_bits) for c in range(channels)]
+    limit = (1 << (multiplier_bits - 1)) - 1
+    largest = max((abs(r) for r in ratio), default=Fraction(0))
+    frac = 0
+    if largest:
+        frac = multiplier_bits  # the finest grid on which the largest ratio still fits
+        while abs(round_fraction(largest * 2 ** frac, Rounding.HALF_EVEN)) > limit:
+            frac -= 1
+        while abs(round_fraction(largest * 2 ** (frac + 1), Rounding.HALF_EVEN)) <= limit:
+            frac += 1
+    mult = [round_fraction(r * 2 ** frac, Rounding.HALF_EVEN) for r in ratio]
+    offset = [round_fraction((shift[c] - Fraction(mult[c], 2 ** frac) * mu[c]) * 2 ** (acc_frac + frac),
+                             Rounding.HALF_EVEN) for c in range(channels)]
+    fields = {f.name: getattr(conv.params, f.name) for f in dataclasses.fields(conv.params)}
+    fields.update(out_fmt=bn.out_fmt, rounding=bp.rounding, out_overflow=bp.overflow,
+                  accumulator_frac=acc_frac, multiplier_frac=frac)
+    arrays = {k: np.array(v) for k, v in conv.arrays.items()}
+    arrays.update(multiplier=np.array(mult, np.int64), offset=np.array(offset, np.int64))
+    return Node(bn.name, "conv2d_bn", list(conv.inputs), Conv2dBatchNormParams(**fields), arrays,
+                f"{conv.source}+{bn.source}", bn.out_fmt, bn.out_shape)
