@@ -3,7 +3,8 @@
 Numba's OpenMP threads spin after a parallel region and steal both cores from the BLAS calls
 that follow (measured: half the conv throughput), so the engine uses Numba's workqueue
 layer unless NUMBA_THREADING_LAYER says otherwise. Results never depend on the layer or the
-thread count: every parallel loop writes disjoint outputs.
+thread count: every parallel loop writes disjoint outputs, and its reductions are integer
+counts and extrema (order-free).
 """
 import os
 

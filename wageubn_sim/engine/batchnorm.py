@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, QUOTIENT_ESTIMATE_LIMIT, TIE, fit_overflow,
+from ..fixedpoint.core import (DOMAIN_LIMIT, QUOTIENT_ESTIMATE_LIMIT, fit_overflow,
                                floor_divide, magnitude_max, requantize, round_quotient,
                                sqrt_rounded)
 from ..fixedpoint.format import Format
@@ -39,30 +39,33 @@ class BatchNormParams:
 
 @njit(cache=True, parallel=True)
 def _batchnorm(x, x_shift, mean, shift, std, xhat_bits, rounding, overflow, gamma, beta,
-               beta_shift, small_quotients, xhat_out, y_out, flags):
+               beta_shift, small_quotients, keep_xhat, xhat_out, y_out, flags):
     """Per element: d = (x << x_shift) - mean; xhat = round(d * 2**shift / std), fitted to
-    xhat_bits (0: unbounded); y = xhat * gamma + (beta << beta_shift)."""
+    xhat_bits (0: unbounded); y = xhat * gamma + (beta << beta_shift). xhat is stored only
+    with ``keep_xhat`` (tracing). Returns the counts (ties, xhat overflows)."""
     n, c, pixels = x.shape
+    up_shift = max(shift, 0)
+    ties = 0
+    overflows = 0
     for job in prange(n * c):
         b, ch = job // c, job % c
         m, s, g, be = mean[ch], std[ch], gamma[ch], beta[ch] << beta_shift
         d_scale = s << -shift if shift < 0 else s
         inv = 1.0 / d_scale
         for i in range(pixels):
-            p = (x[b, ch, i] << x_shift) - m
-            if shift > 0:
-                p = p << shift
+            p = ((x[b, ch, i] << x_shift) - m) << up_shift
             q, r = floor_divide(p, d_scale, inv, small_quotients)
             xhat = round_quotient(q, r, d_scale, p, rounding)
-            flag = TIE if 2 * r == d_scale else 0
-            fitted = xhat
-            if xhat_bits != 0:
-                fitted = fit_overflow(xhat, xhat_bits, True, overflow)
-                if fitted != xhat:
-                    flag |= OVERFLOWED
-            xhat_out[b, ch, i] = fitted
+            fitted = fit_overflow(xhat, xhat_bits, True, overflow)
+            tie = 2 * r == d_scale
+            over = fitted != xhat
+            if keep_xhat:
+                xhat_out[b, ch, i] = fitted
             y_out[b, ch, i] = fitted * g + be
-            flags[b, ch, i] = flag
+            flags[b, ch, i] = tie | (over << 1)  # TIE | OVERFLOWED
+            ties += tie
+            overflows += over
+    return ties, overflows
 
 
 def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=False) -> Output:
@@ -97,17 +100,17 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
         beta_shift, y_frac = to - p.beta_fmt.frac_bits, to
     n, c = x.shape[:2]
     x3 = np.ascontiguousarray(x).reshape(n, c, -1)
-    xhat, y = np.empty_like(x3), np.empty_like(x3)
+    xhat = np.empty_like(x3) if trace else np.empty((1, 1, 1), np.int64)
+    y = np.empty_like(x3)
     flags = np.empty(x3.shape, np.uint8)
-    _batchnorm(x3, frac - x_frac, mean_al, shift, std.astype(np.int64),
-               p.xhat_fmt.bits or 0, int(p.rounding), int(p.overflow), gamma_.astype(np.int64),
-               beta_.astype(np.int64), beta_shift,
-               (span << max(shift, 0)) < QUOTIENT_ESTIMATE_LIMIT, xhat, y, flags)
-    xhat, y, flags = xhat.reshape(x.shape), y.reshape(x.shape), flags.reshape(x.shape)
-    events = Events(ties=int(np.count_nonzero(flags & TIE)),
-                    saturations=int(np.count_nonzero(flags & OVERFLOWED)))
+    ties, overflows = _batchnorm(
+        x3, frac - x_frac, mean_al, shift, std.astype(np.int64), p.xhat_fmt.bits or 0,
+        int(p.rounding), int(p.overflow), gamma_.astype(np.int64), beta_.astype(np.int64),
+        beta_shift, (span << max(shift, 0)) < QUOTIENT_ESTIMATE_LIMIT, trace, xhat, y, flags)
+    y, flags = y.reshape(x.shape), flags.reshape(x.shape)
+    events = Events(ties=int(ties), saturations=int(overflows))
     if trace:
-        stages.update(input=x, xhat=xhat, affine=y)
+        stages.update(input=x, xhat=xhat.reshape(x.shape), affine=y)
     q, fmt, out_events, flags = output_stage(y, y_frac, p.out_fmt, p.rounding, p.overflow, trace,
                                              stages, flags)
     events.add(out_events)

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, magnitude_max,
-                               requantize, requantize_flagged)
+                               requantize, requantize_flagged, value_range)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, exact_matmul, mac_taps, narrow_mac_loop,
@@ -51,8 +51,11 @@ def _check(x, weight, bias, p: Conv2dParams, what: str):
                          f"with groups={p.groups} need {cg * p.groups}")
     if bias is not None and bias.shape != (o,):
         raise ValueError(f"{what}: bias shape {bias.shape} != ({o},)")
-    lo, hi = p.weight_fmt.min_int, p.weight_fmt.max_int
-    if p.weight_fmt.bounded and weight.size and (weight.min() < lo or weight.max() > hi):
+    cache = weight_cache(weight)
+    if "range" not in cache:
+        cache["range"] = value_range(weight)
+    lo, hi = cache["range"]
+    if p.weight_fmt.bounded and (lo < p.weight_fmt.min_int or hi > p.weight_fmt.max_int):
         raise ValueError(f"{what}: weights outside their format {p.weight_fmt.describe()}")
 
 

@@ -2,13 +2,13 @@
 
 Two ways to the same sums:
 
-* `exact_window_matmul`: when the accumulator cannot overflow (exact, or WRAP, which is the
-  exact sum mod 2**bits in any order, or SAT with a bound that never reaches the rails), any
-  exact method will do. Windows are unrolled (im2col) and multiplied by BLAS in float32 or
-  float64, in chunks of the reduction small enough that *every* partial sum is an integer the
-  float type holds exactly, whatever order BLAS adds in:
-  for a chunk, max_o sum_k |w[o, k]| * max|x| < 2**24 (float32) or 2**53 (float64).
-  Chunk results are added in int64. Results do not depend on the thread count.
+* `exact_matmul`: when the accumulator cannot overflow (exact, or WRAP, which is the exact sum
+  mod 2**bits in any order, or SAT with a bound that never reaches the rails), any exact
+  method will do: an int8 GEMM on base-2**7 digits of both operands (int32 sums, exact in
+  chunks of 131071 MACs), or BLAS in float32/float64 on chunks of the reduction small enough
+  that *every* partial sum is an integer the float type holds exactly, whatever order the
+  library adds in. Parts are added in int64, so results do not depend on the library, its
+  blocking or the thread count.
 * `narrow_mac_loop`: a saturating accumulator that can reach its rails depends on the MAC
   order, so the loop nest runs in hardware order, one MAC at a time per output element,
   with the accumulator's rule applied after every addition.
@@ -127,12 +127,10 @@ class window_matrix:
         cg = self.c1 - self.c0
         planes = np.zeros((count, n, h + 2 * ph, w + 2 * pw, cg), np.int8)
         _padded_nhwc_digits(self.x, self.c0, self.c1, ph, pw, planes)
-        rows = []
-        for plane in planes:
-            out = np.empty((n * oh * ow, kh * kw * cg), np.int8)
+        rows = np.empty((count, n * oh * ow, kh * kw * cg), np.int8)
+        for plane, out in zip(planes, rows):
             _im2row_nhwc(plane, kh, kw, *self.stride, *self.dilation, oh, ow, out)
-            rows.append(out)
-        return rows
+        return list(rows)
 
 
 @njit(cache=True)
@@ -376,23 +374,33 @@ def _float_parts(w, cols_source, x_max, prepared):
 @njit(cache=True, parallel=True)
 def _sum_parts(parts, shifts, pixels_first, out):
     """out[n, o, p] = sum_i parts[i, n * P + p, o] << shifts[i] (pixels_first; else
-    parts[i, o, n * P + p]): exact, every part holding integers. Tiles of 64 x 64 keep the
-    transpose in cache."""
+    parts[i, o, n * P + p]): exact, every part holding integers. Pixels-first parts are summed
+    row by row (contiguous reads) into a tile of 32 pixels, then transposed out of cache."""
     n_batch, o_total, pixels = out.shape
-    tile = 64
-    p_tiles = (pixels + tile - 1) // tile
-    o_tiles = (o_total + tile - 1) // tile
-    for job in prange(n_batch * p_tiles * o_tiles):
-        b = job // (p_tiles * o_tiles)
-        p0 = (job // o_tiles) % p_tiles * tile
-        o0 = job % o_tiles * tile
-        for o in range(o0, min(o_total, o0 + tile)):
-            for p in range(p0, min(pixels, p0 + tile)):
+    if not pixels_first:
+        for job in prange(n_batch * o_total):
+            b, o = job // o_total, job % o_total
+            for p in range(pixels):
                 total = np.int64(0)
                 for i in range(parts.shape[0]):
-                    v = parts[i, b * pixels + p, o] if pixels_first else parts[i, o, b * pixels + p]
-                    total += np.int64(v) << shifts[i]
+                    total += np.int64(parts[i, o, b * pixels + p]) << shifts[i]
                 out[b, o, p] = total
+        return
+    tile = 32
+    p_tiles = (pixels + tile - 1) // tile
+    for job in prange(n_batch * p_tiles):
+        b = job // p_tiles
+        p0 = job % p_tiles * tile
+        p1 = min(pixels, p0 + tile)
+        buf = np.zeros((p1 - p0, o_total), np.int64)
+        for i in range(parts.shape[0]):
+            for p in range(p0, p1):
+                row = parts[i, b * pixels + p]
+                for o in range(o_total):
+                    buf[p - p0, o] += np.int64(row[o]) << shifts[i]
+        for o in range(o_total):
+            for p in range(p0, p1):
+                out[b, o, p] = buf[p - p0, o]
 
 
 @njit(cache=True, parallel=True)
