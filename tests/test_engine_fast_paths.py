@@ -59,7 +59,7 @@ def test_every_exact_method_gives_the_int64_sums(seed, x_bits, w_bits, c, k, str
     w = rng.integers(-(1 << (w_bits - 1)), 1 << (w_bits - 1), (5, c * k * k), endpoint=True)
     x.flat[0], w.flat[0] = -(1 << (x_bits - 1)), -(1 << (w_bits - 1))  # the most negative values
     oh = (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-    cols = mac.window_matrix(x, 0, c, (k, k), (stride,) * 2, (pad,) * 2, (dil,) * 2, (oh, oh))
+    cols = mac.WindowMatrix(x, 0, c, (k, k), (stride,) * 2, (pad,) * 2, (dil,) * 2, (oh, oh))
     want = (w @ cols(np.int64)).reshape(5, batch, -1).transpose(1, 0, 2)
     x_max = int(np.abs(x).max())
     for enabled in (True, False):  # short int32 chunks: the chunk edges

@@ -23,8 +23,8 @@ from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, magnitude
                                requantize, requantize_flagged, value_range)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
-from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, exact_matmul, mac_taps, narrow_mac_loop,
-                  stride_phase_planes, weight_cache, window_matrix)
+from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix, exact_matmul,
+                  mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache)
 from .registers import ACC_EVENT, Accumulator, Events, Output, align, output_stage
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     flags = np.zeros((n, o, oh, ow), np.uint8)
     if per_mac:
         out, acc_events = _mac_by_mac(x, weight, bias_al, p, op, prod_shift, (oh, ow), bound,
-                                      x_max, cache["abs_max"])
+                                      x_max, cache["abs_max"], b_max)
         count = int(acc_events.sum())
         if acc.overflow == Overflow.WRAP:
             events.wraps += count
@@ -149,7 +149,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
 
 
 def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, bound, x_max,
-                w_abs_max):
+                w_abs_max, b_max):
     """The accumulator MAC by MAC in the declared order (`mac.narrow_mac_loop`), in the
     narrowest array dtype that holds every value exactly. Returns (sums, events per n, o)."""
     acc = p.accumulator
@@ -164,12 +164,11 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     wrap = acc.bits is not None and acc.overflow == Overflow.WRAP
     span = 1 << acc.bits if wrap else 1
     # |v| <= max(|bias|, min(bound, rails)) after every step (a fit never grows |v|), so every
-    # sum below stays under ``largest``; float32 also counts events, up to 4 per output.
+    # sum below stays under ``largest``; float32 also counts events, up to 4 per plane element.
     product_max = (x_max + w_abs_max) if op == OP_ADDER else (x_max * w_abs_max << prod_shift)
-    value_max = max(int(np.abs(bias_al).max(initial=0)), min(bound, max(-lo, hi)))
-    largest = 2 * value_max + product_max + (-lo if wrap else 0)
-    dtype = np.float32 if largest < FLOAT32_EXACT and 4 * oh * (ow + kw * dw) < FLOAT32_EXACT \
-        else np.int64
+    largest = 2 * max(b_max, min(bound, max(-lo, hi))) + product_max + (-lo if wrap else 0)
+    plane = oh * -(-(x.shape[3] + 2 * pw) // sw)  # outputs at the stride phases' row pitch
+    dtype = np.float32 if max(largest, 4 * plane) < FLOAT32_EXACT else np.int64
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
     planes, _, pitch = stride_phase_planes(xp, sh, sw, dtype)
     cij, tap_plane, tap_offset = mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch,
@@ -194,7 +193,7 @@ def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max, cache) -> np.ndarray:
     x = np.ascontiguousarray(x)
     parts = []
     for g in range(p.groups):
-        cols = window_matrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
+        cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
                              (oh, ow))
         w_g = weight[g * og:(g + 1) * og].reshape(og, -1)
         parts.append(exact_matmul(w_g, cols, x_max, n, cache.setdefault(g, {})))  # (N, O/g, P)

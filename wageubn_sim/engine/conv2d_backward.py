@@ -18,7 +18,8 @@ import numpy as np
 from numba import njit, prange
 
 from .conv2d import Conv2dParams
-from .mac import exact_matmul, window_matrix
+from ..fixedpoint.core import magnitude_max
+from .mac import WindowMatrix, exact_matmul
 
 
 @njit(cache=True, parallel=True)
@@ -55,14 +56,14 @@ def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Con
     oh, ow = error.shape[2:]
     x = np.ascontiguousarray(x, dtype=np.int64)
     e_mat = np.ascontiguousarray(error.transpose(1, 0, 2, 3)).reshape(o, -1)  # (O, N*OH*OW)
-    e_max = int(np.abs(error).max(initial=0))
-    x_max = int(np.abs(x).max(initial=0))
+    e_max = magnitude_max(error)
+    x_max = magnitude_max(x)
     dx = np.zeros(x.shape, np.int64)
     grad_w = np.empty(weight.shape, np.int64)
     for g in range(p.groups):
         rows = slice(g * og, (g + 1) * og)
 
-        cols = window_matrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
+        cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
                              (oh, ow))
         # dw (O/g, K) = e (O/g, NP) @ cols^T (NP, K)
         grad_w[rows] = exact_matmul(e_mat[rows], lambda dtype: cols(dtype).T, x_max, 1)[0].reshape(og, cg, kh, kw)

@@ -78,9 +78,8 @@ def _padded_nhwc_digits(x, c0, c1, ph, pw, out):
         for c in range(c1 - c0):
             for col in range(w):
                 v = np.int64(x[b, c0 + c, y, col])
-                for d in range(count - 1):
-                    out[d, b, ph + y, pw + col, c] = (v >> (DIGIT_BITS * d)) & 127
-                out[count - 1, b, ph + y, pw + col, c] = v >> (DIGIT_BITS * (count - 1))
+                for d in range(count):
+                    out[d, b, ph + y, pw + col, c] = digit(v, d, count)
 
 
 @njit(cache=True, parallel=True)
@@ -100,7 +99,7 @@ def _im2row_nhwc(xp, kh, kw, sh, sw, dh, dw, oh, ow, out):
                         out[m, k0 + cc] = xp[b, yy, xx, cc]
 
 
-class window_matrix:
+class WindowMatrix:
     """The (K, N*OH*OW) window matrix of channels c0..c1 of x, built on demand for
     `exact_matmul`'s ``cols_source``: called with a dtype, it unrolls the windows in it
     (K in channel-major order, (c, i, j)). For the int8 GEMM, ``digit_rows(count)`` gives
@@ -211,13 +210,18 @@ def digit_count(v_max: int) -> int:
     return count
 
 
+@njit(cache=True, inline="always")
+def digit(v, d, count):
+    """Digit d of v among ``count`` base-2**7 digits: the top one signed, the others 0..127."""
+    shifted = v >> (DIGIT_BITS * d)
+    return shifted if d == count - 1 else shifted & 127
+
+
 @njit(cache=True, parallel=True)
 def _split_digits(flat, count, out):
     for i in prange(flat.size):
-        v = np.int64(flat[i])
-        for d in range(count - 1):
-            out[d, i] = (v >> (DIGIT_BITS * d)) & 127
-        out[count - 1, i] = v >> (DIGIT_BITS * (count - 1))
+        for d in range(count):
+            out[d, i] = digit(np.int64(flat[i]), d, count)
 
 
 def split_digits(a: np.ndarray, count: int) -> np.ndarray:
