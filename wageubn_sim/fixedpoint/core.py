@@ -187,8 +187,6 @@ def requantize_scalar(q, shift, bits, signed, rounding, overflow, u):
     return shift_left_fitted(q, -shift, bits, signed, overflow)
 
 
-
-
 @njit(cache=True)
 def is_exact_tie(q, shift):
     """Whether q / 2**shift lies exactly halfway between two integers (shift >= 1)."""

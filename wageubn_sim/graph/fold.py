@@ -1,5 +1,6 @@
-"""Fold each BatchNorm into the conv before it (docs/arithmetic.md §9, folded BatchNorm): a graph-to-graph
-pass on integer graphs, so it also applies to a loaded graph and needs no torch."""
+"""Fold each BatchNorm into the conv before it (docs/arithmetic.md §9, folded BatchNorm):
+a graph-to-graph pass on integer graphs, so it also applies to a loaded graph and needs no
+torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,31 +43,33 @@ def fold_batchnorm(graph: Graph, multiplier_bits: int = 16) -> Graph:
     return Graph(graph.inputs, nodes, graph.outputs, meta)
 
 
+def _real(node: Node, role: str, fmt, default: int) -> list:
+    """The exact real values of a BatchNorm register, per channel (``default`` when absent)."""
+    channels = len(node.arrays["mean"])
+    if fmt is None:
+        return [Fraction(default)] * channels
+    return [Fraction(int(v), 2 ** fmt.frac_bits) for v in node.arrays[role]]
+
+
 def _fold_pair(conv: Node, bn: Node, multiplier_bits: int) -> Node:
     bp = bn.params
     acc_frac = conv.out_fmt.frac_bits  # F: recorded when the graph was compiled
-    mean, std = bn.arrays["mean"], bn.arrays["std"]
-    gamma = bn.arrays.get("gamma") if bp.gamma_fmt is not None else None
-    beta = bn.arrays.get("beta") if bp.beta_fmt is not None else None
-    channels = len(mean)
-    # real values: gamma_c / std_c and beta_c, mean_c, exactly
-    ratio = [Fraction(int(gamma[c]) if gamma is not None else 1, 2 ** (bp.gamma_fmt.frac_bits if gamma is not None else 0))
-             / Fraction(int(std[c]), 2 ** bp.std_fmt.frac_bits) for c in range(channels)]
-    shift = [Fraction(int(beta[c]), 2 ** bp.beta_fmt.frac_bits) if beta is not None else Fraction(0)
-             for c in range(channels)]
-    mu = [Fraction(int(mean[c]), 2 ** bp.mean_fmt.frac_bits) for c in range(channels)]
+    gamma = _real(bn, "gamma", bp.gamma_fmt, 1)
+    beta = _real(bn, "beta", bp.beta_fmt, 0)
+    mean = _real(bn, "mean", bp.mean_fmt, 0)
+    ratio = [g / s for g, s in zip(gamma, _real(bn, "std", bp.std_fmt, 1))]
     limit = (1 << (multiplier_bits - 1)) - 1
     largest = max((abs(r) for r in ratio), default=Fraction(0))
     frac = 0
-    if largest:
-        frac = multiplier_bits  # the finest grid on which the largest ratio still fits
+    if largest:  # the finest grid on which the largest ratio still fits
+        frac = multiplier_bits
         while abs(round_fraction(largest * 2 ** frac, Rounding.HALF_EVEN)) > limit:
             frac -= 1
         while abs(round_fraction(largest * 2 ** (frac + 1), Rounding.HALF_EVEN)) <= limit:
             frac += 1
     mult = [round_fraction(r * 2 ** frac, Rounding.HALF_EVEN) for r in ratio]
-    offset = [round_fraction((shift[c] - Fraction(mult[c], 2 ** frac) * mu[c]) * 2 ** (acc_frac + frac),
-                             Rounding.HALF_EVEN) for c in range(channels)]
+    offset = [round_fraction((b - Fraction(m, 2 ** frac) * mu) * 2 ** (acc_frac + frac),
+                             Rounding.HALF_EVEN) for b, m, mu in zip(beta, mult, mean)]
     fields = {f.name: getattr(conv.params, f.name) for f in dataclasses.fields(conv.params)}
     fields.update(out_fmt=bn.out_fmt, rounding=bp.rounding, out_overflow=bp.overflow,
                   accumulator_frac=acc_frac, multiplier_frac=frac)
