@@ -37,6 +37,29 @@ class BatchNormParams:
     overflow: Overflow = Overflow.SAT_SYM
 
 
+@njit(cache=True, inline="always")
+def _batchnorm_row(x_row, x_shift, m, up_shift, d, inv, small_quotients, xhat_bits, rounding,
+                   overflow, g, be, keep_xhat, xhat_row, y_row, flag_row):
+    """One channel row; returns its (ties, xhat overflows). Called with ``small_quotients`` a
+    literal so that the division's rare fix-up branch leaves the loop (it vectorizes)."""
+    ties = 0
+    overflows = 0
+    for i in range(x_row.size):
+        p = ((x_row[i] << x_shift) - m) << up_shift
+        q, r = floor_divide(p, d, inv, small_quotients)
+        xhat = round_quotient(q, r, d, p, rounding)
+        fitted = fit_overflow(xhat, xhat_bits, True, overflow)
+        tie = 2 * r == d
+        over = fitted != xhat
+        if keep_xhat:
+            xhat_row[i] = fitted
+        y_row[i] = fitted * g + be
+        flag_row[i] = tie | (over << 1)  # TIE | OVERFLOWED
+        ties += tie
+        overflows += over
+    return ties, overflows
+
+
 @njit(cache=True, parallel=True)
 def _batchnorm(x, x_shift, mean, shift, std, xhat_bits, rounding, overflow, gamma, beta,
                beta_shift, small_quotients, keep_xhat, xhat_out, y_out, flags):
@@ -49,22 +72,18 @@ def _batchnorm(x, x_shift, mean, shift, std, xhat_bits, rounding, overflow, gamm
     overflows = 0
     for job in prange(n * c):
         b, ch = job // c, job % c
-        m, s, g, be = mean[ch], std[ch], gamma[ch], beta[ch] << beta_shift
-        d_scale = s << -shift if shift < 0 else s
-        inv = 1.0 / d_scale
-        for i in range(pixels):
-            p = ((x[b, ch, i] << x_shift) - m) << up_shift
-            q, r = floor_divide(p, d_scale, inv, small_quotients)
-            xhat = round_quotient(q, r, d_scale, p, rounding)
-            fitted = fit_overflow(xhat, xhat_bits, True, overflow)
-            tie = 2 * r == d_scale
-            over = fitted != xhat
-            if keep_xhat:
-                xhat_out[b, ch, i] = fitted
-            y_out[b, ch, i] = fitted * g + be
-            flags[b, ch, i] = tie | (over << 1)  # TIE | OVERFLOWED
-            ties += tie
-            overflows += over
+        d = std[ch] << -shift if shift < 0 else std[ch]
+        x_row, m, inv, g, be = x[b, ch], mean[ch], 1.0 / d, gamma[ch], beta[ch] << beta_shift
+        xhat_row = xhat_out[b, ch] if keep_xhat else xhat_out[0, 0]
+        if small_quotients:
+            t, o = _batchnorm_row(x_row, x_shift, m, up_shift, d, inv, True, xhat_bits, rounding,
+                                  overflow, g, be, keep_xhat, xhat_row, y_out[b, ch], flags[b, ch])
+        else:
+            t, o = _batchnorm_row(x_row, x_shift, m, up_shift, d, inv, False, xhat_bits,
+                                  rounding, overflow, g, be, keep_xhat, xhat_row, y_out[b, ch],
+                                  flags[b, ch])
+        ties += t
+        overflows += o
     return ties, overflows
 
 

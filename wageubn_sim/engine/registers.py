@@ -106,10 +106,13 @@ def output_stage(value: np.ndarray, frac: int, out_fmt: Format | None, rounding:
 
 
 def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
-    """q at 2**-frac, exactly, at the finer grid 2**-to_frac."""
+    """q at 2**-frac, exactly, at the finer grid 2**-to_frac, as int64 (q itself when it
+    already is: treat the result as read-only)."""
     if to_frac < frac:
         raise ValueError(f"cannot align frac {frac} down to {to_frac} exactly")
     shift = to_frac - frac
+    if shift == 0 and q.dtype == np.int64:
+        return q
     if shift and magnitude_max(q) >= (1 << max(0, 61 - shift)):
         raise OverflowError(f"aligning to {to_frac} fractional bits leaves the 62-bit domain")
     return q.astype(np.int64) << shift

@@ -269,12 +269,9 @@ def floor_divide(p, d, inv_d, small_quotients):
     """
     q = np.int64(np.floor(np.float64(p) * inv_d))
     r = p - q * d
-    if r < 0:
-        q -= 1
-        r += d
-    elif r >= d:
-        q += 1
-        r -= d
+    step = np.int64(r >= d) - np.int64(r < 0)  # the off-by-one fix, branch-free
+    q += step
+    r -= step * d
     if not small_quotients and (r < 0 or r >= d):
         q += r // d
         r -= (r // d) * d
