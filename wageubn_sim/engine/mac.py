@@ -464,14 +464,15 @@ def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, 
     output p = y*pitch + x reads planes[n, c*S + tap_plane[t], tap_offset[t] + p] (columns
     x >= ow are computed on neighbouring data and dropped). w_taps (O, K): weights in MAC
     order (products already shifted to the accumulator's grid). ``bias`` (O,) preloads the
-    first partial sum. ``mac_term`` is one of MAC_TERMS; ``merge_term`` (multiply_saturate
-    or multiply_wrap) adds the k_split partial sums. Values are exact in the arrays' dtype (the caller proves |every sum| <
-    2**24 for float32, 2**53 for float64). acc_events[n, o] counts additions that wrapped or
-    saturated, over real columns only.
+    first partial sum. ``mac_term`` is one of MAC_TERMS; ``merge_term`` (multiply_saturate or
+    multiply_wrap) adds the k_split partial sums. Every value is exact in the arrays' dtype
+    (float32 only when the caller proved |every sum| < 2**24, else int64). acc_events[n, o]
+    counts the additions that wrapped or saturated, over real columns only.
 
-    Loop nest: four output channels share each pass over the input, and four taps run per
-    pass with the accumulator held in a register between them (still one add, one overflow
-    per MAC, in order).
+    Loop nest: a job is one image and four output channels of a group; per block of four
+    taps, each channel runs once over the same four input runs (in cache) with its
+    accumulator held in a register across the four taps (still one add and one overflow per
+    MAC, in order).
     """
     n_batch = planes.shape[0]
     o_total, k_total = w_taps.shape
@@ -542,9 +543,9 @@ def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, 
 
 
 def stride_phase_planes(xp, sh, sw, dtype):
-    """The padded input xp (N, C, Hp, Wp) as (N, C*sh*sw, (Hq+1)*Wq) stride phases:
-    phase (a, c) holds xp[..., a::sh, c::sw], each a flat plane at pitch Wq = ceil(Wp/sw), plus
-    one zero row so a tap's run may pass the last row's end. Returns (planes, Hq, Wq)."""
+    """The padded input xp (N, C, Hp, Wp) as (N, C*sh*sw, (Hq+1)*Wq) stride phases: plane
+    c*sh*sw + r*sw + s holds xp[:, c, r::sh, s::sw] flat at pitch Wq = ceil(Wp/sw), plus one
+    zero row so a tap's run may pass the last row's end. Returns (planes, Hq, Wq)."""
     n, c, hp, wp = xp.shape
     hq, wq = -(-hp // sh), -(-wp // sw)
     grid = np.zeros((n, c, hq + 1, sh, wq, sw), dtype)
