@@ -155,7 +155,7 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     acc = p.accumulator
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    (sh, sw), (_, pw), (dh, dw) = p.stride, p.padding, p.dilation
     oh, ow = out_size
     if acc.bits is None:  # exact: rails beyond the domain, never reached (bound < 2**61)
         lo, hi = -2 * DOMAIN_LIMIT, 2 * DOMAIN_LIMIT
@@ -169,14 +169,13 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     largest = 2 * max(b_max, min(bound, max(-lo, hi))) + product_max + (-lo if wrap else 0)
     plane = oh * -(-(x.shape[3] + 2 * pw) // sw)  # outputs at the stride phases' row pitch
     dtype = np.float32 if max(largest, 4 * plane) < FLOAT32_EXACT else np.int64
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
-    planes, _, pitch = stride_phase_planes(xp, sh, sw, dtype)
+    planes, _, pitch = stride_phase_planes(x, p.padding, p.stride, dtype)
     cij, tap_plane, tap_offset = mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch,
                                           acc.mac_order == "kernel_major")
-    w_taps = weight[:, cij[:, 0], cij[:, 1], cij[:, 2]].astype(np.int64) << prod_shift
+    w_taps = (weight[:, cij[:, 0], cij[:, 1], cij[:, 2]].astype(np.int64) << prod_shift).astype(dtype)
     out = np.empty((n, o, oh, ow), np.int64)
     acc_events = np.zeros((n, o), np.int64)
-    narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps.astype(dtype),
+    narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps,
                     bias_al.astype(dtype), p.groups, MAC_TERMS[op, wrap],
                     MAC_TERMS[OP_MULTIPLY, wrap], dtype(lo), dtype(hi), dtype(span), acc.k_split,
                     out, acc_events)

@@ -542,25 +542,41 @@ def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, 
             acc_events[b, o0 + q] = events[q]
 
 
-def stride_phase_planes(xp, sh, sw, dtype):
-    """The padded input xp (N, C, Hp, Wp) as (N, C*sh*sw, (Hq+1)*Wq) stride phases: plane
-    c*sh*sw + r*sw + s holds xp[:, c, r::sh, s::sw] flat at pitch Wq = ceil(Wp/sw), plus one
-    zero row so a tap's run may pass the last row's end. Returns (planes, Hq, Wq)."""
-    n, c, hp, wp = xp.shape
-    hq, wq = -(-hp // sh), -(-wp // sw)
-    grid = np.zeros((n, c, hq + 1, sh, wq, sw), dtype)
-    grid.reshape(n, c, (hq + 1) * sh, wq * sw)[:, :, :hp, :wp] = xp
-    planes = np.ascontiguousarray(grid.transpose(0, 1, 3, 5, 2, 4))
-    return planes.reshape(n, c * sh * sw, (hq + 1) * wq), hq, wq
+@njit(cache=True, parallel=True)
+def _fill_stride_phases(x, ph, pw, sh, sw, pitch, out):
+    """out[n, c*sh*sw + r*sw + s, (Y//sh)*pitch + X//sw] = x[n, c, Y - ph, X - pw] for the
+    padded coordinates Y = r (mod sh), X = s (mod sw); the rest of ``out`` stays zero."""
+    n, c, h, w = x.shape
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        for y in range(h):
+            yp = y + ph
+            row = ch * sh * sw + (yp % sh) * sw
+            base = (yp // sh) * pitch
+            for col in range(w):
+                xp = col + pw
+                out[b, row + xp % sw, base + xp // sw] = x[b, ch, y, col]
+
+
+def stride_phase_planes(x, padding, stride, dtype):
+    """The input x (N, C, H, W), zero-padded, as (N, C*sh*sw, (Hq+1)*Wq) stride phases: plane
+    c*sh*sw + r*sw + s holds the padded x[:, c, r::sh, s::sw] flat at pitch Wq = ceil(Wp/sw),
+    plus one zero row so a tap's run may pass the last row's end. Returns (planes, Hq, Wq)."""
+    (ph, pw), (sh, sw) = padding, stride
+    n, c, h, w = x.shape
+    hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+    planes = np.zeros((n, c * sh * sw, (hq + 1) * wq), dtype)
+    _fill_stride_phases(x, ph, pw, sh, sw, wq, planes)
+    return planes, hq, wq
 
 
 def mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch, kernel_major):
     """For each MAC t in hardware order: its (c, i, j), the stride-phase plane it reads
     (channel c's phase ((i*dh) % sh, (j*dw) % sw)) and its offset in that plane."""
-    order = ([(c, i, j) for i in range(kh) for j in range(kw) for c in range(cg)] if kernel_major
-             else [(c, i, j) for c in range(cg) for i in range(kh) for j in range(kw)])
-    cij = np.array(order, np.int64).reshape(-1, 3)
-    c, i, j = cij[:, 0], cij[:, 1], cij[:, 2]
+    c, i, j = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
+    if kernel_major:  # t = (i, j, c)
+        c, i, j = (a.transpose(1, 2, 0) for a in (c, i, j))
+    c, i, j = c.ravel(), i.ravel(), j.ravel()
     plane = c * (sh * sw) + (i * dh) % sh * sw + (j * dw) % sw
     offset = (i * dh) // sh * pitch + (j * dw) // sw
-    return cij, plane, offset
+    return np.stack([c, i, j], axis=1), plane, offset
