@@ -120,6 +120,24 @@ class WindowMatrix:
                oh, ow, out)
         return out
 
+    @property
+    def prefers_rows(self) -> bool:
+        """Rows copy runs of channels: worth it for many channels; a few (a 3-channel stem)
+        unroll faster channel-major, as columns."""
+        return self.c1 - self.c0 >= 16
+
+    def digit_cols(self, count: int) -> list:
+        """Each int8 digit of x unrolled as the (K, N*OH*OW) window matrix (K channel-major)."""
+        digits = split_digits(self.x[:, self.c0:self.c1], count)
+        (kh, kw), (oh, ow) = self.kernel, self.out_size
+        cols = []
+        for d in digits:
+            out = np.empty(((self.c1 - self.c0) * kh * kw, d.shape[0] * oh * ow), np.int8)
+            im2col(d, 0, self.c1 - self.c0, kh, kw, *self.stride, *self.padding, *self.dilation,
+                   oh, ow, out)
+            cols.append(out)
+        return cols
+
     def digit_rows(self, count: int) -> list:
         n, _, h, w = self.x.shape
         (ph, pw), (kh, kw), (oh, ow) = self.padding, self.kernel, self.out_size
@@ -314,7 +332,7 @@ def exact_matmul(w: np.ndarray, cols_source, x_max: int, n: int, prepared: dict 
 def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
     """Every digit product x_d (N*P, K) @ w_e^T in int32, shifted by 7(d + e)."""
     gemm = int8_gemm()
-    rows_layout = hasattr(cols_source, "digit_rows")
+    rows_layout = getattr(cols_source, "prefers_rows", False)
     if rows_layout:  # (N*P, K) digits, K kernel-major: w^T in that order, (D, K, O)
         cols = cols_source.digit_rows(x_digits)
         if "digits_t" not in prepared:
@@ -324,7 +342,8 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
         w_d = prepared["digits_t"]
         shape = (cols[0].shape[0], w.shape[0])
     else:  # (K, N*P) digits against w's digits (D, O, K)
-        cols = split_digits(cols_source(np.int64), x_digits)
+        cols = (cols_source.digit_cols(x_digits) if hasattr(cols_source, "digit_cols")
+                else split_digits(cols_source(np.int64), x_digits))
         if "digits" not in prepared:
             prepared["digits"] = split_digits(w, w_digits)
         w_d = prepared["digits"]

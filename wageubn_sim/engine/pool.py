@@ -41,9 +41,11 @@ def _geometry(x, p):
 
 
 @njit(cache=True, parallel=True)
-def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, out, counts, argmax):
-    """Window max (the first maximum in (kh, kw) order; its flat input index into argmax) or
-    window sum (with the number of cells inside the input into counts)."""
+def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, keep_argmax, out, counts,
+          argmax):
+    """Window max (with ``keep_argmax``, the first maximum in (kh, kw) order gives its flat
+    input index into argmax) or window sum (with the number of cells inside the input into
+    counts)."""
     n, c, h, w = x.shape
     for job in prange(n * c):
         b, ch = job // c, job % c
@@ -57,30 +59,33 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, out, counts, argm
                         xi = xo * sw + j * dw - pw
                         if 0 <= yi < h and 0 <= xi < w:
                             v = x[b, ch, yi, xi]
-                            if take_max:
+                            if take_max and keep_argmax:
                                 if where < 0 or v > acc:
                                     acc, where = v, yi * w + xi
+                            elif take_max:  # the value alone: branch-free
+                                acc = max(acc, v)
                             else:
                                 acc += v
                             count += 1
                 out[b, ch, y, xo] = acc
                 counts[y, xo] = count
-                if take_max:
+                if take_max and keep_argmax:
                     argmax[b, ch, y, xo] = where
 
 
-def max_pool_argmax(x, p: PoolParams):
-    """(window maxima, flat input index of each window's first maximum)."""
+def max_pool_argmax(x, p: PoolParams, keep_argmax: bool = True):
+    """(window maxima, flat input index of each window's first maximum, or None without
+    ``keep_argmax``)."""
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
     out = np.empty((n, c, oh, ow), np.int64)
-    argmax = np.empty((n, c, oh, ow), np.int64)
+    argmax = np.empty((n, c, oh, ow) if keep_argmax else (1, 1, 1, 1), np.int64)
     _pool(np.ascontiguousarray(x, dtype=np.int64), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True,
-          out, np.empty((oh, ow), np.int64), argmax)
-    return out, argmax
+          keep_argmax, out, np.empty((oh, ow), np.int64), argmax)
+    return out, argmax if keep_argmax else None
 
 
 def max_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
-    out = max_pool_argmax(x, p)[0]
+    out = max_pool_argmax(x, p, keep_argmax=False)[0]
     return Output(out, Format(None, x_frac), Events(), {"output": out} if trace else {},
                   np.zeros(out.shape, np.uint8))
 
@@ -89,7 +94,7 @@ def avg_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
     sums = np.empty((n, c, oh, ow), np.int64)
     counts = np.empty((oh, ow), np.int64)
-    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, sums, counts, sums)
+    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, False, sums, counts, sums)
     if p.divisor_override:
         divisor = np.full((oh, ow), p.divisor_override, np.int64)
     elif p.count_include_pad:  # torch counts padded cells (inside the padded border)
