@@ -38,9 +38,7 @@ def test_digit_count_edges(v_max, digits):
 def test_split_digits_rebuilds_every_edge_value():
     for count in (1, 2, 3, 9):
         top = 1 << (7 * count)
-        v = np.array([0, 1, -1, 127, -128, top - 1, -top, top // 2, -top // 2 - 1][:9 if count > 1 else 5],
-                     np.int64)
-        v = v[(v >= -top) & (v < top)]
+        v = np.array([0, 1, -1, 127, -128, top - 1, -top, top // 2, -top // 2 - 1], np.int64)
         d = mac.split_digits(v, count)
         assert d.dtype == np.int8 and d.shape == (count,) + v.shape
         assert (d[:-1] >= 0).all()  # lower digits unsigned, the top one signed

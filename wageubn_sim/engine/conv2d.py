@@ -27,6 +27,7 @@ from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix,
                   mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache)
 from .registers import ACC_EVENT, Accumulator, Events, Output, align, output_stage
 
+
 @dataclasses.dataclass(frozen=True)
 class Conv2dParams:
     weight_fmt: Format
@@ -169,7 +170,7 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     largest = 2 * max(b_max, min(bound, max(-lo, hi))) + product_max + (-lo if wrap else 0)
     plane = oh * -(-(x.shape[3] + 2 * pw) // sw)  # outputs at the stride phases' row pitch
     dtype = np.float32 if max(largest, 4 * plane) < FLOAT32_EXACT else np.int64
-    planes, _, pitch = stride_phase_planes(x, p.padding, p.stride, dtype)
+    planes, pitch = stride_phase_planes(x, p.padding, p.stride, dtype)
     cij, tap_plane, tap_offset = mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch,
                                           acc.mac_order == "kernel_major")
     w_taps = (weight[:, cij[:, 0], cij[:, 1], cij[:, 2]].astype(np.int64) << prod_shift).astype(dtype)

@@ -266,7 +266,7 @@ def int8_gemm():
                 def gemm(a, b, out=None):
                     """a (M, K) @ b (K, N) as int32, written into ``out`` when given."""
                     ta, tb = torch.from_numpy(_row_strided(a)), torch.from_numpy(_row_strided(b))
-                    if out is None or _row_strided(out) is not out:
+                    if out is None or not _is_row_strided(out):
                         result = torch._int_mm(ta, tb).numpy()
                         if out is not None:
                             out[...] = result
@@ -281,14 +281,16 @@ def int8_gemm():
     return _INT8_GEMM[0]
 
 
+def _is_row_strided(a: np.ndarray) -> bool:
+    """Whether ``a`` is a row-major matrix with rows at least a row apart: numpy gives size-1
+    axes arbitrary strides (e.g. (1, 1) for a 1 x 5 matrix), which oneDNN reads as a leading
+    dimension smaller than the row and then computes nothing."""
+    return a.strides[1] == a.itemsize and a.strides[0] >= a.shape[1] * a.itemsize
+
+
 def _row_strided(a: np.ndarray) -> np.ndarray:
-    """``a`` itself if it is a row-major matrix with rows at least a row apart, else a copy:
-    numpy gives size-1 axes arbitrary strides (e.g. (1, 1) for a 1 x 5 matrix), which oneDNN
-    reads as a leading dimension smaller than the row and then computes nothing."""
-    item = a.itemsize
-    if a.strides[1] == item and a.strides[0] >= a.shape[1] * item:
-        return a
-    return a.copy()
+    """``a`` itself if `_is_row_strided`, else a (row-major) copy."""
+    return a if _is_row_strided(a) else a.copy()
 
 
 def use_int8_gemm(enabled: bool) -> None:
@@ -580,13 +582,13 @@ def _fill_stride_phases(x, ph, pw, sh, sw, pitch, out):
 def stride_phase_planes(x, padding, stride, dtype):
     """The input x (N, C, H, W), zero-padded, as (N, C*sh*sw, (Hq+1)*Wq) stride phases: plane
     c*sh*sw + r*sw + s holds the padded x[:, c, r::sh, s::sw] flat at pitch Wq = ceil(Wp/sw),
-    plus one zero row so a tap's run may pass the last row's end. Returns (planes, Hq, Wq)."""
+    plus one zero row so a tap's run may pass the last row's end. Returns (planes, Wq)."""
     (ph, pw), (sh, sw) = padding, stride
     n, c, h, w = x.shape
     hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
     planes = np.zeros((n, c * sh * sw, (hq + 1) * wq), dtype)
     _fill_stride_phases(x, ph, pw, sh, sw, wq, planes)
-    return planes, hq, wq
+    return planes, wq
 
 
 def mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch, kernel_major):
