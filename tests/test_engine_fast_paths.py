@@ -12,16 +12,18 @@ from wageubn_sim.fixedpoint import Format
 
 
 @contextlib.contextmanager
-def int8_gemm(enabled: bool, digit_chunk: int = mac.DIGIT_CHUNK):
-    """The int8 GEMM on or off (and its reduction chunk) inside the block; restored after."""
-    saved = mac.DIGIT_CHUNK
+def int8_gemm(enabled: bool, digit_chunk: int = mac.DIGIT_CHUNK,
+              sparse_top: float = mac.SPARSE_TOP_DENSITY):
+    """The int8 GEMM on or off, its reduction chunk and its sparse top digit threshold (0:
+    never, 2: always) inside the block; restored after."""
+    saved = mac.DIGIT_CHUNK, mac.SPARSE_TOP_DENSITY
     mac.use_int8_gemm(enabled)
-    mac.DIGIT_CHUNK = digit_chunk
+    mac.DIGIT_CHUNK, mac.SPARSE_TOP_DENSITY = digit_chunk, sparse_top
     try:
         yield
     finally:
         mac.use_int8_gemm(True)
-        mac.DIGIT_CHUNK = saved
+        mac.DIGIT_CHUNK, mac.SPARSE_TOP_DENSITY = saved
 
 
 def test_int8_gemm_is_available_here():
@@ -29,44 +31,88 @@ def test_int8_gemm_is_available_here():
     assert mac.int8_gemm() is not None
 
 
-@pytest.mark.parametrize("v_max, digits", [(0, 1), (127, 1), (128, 2), (2**14 - 1, 2),
-                                           (2**14, 3), (2**21 - 1, 3), (2**61 - 1, 9)])
-def test_digit_count_edges(v_max, digits):
-    assert mac.digit_count(v_max) == digits
+@pytest.mark.parametrize("lo, hi, digits", [(0, 0, 1), (-128, 127, 1), (-129, 0, 2), (0, 128, 2),
+                                            (-128 * 257, 127 * 257, 2), (0, 127 * 257 + 1, 3),
+                                            (-2**61, 2**61, 8)])
+def test_balanced_digit_count_edges(lo, hi, digits):
+    assert mac.balanced_digits(lo, hi)[0] == digits
+
+
+@pytest.mark.parametrize("lo, hi, digits, top_from_lo", [
+    (0, 0, 1, True), (0, 127, 1, True), (0, 128, 1, False), (0, 255, 1, False), (0, 256, 2, True),
+    (-5, -1, 1, True), (-128, 127, 1, False), (5, 260, 2, True), (0, 2**15 - 1, 2, True),
+    (0, 2**15, 2, False), (-2**15, 2**16 - 1, 3, True), (-2**61, 2**61, 8, True)])
+def test_offset_digit_count_and_origin_edges(lo, hi, digits, top_from_lo):
+    # zero (padding) is always in range; the top digit counts from min(lo, 0) when it can
+    count, origin = mac.offset_digits(lo, hi)
+    assert count == digits
+    base = min(lo, 0)
+    assert origin == (base - 128 * 256 ** (count - 1) if top_from_lo else base)
+
+
+def rebuilt(digits, count, origin):
+    return [mac.digit_offset(count, origin) + sum(int(digits[d][i]) << (8 * d) for d in range(count))
+            for i in range(digits.shape[1])]
 
 
 def test_split_digits_rebuilds_every_edge_value():
-    for count in (1, 2, 3, 9):
-        top = 1 << (7 * count)
-        v = np.array([0, 1, -1, 127, -128, top - 1, -top, top // 2, -top // 2 - 1], np.int64)
-        d = mac.split_digits(v, count)
+    for count in (1, 2, 3, 6):
+        low, high = -128 * mac._repunit(count), 127 * mac._repunit(count)  # balanced digits' range
+        v = np.array([0, 1, -1, 127, -128, 128, -129, high, low, high // 2, low // 2 - 1], np.int64)
+        v = v[(v >= low) & (v <= high)]
+        count_b, origin = mac.balanced_digits(int(v.min()), int(v.max()))
+        assert count_b == count and mac.digit_offset(count, origin) == 0
+        d = mac.split_digits(v, count, origin)
         assert d.dtype == np.int8 and d.shape == (count,) + v.shape
-        assert (d[:-1] >= 0).all()  # lower digits unsigned, the top one signed
-        rebuilt = sum(d[i].astype(object) * (1 << (7 * i)) for i in range(count))
-        assert list(rebuilt) == v.tolist()
+        assert rebuilt(d, count, origin) == v.tolist()
+        for lo, hi in ((int(v.min()), int(v.max())), (0, int(v.max())), (-5, 300)):
+            vs = v[(v >= lo) & (v <= hi)]
+            count_o, origin = mac.offset_digits(lo, hi)
+            d = mac.split_digits(vs, count_o, origin)
+            assert rebuilt(d, count_o, origin) == vs.tolist()
+            # padding: the digits of zero rebuild zero
+            zero = np.array([[mac.digit_of_zero(i, origin)] for i in range(count_o)], np.int8)
+            assert rebuilt(zero, count_o, origin) == [0]
+
+
+def test_a_relu_byte_is_one_digit_and_a_small_top_digit_is_mostly_zero():
+    count, origin = mac.offset_digits(0, 255)
+    assert count == 1 and mac.digit_offset(count, origin) == 128
+    count, origin = mac.offset_digits(0, 400)
+    d = mac.split_digits(np.arange(401), count, origin)
+    assert count == 2 and (d[1, :256] == 0).all() and (d[1, 256:] == 1).all()
 
 
 @given(seed=st.integers(0, 2**31), x_bits=st.integers(1, 40), w_bits=st.integers(2, 16),
        c=st.sampled_from([1, 2, 3, 5, 16, 19]), k=st.integers(1, 3), stride=st.integers(1, 2),
        pad=st.integers(0, 2),
-       dil=st.integers(1, 2), batch=st.integers(1, 3), chunk=st.sampled_from([3, 7, mac.DIGIT_CHUNK]))
+       dil=st.integers(1, 2), batch=st.integers(1, 3), chunk=st.sampled_from([3, 7, mac.DIGIT_CHUNK]),
+       x_kind=st.sampled_from(["signed", "unsigned", "positive", "negative"]))
 def test_every_exact_method_gives_the_int64_sums(seed, x_bits, w_bits, c, k, stride, pad, dil,
-                                                  batch, chunk):
+                                                  batch, chunk, x_kind):
     rng = np.random.default_rng(seed)
     size = dil * (k - 1) + 1 + rng.integers(0, 5)
-    x = rng.integers(-(1 << (x_bits - 1)), 1 << (x_bits - 1), (batch, c, size, size), endpoint=True)
+    # the input's range decides its digits' origin: symmetric, a ReLU's 0..2**b - 1, or away
+    # from zero on either side (the padding's zeros then widen the range)
+    lo, hi = {"signed": (-(1 << (x_bits - 1)), (1 << (x_bits - 1)) - 1),
+              "unsigned": (0, (1 << x_bits) - 1),
+              "positive": (1 << x_bits, (1 << (x_bits + 1)) - 1),
+              "negative": (-(1 << (x_bits + 1)), -(1 << x_bits))}[x_kind]
+    x = rng.integers(lo, hi, (batch, c, size, size), endpoint=True)
     w = rng.integers(-(1 << (w_bits - 1)), 1 << (w_bits - 1), (5, c * k * k), endpoint=True)
-    x.flat[0], w.flat[0] = -(1 << (x_bits - 1)), -(1 << (w_bits - 1))  # the most negative values
+    x.flat[0], w.flat[0] = lo, -(1 << (w_bits - 1))  # the most negative values
+    x.flat[-1], w.flat[-1] = hi, (1 << (w_bits - 1)) - 1  # and the largest
     oh = (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
     cols = mac.WindowMatrix(x, 0, c, (k, k), (stride,) * 2, (pad,) * 2, (dil,) * 2, (oh, oh))
-    assert cols.prefers_rows == (c >= 16)  # both digit layouts: rows (NHWC) and columns
+    assert cols.prefers_rows == ((c * k if dil == 1 else c) >= 16)  # both layouts: rows, columns
     want = (w @ cols(np.int64)).reshape(5, batch, -1).transpose(1, 0, 2)
-    x_max = int(np.abs(x).max())
-    for enabled in (True, False):  # short int32 chunks: the chunk edges
-        with int8_gemm(enabled, chunk):
-            assert np.array_equal(mac.exact_matmul(w, cols, x_max, batch), want)
+    x_range = (int(x.min()), int(x.max()))
+    # short int32 chunks: the chunk edges; the input's top digit by GEMM or element by element
+    for enabled, sparse_top in ((True, 0), (True, 2), (False, 0)):
+        with int8_gemm(enabled, chunk, sparse_top):
+            assert np.array_equal(mac.exact_matmul(w, cols, x_range, batch), want)
             # a plain builder (no digit rows): the generic digit split of the window matrix
-            assert np.array_equal(mac.exact_matmul(w, lambda dtype: cols(dtype), x_max, batch),
+            assert np.array_equal(mac.exact_matmul(w, lambda dtype: cols(dtype), x_range, batch),
                                   want)
 
 

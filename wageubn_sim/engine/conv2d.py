@@ -19,8 +19,8 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, magnitude_max,
-                               requantize, requantize_flagged, value_range)
+from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, requantize,
+                               requantize_flagged, value_range)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix, exact_matmul,
@@ -92,7 +92,8 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         prod_shift = frac - (x_frac + fw)
     bias_al = align(bias, fb, frac) if bias is not None else np.zeros(o, np.int64)
 
-    x_max = magnitude_max(x)
+    x_range = value_range(x)
+    x_max = max(-x_range[0], x_range[1])
     cache = weight_cache(weight)
     if "row_abs_max" not in cache:
         w_abs = np.abs(weight.reshape(o, -1))
@@ -125,7 +126,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         if trace:
             stages["accumulator"] = out
     else:
-        exact = _exact_sums(x, weight, p, oh, ow, x_max, cache)  # a fresh array: edit in place
+        exact = _exact_sums(x, weight, p, oh, ow, x_range, cache)  # a fresh array: edit in place
         if prod_shift:
             exact <<= prod_shift
         if bias is not None:
@@ -183,7 +184,7 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     return out, acc_events
 
 
-def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max, cache) -> np.ndarray:
+def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_range, cache) -> np.ndarray:
     """Exact (N, O, OH, OW) sums of products, per group, through `mac.exact_matmul`."""
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
@@ -196,7 +197,7 @@ def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_max, cache) -> np.ndarray:
         cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
                              (oh, ow))
         w_g = weight[g * og:(g + 1) * og].reshape(og, -1)
-        parts.append(exact_matmul(w_g, cols, x_max, n, cache.setdefault(g, {})))  # (N, O/g, P)
+        parts.append(exact_matmul(w_g, cols, x_range, n, cache.setdefault(g, {})))  # (N, O/g, P)
     sums = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
     return sums.reshape(n, o, oh, ow)
 

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .conv2d import Conv2dParams
-from ..fixedpoint.core import magnitude_max
+from ..fixedpoint.core import value_range
 from .mac import WindowMatrix, exact_matmul
 
 
@@ -56,8 +56,8 @@ def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Con
     oh, ow = error.shape[2:]
     x = np.ascontiguousarray(x, dtype=np.int64)
     e_mat = np.ascontiguousarray(error.transpose(1, 0, 2, 3)).reshape(o, -1)  # (O, N*OH*OW)
-    e_max = magnitude_max(error)
-    x_max = magnitude_max(x)
+    e_range = value_range(error)
+    x_range = value_range(x)
     dx = np.zeros(x.shape, np.int64)
     grad_w = np.empty(weight.shape, np.int64)
     for g in range(p.groups):
@@ -66,11 +66,11 @@ def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Con
         cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
                              (oh, ow))
         # dw (O/g, K) = e (O/g, NP) @ cols^T (NP, K)
-        grad_w[rows] = exact_matmul(e_mat[rows], lambda dtype: cols(dtype).T, x_max, 1)[0].reshape(og, cg, kh, kw)
+        grad_w[rows] = exact_matmul(e_mat[rows], lambda dtype: cols(dtype).T, x_range, 1)[0].reshape(og, cg, kh, kw)
         # dcols (K, NP) = w^T (K, O/g) @ e (O/g, NP), then scattered back onto the input grid
         w_t = np.ascontiguousarray(weight[rows].reshape(og, -1).T)
         e_g = e_mat[rows]
-        dcols = exact_matmul(w_t, lambda dtype: e_g.astype(dtype), e_max, 1)[0]
+        dcols = exact_matmul(w_t, lambda dtype: e_g.astype(dtype), e_range, 1)[0]
         _col2im(dcols, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw_, oh, ow, dx)
     db = error.sum(axis=(0, 2, 3)) if with_bias else None
     return dx, grad_w, db

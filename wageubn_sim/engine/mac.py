@@ -4,7 +4,7 @@ Two ways to the same sums:
 
 * `exact_matmul`: when the accumulator cannot overflow (exact, or WRAP, which is the exact sum
   mod 2**bits in any order, or SAT with a bound that never reaches the rails), any exact
-  method will do: an int8 GEMM on base-2**7 digits of both operands (int32 sums, exact in
+  method will do: an int8 GEMM on base-256 digits of both operands (int32 sums, exact in
   chunks of 131071 MACs), or BLAS in float32/float64 on chunks of the reduction small enough
   that *every* partial sum is an integer the float type holds exactly, whatever order the
   library adds in. Parts are added in int64, so results do not depend on the library, its
@@ -34,8 +34,8 @@ _EXACT_FAST = {"reassoc", "contract", "nnan", "ninf", "nsz"}
 
 
 @njit(cache=True, parallel=True)
-def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
-    """out[(c, i, j), (n, y, x)] = x[n, c0 + c, y*sh + i*dh - ph, x*sw + j*dw - pw], zero
+def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad, out):
+    """out[(c, i, j), (n, y, x)] = x[n, c0 + c, y*sh + i*dh - ph, x*sw + j*dw - pw], ``pad``
     outside the input (channel-major K, the order of a torch weight's reshape)."""
     n, _, h, w = x.shape
     for row in prange((c1 - c0) * kh * kw):
@@ -51,12 +51,12 @@ def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                 yi = y * sh + i * dh - ph
                 if yi < 0 or yi >= h:
                     for xo in range(ow):
-                        out[row, col + xo] = 0
+                        out[row, col + xo] = pad
                     continue
                 src = x[b, c0 + c, yi]
                 dst = out[row, col:col + ow]
                 for xo in range(min(x_lo, ow)):
-                    dst[xo] = 0
+                    dst[xo] = pad
                 if sw == 1:  # contiguous: a vectorizable copy
                     off = j * dw - pw
                     if x_hi > x_lo:
@@ -65,38 +65,56 @@ def im2col(x, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                     for xo in range(x_lo, x_hi):
                         dst[xo] = src[xo * sw + j * dw - pw]
                 for xo in range(max(x_hi, x_lo), ow):
-                    dst[xo] = 0
+                    dst[xo] = pad
 
 
 @njit(cache=True, parallel=True)
-def _padded_nhwc_digits(x, c0, c1, ph, pw, out):
-    """out[d, n, ph + y, pw + x, c] = digit d of x[n, c0 + c, y, x] (the border stays zero)."""
-    count = out.shape[0]
-    n, _, h, w = x.shape
-    for job in prange(n * h):
-        b, y = job // h, job % h
-        for c in range(c1 - c0):
+def _padded_nhwc_digits(x, c0, c1, ph, pw, origin, out):
+    """out[d, n, ph + y, pw + x, c] = digit d of x[n, c0 + c, y, x] (`digit` from ``origin``),
+    and the border the digits of 0."""
+    count, n, hp, wp, cg = out.shape
+    h, w = x.shape[2], x.shape[3]
+    for job in prange(n * hp):
+        b, yp = job // hp, job % hp
+        y = yp - ph
+        for d in range(count):
+            pad = digit(np.int64(0), d, origin)
+            row = out[d, b, yp]
+            if y < 0 or y >= h:
+                row[:, :] = pad
+                continue
+            row[:pw, :] = pad
+            row[pw + w:, :] = pad
+        if y < 0 or y >= h:
+            continue
+        for c in range(cg):
             for col in range(w):
                 v = np.int64(x[b, c0 + c, y, col])
                 for d in range(count):
-                    out[d, b, ph + y, pw + col, c] = digit(v, d, count)
+                    out[d, b, yp, pw + col, c] = digit(v, d, origin)
 
 
 @njit(cache=True, parallel=True)
 def _im2row_nhwc(xp, kh, kw, sh, sw, dh, dw, oh, ow, out):
-    """out[(n, y, x), (i, j, c)] = xp[n, y*sh + i*dh, x*sw + j*dw, c]: each tap one
-    contiguous run of channels (xp padded, NHWC)."""
-    n, _, _, c = xp.shape
+    """out[(n, y, x), (i, j, c)] = xp[n, y*sh + i*dh, x*sw + j*dw, c] (xp padded, NHWC, seen
+    as (N, Hp, Wp*C)): a window row (fixed i) is one contiguous run of kw*C values when dw = 1,
+    else kw runs of C."""
+    n = xp.shape[0]
+    c = out.shape[1] // (kh * kw)
     for r in prange(n * oh):
         b, y = r // oh, r % oh
         for x in range(ow):
             m = r * ow + x
             for i in range(kh):
-                for j in range(kw):
-                    k0 = (i * kw + j) * c
-                    yy, xx = y * sh + i * dh, x * sw + j * dw
-                    for cc in range(c):
-                        out[m, k0 + cc] = xp[b, yy, xx, cc]
+                src = xp[b, y * sh + i * dh]
+                k0 = i * kw * c
+                if dw == 1:
+                    s0 = x * sw * c
+                    out[m, k0:k0 + kw * c] = src[s0:s0 + kw * c]
+                else:
+                    for j in range(kw):
+                        s0 = (x * sw + j * dw) * c
+                        out[m, k0 + j * c:k0 + (j + 1) * c] = src[s0:s0 + c]
 
 
 class WindowMatrix:
@@ -117,37 +135,46 @@ class WindowMatrix:
         (kh, kw), (oh, ow) = self.kernel, self.out_size
         out = np.empty(((self.c1 - self.c0) * kh * kw, self.x.shape[0] * oh * ow), dtype=dtype)
         im2col(self.x, self.c0, self.c1, kh, kw, *self.stride, *self.padding, *self.dilation,
-               oh, ow, out)
+               oh, ow, 0, out)
         return out
 
     @property
     def prefers_rows(self) -> bool:
-        """Rows copy runs of channels: worth it for many channels; a few (a 3-channel stem)
-        unroll faster channel-major, as columns."""
-        return self.c1 - self.c0 >= 16
+        """Rows copy runs of kw*C (or C, when dilated) values: worth it from 16 on (measured:
+        a 7x7 stem on 3 channels, runs of 21, 1.6x faster as rows); shorter runs unroll
+        faster channel-major, as columns (a 3x3 on 3 channels about even, 5x5 on 1 channel
+        2x faster as columns)."""
+        cg, kw = self.c1 - self.c0, self.kernel[1]
+        return (cg * kw if self.dilation[1] == 1 else cg) >= 16
 
-    def digit_cols(self, count: int) -> list:
-        """Each int8 digit of x unrolled as the (K, N*OH*OW) window matrix (K channel-major)."""
-        digits = split_digits(self.x[:, self.c0:self.c1], count)
+    def digit_cols(self, count: int, origin: int) -> list:
+        """Each int8 digit of x (`split_digits`) unrolled as the (K, N*OH*OW) window matrix
+        (K channel-major), the padding holding the digits of 0."""
+        digits = split_digits(self.x[:, self.c0:self.c1], count, origin)
         (kh, kw), (oh, ow) = self.kernel, self.out_size
         cols = []
-        for d in digits:
-            out = np.empty(((self.c1 - self.c0) * kh * kw, d.shape[0] * oh * ow), np.int8)
-            im2col(d, 0, self.c1 - self.c0, kh, kw, *self.stride, *self.padding, *self.dilation,
-                   oh, ow, out)
+        for d, plane in enumerate(digits):
+            out = np.empty(((self.c1 - self.c0) * kh * kw, plane.shape[0] * oh * ow), np.int8)
+            im2col(plane, 0, self.c1 - self.c0, kh, kw, *self.stride, *self.padding,
+                   *self.dilation, oh, ow, digit_of_zero(d, origin), out)
             cols.append(out)
         return cols
 
-    def digit_rows(self, count: int) -> list:
+    def digit_planes(self, count: int, origin: int) -> np.ndarray:
+        """Each int8 digit of x as a padded NHWC plane, (D, N, H + 2ph, W + 2pw, C)."""
         n, _, h, w = self.x.shape
-        (ph, pw), (kh, kw), (oh, ow) = self.padding, self.kernel, self.out_size
-        cg = self.c1 - self.c0
-        planes = np.zeros((count, n, h + 2 * ph, w + 2 * pw, cg), np.int8)
-        _padded_nhwc_digits(self.x, self.c0, self.c1, ph, pw, planes)
-        rows = np.empty((count, n * oh * ow, kh * kw * cg), np.int8)
-        for plane, out in zip(planes, rows):
-            _im2row_nhwc(plane, kh, kw, *self.stride, *self.dilation, oh, ow, out)
-        return list(rows)
+        ph, pw = self.padding
+        planes = np.empty((count, n, h + 2 * ph, w + 2 * pw, self.c1 - self.c0), np.int8)
+        _padded_nhwc_digits(self.x, self.c0, self.c1, ph, pw, origin, planes)
+        return planes
+
+    def rows(self, plane: np.ndarray) -> np.ndarray:
+        """One digit plane unrolled as the (N*OH*OW, K) matrix, K kernel-major."""
+        n, hp = plane.shape[:2]
+        (kh, kw), (oh, ow) = self.kernel, self.out_size
+        out = np.empty((n * oh * ow, kh * kw * (self.c1 - self.c0)), np.int8)
+        _im2row_nhwc(plane.reshape(n, hp, -1), kh, kw, *self.stride, *self.dilation, oh, ow, out)
+        return out
 
 
 @njit(cache=True)
@@ -212,41 +239,75 @@ def weight_cache(weight: np.ndarray) -> dict:
 
 
 INT32_EXACT = 1 << 31
-# Operands wider than int8 are cut into base-2**7 digits, v = sum_d digit_d * 2**(7d): the
-# lower digits in 0..127, the top one signed in -128..127, so every digit is an int8 and each
-# digit GEMM an int8 GEMM. x (D_x digits) times w (D_w) costs D_x * D_w GEMMs.
-DIGIT_BITS = 7
+# Operands wider than int8 are cut into base-256 digits, each stored as an int8, so each digit
+# pair is one int8 GEMM; x (D_x digits) times w (D_w) costs D_x * D_w GEMMs. Digits are taken
+# of v - origin (non-negative for every v in range), each minus 128:
+#     v = origin + 128 * R_D + sum_d s_d * 256**d,   R_D = sum_{d<D} 256**d,  s_d in -128..127.
+# Weights use origin = -128 * R_D (balanced digits: v = sum_d s_d * 256**d, nothing to add
+# back). The unrolled input may take any origin, since the constant c = origin + 128 * R_D it
+# leaves adds c * sum_k w[o, k] to output o, added back exactly: an input in 0..255 (a ReLU's
+# byte) is one digit.
+DIGIT_BITS = 8
 MAX_DIGIT_GEMMS = 6  # beyond, BLAS in floats is faster
 DIGIT_CHUNK = (INT32_EXACT - 1) // (128 * 128)  # reduction length whose int32 sums are exact
 
 
-def digit_count(v_max: int) -> int:
-    """Digits for values in [-v_max, v_max]: the top one holds v >> 7(D-1) in -128..127."""
+def _repunit(count: int) -> int:
+    """R_D = sum_{d<D} 256**d."""
+    return ((1 << (DIGIT_BITS * count)) - 1) // 255
+
+
+def balanced_digits(lo: int, hi: int) -> tuple[int, int]:
+    """(D, origin) of the fewest balanced digits that hold every value in [lo, hi]:
+    D digits hold -128 * R_D .. 127 * R_D."""
     count = 1
-    while v_max >= 1 << (DIGIT_BITS * count):  # D digits hold -2**7D .. 2**7D - 1
+    while lo < -128 * _repunit(count) or hi > 127 * _repunit(count):
         count += 1
-    return count
+    return count, -128 * _repunit(count)
+
+
+def offset_digits(lo: int, hi: int) -> tuple[int, int]:
+    """(D, origin) of the fewest digits for the values in [lo, hi] and 0 (the padding): v - lo
+    must be below 256**D. When it stays below half of that, the origin is lowered so that the
+    top digit is (v - lo) >> 8(D - 1), zero for the values near lo (when it is mostly zero,
+    `_int8_parts` adds its products entry by entry instead of by a GEMM)."""
+    lo, hi = min(lo, 0), max(hi, 0)
+    count = 1
+    while hi - lo >= 1 << (DIGIT_BITS * count):
+        count += 1
+    top = 1 << (DIGIT_BITS * (count - 1))
+    return count, (lo - 128 * top if hi - lo < 128 * top else lo)
+
+
+def digit_offset(count: int, origin: int) -> int:
+    """The constant c = origin + 128 * R_D that ``count`` digits from ``origin`` leave out."""
+    return origin + 128 * _repunit(count)
 
 
 @njit(cache=True, inline="always")
-def digit(v, d, count):
-    """Digit d of v among ``count`` base-2**7 digits: the top one signed, the others 0..127."""
-    shifted = v >> (DIGIT_BITS * d)
-    return shifted if d == count - 1 else shifted & 127
+def digit(v, d, origin):
+    """Digit d of v from ``origin``, as stored: byte d of v - origin, minus 128."""
+    return np.int8((((v - origin) >> (DIGIT_BITS * d)) & 255) - 128)
+
+
+def digit_of_zero(d: int, origin: int) -> int:
+    """Digit d of 0 (what padding holds)."""
+    return (((-origin) >> (DIGIT_BITS * d)) & 255) - 128
 
 
 @njit(cache=True, parallel=True)
-def _split_digits(flat, count, out):
+def _split_digits(flat, origin, out):
     for i in prange(flat.size):
-        for d in range(count):
-            out[d, i] = digit(np.int64(flat[i]), d, count)
+        for d in range(out.shape[0]):
+            out[d, i] = digit(np.int64(flat[i]), d, origin)
 
 
-def split_digits(a: np.ndarray, count: int) -> np.ndarray:
-    """Integers a as (count, *a.shape) int8 digits: a = sum_d out[d] << 7d."""
+def split_digits(a: np.ndarray, count: int, origin: int) -> np.ndarray:
+    """Integers a as (count, *a.shape) int8 digits from ``origin``:
+    a = origin + 128 * R_D + sum_d out[d] * 256**d."""
     flat = np.ascontiguousarray(a).reshape(-1)
     out = np.empty((count, flat.size), np.int8)
-    _split_digits(flat, count, out)
+    _split_digits(flat, origin, out)
     return out.reshape((count,) + a.shape)
 
 
@@ -300,72 +361,114 @@ def use_int8_gemm(enabled: bool) -> None:
         _INT8_GEMM.append(None)
 
 
-def exact_matmul(w: np.ndarray, cols_source, x_max: int, n: int, prepared: dict | None = None) -> np.ndarray:
+def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
+                 prepared: dict | None = None) -> np.ndarray:
     """Exact sums w (O, K) x windows (K, N*P) as int64 (N, O, P).
 
-    ``cols_source(dtype)`` builds the (K, N*P) window matrix in that dtype; ``prepared`` is a
-    dict that caches what depends on ``w`` alone, across calls. The first exact method that
-    fits is used: the int8 GEMM on base-2**7 digits (chunks whose partial sums stay below
-    2**31), else BLAS in float32 or float64 (chunks below 2**24 or 2**53), else an int64 loop.
-    Each method yields a stack of partial products; one pass adds them (shifted to their
-    digit's weight) into int64 and transposes them back to N, O, P.
+    ``cols_source(dtype)`` builds the (K, N*P) window matrix in that dtype; ``x_range`` is
+    (min, max) of the values it unrolls (padding zeros aside); ``prepared`` is a dict that
+    caches what depends on ``w`` alone, across calls. The first exact method that fits is
+    used: the int8 GEMM on base-256 digits (chunks whose partial sums stay below 2**31), else
+    BLAS in float32 or float64 (chunks below 2**24 or 2**53), else an int64 loop. Each method
+    yields a stack of partial products; one pass adds them (shifted to their digit's weight,
+    plus the input digits' constant) into int64 and transposes them back to N, O, P.
     """
     prepared = {} if prepared is None else prepared
     if "abs_prefix" not in prepared:
         cs = np.zeros((w.shape[0], w.shape[1] + 1), np.int64)
         np.cumsum(np.abs(w), axis=1, out=cs[:, 1:])
         prepared["abs_prefix"] = cs
-        prepared["abs_max"] = int(np.abs(w).max(initial=0))
-    x_digits, w_digits = digit_count(x_max), digit_count(prepared["abs_max"])
-    if int8_gemm() is not None and x_digits * w_digits <= MAX_DIGIT_GEMMS:
-        parts, shifts, pixels_first = _int8_parts(w, cols_source, x_digits, w_digits, prepared)
+        prepared["range"] = (int(w.min(initial=0)), int(w.max(initial=0)))
+        prepared["row_sums"] = w.sum(axis=1, dtype=np.int64)
+    x_lo, x_hi = x_range
+    x_max = max(-x_lo, x_hi, 0)
+    x_digits, w_digits = offset_digits(x_lo, x_hi), balanced_digits(*prepared["range"])
+    if int8_gemm() is not None and x_digits[0] * w_digits[0] <= MAX_DIGIT_GEMMS \
+            and _digit_sums_fit(w.shape[1], x_digits, w_digits, prepared):
+        parts, shifts, pixels_first, sparse_top = _int8_parts(w, cols_source, x_digits,
+                                                              w_digits, prepared)
+        offsets = digit_offset(*x_digits) * prepared["row_sums"]
     else:
         found = _float_parts(w, cols_source, x_max, prepared)
         if found is None:
             sums = _int_matmul(w, cols_source(np.int64))  # (O, N*P)
             return np.ascontiguousarray(sums.reshape(w.shape[0], n, -1).transpose(1, 0, 2))
         parts, shifts, pixels_first = found
+        offsets, sparse_top = np.zeros(w.shape[0], np.int64), None
     pixels = parts.shape[1 if pixels_first else 2] // n
     out = np.empty((n, w.shape[0], pixels), dtype=np.int64)
-    _sum_parts(parts, shifts, pixels_first, out)
+    if sparse_top is None:
+        top_ptr, top_k, top_v = (np.zeros(0, np.int64),) * 3
+        w_top, window = np.zeros((0, 0), np.int64), (0,) * 9
+    else:
+        (top, top_shift, w_top), (kh, kw) = sparse_top, cols_source.kernel
+        top_ptr, top_k, top_v = _nonzero_by_pixel(top.reshape(-1, top.shape[3]), top_shift)
+        window = (kh, kw, *cols_source.stride, *cols_source.dilation, cols_source.out_size[1],
+                  *top.shape[1:3])
+    _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v, w_top, window)
     return out
 
 
+def _digit_sums_fit(k: int, x_digits, w_digits, prepared) -> bool:
+    """Whether every int64 sum `_sum_parts` forms from digit products stays below 2**62:
+    |the digit parts| <= K * 128 R_Dx * 128 R_Dw, |the offset| <= |c| * max_o sum_k |w[o, k]|."""
+    parts = k * 128 * _repunit(x_digits[0]) * 128 * _repunit(w_digits[0])
+    offset = abs(digit_offset(*x_digits)) * int(prepared["abs_prefix"][:, -1].max(initial=0))
+    return parts + offset < 1 << 62
+
+
+# A top digit of the input that is nonzero this rarely (ReLU outputs reaching 256: 0.02% to
+# 0.8% of them in the bench's ResNet-18s) is cheaper added entry by entry than by a GEMM
+# (measured break-even about 0.7% on a 64-channel 3x3 layer on 56x56 here).
+SPARSE_TOP_DENSITY = 1 / 128
+
+
 def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
-    """Every digit product x_d (N*P, K) @ w_e^T in int32, shifted by 7(d + e)."""
+    """Every digit product x_d (N*P, K) @ w_e^T in int32, shifted by 8(d + e), and, in the
+    rows layout, the input's top digit plane when it is sparse enough to be added by
+    `_sum_parts` instead (else None)."""
     gemm = int8_gemm()
+    (x_count, x_origin), (w_count, w_origin) = x_digits, w_digits
     rows_layout = getattr(cols_source, "prefers_rows", False)
+    sparse_top = None
     if rows_layout:  # (N*P, K) digits, K kernel-major: w^T in that order, (D, K, O)
-        cols = cols_source.digit_rows(x_digits)
+        planes = cols_source.digit_planes(x_count, x_origin)
+        if x_count > 1 and np.count_nonzero(planes[-1]) < SPARSE_TOP_DENSITY * planes[-1].size:
+            if "kernel_major" not in prepared:
+                prepared["kernel_major"] = np.ascontiguousarray(
+                    w[:, cols_source.kernel_major].T.astype(np.int64))
+            sparse_top = (planes[-1], DIGIT_BITS * (x_count - 1), prepared["kernel_major"])
+            planes = planes[:-1]
+        cols = [cols_source.rows(plane) for plane in planes]
         if "digits_t" not in prepared:
             w_km = w[:, cols_source.kernel_major]
-            prepared["digits_t"] = np.ascontiguousarray(split_digits(w_km, w_digits)
+            prepared["digits_t"] = np.ascontiguousarray(split_digits(w_km, w_count, w_origin)
                                                         .transpose(0, 2, 1))
         w_d = prepared["digits_t"]
         shape = (cols[0].shape[0], w.shape[0])
     else:  # (K, N*P) digits against w's digits (D, O, K)
-        cols = (cols_source.digit_cols(x_digits) if hasattr(cols_source, "digit_cols")
-                else split_digits(cols_source(np.int64), x_digits))
+        cols = (cols_source.digit_cols(x_count, x_origin) if hasattr(cols_source, "digit_cols")
+                else split_digits(cols_source(np.int64), x_count, x_origin))
         if "digits" not in prepared:
-            prepared["digits"] = split_digits(w, w_digits)
+            prepared["digits"] = split_digits(w, w_count, w_origin)
         w_d = prepared["digits"]
         shape = (w.shape[0], cols[0].shape[1])
     k = w.shape[1]
     starts = range(0, k, DIGIT_CHUNK)  # int32 sums: DIGIT_CHUNK * 128 * 128 < 2**31
-    parts = np.empty((len(starts) * x_digits * w_digits,) + shape, np.int32)
+    parts = np.empty((len(starts) * len(cols) * w_count,) + shape, np.int32)
     shifts = np.empty(len(parts), np.int64)
     i = 0
     for a in starts:
         b = min(k, a + DIGIT_CHUNK)
-        for dx in range(x_digits):
-            for dw in range(w_digits):
+        for dx in range(len(cols)):
+            for dw in range(w_count):
                 if rows_layout:
                     gemm(cols[dx][:, a:b], w_d[dw, a:b], parts[i])
                 else:
                     gemm(w_d[dw, :, a:b], cols[dx][a:b], parts[i])
                 shifts[i] = DIGIT_BITS * (dx + dw)
                 i += 1
-    return parts, shifts, rows_layout
+    return parts, shifts, rows_layout, sparse_top
 
 
 def _float_parts(w, cols_source, x_max, prepared):
@@ -397,32 +500,81 @@ def _float_parts(w, cols_source, x_max, prepared):
 
 
 @njit(cache=True, parallel=True)
-def _sum_parts(parts, shifts, pixels_first, out):
-    """out[n, o, p] = sum_i parts[i, n * P + p, o] << shifts[i] (pixels_first; else
-    parts[i, o, n * P + p]): exact, every part holding integers. Pixels-first parts are summed
-    row by row (contiguous reads) into a tile of 32 pixels, then transposed out of cache."""
+def _nonzero_by_pixel(plane, shift):
+    """The nonzero entries of plane (pixels, C) by pixel (CSR): those of pixel q are channels
+    k[e], values v[e] << shift, for e in ptr[q]:ptr[q + 1]."""
+    pixels, channels = plane.shape
+    ptr = np.zeros(pixels + 1, np.int64)
+    for q in prange(pixels):
+        count = 0
+        for c in range(channels):
+            count += plane[q, c] != 0
+        ptr[q + 1] = count
+    for q in range(pixels):
+        ptr[q + 1] += ptr[q]
+    k = np.empty(ptr[pixels], np.int64)
+    v = np.empty(ptr[pixels], np.int64)
+    for q in prange(pixels):
+        e = ptr[q]
+        for c in range(channels):
+            if plane[q, c] != 0:
+                k[e], v[e] = c, np.int64(plane[q, c]) << shift
+                e += 1
+    return ptr, k, v
+
+
+@njit(cache=True, parallel=True)
+def _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v, w_top, window):
+    """out[n, o, p] = offsets[o] + sum_i parts[i, n * P + p, o] << shifts[i] (pixels_first;
+    else parts[i, o, n * P + p]): exact, every part holding integers. Pixels-first parts are
+    summed row by row (contiguous reads) into a tile of 32 pixels, then transposed out of
+    cache.
+
+    A sparse top digit (pixels first only; ``top_ptr`` is empty when there is none): the
+    nonzero digits of the input's padded NHWC top plane (N, Hp, Wp, C), by pixel: those of
+    pixel q = (n*Hp + y)*Wp + x are top_k[e] (the channel) and top_v[e] (the digit, shifted
+    to its weight) for e in top_ptr[q]:top_ptr[q + 1]. ``w_top`` (K, O): the full weights,
+    K kernel-major; ``window`` (kh, kw, sh, sw, dh, dw, ow, hp, wp). Each nonzero digit
+    under a window adds top_v * w[k, :] to its output pixel: the top digit's GEMM, done on
+    its nonzero entries only.
+    """
     n_batch, o_total, pixels = out.shape
     if not pixels_first:
         for job in prange(n_batch * o_total):
             b, o = job // o_total, job % o_total
             for p in range(pixels):
-                total = np.int64(0)
+                total = offsets[o]
                 for i in range(parts.shape[0]):
                     total += np.int64(parts[i, o, b * pixels + p]) << shifts[i]
                 out[b, o, p] = total
         return
+    kh, kw, sh, sw, dh, dw, ow, hp, wp = window
+    cg = w_top.shape[0] // max(1, kh * kw)
     tile = 32
     p_tiles = (pixels + tile - 1) // tile
     for job in prange(n_batch * p_tiles):
         b = job // p_tiles
         p0 = job % p_tiles * tile
         p1 = min(pixels, p0 + tile)
-        buf = np.zeros((p1 - p0, o_total), np.int64)
+        buf = np.empty((p1 - p0, o_total), np.int64)
+        for p in range(p1 - p0):
+            buf[p] = offsets
         for i in range(parts.shape[0]):
             for p in range(p0, p1):
                 row = parts[i, b * pixels + p]
                 for o in range(o_total):
                     buf[p - p0, o] += np.int64(row[o]) << shifts[i]
+        if top_ptr.size:
+            for p in range(p0, p1):
+                y0, x0 = p // ow * sh, p % ow * sw
+                for i in range(kh):
+                    for j in range(kw):
+                        q = (b * hp + y0 + i * dh) * wp + x0 + j * dw
+                        k0 = (i * kw + j) * cg
+                        for e in range(top_ptr[q], top_ptr[q + 1]):
+                            t, k = top_v[e], k0 + top_k[e]
+                            for o in range(o_total):
+                                buf[p - p0, o] += t * w_top[k, o]
         for o in range(o_total):
             for p in range(p0, p1):
                 out[b, o, p] = buf[p - p0, o]
