@@ -326,7 +326,7 @@ def int8_gemm():
 
                 def gemm(a, b, out=None):
                     """a (M, K) @ b (K, N) as int32, written into ``out`` when given."""
-                    ta, tb = torch.from_numpy(_row_strided(a)), torch.from_numpy(_row_strided(b))
+                    ta, tb = torch.from_numpy(_gemm_operand(a)), torch.from_numpy(_gemm_operand(b))
                     if out is None or not _is_row_strided(out):
                         result = torch._int_mm(ta, tb).numpy()
                         if out is not None:
@@ -349,9 +349,10 @@ def _is_row_strided(a: np.ndarray) -> bool:
     return a.strides[1] == a.itemsize and a.strides[0] >= a.shape[1] * a.itemsize
 
 
-def _row_strided(a: np.ndarray) -> np.ndarray:
-    """``a`` itself if `_is_row_strided`, else a (row-major) copy."""
-    return a if _is_row_strided(a) else a.copy()
+def _gemm_operand(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if it is row-major (`_is_row_strided`) or column-major alike (its transpose
+    is: oneDNN reads it transposed, no copy), else a row-major copy."""
+    return a if _is_row_strided(a) or _is_row_strided(a.T) else a.copy()
 
 
 def use_int8_gemm(enabled: bool) -> None:
@@ -440,18 +441,18 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
             sparse_top = (planes[-1], DIGIT_BITS * (x_count - 1), prepared["kernel_major"])
             planes = planes[:-1]
         cols = [cols_source.rows(plane) for plane in planes]
-        if "digits_t" not in prepared:
-            w_km = w[:, cols_source.kernel_major]
-            prepared["digits_t"] = np.ascontiguousarray(split_digits(w_km, w_count, w_origin)
-                                                        .transpose(0, 2, 1))
-        w_d = prepared["digits_t"]
-        shape = (cols[0].shape[0], w.shape[0])
+        if "digits_km" not in prepared:
+            prepared["digits_km"] = split_digits(w[:, cols_source.kernel_major], w_count, w_origin)
+        w_d = prepared["digits_km"]
+        pixels_first = sparse_top is not None
+        shape = (cols[0].shape[0], w.shape[0]) if pixels_first else (w.shape[0], cols[0].shape[0])
     else:  # (K, N*P) digits against w's digits (D, O, K)
         cols = (cols_source.digit_cols(x_count, x_origin) if hasattr(cols_source, "digit_cols")
                 else split_digits(cols_source(np.int64), x_count, x_origin))
         if "digits" not in prepared:
             prepared["digits"] = split_digits(w, w_count, w_origin)
         w_d = prepared["digits"]
+        pixels_first = False
         shape = (w.shape[0], cols[0].shape[1])
     k = w.shape[1]
     starts = range(0, k, DIGIT_CHUNK)  # int32 sums: DIGIT_CHUNK * 128 * 128 < 2**31
@@ -462,13 +463,15 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
         b = min(k, a + DIGIT_CHUNK)
         for dx in range(len(cols)):
             for dw in range(w_count):
-                if rows_layout:
-                    gemm(cols[dx][:, a:b], w_d[dw, a:b], parts[i])
+                if pixels_first:  # (N*P, K) @ (K, O): each output pixel's O sums together
+                    gemm(cols[dx][:, a:b], w_d[dw, :, a:b].T, parts[i])
+                elif rows_layout:  # (O, K) @ (K, N*P), the rows read transposed: O-major sums
+                    gemm(w_d[dw, :, a:b], cols[dx][:, a:b].T, parts[i])
                 else:
                     gemm(w_d[dw, :, a:b], cols[dx][a:b], parts[i])
                 shifts[i] = DIGIT_BITS * (dx + dw)
                 i += 1
-    return parts, shifts, rows_layout, sparse_top
+    return parts, shifts, pixels_first, sparse_top
 
 
 def _float_parts(w, cols_source, x_max, prepared):
