@@ -116,6 +116,22 @@ def test_every_exact_method_gives_the_int64_sums(seed, x_bits, w_bits, c, k, str
                                   want)
 
 
+def test_int8_gemm_reads_strided_transposed_and_degenerate_operands():
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (7, 12)).astype(np.int8)
+    b = rng.integers(-128, 128, (12, 5)).astype(np.int8)
+    gemm = mac.int8_gemm()
+    one_row = np.lib.stride_tricks.as_strided(a[0], (1, 12), (1, 1))  # numpy's size-1 strides
+    cases = [(a, b), (a[:, 3:9], b[3:9]), (b.T.copy().T, b.T),  # column-major views
+             (a.T.copy().T[:, 2:7], b[2:7]), (one_row, b), (a[:1, 4:5].T, a[:1, :3])]
+    for x, y in cases:
+        want = x.astype(np.int64) @ y.astype(np.int64)
+        assert np.array_equal(gemm(x, y), want)
+        out = np.empty(want.shape, np.int32)
+        gemm(x, y, out)
+        assert np.array_equal(out, want)
+
+
 def test_zero_and_empty_inputs():
     w = np.arange(-4, 5).reshape(1, 1, 3, 3)
     p = Conv2dParams(Format(8, 7), padding=(1, 1))

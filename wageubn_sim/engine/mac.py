@@ -351,8 +351,11 @@ def _is_row_strided(a: np.ndarray) -> bool:
 
 def _gemm_operand(a: np.ndarray) -> np.ndarray:
     """``a`` itself if it is row-major (`_is_row_strided`) or column-major alike (its transpose
-    is: oneDNN reads it transposed, no copy), else a row-major copy."""
-    return a if _is_row_strided(a) or _is_row_strided(a.T) else a.copy()
+    is: oneDNN reads it transposed, no copy), else a row-major copy. A column-major reading
+    needs both sides above 1: oneDNN gets a 1 x K matrix with strides (1, 1) wrong."""
+    if _is_row_strided(a) or (min(a.shape) > 1 and _is_row_strided(a.T)):
+        return a
+    return a.copy()
 
 
 def use_int8_gemm(enabled: bool) -> None:
