@@ -204,6 +204,16 @@ def test_value_range_edges():
     assert magnitude_max(np.array([[-3], [2]], np.int8)) == 3
 
 
+def test_float_parity_edges_numpy_and_torch():
+    import torch
+    from wageubn_sim.fixedpoint.core import is_odd
+    values = [0.0, -0.0, 1.0, -1.0, 2.0, -3.0, 2.0**52 - 1, 2.0**52, 2.0**53 - 1, -(2.0**53 - 1),
+              2.0**53, 2.0**60, -(2.0**62)]
+    want = [abs(int(v)) % 2 == 1 for v in values]
+    assert is_odd(np.array(values)).tolist() == want
+    assert is_odd(torch.tensor(values, dtype=torch.float64)).tolist() == want
+
+
 @given(p=edge_ints(60), d=st.integers(1, 2**60), rounding=st.sampled_from(
     [r for r in Rounding if r != Rounding.STOCHASTIC]))
 def test_divide_rounded_equals_reference(p, d, rounding):

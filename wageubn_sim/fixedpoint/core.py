@@ -384,6 +384,13 @@ def array_namespace(x):
     return np
 
 
+def is_odd(n):
+    """Whether each integer-valued float is odd: exact (halving and doubling a binary float
+    are exact, floor is exact), and unlike fmod (a libm loop, 50x slower here) vectorised."""
+    half = n * 0.5
+    return array_namespace(n).floor(half) != half
+
+
 def round_to_integer(y, rounding: Rounding, u=None):
     """Round each float64 element of y to an integer-valued float64 (same contract as
     ``shift_right_rounded``). ``y - floor(y)`` is exact in binary floating point, so no
@@ -394,7 +401,7 @@ def round_to_integer(y, rounding: Rounding, u=None):
     if rounding == Rounding.FLOOR:
         return floor
     if rounding == Rounding.HALF_EVEN:
-        up = (frac > 0.5) | ((frac == 0.5) & (xp.fmod(floor, 2) != 0))
+        up = (frac > 0.5) | ((frac == 0.5) & is_odd(floor))
     elif rounding == Rounding.HALF_UP:
         up = frac >= 0.5
     elif rounding == Rounding.HALF_AWAY:
@@ -408,8 +415,7 @@ def round_to_integer(y, rounding: Rounding, u=None):
         m_floor = xp.floor(magnitude)
         m_frac = magnitude - m_floor
         threshold = u * 2.0 ** -U_BITS  # exact: 32 bits fit a float64 mantissa
-        up = (m_frac > threshold) | ((m_frac == threshold) & (m_frac > 0)
-                                     & (xp.fmod(m_floor, 2) != 0))
+        up = (m_frac > threshold) | ((m_frac == threshold) & (m_frac > 0) & is_odd(m_floor))
         return xp.sign(y) * (m_floor + up)
     else:
         raise ValueError(f"unknown rounding {rounding!r}")
