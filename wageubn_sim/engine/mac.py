@@ -549,10 +549,10 @@ def _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v,
         for job in prange(n_batch * o_total):
             b, o = job // o_total, job % o_total
             for p in range(pixels):
-                total = offsets[o]
-                for i in range(parts.shape[0]):
-                    total += np.int64(parts[i, o, b * pixels + p]) << shifts[i]
-                out[b, o, p] = total
+                out[b, o, p] = offsets[o]
+            for i in range(parts.shape[0]):  # one part at a time: a vectorised pass each
+                for p in range(pixels):
+                    out[b, o, p] += np.int64(parts[i, o, b * pixels + p]) << shifts[i]
         return
     kh, kw, sh, sw, dh, dw, ow, hp, wp = window
     cg = w_top.shape[0] // max(1, kh * kw)
