@@ -4,7 +4,8 @@
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
-ratio, the engine's conv-layer GMAC/s, its peak traced memory, the GMAC/s of one conv layer
+ratio, the engine's conv-layer GMAC/s (and torch's float32 conv2d on the same layers, the
+reference the goals are stated against), its peak traced memory, the GMAC/s of one conv layer
 with a narrow saturating accumulator modelled MAC by MAC, and the bare GEMMs the exact path
 builds on. Nothing is asserted.
 
@@ -43,6 +44,20 @@ def conv_macs(graph) -> dict:
     return macs
 
 
+def float_convs(graph, batch):
+    """The network's conv layers as torch float32 conv2d calls on random data (the machine's
+    reference speed, as the issue states its goals against torch fp32 conv2d)."""
+    shapes = {i.name: i.shape for i in graph.inputs} | {n.name: n.out_shape for n in graph.nodes}
+    calls = []
+    for node in graph.nodes:
+        if node.op == "conv2d":
+            x = torch.randn((batch,) + tuple(shapes[node.inputs[0]]))
+            w = torch.from_numpy(node.arrays["weight"].astype(np.float32))
+            p = node.params
+            calls.append((x, w, None, p.stride, p.padding, p.dilation, p.groups))
+    return lambda: [torch.nn.functional.conv2d(*c) for c in calls]
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -64,9 +79,12 @@ def bench_resnet(label, size, batch, rounds, cifar):
     model = model.float()
     macs = conv_macs(graph)
     total = sum(macs.values()) * batch
+    conv_total = sum(m for n, m in macs.items() if n in {v.name for v in graph.nodes
+                                                         if v.op == "conv2d"}) * batch
+    reference = float_convs(graph, batch)
     with torch.no_grad():
-        model(xq), graph.run(x)  # warm-up (JIT, caches)
-        t_torch, t_engine, ratios, rates = [], [], [], []
+        model(xq), graph.run(x), reference()  # warm-up (JIT, caches)
+        t_torch, t_engine, ratios, rates, float_rates = [], [], [], [], []
         for _ in range(rounds):
             t_torch.append(timed(lambda: model(xq)))
             t_engine.append(timed(lambda: graph.run(x)))
@@ -74,6 +92,7 @@ def bench_resnet(label, size, batch, rounds, cifar):
             timings = {}
             graph.run(x, timings=timings)
             rates.append(total / sum(timings[n] for n in macs) / 1e9)
+            float_rates.append(conv_total / timed(reference) / 1e9)
     tracemalloc.start()
     graph.run(x)
     peak = tracemalloc.get_traced_memory()[1]
@@ -84,6 +103,8 @@ def bench_resnet(label, size, batch, rounds, cifar):
     print(f"  torch / engine:                      {statistics.median(ratios):.2f}x median of "
           f"rounds, {min(t_torch) / min(t_engine):.2f}x best against best")
     print(f"  engine conv+linear layers:           {summary(rates, True)} GMAC/s")
+    print(f"  torch float32 conv2d, same layers:   {summary(float_rates, True)} GMAC/s "
+          "(the machine's reference)")
     print(f"  engine peak traced memory:           {peak / 2**20:.1f} MiB")
 
 
