@@ -77,15 +77,15 @@ def _padded_nhwc_digits(x, c0, c1, ph, pw, origin, out):
     for job in prange(n * hp):
         b, yp = job // hp, job % hp
         y = yp - ph
+        inside = 0 <= y < h
         for d in range(count):
             pad = digit(np.int64(0), d, origin)
-            row = out[d, b, yp]
-            if y < 0 or y >= h:
-                row[:, :] = pad
-                continue
-            row[:pw, :] = pad
-            row[pw + w:, :] = pad
-        if y < 0 or y >= h:
+            if inside:
+                out[d, b, yp, :pw] = pad
+                out[d, b, yp, pw + w:] = pad
+            else:
+                out[d, b, yp] = pad
+        if not inside:
             continue
         for c in range(cg):
             for col in range(w):
@@ -375,7 +375,7 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
     used: the int8 GEMM on base-256 digits (chunks whose partial sums stay below 2**31), else
     BLAS in float32 or float64 (chunks below 2**24 or 2**53), else an int64 loop. Each method
     yields a stack of partial products; one pass adds them (shifted to their digit's weight,
-    plus the input digits' constant) into int64 and transposes them back to N, O, P.
+    plus the input digits' constant) into int64, laid out as N, O, P.
     """
     prepared = {} if prepared is None else prepared
     if "abs_prefix" not in prepared:
@@ -435,7 +435,7 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
     (x_count, x_origin), (w_count, w_origin) = x_digits, w_digits
     rows_layout = getattr(cols_source, "prefers_rows", False)
     sparse_top = None
-    if rows_layout:  # (N*P, K) digits, K kernel-major: w^T in that order, (D, K, O)
+    if rows_layout:  # (N*P, K) digit rows, K kernel-major, against w's digits in that order
         planes = cols_source.digit_planes(x_count, x_origin)
         if x_count > 1 and np.count_nonzero(planes[-1]) < SPARSE_TOP_DENSITY * planes[-1].size:
             if "kernel_major" not in prepared:

@@ -385,8 +385,8 @@ def array_namespace(x):
 
 
 def is_odd(n):
-    """Whether each integer-valued float is odd: exact (halving and doubling a binary float
-    are exact, floor is exact), and unlike fmod (a libm loop, 50x slower here) vectorised."""
+    """Whether each integer-valued float is odd: exact (halving a binary float is exact, and so
+    is floor), and unlike fmod (a libm loop, 50x slower here) vectorised."""
     half = n * 0.5
     return array_namespace(n).floor(half) != half
 
