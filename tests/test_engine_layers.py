@@ -250,6 +250,13 @@ def test_iostrict_config_reaches_the_engine_formats():
     assert isinstance(model[0], F.Conv2d)
 
 
+def test_an_example_input_that_does_not_fit_gives_one_clear_error(capfd):
+    model = wageubn_sim.quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3)))
+    with pytest.raises(ValueError, match="example input of shape \\(1, 3, 5, 5\\) does not fit"):
+        wageubn_sim.compile(model, np.zeros((1, 3, 5, 5)))
+    assert capfd.readouterr().err == ""  # torch.fx's own traceback is not printed
+
+
 def test_unsupported_and_bad_inputs_give_clear_errors(tmp_path):
     from wageubn_sim.graph.importer import UnsupportedLayer
     float_model = nn.Sequential(nn.Conv2d(1, 1, 3))

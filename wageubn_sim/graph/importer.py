@@ -7,8 +7,11 @@ become exact Add nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import operator
+import sys
 
 import numpy as np
 import torch
@@ -206,9 +209,13 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
     example = torch.as_tensor(np.asarray(example_input, dtype=np.float64))
     graph_input = GraphInput("input", tuple(example.shape[1:]), input_format)
     x_q = Graph([graph_input], [], []).quantize_input(example.numpy())
+    # ShapeProp prints a traceback of its own before raising (the error below says what
+    # failed), so its stderr is held back, and passed on only when it succeeds (warnings)
+    held = io.StringIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(held):
             ShapeProp(gm).propagate(torch.from_numpy(x_q * 2.0 ** -input_format.frac_bits))
+        sys.stderr.write(held.getvalue())
     except RuntimeError as err:
         cause = err.__cause__ or err
         raise ValueError(f"the example input of shape {tuple(example.shape)} does not fit the "
