@@ -79,8 +79,7 @@ def bench_resnet(label, size, batch, rounds, cifar):
     model = model.float()
     macs = conv_macs(graph)
     total = sum(macs.values()) * batch
-    conv_total = sum(m for n, m in macs.items() if n in {v.name for v in graph.nodes
-                                                         if v.op == "conv2d"}) * batch
+    conv_total = sum(macs[v.name] for v in graph.nodes if v.op == "conv2d") * batch
     reference = float_convs(graph, batch)
     with torch.no_grad():
         model(xq), graph.run(x), reference()  # warm-up (JIT, caches)

@@ -21,6 +21,8 @@ import weakref
 import numpy as np
 from numba import njit, prange
 
+from ..fixedpoint.core import value_range
+
 
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
@@ -382,7 +384,7 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
         cs = np.zeros((w.shape[0], w.shape[1] + 1), np.int64)
         np.cumsum(np.abs(w), axis=1, out=cs[:, 1:])
         prepared["abs_prefix"] = cs
-        prepared["range"] = (int(w.min(initial=0)), int(w.max(initial=0)))
+        prepared["range"] = value_range(w)
         prepared["row_sums"] = w.sum(axis=1, dtype=np.int64)
     x_lo, x_hi = x_range
     x_max = max(-x_lo, x_hi, 0)
