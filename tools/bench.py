@@ -1,6 +1,6 @@
 """Benchmark: the bit-exact engine against the torch fake-quant path on ResNet-18.
 
-    python tools/bench.py [--batch N] [--rounds R]
+    python tools/bench.py [--batch N] [--rounds R] [--layers]
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
@@ -8,6 +8,11 @@ ratio, the engine's conv-layer GMAC/s (and torch's float32 conv2d on the same la
 reference the goals are stated against), its peak traced memory, the GMAC/s of one conv layer
 with a narrow saturating accumulator modelled MAC by MAC, and the bare GEMMs the exact path
 builds on. Nothing is asserted.
+
+The machine's speed is printed next to each figure: torch's float32 conv2d on the same layers,
+timed in the same rounds, with the engine's figure as a multiple of it (the goals were set on a
+machine where that conv2d ran at about 113 GMAC/s: 100 GMAC/s for the conv layers is 0.88x
+of it, 10 GMAC/s MAC by MAC 0.088x).
 
 Shared 2-core machines drift (a plain sgemm loop here varies 2.5x within a minute), so torch
 and the engine run alternately, round by round: the ratio is the median of the per-round
@@ -70,7 +75,7 @@ def summary(values, higher_is_better=False, scale=1.0, fmt="{:.1f}"):
     return f"{fmt.format(statistics.median(values) * scale)} ({fmt.format(best * scale)})"
 
 
-def bench_resnet(label, size, batch, rounds, cifar):
+def bench_resnet(label, size, batch, rounds, cifar, per_layer=False):
     torch.manual_seed(0)
     model = wageubn_sim.quantize_model(resnet18(10 if cifar else 1000, cifar)).eval()
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size))
@@ -84,6 +89,7 @@ def bench_resnet(label, size, batch, rounds, cifar):
     with torch.no_grad():
         model(xq), graph.run(x), reference()  # warm-up (JIT, caches)
         t_torch, t_engine, ratios, rates, float_rates = [], [], [], [], []
+        layer_times = {}
         for _ in range(rounds):
             t_torch.append(timed(lambda: model(xq)))
             t_engine.append(timed(lambda: graph.run(x)))
@@ -91,6 +97,8 @@ def bench_resnet(label, size, batch, rounds, cifar):
             timings = {}
             graph.run(x, timings=timings)
             rates.append(total / sum(timings[n] for n in macs) / 1e9)
+            for name in macs:
+                layer_times.setdefault(name, []).append(timings[name])
             float_rates.append(conv_total / timed(reference) / 1e9)
     tracemalloc.start()
     graph.run(x)
@@ -104,21 +112,39 @@ def bench_resnet(label, size, batch, rounds, cifar):
     print(f"  engine conv+linear layers:           {summary(rates, True)} GMAC/s")
     print(f"  torch float32 conv2d, same layers:   {summary(float_rates, True)} GMAC/s "
           "(the machine's reference)")
+    print("  engine / float32 conv2d:             "
+          f"{statistics.median(r / f for r, f in zip(rates, float_rates)):.2f}x median of rounds")
     print(f"  engine peak traced memory:           {peak / 2**20:.1f} MiB")
+    if per_layer:
+        conv_time = sum(statistics.median(t) for t in layer_times.values())
+        for name, t in layer_times.items():
+            t = statistics.median(t)
+            print(f"    {name:<24} {t * 1e3:6.2f} ms {100 * t / conv_time:5.1f}% "
+                  f"{macs[name] * batch / t / 1e9:6.1f} GMAC/s")
 
 
 def bench_narrow(rounds):
+    """One 64x64x3x3 conv on 56x56 MAC by MAC, each round next to torch's float32 conv2d of
+    the same layer (the machine's reference at that moment)."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (1, 64, 56, 56))
     w = rng.integers(-127, 128, (64, 64, 3, 3))
     macs = 64 * 64 * 9 * 56 * 56
+    xf, wf = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w.astype(np.float32))
+    reference = lambda: torch.nn.functional.conv2d(xf, wf, padding=1)  # noqa: E731
     for acc in (Accumulator(20, "SAT"), Accumulator(20, "SAT", "kernel_major", 4)):
         p = Conv2dParams(Format(8, 7), padding=(1, 1), accumulator=acc)
-        conv2d(x, 7, w, None, p)  # warm-up (JIT)
-        rates = [macs / timed(lambda: conv2d(x, 7, w, None, p)) / 1e9 for _ in range(rounds)]
+        conv2d(x, 7, w, None, p), reference()  # warm-up (JIT)
+        rates, float_rates = [], []
+        for _ in range(rounds):
+            rates.append(macs / timed(lambda: conv2d(x, 7, w, None, p)) / 1e9)
+            float_rates.append(macs / timed(reference) / 1e9)
+        ratios = [r / f for r, f in zip(rates, float_rates)]
         print(f"  narrow accumulator s20 SAT, {acc.mac_order}, k_split={acc.k_split}: "
               f"{summary(rates, True, fmt='{:.2f}')} GMAC/s "
               "(64x64x3x3 conv on 56x56, MAC by MAC)")
+        print(f"    torch float32 conv2d, same layer: {summary(float_rates, True)} GMAC/s; "
+              f"narrow / float32: {statistics.median(ratios):.3f} median of rounds")
 
 
 def bench_gemm(rounds):
@@ -144,11 +170,15 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--rounds", type=int, default=9,
                         help="timed rounds per figure (default 9)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also print each conv/linear layer's median time and GMAC/s")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
-    bench_resnet("ResNet-18 CIFAR 32x32", 32, args.batch, args.rounds, cifar=True)
-    bench_resnet("ResNet-18 ImageNet 224x224", 224, max(1, args.batch // 8), args.rounds, cifar=False)
+    bench_resnet("ResNet-18 CIFAR 32x32", 32, args.batch, args.rounds, cifar=True,
+                 per_layer=args.layers)
+    bench_resnet("ResNet-18 ImageNet 224x224", 224, max(1, args.batch // 8), args.rounds,
+                 cifar=False, per_layer=args.layers)
     print("narrow-accumulator mode:")
     bench_narrow(args.rounds)
     print("the bare GEMMs of the exact path:")
