@@ -1,6 +1,7 @@
 """The graph file, running without torch, the comparison's divergence report, and the other
 kernels against exact references."""
 import json
+import math
 import subprocess
 import sys
 from fractions import Fraction
@@ -15,7 +16,7 @@ import wageubn_sim
 from wageubn_sim.engine.activation import ActivationParams, activation
 from wageubn_sim.engine.batchnorm import BatchNormParams, batchnorm2d
 from wageubn_sim.engine.pool import PoolParams, avg_pool2d, max_pool2d
-from wageubn_sim.engine.registers import Accumulator
+from wageubn_sim.engine.registers import Accumulator, Events
 from wageubn_sim.fixedpoint import Format, Rounding, reference as ref
 
 
@@ -118,13 +119,28 @@ def test_batchnorm_kernel_equals_exact_reference(seed, x_frac, iostrict):
     xhat_fmt = Format(12, 7) if iostrict else Format(None, 7)
     p = BatchNormParams(Format(24, 15), Format(None, 15), xhat_fmt, Format(16, 7), Format(16, 7))
     got = batchnorm2d(x, x_frac, mean, std, gamma, beta, p)
+    ties = saturations = 0
     for idx in np.ndindex(x.shape):
         c = idx[1]
         v = (Fraction(int(x[idx]), 2**x_frac) - Fraction(int(mean[c]), 2**15)) / Fraction(int(std[c]), 2**15)
         xh = ref.quantize(v, xhat_fmt, Rounding.HALF_EVEN, "SAT_SYM")
         want = xh * int(gamma[c]) + (int(beta[c]) << 7)
         assert got.q[idx] == want
+        ties += (v * 2**7 - math.floor(v * 2**7)) == Fraction(1, 2)
+        saturations += xh != ref.quantize(v, Format(None, 7), Rounding.HALF_EVEN, "SAT_SYM")
     assert got.fmt.frac_bits == 14
+    # the xhat register's events, counted there (no input register; the output is exact)
+    assert got.events_at("xhat") == Events(saturations=saturations, ties=ties)
+    assert got.events_at("input") == got.events_at("output") == Events() and got.events == got.events_at("xhat")
+
+
+def test_batchnorm_counts_xhat_ties_at_xhat():
+    """x = odd multiples of 2**-8 with mean 0 and std 1: every xhat (frac 7) is an exact tie."""
+    x = np.array([-5, -3, -1, 1, 3, 5, 7, 9], np.int64).reshape(1, 2, 2, 2)
+    p = BatchNormParams(Format(24, 15), Format(None, 15), Format(None, 7))
+    got = batchnorm2d(x, 8, np.zeros(2, np.int64), np.full(2, 2**15), None, None, p)
+    assert got.events_at("xhat") == Events(ties=8) == got.events
+    assert got.q.ravel().tolist() == [-2, -2, 0, 0, 2, 2, 4, 4]  # half to even
 
 
 @given(seed=st.integers(0, 2**31), k=st.integers(1, 3), stride=st.integers(1, 3),

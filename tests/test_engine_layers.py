@@ -1,4 +1,6 @@
 """Engine kernels against int64 numpy references and against the torch path (float64)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,9 @@ from wageubn_sim import function as F
 from wageubn_sim.config import Config, config_network
 from wageubn_sim.engine.adder2d import adder2d
 from wageubn_sim.engine.conv2d import Conv2dParams, conv2d, linear
-from wageubn_sim.engine.registers import Accumulator
+from wageubn_sim.engine.registers import Accumulator, Events
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding, requantize
+from wageubn_sim.fixedpoint.core import requantize_counted
 
 
 @st.composite
@@ -79,6 +82,35 @@ def test_narrow_accumulator_follows_the_mac_order(c, order, k_split, acc_bits, o
     if adder or overflow != Overflow.WRAP:  # MAC by MAC: every wrap or saturation counted
         counted = got.events.wraps if overflow == Overflow.WRAP else got.events.saturations
         assert counted == events.sum()
+    assert got.events_at("accumulator") == got.events and got.events_at("output") == Events()
+
+
+@given(c=conv_cases(), rounding=st.sampled_from([r for r in Rounding if r != Rounding.STOCHASTIC]),
+       reg_bits=st.integers(4, 20), reg_frac=st.integers(-2, 10), acc_bits=st.integers(8, 30),
+       acc_overflow=st.sampled_from(list(Overflow)), out_bits=st.integers(4, 30),
+       out_frac=st.integers(-4, 20), out_overflow=st.sampled_from(list(Overflow)))
+def test_events_are_counted_per_register(c, rounding, reg_bits, reg_frac, acc_bits, acc_overflow,
+                                         out_bits, out_frac, out_overflow):
+    """Input register, accumulator and output each report their own events (each checked on
+    its own), and they add up to the layer's events."""
+    x, w, b = _random_case(c)
+    w_fmt, b_fmt, reg = Format(c["w_bits"], c["w_bits"] - 1), Format(22, c["b_frac"]), Format(reg_bits, reg_frac)
+    conv_p = Conv2dParams(w_fmt, b_fmt if c["bias"] else None, (c["stride"],) * 2, (c["pad"],) * 2,
+                          (c["dil"],) * 2, c["groups"], accumulator=Accumulator(acc_bits, acc_overflow))
+    p = dataclasses.replace(conv_p, input_register=reg, out_fmt=Format(out_bits, out_frac),
+                            rounding=rounding, out_overflow=out_overflow)
+    got = conv2d(x, c["x_frac"], w, b, p, trace=True)
+
+    x_reg, _, counts = requantize_counted(x, c["x_frac"], reg, rounding, Overflow.SAT_SYM)
+    assert got.events_at("input") == Events.of_requantize(counts, Overflow.SAT_SYM)
+    assert got.events_at("input").wraps == 0
+    acc_only = conv2d(x_reg, reg_frac, w, b, conv_p)
+    assert got.events_at("accumulator") == acc_only.events and got.events_at("accumulator").ties == 0
+    _, _, counts = requantize_counted(acc_only.q, acc_only.fmt.frac_bits, p.out_fmt, rounding,
+                                      out_overflow)
+    assert got.events_at("output") == Events.of_requantize(counts, out_overflow)
+    assert got.events == Events.total(got.events_at(r) for r in ("input", "accumulator", "output"))
+    assert got.events_at("scaled") == Events()
 
 
 def _per_mac_reference(x, w, b, c, acc, adder=False):

@@ -165,6 +165,49 @@ def test_audit_counts_saturation_events():
     assert relu.declared == "s4.7" and relu.saturations > 0 and relu.headroom_bits <= 0
 
 
+def test_audit_and_manifest_give_each_register_its_own_events(tmp_path):
+    """An iostrict conv with a 12-bit saturating accumulator: its input register rounds (ties),
+    its accumulator saturates, its output rounds; each row shows that register's events only
+    (and a BatchNorm's rows: input, xhat, output)."""
+    import torch
+    from wageubn_sim.config import Config, config_network
+    from wageubn_sim.engine.registers import Accumulator, Events
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+    net[1].running_mean.fill_(0.5)
+    m = wageubn_sim.quantize_model(net).eval()
+    config_network(m, "m", Config(iostrict=True, acti=8, acti_all=4))
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)) * 8
+    graph = wageubn_sim.compile(m, x, accumulators=Accumulator(12, "SAT"))
+    layers = graph.run(x, trace=True).layers
+    report = audit(graph, x)
+    for node in graph.nodes:  # a layer's rows cover all its registers: their events add up
+        own = [r for r in report.rows if r.layer == node.name]
+        assert [sum(getattr(r, k) for r in own) for k in ("wraps", "saturations", "ties", "underflows")] \
+            == [getattr(layers[node.name].events, k) for k in ("wraps", "saturations", "ties", "underflows")]
+    assert [r.tensor for r in report.rows if r.layer == "_1"] == ["input", "xhat", "output"]
+    conv = layers["_0"]
+    rows = {r.tensor: r for r in report.rows if r.layer == "_0"}
+    assert list(rows) == ["input", "accumulator", "output"]
+    assert rows["input"].declared == "s16.7"
+    for name, row in rows.items():
+        ev = conv.events_at(name)
+        assert (row.wraps, row.saturations, row.ties, row.underflows) == \
+            (ev.wraps, ev.saturations, ev.ties, ev.underflows)
+    assert rows["input"].ties > 0 and rows["accumulator"].saturations > 0
+    assert rows["accumulator"].ties == 0 and rows["output"].saturations == 0
+    assert Events.total(conv.events_at(r) for r in rows) == conv.events
+
+    root = write_bundle(graph, x, tmp_path / "b")
+    verify_bundle(root)  # the schema included
+    manifest = json.loads((root / "manifest.json").read_text())
+    layer = next(entry for entry in manifest["layers"] if entry["name"] == "_0")
+    assert set(layer["register_events"]) == {"input", "accumulator", "output"}
+    for kind, count in layer["events"].items():
+        assert count == sum(r[kind] for r in layer["register_events"].values())
+    assert layer["register_events"]["accumulator"]["saturations"] == rows["accumulator"].saturations
+
+
 def test_training_step_bundle_verifies_and_catches_tampering(tmp_path):
     import torch
 

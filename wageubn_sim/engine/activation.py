@@ -5,10 +5,9 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import requantize
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
-from .registers import Output, align, output_stage
+from .registers import Events, Output, align, input_stage, output_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,9 +21,7 @@ class ActivationParams:
 
 def activation(x, x_frac, p: ActivationParams, trace=False) -> Output:
     stages = {}
-    if p.input_register is not None:
-        x = requantize(x, x_frac, p.input_register, p.rounding, Overflow.SAT_SYM)
-        x_frac = p.input_register.frac_bits
+    x, x_frac, registers = input_stage(x, x_frac, p.input_register, p.rounding)
     a = np.maximum(x, 0)
     if p.ceiling is not None:  # the ceiling needs a grid that holds it: frac >= 0 suffices
         frac = max(x_frac, 0)
@@ -32,5 +29,6 @@ def activation(x, x_frac, p: ActivationParams, trace=False) -> Output:
         x_frac = frac
     if trace:
         stages.update(input=x, clamped=a)
-    q, fmt, events, flags = output_stage(a, x_frac, p.out_fmt, p.rounding, p.overflow, trace, stages)
-    return Output(q, fmt, events, stages, flags)
+    q, fmt, registers["output"], flags = output_stage(a, x_frac, p.out_fmt, p.rounding, p.overflow,
+                                                      trace, stages)
+    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)

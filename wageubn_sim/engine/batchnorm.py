@@ -20,7 +20,7 @@ from ..fixedpoint.core import (DOMAIN_LIMIT, QUOTIENT_ESTIMATE_LIMIT, fit_overfl
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.reference import round_fraction
-from .registers import Events, Output, align, output_stage
+from .registers import Events, Output, align, input_stage, output_stage
 
 
 
@@ -94,9 +94,7 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
     if std.size and std.min() <= 0:
         raise ValueError("BatchNorm2d: the std register must be positive (it includes eps)")
     stages = {}
-    if p.input_register is not None:
-        x = requantize(x, x_frac, p.input_register, p.rounding, Overflow.SAT_SYM)
-        x_frac = p.input_register.frac_bits
+    x, x_frac, registers = input_stage(x, x_frac, p.input_register, p.rounding)
     frac = max(x_frac, p.mean_fmt.frac_bits)
     mean_al = align(mean, p.mean_fmt.frac_bits, frac)
     shift = p.std_fmt.frac_bits + p.xhat_fmt.frac_bits - frac
@@ -127,13 +125,13 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
         int(p.rounding), int(p.overflow), gamma_.astype(np.int64), beta_.astype(np.int64),
         beta_shift, (span << max(shift, 0)) < QUOTIENT_ESTIMATE_LIMIT, trace, xhat, y, flags)
     y, flags = y.reshape(x.shape), flags.reshape(x.shape)
-    events = Events(ties=int(ties), saturations=int(overflows))
+    registers["xhat"] = Events.of_requantize(
+        {"ties": int(ties), "overflowed": int(overflows), "underflows": 0}, p.overflow)
     if trace:
         stages.update(input=x, xhat=xhat.reshape(x.shape), affine=y)
-    q, fmt, out_events, flags = output_stage(y, y_frac, p.out_fmt, p.rounding, p.overflow, trace,
-                                             stages, flags)
-    events.add(out_events)
-    return Output(q, fmt, events, stages, flags)
+    q, fmt, registers["output"], flags = output_stage(y, y_frac, p.out_fmt, p.rounding, p.overflow,
+                                                      trace, stages, flags)
+    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)
 
 
 def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Format,

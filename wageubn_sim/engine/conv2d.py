@@ -19,13 +19,13 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, requantize,
-                               requantize_flagged, value_range)
+from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, requantize_flagged,
+                               value_range)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix, exact_matmul,
                   mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache)
-from .registers import ACC_EVENT, Accumulator, Events, Output, align, output_stage
+from .registers import ACC_EVENT, Accumulator, Events, Output, align, input_stage, output_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     what = "Adder2d" if op == OP_ADDER else "Conv2d"
     _check(x, weight, bias, p, what)
     stages: dict = {}
-    if p.input_register is not None:
-        x = requantize(x, x_frac, p.input_register, p.rounding, Overflow.SAT_SYM)
-        x_frac = p.input_register.frac_bits
+    x, x_frac, registers = input_stage(x, x_frac, p.input_register, p.rounding)
     if trace:
         stages["input"] = x
     n, _, h, w_in = x.shape
@@ -111,7 +109,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
                             "accumulator a width")
     hi = (1 << (acc.bits - 1)) - 1 if acc.bits else None
     per_mac = op == OP_ADDER or (acc.bits is not None and acc.overflow != Overflow.WRAP and bound > hi)
-    events = Events()
+    events = registers["accumulator"] = Events()
     flags = np.zeros((n, o, oh, ow), np.uint8)
     if per_mac:
         out, acc_events = _mac_by_mac(x, weight, bias_al, p, op, prod_shift, (oh, ow), bound,
@@ -146,8 +144,8 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
                                              p.out_overflow, trace, stages, flags)
     if p.out_fmt is None and acc.bits is not None:
         fmt = Format(acc.bits, frac)
-    events.add(out_events)
-    return Output(q, fmt, events, stages, flags)
+    registers["output"] = out_events
+    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)
 
 
 def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, bound, x_max,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..fixedpoint.core import DOMAIN_LIMIT, magnitude_max
 from .conv2d import Conv2dParams, conv2d
-from .registers import Output, output_stage
+from .registers import Events, Output, output_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,5 +55,5 @@ def conv2d_bn(x: np.ndarray, x_frac: int, weight: np.ndarray, bias, multiplier: 
     q, fmt, events, flags = output_stage(scaled, p.accumulator_frac + p.multiplier_frac,
                                          p.out_fmt, p.rounding, p.out_overflow, trace, stages,
                                          acc.flags)
-    acc.events.add(events)
-    return Output(q, fmt, acc.events, stages, flags)
+    registers = {**acc.register_events, "output": events}  # the conv's own output: unrounded
+    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)

@@ -54,14 +54,29 @@ class Accumulator:
 class Events:
     """What a layer's registers did on one run (counts over the whole batch)."""
 
-    wraps: int = 0  # accumulator wraps (per MAC in narrow mode; final otherwise)
-    saturations: int = 0  # accumulator or output saturations
+    wraps: int = 0  # wraps (an accumulator's per MAC in narrow mode; final otherwise)
+    saturations: int = 0  # saturations (likewise)
     ties: int = 0  # exact ties met by a rounding
     underflows: int = 0  # nonzero values rounded to zero
 
     def add(self, other: "Events") -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @classmethod
+    def total(cls, parts) -> "Events":
+        out = cls()
+        for part in parts:
+            out.add(part)
+        return out
+
+    @classmethod
+    def of_requantize(cls, counts: dict, overflow: Overflow) -> "Events":
+        """The events of one `requantize_counted` (its overflows are wraps under WRAP, else
+        saturations)."""
+        wrapped = counts["overflowed"] if overflow == Overflow.WRAP else 0
+        return cls(wraps=wrapped, saturations=counts["overflowed"] - wrapped,
+                   ties=counts["ties"], underflows=counts["underflows"])
 
 
 @dataclasses.dataclass
@@ -73,6 +88,15 @@ class Output:
     events: Events
     trace: dict = dataclasses.field(default_factory=dict)  # name -> int64 array
     flags: np.ndarray | None = None  # per output element: TIE | OVERFLOWED | ACC_EVENT
+    # ``events`` split by register ('input', 'accumulator', 'output') where a kernel has several
+    register_events: dict = dataclasses.field(default_factory=dict)
+
+    def events_at(self, register: str) -> Events:
+        """The events of one of the layer's registers; a kernel with a single register reports
+        them all at 'output'."""
+        if self.register_events:
+            return self.register_events.get(register, Events())
+        return self.events if register == "output" else Events()
 
 
 ACC_EVENT = 4  # flag: the accumulator wrapped or saturated for this element
@@ -92,17 +116,22 @@ def output_stage(value: np.ndarray, frac: int, out_fmt: Format | None, rounding:
         return value, Format(None, frac), events, (np.zeros(value.shape, np.uint8)
                                                     if flags is None else flags)
     out, f, counts = requantize_counted(value, frac, out_fmt, rounding, overflow)
-    events.ties, events.underflows = counts["ties"], counts["underflows"]
-    if overflow == Overflow.WRAP:
-        events.wraps = counts["overflowed"]
-    else:
-        events.saturations = counts["overflowed"]
+    events = Events.of_requantize(counts, overflow)
     if trace:
         unbounded = Format(None, out_fmt.frac_bits)
         stages["shifted"] = requantize_flagged(value, frac, unbounded, Rounding.FLOOR)[0]
         stages["rounded"] = requantize_flagged(value, frac, unbounded, rounding)[0]
         stages["output"] = out
     return out, out_fmt, events, f if flags is None else flags | f
+
+
+def input_stage(x: np.ndarray, frac: int, register: Format | None, rounding: Rounding):
+    """Hold x (at 2**-frac) in the layer's input register (``iostrict``; SAT_SYM), if it has
+    one. Returns (x, its frac, {'input': Events} or {})."""
+    if register is None:
+        return x, frac, {}
+    q, _, counts = requantize_counted(x, frac, register, rounding, Overflow.SAT_SYM)
+    return q, register.frac_bits, {"input": Events.of_requantize(counts, Overflow.SAT_SYM)}
 
 
 def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:

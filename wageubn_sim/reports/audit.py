@@ -1,7 +1,7 @@
 """The width audit: how wide each layer's registers must be, measured and bounded.
 
-Per layer and tensor (the output, the accumulator of MAC layers, and a folded BatchNorm's
-product register):
+Per layer and tensor (the output; under ``iostrict`` the input register; the accumulator of
+MAC layers, a folded BatchNorm's product register, a BatchNorm's xhat register):
 
 * ``declared``: the format the graph gives it (``sinf`` when unbounded);
 * ``observed_min`` / ``observed_max`` over the inputs, and ``needed_bits``, the two's complement
@@ -11,7 +11,8 @@ product register):
 * ``bound_bits``: the bound from the actual weights, ``|b| + sum_k |w_k| * max|x|`` (A2Q-style),
   with max|x| observed: guaranteed for any input within the observed input range;
 * ``headroom_bits`` = declared - needed (bounded formats only);
-* event counts (wraps, saturations, ties, underflows);
+* event counts (wraps, saturations, ties, underflows) of that register alone (the accumulator's
+  wraps and saturations, the output's rounding ties and saturations, ...);
 * ``proposed``: a format with the same fractional bits, ``bound_bits`` wide for MAC layers,
   ``needed_bits + 1`` (one guard bit) otherwise.
 """
@@ -187,10 +188,15 @@ def audit(graph: Graph, x, bins: int = 40) -> AuditReport:
             if node.op == "conv2d_bn":  # the folded BatchNorm's product register, acc * m + o
                 scaled_fmt = Format(None, acc_fmt.frac_bits + node.params.multiplier_frac)
                 tensors.insert(1, ("scaled", out.trace["scaled"], scaled_fmt))
+        if node.op == "batchnorm2d":  # the normalised value's register
+            tensors.insert(0, ("xhat", out.trace["xhat"], node.params.xhat_fmt))
+        register = getattr(node.params, "input_register", None)
+        if register is not None:  # iostrict: the input held in a register first
+            tensors.insert(0, ("input", out.trace["input"], register))
         for name, q, fmt in tensors:
             needed = needed_bits(q)
             lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
-            ev = out.events
+            ev = out.events_at(name)
             proposed_bits = min(62, max(needed, bound) if name == "accumulator" else needed + 1)
             rows.append(TensorAudit(
                 node.name, node.op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed,

@@ -176,9 +176,15 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
         produced[node.name] = roles["output"]
         layers.append({"name": node.name, "op": node.op, "source": node.source,
                        "params": params_to_json(node.params), "tensors": roles,
-                       "events": {k: int(v) for k, v in vars(out.events).items()}})
+                       "events": _counts(out.events),
+                       "register_events": {r: _counts(e) for r, e in
+                                           (out.register_events or {"output": out.events}).items()}})
     return writer.write(out_dir, force, seed=seed, command=command, input_format=spec.fmt.to_dict(),
                         outputs=[produced[o] for o in graph.outputs], layers=layers)
+
+
+def _counts(events) -> dict:
+    return {k: int(v) for k, v in vars(events).items()}
 
 
 def _accumulator_frac(node, graph, produced, tensors) -> int:
