@@ -39,7 +39,7 @@ def test_demo_writes_everything_and_refuses_to_overwrite(tmp_path):
         assert (out / rel).is_file(), rel
     assert run("verify", out / "vectors").exit_code == 0
     before = (out / "vectors" / "manifest.json").read_bytes()
-    r = run("demo", "--out", out)
+    r = run("demo", "-o", out)  # -o as in every command that writes
     assert r.exit_code == 2 and "exists" in r.output
     assert run("demo", "--out", out, "--force").exit_code == 0
     assert (out / "vectors" / "manifest.json").read_bytes() == before  # same inputs, same bytes

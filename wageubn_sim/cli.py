@@ -189,7 +189,7 @@ def modes():
 
 
 @main.command()
-@click.option("--out", default="wageubn-demo", show_default=True, help="Output folder.")
+@click.option("-o", "--out", default="wageubn-demo", show_default=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def demo(out, force):
     """Run the embedded demo offline: compile, compare, write vectors and the audit."""
