@@ -79,9 +79,28 @@ def test_bad_graph_files(tmp_path):
     with pytest.raises(ValueError, match="unknown parameters \\['bogus'\\]"):
         wageubn_sim.load_graph(g)
     data["nodes"][0]["params"].pop("bogus")
+    good = json.loads(json.dumps(data))
     data["nodes"][0]["arrays"].append("missing")
     (g / "graph.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="array _0/missing is missing from arrays.npz"):
+        wageubn_sim.load_graph(g)
+    # a file edited by hand: each fault is one ValueError naming the file and the fix
+    faults = [(lambda d: d["nodes"][0].pop("inputs"), "'inputs' is missing"),
+              (lambda d: d["inputs"][0]["format"].update(bits="8"), "wrong type"),
+              (lambda d: d["nodes"][0].update(op="conv3d"), "unknown op 'conv3d'"),
+              (lambda d: d.update(nodes=7), "wrong type")]
+    for fault, message in faults:
+        data = json.loads(json.dumps(good))
+        fault(data)
+        (g / "graph.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=message) as err:
+            wageubn_sim.load_graph(g)
+        assert str(g) in str(err.value)
+    (g / "graph.json").write_text('{"format": "wageubn-sim graph", ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        wageubn_sim.load_graph(g)
+    (g / "graph.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a version-1 wageubn-sim graph"):
         wageubn_sim.load_graph(g)
 
 

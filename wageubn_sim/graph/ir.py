@@ -148,17 +148,38 @@ class Graph:
         path = Path(path)
         if not (path / GRAPH_JSON).is_file() or not (path / GRAPH_ARRAYS).is_file():
             raise FileNotFoundError(f"{path} is not a graph folder (needs {GRAPH_JSON} and {GRAPH_ARRAYS})")
-        data = json.loads((path / GRAPH_JSON).read_text())
-        if data.get("format") != "wageubn-sim graph" or data.get("version") != GRAPH_VERSION:
+        try:
+            data = json.loads((path / GRAPH_JSON).read_text())
+        except ValueError as err:  # JSONDecodeError, or not UTF-8
+            raise ValueError(f"{path / GRAPH_JSON} is not valid JSON ({err}); write the graph "
+                             "again with `compile` and `save`") from None
+        if not isinstance(data, dict) or data.get("format") != "wageubn-sim graph" \
+                or data.get("version") != GRAPH_VERSION:
             raise ValueError(f"{path}: not a version-{GRAPH_VERSION} wageubn-sim graph")
         with np.load(path / GRAPH_ARRAYS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+        try:
+            return cls._from_json(data, arrays)
+        except KeyError as err:
+            raise ValueError(f"{path / GRAPH_JSON}: {err} is missing (a graph file edited by "
+                             "hand? write it again with `compile` and `save`)") from None
+        except (TypeError, AttributeError) as err:
+            raise ValueError(f"{path / GRAPH_JSON}: a field has the wrong type ({err}); write "
+                             "the graph again with `compile` and `save`") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    @classmethod
+    def _from_json(cls, data: dict, arrays: dict) -> "Graph":
         nodes = []
         for d in data["nodes"]:
-            try:
-                node_arrays = {k: arrays[f"{d['name']}/{k}"] for k in d["arrays"]}
-            except KeyError as err:
-                raise ValueError(f"{path}: array {err} is missing from {GRAPH_ARRAYS}") from None
+            missing = [k for k in d["arrays"] if f"{d['name']}/{k}" not in arrays]
+            if missing:
+                raise ValueError(f"array {d['name']}/{missing[0]} is missing from {GRAPH_ARRAYS}")
+            if d["op"] not in OPS:
+                raise ValueError(f"node {d['name']}: unknown op {d['op']!r} (a graph from a newer "
+                                 "version?)")
+            node_arrays = {k: arrays[f"{d['name']}/{k}"] for k in d["arrays"]}
             nodes.append(Node(d["name"], d["op"], list(d["inputs"]), params_from_json(d["op"], d["params"]),
                               node_arrays, d.get("source", ""),
                               Format.from_dict(d["out_format"]) if d.get("out_format") else None,
