@@ -176,9 +176,6 @@ class Graph:
             missing = [k for k in d["arrays"] if f"{d['name']}/{k}" not in arrays]
             if missing:
                 raise ValueError(f"array {d['name']}/{missing[0]} is missing from {GRAPH_ARRAYS}")
-            if d["op"] not in OPS:
-                raise ValueError(f"node {d['name']}: unknown op {d['op']!r} (a graph from a newer "
-                                 "version?)")
             node_arrays = {k: arrays[f"{d['name']}/{k}"] for k in d["arrays"]}
             nodes.append(Node(d["name"], d["op"], list(d["inputs"]), params_from_json(d["op"], d["params"]),
                               node_arrays, d.get("source", ""),

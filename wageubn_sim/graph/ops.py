@@ -82,6 +82,8 @@ def params_to_json(params) -> dict:
 
 
 def params_from_json(op: str, data: dict):
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r} (a graph from a newer version?)")
     cls = OPS[op][0]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
