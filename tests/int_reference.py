@@ -39,3 +39,22 @@ def align(q, frac, to_frac):
     """q at 2**-frac, exactly, at the finer 2**-to_frac (to_frac >= frac)."""
     assert to_frac >= frac
     return q.astype(np.int64) << (to_frac - frac)
+
+
+def int_adder2d_backward(x, w, e, stride=1, padding=0, dilation=1, limit=1):
+    """AdderNet's backward on one grid, by the definition: dw = sum (x - w) e over windows
+    (padding reads 0), dx = sum over windows of clip(w - x, -limit, limit) e onto each cell."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = map(_pair, (stride, padding, dilation))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxp = np.zeros(xp.shape, np.int64)
+    grad_w = np.zeros(w.shape, np.int64)
+    for b, oc, y, xo in np.ndindex(e.shape):
+        ev = int(e[b, oc, y, xo])
+        for ci, i, j in np.ndindex(c, kh, kw):
+            yy, xx = y * sh + i * dh, xo * sw + j * dw
+            diff = int(xp[b, ci, yy, xx]) - int(w[oc, ci, i, j])
+            grad_w[oc, ci, i, j] += diff * ev
+            dxp[b, ci, yy, xx] += min(max(-diff, -limit), limit) * ev
+    return dxp[:, :, ph:ph + h, pw:pw + wd], grad_w

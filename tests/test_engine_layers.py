@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 from hypothesis import given, strategies as st
-from int_reference import int_adder2d, int_conv2d
+from int_reference import int_adder2d, int_adder2d_backward, int_conv2d
 
 import wageubn_sim
 from wageubn_sim import function as F
 from wageubn_sim.config import Config, config_network
 from wageubn_sim.engine.adder2d import adder2d
+from wageubn_sim.engine.adder2d_backward import adder2d_backward
 from wageubn_sim.engine.conv2d import Conv2dParams, conv2d, linear
 from wageubn_sim.engine.registers import Accumulator, Events
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding, requantize
@@ -158,6 +159,33 @@ def _per_mac_reference(x, w, b, c, acc, adder=False):
                         events[bi, oc] += result != total
                     out[bi, oc, y, xo] = result
     return out, events
+
+
+@given(c=conv_cases(), w_frac=st.integers(-2, 8), e_bits=st.integers(1, 12), bias=st.booleans())
+def test_adder_backward_equals_reference_and_torch_path(c, w_frac, e_bits, bias):
+    """AdderNet's gradients on integers: against the definition (Python ints) and against the
+    torch path's autograd in float64, on the grid 2**-max(fx, fw, 0)."""
+    from wageubn_sim.function.adder import adder2d as torch_adder2d
+    c = dict(c, groups=1, cin=max(1, c["cin"] // c["groups"]), cout=max(1, c["cout"] // c["groups"]))
+    x, w, _ = _random_case(c)
+    x_frac = c["x_frac"] - 4  # also grids coarser than 1
+    rng = np.random.default_rng(c["seed"] + 1)
+    p = Conv2dParams(Format(c["w_bits"], w_frac), stride=(c["stride"],) * 2, padding=(c["pad"],) * 2,
+                     dilation=(c["dil"],) * 2)
+    oh = (c["size"] + 2 * c["pad"] - c["dil"] * (c["k"] - 1) - 1) // c["stride"] + 1
+    e = rng.integers(-2**e_bits, 2**e_bits + 1, (x.shape[0], w.shape[0], oh, oh))
+    dx, dw, db, grid = adder2d_backward(x, x_frac, w, w_frac, e, p, bias)
+    assert grid == max(x_frac, w_frac, 0)
+    x_g, w_g = x << (grid - x_frac), w << (grid - w_frac)
+    want_dx, want_dw = int_adder2d_backward(x_g, w_g, e, c["stride"], c["pad"], c["dil"], 1 << grid)
+    assert np.array_equal(dx, want_dx) and np.array_equal(dw, want_dw)
+    assert (db is None) == (not bias) and (db is None or np.array_equal(db, e.sum(axis=(0, 2, 3))))
+    xt = torch.tensor(x * 2.0 ** -x_frac, requires_grad=True)
+    wt = torch.tensor(w * 2.0 ** -w_frac, requires_grad=True)
+    y = torch_adder2d(xt, wt, c["stride"], c["pad"], c["dil"])
+    y.backward(torch.from_numpy(e * 1.0))  # the error on the grid 2**0: fe = 0
+    assert np.array_equal(xt.grad.numpy(), dx * 2.0 ** -grid)
+    assert np.array_equal(wt.grad.numpy(), dw * 2.0 ** -grid)
 
 
 @given(seed=st.integers(0, 2**31), n_in=st.integers(1, 40), n_out=st.integers(1, 8),

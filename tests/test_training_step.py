@@ -67,10 +67,34 @@ def test_integer_training_equals_torch_path_for_100_steps(order):
 
 
 def test_unsupported_layers_are_named():
+    model = wageubn_sim.quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))).eval()
+    folded = wageubn_sim.fold_batchnorm(wageubn_sim.compile(model, np.zeros((1, 1, 5, 5))))
+    with pytest.raises(ValueError, match="does not support _1 \\(conv2d_bn\\)"):
+        IntegerTrainer(folded, {}, lr=0.05)
+
+
+def test_adder_network_trains_bit_exactly_for_30_steps(tmp_path):
+    """Adder2d (AdderNet's gradients) with BatchNorm behind it, as AdderNets use it; one
+    behind a conv, so that its input error is used too."""
     from wageubn_sim import function as F
-    model = nn.Sequential(F.Adder2d(1, 2, 3)).double()
-    with pytest.raises(ValueError, match="does not support _0 \\(adder2d\\)"):
-        IntegerTrainer.from_model(model.eval(), np.zeros((1, 1, 5, 5)), lr=0.05)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(),
+                        F.Adder2d(3, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    model = wageubn_sim.quantize_model(net).double().train()
+    opt = WageubnSGD(model.parameters(), lr=0.05)
+    opt.snap_to_grid()
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((4, 8, 1, 8, 8))
+    labels = rng.integers(0, 10, (4, 8))
+    trainer = IntegerTrainer.from_model(model, data[0], lr=0.05)
+    assert [n.op for n in trainer.graph.nodes][2] == "adder2d"
+    _train_both(model, opt, trainer, [(data[s % 4], labels[s % 4]) for s in range(30)])
+    from wageubn_sim.vectors import verify_bundle
+    from wageubn_sim.vectors.training import write_training_bundle
+    root = write_training_bundle(trainer, data[0], labels[0], tmp_path / "t", kinds=("npy",))
+    verify_bundle(root)  # G and U recomputed from the adder layer's files too
+    assert (root / "_2" / "weight_grad.npy").is_file()
 
 
 def test_demo_model_trains_bit_exactly_for_100_steps():

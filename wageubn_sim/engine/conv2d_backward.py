@@ -23,7 +23,7 @@ from .mac import WindowMatrix, exact_matmul
 
 
 @njit(cache=True, parallel=True)
-def _col2im(dcols, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+def col2im(dcols, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     """out[n, c0 + c, y*sh + i*dh - ph, x*sw + j*dw - pw] += dcols[(c, i, j), (n, y, x)].
     Parallel over channels: each channel's taps write only that channel."""
     n, _, h, w = out.shape
@@ -43,35 +43,56 @@ def _col2im(dcols, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                                 out[b, c0 + c, yi, xi] += dcols[row, col + x]
 
 
+def check_shapes(x, weight, error, what):
+    if x.ndim != 4 or error.ndim != 4 or error.shape[1] != weight.shape[0] or error.shape[0] != x.shape[0]:
+        raise ValueError(f"{what}: input {x.shape}, weights {weight.shape} and error "
+                         f"{error.shape} do not fit")
+
+
+def error_matrix(error: np.ndarray) -> np.ndarray:
+    """The error (N, O, OH, OW) as (O, N*OH*OW), the window matrix's column order."""
+    return np.ascontiguousarray(error.transpose(1, 0, 2, 3)).reshape(error.shape[1], -1)
+
+
+def _weight_gradient(x, x_range, e_mat, weight_shape, out_size, p: Conv2dParams, g: int):
+    """dw of group g: e (O/g, NP) @ windows^T (NP, K), exact, as (O/g, C/g, kh, kw)."""
+    og, cg, kh, kw = weight_shape[0] // p.groups, *weight_shape[1:]
+    cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
+                        out_size)
+    e_g = e_mat[g * og:(g + 1) * og]
+    return exact_matmul(e_g, lambda dtype: cols(dtype).T, x_range, 1)[0].reshape(og, cg, kh, kw)
+
+
+def conv2d_weight_gradient(x: np.ndarray, weight_shape, error: np.ndarray, p: Conv2dParams):
+    """dw alone (see the module docstring), exact int64."""
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    e_mat, x_range = error_matrix(error), value_range(x)
+    return np.concatenate([_weight_gradient(x, x_range, e_mat, weight_shape, error.shape[2:], p, g)
+                           for g in range(p.groups)])
+
+
 def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Conv2dParams,
                     with_bias: bool = False):
     """(dx, dw, db) as exact int64 arrays; see the module docstring for their grids."""
-    if x.ndim != 4 or error.ndim != 4 or error.shape[1] != weight.shape[0] or error.shape[0] != x.shape[0]:
-        raise ValueError(f"conv backward: input {x.shape}, weights {weight.shape} and error "
-                         f"{error.shape} do not fit")
-    n, c, h, w_in = x.shape
+    check_shapes(x, weight, error, "conv backward")
     o, cg, kh, kw = weight.shape
     og = o // p.groups
     (sh, sw), (ph, pw), (dh, dw_) = p.stride, p.padding, p.dilation
     oh, ow = error.shape[2:]
     x = np.ascontiguousarray(x, dtype=np.int64)
-    e_mat = np.ascontiguousarray(error.transpose(1, 0, 2, 3)).reshape(o, -1)  # (O, N*OH*OW)
+    e_mat = error_matrix(error)  # (O, N*OH*OW)
     e_range = value_range(error)
     x_range = value_range(x)
     dx = np.zeros(x.shape, np.int64)
     grad_w = np.empty(weight.shape, np.int64)
     for g in range(p.groups):
         rows = slice(g * og, (g + 1) * og)
-
-        cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
-                             (oh, ow))
-        # dw (O/g, K) = e (O/g, NP) @ cols^T (NP, K)
-        grad_w[rows] = exact_matmul(e_mat[rows], lambda dtype: cols(dtype).T, x_range, 1)[0].reshape(og, cg, kh, kw)
+        grad_w[rows] = _weight_gradient(x, x_range, e_mat, weight.shape, (oh, ow), p, g)
         # dcols (K, NP) = w^T (K, O/g) @ e (O/g, NP), then scattered back onto the input grid
         w_t = np.ascontiguousarray(weight[rows].reshape(og, -1).T)
         e_g = e_mat[rows]
         dcols = exact_matmul(w_t, lambda dtype: e_g.astype(dtype), e_range, 1)[0]
-        _col2im(dcols, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw_, oh, ow, dx)
+        col2im(dcols, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw_, oh, ow, dx)
     db = error.sum(axis=(0, 2, 3)) if with_bias else None
     return dx, grad_w, db
 

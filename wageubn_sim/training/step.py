@@ -1,6 +1,6 @@
 """A bit-exact integer training step for networks of Conv2d, Linear, BatchNorm2d (batch
 statistics), ReLU, ReLU6, MaxPool2d, AvgPool2d / global average pooling (power-of-two windows),
-Add and Flatten (Adder2d is not defined for integer training yet; docs/arithmetic.md §10).
+Add and Flatten, and Adder2d with AdderNet's gradients (docs/arithmetic.md §10).
 
 One step, in the order the torch path runs it:
 
@@ -27,13 +27,14 @@ from ..fixedpoint.random_bits import random_u32
 from ..engine.activation_backward import (activation_backward, avg_pool2d_backward,
                                           max_pool2d_backward)
 from ..engine.batchnorm_backward import batchnorm2d_backward
+from ..engine.adder2d_backward import adder2d_backward
 from ..engine.conv2d_backward import conv2d_backward, linear_backward
 from ..scheme.quantizers import e1_quantize, e2_quantize, g_quantize, gbn_quantize, lr_quantize
 from .update import UpdateParams, aligned_sum, momentum_update
 
-SUPPORTED_OPS = ("conv2d", "linear", "batchnorm2d", "activation", "max_pool2d", "avg_pool2d",
-                 "add", "flatten")
-PARAM_ROLES = {"conv2d": ("weight", "bias"), "linear": ("weight", "bias"), "batchnorm2d": ("gamma", "beta")}
+MAC_OPS = ("conv2d", "linear", "adder2d")
+SUPPORTED_OPS = MAC_OPS + ("batchnorm2d", "activation", "max_pool2d", "avg_pool2d", "add", "flatten")
+PARAM_ROLES = {op: ("weight", "bias") for op in MAC_OPS} | {"batchnorm2d": ("gamma", "beta")}
 LOGIT_ERROR_FRAC = 24
 
 
@@ -137,7 +138,7 @@ class IntegerTrainer:
                 continue
             e = errors.pop(node.name)
             out = result.layers[node.name]
-            if node.op in ("conv2d", "linear"):
+            if node.op in MAC_OPS:
                 e = e2_quantize(e, self.layers[node.name]["error_k"])
                 self._keep(node.name, "error", e)
                 self._mac_backward(node, out, e, errors, grads)
@@ -264,11 +265,17 @@ class IntegerTrainer:
         has_bias = "bias" in node.arrays
         if node.op == "linear":
             dx, dw, db = linear_backward(x_in, node.arrays["weight"], e.q, has_bias)
+            dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
+        elif node.op == "adder2d":  # AdderNet's gradients, both on the common grid 2**-H
+            dx, dw, db, dx_frac = adder2d_backward(x_in, x_frac, node.arrays["weight"],
+                                                   p.weight_fmt.frac_bits, e.q, p, has_bias)
+            dw_frac = dx_frac
         else:
             dx, dw, db = conv2d_backward(x_in, node.arrays["weight"], e.q, p, has_bias)
+            dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
         if node.inputs[0] != self.graph.inputs[0].name:
-            _add(errors, node.inputs[0], FixedArray(dx, e.frac_bits + p.weight_fmt.frac_bits))
-        for role, grad, frac in (("weight", dw, x_frac + e.frac_bits), ("bias", db, e.frac_bits)):
+            _add(errors, node.inputs[0], FixedArray(dx, e.frac_bits + dx_frac))
+        for role, grad, frac in (("weight", dw, dw_frac + e.frac_bits), ("bias", db, e.frac_bits)):
             if grad is None:
                 continue
             u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
