@@ -188,6 +188,19 @@ def test_adder_backward_equals_reference_and_torch_path(c, w_frac, e_bits, bias)
     assert np.array_equal(wt.grad.numpy(), dw * 2.0 ** -grid)
 
 
+def test_adder_backward_edges():
+    p = Conv2dParams(Format(8, 7), padding=(1, 1))
+    w = np.ones((3, 2, 3, 3), np.int64)
+    dx, dw, db, grid = adder2d_backward(np.zeros((0, 2, 5, 5), np.int64), 4, w, 7,
+                                        np.zeros((0, 3, 5, 5), np.int64), p, True)
+    assert dx.shape == (0, 2, 5, 5) and not dw.any() and not db.any() and grid == 7  # empty batch
+    with pytest.raises(OverflowError, match="62-bit domain"):
+        adder2d_backward(np.full((1, 2, 5, 5), 2**40), 0, w, 7, np.full((1, 3, 5, 5), 2**20), p)
+    with pytest.raises(ValueError, match="groups=1"):
+        adder2d_backward(np.zeros((1, 2, 5, 5)), 0, w[:, :1], 7, np.zeros((1, 3, 5, 5)),
+                         dataclasses.replace(p, groups=2))
+
+
 @given(seed=st.integers(0, 2**31), n_in=st.integers(1, 40), n_out=st.integers(1, 8),
        bias=st.booleans())
 def test_linear_equals_int64_reference(seed, n_in, n_out, bias):

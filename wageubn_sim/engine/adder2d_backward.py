@@ -15,7 +15,8 @@ clips to [-1, 1] in real terms: to +-2**H on the grid. The torch path (`function
 computes the same values in float64 (docs §10).
 
 Overflow bound: |dcols| <= O * 2**H * max|e|, and a cell of dx sums at most kh*kw of them;
-|w * sum e| <= max|w| * N * L * max|e|. Both are checked against the 62-bit domain.
+both terms of dw are at most (max|x| + max|w|) * N * L * max|e|. Both bounds are checked
+against the 62-bit domain.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def adder2d_backward(x: np.ndarray, x_frac: int, weight: np.ndarray, w_frac: int
     x_g = align(np.ascontiguousarray(x, dtype=np.int64), x_frac, grid)
     w_g = align(weight.reshape(o, -1).astype(np.int64), w_frac, grid)
     e_max = magnitude_max(error)
-    if (o * kh * kw << grid) * e_max >= DOMAIN_LIMIT \
-            or magnitude_max(w_g) * error.shape[0] * oh * ow * e_max >= DOMAIN_LIMIT:
+    if (o * kh * kw << grid) * e_max >= DOMAIN_LIMIT or \
+            (magnitude_max(x_g) + magnitude_max(w_g)) * error.shape[0] * oh * ow * e_max >= DOMAIN_LIMIT:
         raise OverflowError("Adder2d backward: the error sums may leave the 62-bit domain; "
                             "narrow the error or the input format")
     e_sum = error.sum(axis=(0, 2, 3))  # (O,)
