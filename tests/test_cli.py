@@ -26,7 +26,7 @@ def test_help_and_version():
 def test_modes_table_lists_every_mode():
     r = run("modes")
     assert r.exit_code == 0
-    for name in ("Rounding.HALF_EVEN", "AP_RND_CONV", "Overflow.SAT_SYM", "AP_SAT_SYM", "narrow=1"):
+    for name in ("Rounding.HALF_EVEN", "AP_RND_CONV", "Overflow.SAT_SYM", "AP_SAT_SYM", "narrow=1", "DOWN"):
         assert name in r.output
 
 

@@ -165,6 +165,26 @@ def test_mode_aliases_and_table():
         assert all(set(v) == {"ap_fixed", "APyTypes", "MATLAB", "QONNX"} for v in table.values())
 
 
+def test_qonnx_names_follow_qonnx_rounding_table():
+    """The rounding table of QONNX's Quant op (its docs/qonnx-custom-ops/quant_op.md): each of our
+    modes named there gives that column."""
+    from fractions import Fraction
+
+    from wageubn_sim.fixedpoint import MODE_NAMES
+    from wageubn_sim.fixedpoint.reference import round_fraction
+    values = ["5.5", "2.5", "1.6", "1.1", "1.0", "-1.0", "-1.1", "-1.6", "-2.5", "-5.5"]
+    qonnx = {"ROUND": [6, 2, 2, 1, 1, -1, -1, -2, -2, -6],
+             "FLOOR": [5, 2, 1, 1, 1, -1, -2, -2, -3, -6],
+             "DOWN": [5, 2, 1, 1, 1, -1, -1, -1, -2, -5],
+             "HALF_UP": [6, 3, 2, 1, 1, -1, -1, -2, -3, -6]}
+    named = {names["QONNX"]: mode for mode, names in MODE_NAMES[Rounding].items() if names["QONNX"]}
+    assert set(named) == set(qonnx)
+    for name, column in qonnx.items():
+        assert [round_fraction(Fraction(v), named[name]) for v in values] == column, name
+    # ap_fixed's AP_RND (our HALF_UP) differs from QONNX's HALF_UP at -2.5: no QONNX name
+    assert round_fraction(Fraction("-2.5"), Rounding.HALF_UP) == -2
+
+
 def test_seed_widths_map_to_formats():
     fmt = Format.from_seed(8, 12)
     assert (fmt.bits, fmt.frac_bits, fmt.signed, fmt.int_bits) == (12, 7, True, 5)

@@ -43,7 +43,8 @@ def _parse(enum_cls, value, what):
         if key in enum_cls.__members__:
             return enum_cls[key]
         # Only ap_fixed/APyTypes names are accepted as aliases: they are unambiguous,
-        # whereas "ROUND" means half-even in QONNX but half-away in MATLAB.
+        # whereas "ROUND" means half-even in QONNX but half-away in MATLAB, and QONNX's
+        # "HALF_UP" is our HALF_AWAY.
         for member, names in MODE_NAMES[enum_cls].items():
             if key in {names["ap_fixed"], names["APyTypes"]} - {None}:
                 return member
@@ -57,7 +58,9 @@ def _parse(enum_cls, value, what):
 
 
 # Names of each mode in other tools. None: the tool has no such mode.
-# QONNX's Quant op only names rounding; its saturation is clamp (narrow=1 is symmetric).
+# QONNX's Quant op only names rounding (its rounding_mode table: ROUND = half to even, HALF_UP
+# = half away from zero, DOWN = toward zero; no half toward +inf); its saturation is clamp
+# (narrow=1 is symmetric).
 # Two tables: members of the two IntEnums compare equal as ints, so one dict would merge them.
 ROUNDING_NAMES: dict[Rounding, dict[str, str | None]] = {
     Rounding.HALF_EVEN: {"ap_fixed": "AP_RND_CONV", "APyTypes": "RND_CONV",
@@ -65,11 +68,11 @@ ROUNDING_NAMES: dict[Rounding, dict[str, str | None]] = {
     Rounding.HALF_UP: {"ap_fixed": "AP_RND", "APyTypes": "RND",
                        "MATLAB": "Nearest", "QONNX": None},
     Rounding.HALF_AWAY: {"ap_fixed": "AP_RND_INF", "APyTypes": "RND_INF",
-                         "MATLAB": "Round", "QONNX": None},
+                         "MATLAB": "Round", "QONNX": "HALF_UP"},
     Rounding.FLOOR: {"ap_fixed": "AP_TRN", "APyTypes": "TRN",
                      "MATLAB": "Floor", "QONNX": "FLOOR"},
     Rounding.TOWARD_ZERO: {"ap_fixed": "AP_TRN_ZERO", "APyTypes": "TRN_ZERO",
-                           "MATLAB": "Zero", "QONNX": None},
+                           "MATLAB": "Zero", "QONNX": "DOWN"},
     Rounding.STOCHASTIC: {"ap_fixed": None, "APyTypes": None,
                           "MATLAB": None, "QONNX": None},
 }
