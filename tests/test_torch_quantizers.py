@@ -62,3 +62,17 @@ def test_bad_widths_raise():
         F.alldirectquant(torch.ones(2), 8, 1)
     with pytest.raises(ValueError, match="unknown rounding"):
         F.quantize(torch.ones(2), Format(8, 7), "bankers")
+
+
+def test_gwquant_adds_the_weight_decay_before_g():
+    """gwquant(w, decay_shift=s) backward: G of (dy + w * 2**-s), the same words as without."""
+    from wageubn_sim.fixedpoint.random_bits import BitSource
+    w = torch.tensor([0.5, -0.25, 0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    dy = torch.tensor([2.0**-10, 0.0, -2.0**-9, 0.0], dtype=torch.float64)
+    F.gwquant(w, 15, 8, BitSource(3), decay_shift=6).backward(dy)
+    w2 = w.detach().clone().requires_grad_(True)
+    F.gwquant(w2, 15, 8, BitSource(3)).backward(dy + w.detach() * 2.0**-6)
+    assert torch.equal(w.grad, w2.grad) and w.grad[1] != 0  # the decay alone moves w[1]
+    for bad in (-1, 63, 2.5, True):
+        with pytest.raises(ValueError, match="decay_shift"):
+            F.gwquant(w, decay_shift=bad)

@@ -52,18 +52,44 @@ def _train_both(model, opt, trainer, batches):
     assert trainer.step_number == len(batches)
 
 
+def _both_paths(model, data_shape, steps, seed=0, update=UpdateParams()):
+    """The torch path's optimizer (parameters snapped to the master grid), the integer trainer
+    of the same model, and ``steps`` batches cycling through seeded random data."""
+    opt = WageubnSGD(model.parameters(), lr=0.05, update=update)
+    opt.snap_to_grid()
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal(data_shape)
+    labels = rng.integers(0, 10, data_shape[:2])
+    trainer = IntegerTrainer.from_model(model, data[0], lr=0.05, update=update)
+    return opt, trainer, [(data[s % len(data)], labels[s % len(data)]) for s in range(steps)]
+
+
 @pytest.mark.parametrize("order", ["quantize_after", "quantize_before"])
 def test_integer_training_equals_torch_path_for_100_steps(order):
     torch.manual_seed(0)
     model = wageubn_sim.quantize_model(ResidualNet()).double()
-    update = UpdateParams(order=order)
-    opt = WageubnSGD(model.parameters(), lr=0.05, update=update)
-    opt.snap_to_grid()
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal((8, 16, 1, 8, 8))
-    labels = rng.integers(0, 10, (8, 16))
-    trainer = IntegerTrainer.from_model(model, data[0], lr=0.05, update=update)
-    _train_both(model, opt, trainer, [(data[s % 8], labels[s % 8]) for s in range(100)])
+    opt, trainer, batches = _both_paths(model, (8, 16, 1, 8, 8), 100,
+                                        update=UpdateParams(order=order))
+    _train_both(model, opt, trainer, batches)
+
+
+def test_weight_decay_before_g_trains_bit_exactly():
+    """Weight decay 2**-6 * w added to every conv/linear weight gradient before G, in both
+    paths; set through Config, as the seed's API sets every other layer setting."""
+    from wageubn_sim.config import Config, config_network
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(ResidualNet()).double()
+    config_network(model, "m", Config(weight_decay_shift=6))
+    assert model.stem.weight_decay_shift == 6 and model.fc.weight_decay_shift == 6
+    opt, trainer, batches = _both_paths(model, (4, 16, 1, 8, 8), 30)
+    assert trainer.layers["stem"]["decay_shift"] == 6
+    _train_both(model, opt, trainer, batches)
+    # the decay is there: without it, the same steps end elsewhere
+    torch.manual_seed(0)
+    _, other, _ = _both_paths(wageubn_sim.quantize_model(ResidualNet()).double(), (4, 16, 1, 8, 8), 30)
+    for x, y in batches:
+        other.step(x, y)
+    assert not np.array_equal(other.master[("stem", "weight")].q, trainer.master[("stem", "weight")].q)
 
 
 def test_unsupported_layers_are_named():
@@ -82,17 +108,12 @@ def test_adder_network_trains_bit_exactly_for_30_steps(tmp_path):
                         F.Adder2d(3, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU(),
                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
     model = wageubn_sim.quantize_model(net).double().train()
-    opt = WageubnSGD(model.parameters(), lr=0.05)
-    opt.snap_to_grid()
-    rng = np.random.default_rng(1)
-    data = rng.standard_normal((4, 8, 1, 8, 8))
-    labels = rng.integers(0, 10, (4, 8))
-    trainer = IntegerTrainer.from_model(model, data[0], lr=0.05)
+    opt, trainer, batches = _both_paths(model, (4, 8, 1, 8, 8), 30, seed=1)
     assert [n.op for n in trainer.graph.nodes][2] == "adder2d"
-    _train_both(model, opt, trainer, [(data[s % 4], labels[s % 4]) for s in range(30)])
+    _train_both(model, opt, trainer, batches)
     from wageubn_sim.vectors import verify_bundle
     from wageubn_sim.vectors.training import write_training_bundle
-    root = write_training_bundle(trainer, data[0], labels[0], tmp_path / "t", kinds=("npy",))
+    root = write_training_bundle(trainer, *batches[0], tmp_path / "t", kinds=("npy",))
     verify_bundle(root)  # G and U recomputed from the adder layer's files too
     assert (root / "_2" / "weight_grad.npy").is_file()
 

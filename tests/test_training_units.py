@@ -135,3 +135,13 @@ def test_avg_pool_backward_refuses_inexact_divisors():
     from wageubn_sim.engine.activation_backward import avg_pool2d_backward
     with pytest.raises(ValueError, match="divisor 9 is not a power of two"):
         avg_pool2d_backward((1, 1, 6, 6), np.zeros((1, 1, 2, 2), np.int64), 0, PoolParams((3, 3), (3, 3)))
+
+
+def test_aligned_sum_is_exact_and_guards_the_domain():
+    from wageubn_sim.fixedpoint.format import FixedArray
+    from wageubn_sim.training.update import aligned_sum
+    got = aligned_sum(FixedArray(np.array([3, -1]), 2), FixedArray(np.array([1, 5]), 4), sign=-1)
+    assert got.frac_bits == 4 and got.q.tolist() == [11, -9]  # 3/4 - 1/16, -1/4 - 5/16
+    assert aligned_sum(FixedArray(np.zeros(0, np.int64), 1), FixedArray(np.zeros(0, np.int64), 61)).q.size == 0
+    with pytest.raises(OverflowError, match="62-bit domain"):
+        aligned_sum(FixedArray(np.array([2**20]), 10), FixedArray(np.array([1]), 60))

@@ -2,8 +2,8 @@
 
 `Config` keeps the seed's 25 fields in the seed's order (so positional code still works),
 every one with a default (the seed bound its 13 defaults to the last 13 fields), and adds
-the widths the seed never exposed: the BatchNorm xhat, the backward quantizers and the
-stochastic-rounding seed. ``*_dec`` is the scheme's k (k-1 fractional bits); ``*_all`` is
+the widths the seed never exposed: the BatchNorm xhat, the backward quantizers, the
+stochastic-rounding seed and the weight decay (a power of two, off by default). ``*_dec`` is the scheme's k (k-1 fractional bits); ``*_all`` is
 the register's total width (symmetric saturation).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ _FIELDS = [
     ("grad_bn", 15),  # G_BN = Q(g, grad_bn)
     ("seed", 0),  # stochastic-rounding key; layer i: seed + 2i (weights), seed + 2i + 1 (bias)
     ("pool_out", 8), ("pool_out_all", 16), ("add_out", 8), ("add_out_all", 16),
+    ("weight_decay_shift", None),  # s: decay 2**-s on conv/linear weights before G; None: off
 ]
 
 Config = namedtuple("Config", [name for name, _ in _FIELDS], defaults=[v for _, v in _FIELDS])
@@ -108,6 +109,8 @@ def config_network(net, name, config, bn_list=(nn.BatchNorm1d, nn.BatchNorm2d, n
             plain.append(f"{path} ({type(module).__name__})")
         _set_widths(module, config, _ROLE_FIELDS[kind])
         _set_common(module, config, index)
+        if kind == "conv_linear":
+            module.weight_decay_shift = config.weight_decay_shift
         index += 1
         if show:
             print(path, "is configured")

@@ -44,8 +44,9 @@ class QuantModule:
     def _weight_gradient(self, w, role: str = "weight"):
         if not self.quant_backward or w is None:
             return w
+        decay = getattr(self, "weight_decay_shift", None) if role == "weight" else None
         return gwquant(w, self.grad_dec_bit_width, self.grad_range_bit_width,
-                       self.grad_sources[role])
+                       self.grad_sources[role], decay)
 
     def _bn_gradient(self, p):
         if not self.quant_backward or p is None:
@@ -82,6 +83,7 @@ class WeightLayer(QuantModule):
     def _init_weight_layer(self, given: dict, iostrict: bool, seed: int) -> None:
         self._init_quant(pick_widths(WEIGHT_LAYER_WIDTHS, given, type(self).__name__),
                          iostrict, seed)
+        self.weight_decay_shift = None  # s: weight decay 2**-s added to the gradient before G
 
     def quantized_weight(self):
         return self._register(self._weight_gradient(self.weight), "weight")

@@ -188,10 +188,23 @@ def _const_gradient(grad, k_dr, k, source):
     return const_values(grad, k_dr, k, _draw(source, grad.shape))
 
 
-def gwquant(x, kgw=15, kdr=8, source: BitSource | None = None):
-    """Weight gradients through G: constquant(dy, kdr, kgw) with words from ``source``."""
-    return _QuantizeGradient.apply(x, _const_gradient, _check_k("kdr", kdr, 2),
-                                   _check_k("kgw", kgw), source)
+def _decayed_const_gradient(grad, k_dr, k, source, weight, decay_shift):
+    return _const_gradient(grad + weight * 2.0 ** -decay_shift, k_dr, k, source)
+
+
+def gwquant(x, kgw=15, kdr=8, source: BitSource | None = None, decay_shift: int | None = None):
+    """Weight gradients through G: constquant(dy, kdr, kgw) with words from ``source``. With
+    ``decay_shift`` s, weight decay 2**-s * x is added to dy first (the official code adds its
+    L2 decay before G; docs/arithmetic.md §10)."""
+    kdr, kgw = _check_k("kdr", kdr, 2), _check_k("kgw", kgw)
+    if decay_shift is None:
+        return _QuantizeGradient.apply(x, _const_gradient, kdr, kgw, source)
+    if isinstance(decay_shift, bool) or not isinstance(decay_shift, (int, np.integer)) \
+            or not 0 <= decay_shift <= 62:
+        raise ValueError(f"decay_shift={decay_shift!r}: the decay is 2**-decay_shift, an integer "
+                         "0..62 (13 for about 1e-4), or None for no decay")
+    return _QuantizeGradient.apply(x, _decayed_const_gradient, kdr, kgw, source, x.detach(),
+                                   int(decay_shift))
 
 
 def gbnquant(x, k=15):

@@ -10,7 +10,8 @@ One step, in the order the torch path runs it:
 3. backward, layers in reverse: at a MAC layer's output the error is E2-quantized, at an
    activation's output E1-quantized (where the torch path's modules put backward_e2 and
    backward_e1); errors of a tensor read by several layers are summed exactly;
-4. G of each weight and bias gradient, with the counter-based words of key = the layer's
+4. G of each weight and bias gradient (a weight's with its decay 2**-s * master added first,
+   where the layer has ``weight_decay_shift`` s), with the counter-based words of key = the layer's
    seed (weights) or seed + 1 (bias) and stream = the step number, as the torch path draws them;
 5. the update unit (`update.momentum_update`) on the master weights and momenta.
 """
@@ -92,7 +93,8 @@ class IntegerTrainer:
             m = modules[node.source]
             info = {"error_k": m.error_bit_width, "grad_k": m.grad_dec_bit_width,
                     "grad_range_k": m.grad_range_bit_width, "grad_bn_k": m.grad_bn_bit_width,
-                    "weight_key": m.grad_sources["weight"].seed, "bias_key": m.grad_sources["bias"].seed}
+                    "weight_key": m.grad_sources["weight"].seed, "bias_key": m.grad_sources["bias"].seed,
+                    "decay_shift": getattr(m, "weight_decay_shift", None)}
             if node.op == "batchnorm2d":
                 info["std_register"] = Format.from_seed(m.var_dec_bit_width, m.var_all_bit_width)
                 info["eps_lsbs"] = round(m.quantized_eps() * 2.0 ** (m.var_dec_bit_width - 1))
@@ -278,10 +280,13 @@ class IntegerTrainer:
         for role, grad, frac in (("weight", dw, dw_frac + e.frac_bits), ("bias", db, e.frac_bits)):
             if grad is None:
                 continue
+            raw = FixedArray(grad, frac)
+            if role == "weight" and info.get("decay_shift") is not None:  # before G, exactly
+                w = self.master[(node.name, "weight")]
+                raw = aligned_sum(raw, FixedArray(w.q, w.frac_bits + info["decay_shift"]))
             u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
-            self._keep(node.name, f"{role}_grad_raw", FixedArray(grad, frac))
-            grads[(node.name, role)] = g_quantize(FixedArray(grad, frac), u, info["grad_range_k"],
-                                                  info["grad_k"])
+            self._keep(node.name, f"{role}_grad_raw", raw)
+            grads[(node.name, role)] = g_quantize(raw, u, info["grad_range_k"], info["grad_k"])
 
     def _frac_of(self, name):
         return self._nodes[name].out_fmt.frac_bits

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 
-from ..fixedpoint.core import requantize
+from ..fixedpoint.core import DOMAIN_LIMIT, magnitude_max, requantize
 from ..fixedpoint.format import FixedArray, Format
 from ..fixedpoint.modes import Overflow, Rounding
 
@@ -49,8 +49,13 @@ class UpdateParams:
 
 
 def aligned_sum(a: FixedArray, b: FixedArray, sign: int = 1) -> FixedArray:
-    """a + sign * b, exactly, on the finer of their grids."""
+    """a + sign * b, exactly, on the finer of their grids (an OverflowError where that would
+    leave the 62-bit domain)."""
     frac = max(a.frac_bits, b.frac_bits)
+    if (magnitude_max(a.q) << (frac - a.frac_bits)) + (magnitude_max(b.q) << (frac - b.frac_bits)) \
+            >= DOMAIN_LIMIT:
+        raise OverflowError(f"a sum on the grid 2**-{frac} leaves the 62-bit domain (grids "
+                            f"2**-{a.frac_bits} and 2**-{b.frac_bits}); use coarser grids")
     return FixedArray((a.q << (frac - a.frac_bits)) + sign * (b.q << (frac - b.frac_bits)), frac)
 
 

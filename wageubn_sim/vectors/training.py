@@ -37,7 +37,7 @@ def write_training_bundle(trainer, x, labels, out_dir, layout: str = "NCHW", lan
             continue
         info = trainer.layers.get(node.name, {})
         layers.append({"name": node.name, "op": node.op, "source": node.source, "tensors": roles,
-                       "grad": {k: info[k] for k in ("grad_k", "grad_range_k", "grad_bn_k",
+                       "grad": {k: info[k] for k in ("grad_k", "grad_range_k", "grad_bn_k", "decay_shift",
                                                      "weight_key", "bias_key") if k in info}})
     training = {"step": step, "lr": {"q": int(trainer.lr.q), "frac_bits": trainer.lr.frac_bits},
                 "update": {k: getattr(trainer.update, k) for k in
