@@ -59,6 +59,14 @@ def test_compile_simulate_compare_vectors_audit(tmp_path):
             "--json", tmp_path / "cmp.json")
     assert r.exit_code == 0 and "bit-exact" in r.output
     assert json.loads((tmp_path / "cmp.json").read_text())["exact"] is True
+    before = (tmp_path / "cmp.json").read_bytes()
+    r = run("compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "x.npy",
+            "--json", tmp_path / "cmp.json")  # an existing report is kept unless --force
+    assert r.exit_code == 2 and "--force" in r.output
+    assert (tmp_path / "cmp.json").read_bytes() == before
+    assert run("compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "x.npy",
+               "--json", tmp_path / "cmp.json", "--force").exit_code == 0
+    assert (tmp_path / "cmp.json").read_bytes() == before  # same inputs, same bytes
     r = run("vectors", graph, "--random", 2, "--seed", 3, "-o", tmp_path / "v", "--layout", "NHWC",
             "--lanes", 2, "--formats", "readmemh,npy")
     assert r.exit_code == 0, r.output
@@ -94,7 +102,10 @@ def test_bad_input_exits_2_and_leaves_nothing(tmp_path):
     r = run("simulate", graph, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert r.exit_code == 0
     r = run("simulate", graph, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and "--force" in r.output
+    assert run("simulate", graph, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy",
+               "--force").exit_code == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
     np.save(tmp_path / "bad.npy", np.zeros((1, 2, 8, 8)))
     r = run("vectors", graph, "--input", tmp_path / "bad.npy", "-o", tmp_path / "v")
     assert r.exit_code == 2 and "does not fit" in r.output and not (tmp_path / "v").exists()

@@ -194,3 +194,15 @@ def test_activation_kernel(seed, x_frac, six, out_bits):
         a = max(Fraction(v, 1) / Fraction(2) ** x_frac, 0)
         a = min(a, 6) if six else a
         assert g == ref.quantize(a, fmt, Rounding.HALF_EVEN, "SAT_SYM")
+
+
+def test_single_files_are_written_whole_or_not_at_all(tmp_path):
+    from wageubn_sim._files import write_file_atomically
+    path = write_file_atomically(tmp_path / "sub" / "a.bin", b"first", overwrite=False)
+    assert path.read_bytes() == b"first"
+    with pytest.raises(FileExistsError, match="--force"):
+        write_file_atomically(path, b"second", overwrite=False)
+    with pytest.raises(TypeError):  # fails while writing: the old file stays, no temp is left
+        write_file_atomically(path, "not bytes", overwrite=True)
+    assert path.read_bytes() == b"first" and sorted(p.name for p in path.parent.iterdir()) == ["a.bin"]
+    assert write_file_atomically(path, b"second", overwrite=True).read_bytes() == b"second"

@@ -1,6 +1,6 @@
 """Train the embedded demo model and write wageubn_sim/demo_data/digits_demo.npz.
 
-    python tools/train_demo.py [--epochs 40] [--seed 0]
+    python tools/train_demo.py [--epochs 40] [--seed 0] [--out FILE] [--force]
 
 The model (`wageubn_sim.demo.demo_model`: a small CNN with two residual blocks) is converted
 with `quantize_model` and trained through the WAGEUBN torch path (8-bit W/A, E1/E2 errors, G
@@ -13,6 +13,7 @@ accuracy measured here. Needs scikit-learn.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 import wageubn_sim
+from wageubn_sim._files import write_file_atomically
 from wageubn_sim.demo import DEMO_DATA, demo_model, images_to_input
 
 
@@ -28,7 +30,10 @@ def main():
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEMO_DATA))
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args()
+    if Path(args.out).exists() and not args.force:
+        parser.error(f"{args.out} exists; pass --force to replace it")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -57,12 +62,12 @@ def main():
         acc = (model(x_test).argmax(1).numpy() == labels[test]).mean()
     print(f"test accuracy of the WAGEUBN torch path after {args.epochs} epochs: {acc:.4f}")
     state = {f"state/{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "wb") as fh:
-        np.savez_compressed(fh, **state, test_images=images[test], test_labels=labels[test],
-                            train_images=images[train], train_labels=labels[train],
-                            torch_accuracy=np.float64(acc), epochs=np.int64(args.epochs),
-                            seed=np.int64(args.seed))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **state, test_images=images[test], test_labels=labels[test],
+                        train_images=images[train], train_labels=labels[train],
+                        torch_accuracy=np.float64(acc), epochs=np.int64(args.epochs),
+                        seed=np.int64(args.seed))
+    write_file_atomically(args.out, buf.getvalue(), overwrite=args.force)
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,5 @@
-"""Writing output folders atomically: all files land together, or none do."""
+"""Writing outputs atomically: a folder's files land together, or none do; a file is whole or
+absent. Nothing existing is replaced unless asked."""
 from __future__ import annotations
 
 import contextlib
@@ -51,3 +52,24 @@ def write_folder_atomically(out_dir, files: dict, overwrite: bool) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
     return Path(out_dir)
+
+
+def write_file_atomically(path, data: bytes, overwrite: bool) -> Path:
+    """Write ``data`` as the file ``path``: written beside it under a temporary name, then
+    renamed into place. An existing file is replaced only with ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -7,6 +7,7 @@ without --force, a model spec that does not import).
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import shlex
 import sys
@@ -16,6 +17,7 @@ import click
 import numpy as np
 
 from . import __version__
+from ._files import write_file_atomically
 
 CHECK_FAILED = 1
 
@@ -247,15 +249,13 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def simulate(graph, input_path, random, shape, seed, out, force):
     """Run a saved GRAPH on inputs with the integer engine."""
+    if Path(out).exists() and not force:
+        raise BadInput(f"{out} exists; pass --force to replace it")
     g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     result = _guard(g.run, x)
-    out = Path(out)
-    if out.exists() and not force:
-        raise BadInput(f"{out} exists; pass --force to replace it")
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, result.q, allow_pickle=False)
-    tmp.replace(out)
+    buf = io.BytesIO()
+    np.save(buf, result.q, allow_pickle=False)
+    _guard(write_file_atomically, out, buf.getvalue(), force)
     click.echo(f"wrote {out}: shape {result.q.shape}, format {result.fmt.describe()}")
 
 
@@ -267,17 +267,22 @@ def simulate(graph, input_path, random, shape, seed, out, force):
 @click.option("--input-format", default="s16.8", show_default=True)
 @_accumulator_option
 @click.option("--json", "json_path", help="Also write the report as JSON.")
-def compare(model, weights, input_path, random, shape, seed, dtype, input_format, accumulator, json_path):
+@click.option("--force", is_flag=True, help="Replace an existing JSON file.")
+def compare(model, weights, input_path, random, shape, seed, dtype, input_format, accumulator,
+            json_path, force):
     """Compare the engine with the torch path, layer by layer (exit 1 if they diverge)."""
     import torch
     from .graph.compare import compare as run_compare
+    if json_path and Path(json_path).exists() and not force:
+        raise BadInput(f"{json_path} exists; pass --force to replace it")
     net = load_model(model, weights)
     x = load_inputs(input_path, random, shape, seed)
     report = _guard(run_compare, net, x, None, getattr(torch, dtype), _parse_format(input_format),
                     _parse_accumulator(accumulator))
     click.echo(str(report))
     if json_path:
-        Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        text = json.dumps(report.to_dict(), indent=1) + "\n"
+        _guard(write_file_atomically, json_path, text.encode(), force)
     sys.exit(0 if report.exact else CHECK_FAILED)
 
 
