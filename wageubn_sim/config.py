@@ -3,8 +3,9 @@
 `Config` keeps the seed's 25 fields in the seed's order (so positional code still works),
 every one with a default (the seed bound its 13 defaults to the last 13 fields), and adds
 the widths the seed never exposed: the BatchNorm xhat, the backward quantizers, the
-stochastic-rounding seed and the weight decay (a power of two, off by default). ``*_dec`` is the scheme's k (k-1 fractional bits); ``*_all`` is
-the register's total width (symmetric saturation).
+stochastic-rounding seed and the weight decay (a power of two, off by default). ``*_dec`` is
+the scheme's k (k-1 fractional bits); ``*_all`` is the register's total width (symmetric
+saturation).
 """
 from __future__ import annotations
 

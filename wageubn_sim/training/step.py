@@ -11,8 +11,9 @@ One step, in the order the torch path runs it:
    activation's output E1-quantized (where the torch path's modules put backward_e2 and
    backward_e1); errors of a tensor read by several layers are summed exactly;
 4. G of each weight and bias gradient (a weight's with its decay 2**-s * master added first,
-   where the layer has ``weight_decay_shift`` s), with the counter-based words of key = the layer's
-   seed (weights) or seed + 1 (bias) and stream = the step number, as the torch path draws them;
+   where the layer has ``weight_decay_shift`` s), with the counter-based words of key = the
+   layer's seed (weights) or seed + 1 (bias) and stream = the step number, as the torch path
+   draws them;
 5. the update unit (`update.momentum_update`) on the master weights and momenta.
 """
 from __future__ import annotations
