@@ -9,13 +9,20 @@ import tempfile
 from pathlib import Path
 
 
+def refuse_existing(path, overwrite: bool) -> Path:
+    """``path`` as a Path; FileExistsError if it exists and ``overwrite`` is off. Writers call
+    it again when they write; callers call it first too, to fail before the work."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    return path
+
+
 @contextlib.contextmanager
 def staged_folder(out_dir, overwrite: bool):
     """Yield an empty staging folder beside ``out_dir``; on success it becomes ``out_dir``
     (replacing an old one only with ``overwrite``), on error it is removed."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (CLI: --force) to replace it")
+    out_dir = refuse_existing(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     umask = os.umask(0)
@@ -57,9 +64,7 @@ def write_folder_atomically(out_dir, files: dict, overwrite: bool) -> Path:
 def write_file_atomically(path, data: bytes, overwrite: bool) -> Path:
     """Write ``data`` as the file ``path``: written beside it under a temporary name, then
     renamed into place. An existing file is replaced only with ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    path = refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from . import __version__
-from ._files import write_file_atomically
+from ._files import refuse_existing, write_file_atomically
 
 CHECK_FAILED = 1
 
@@ -249,8 +249,7 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def simulate(graph, input_path, random, shape, seed, out, force):
     """Run a saved GRAPH on inputs with the integer engine."""
-    if Path(out).exists() and not force:
-        raise BadInput(f"{out} exists; pass --force to replace it")
+    _guard(refuse_existing, out, force)  # before the work
     g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     result = _guard(g.run, x)
     buf = io.BytesIO()
@@ -273,8 +272,8 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
     """Compare the engine with the torch path, layer by layer (exit 1 if they diverge)."""
     import torch
     from .graph.compare import compare as run_compare
-    if json_path and Path(json_path).exists() and not force:
-        raise BadInput(f"{json_path} exists; pass --force to replace it")
+    if json_path:
+        _guard(refuse_existing, json_path, force)  # before the work
     net = load_model(model, weights)
     x = load_inputs(input_path, random, shape, seed)
     report = _guard(run_compare, net, x, None, getattr(torch, dtype), _parse_format(input_format),

@@ -56,16 +56,14 @@ def load_demo_model():
 def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
     """Compile the demo model, compare engine and torch path on the held-out digits, and
     write the graph, a vector bundle (first 4 images) and the width audit into ``out_dir``."""
-    from ._files import staged_folder
+    from ._files import refuse_existing, staged_folder
     from .graph.compare import compare
     from .graph.importer import compile_model
     from .reports.audit import audit
     from .vectors.bundle import write_bundle
     from .vectors.verify import verify_bundle
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:  # before the work; staged_folder checks again at the end
-        raise FileExistsError(f"{out_dir} exists; pass --force to replace it, or choose --out")
+    out_dir = refuse_existing(out_dir, force)  # before the work; staged_folder checks again
     model, images, labels, _ = load_demo_model()
     x = images_to_input(images)
     graph = compile_model(model, x[:4])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._files import write_folder_atomically
+from .._files import refuse_existing, write_folder_atomically
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
 from ..graph.ops import params_to_json
@@ -136,13 +136,6 @@ class BundleWriter:
         return write_folder_atomically(out_dir, files, force)
 
 
-def _refuse_existing(out_dir, force):
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:  # checked before the work, and again when writing
-        raise FileExistsError(f"{out_dir} exists; pass overwrite (CLI: --force) to replace it")
-    return out_dir
-
-
 def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
                  kinds=FILE_KINDS, force: bool = False, seed: int | None = None,
                  command: str | None = None, progress=None, word_width: int | None = None) -> Path:
@@ -152,7 +145,7 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
     wider word is padded with zero bits above the last lane.
     """
     writer = BundleWriter(layout, lanes, kinds, word_width)
-    out_dir = _refuse_existing(out_dir, force)
+    out_dir = refuse_existing(out_dir, force)
     x_q = graph.quantize_input(x)
     result = graph.run(x_q, trace=True)
     layers = []

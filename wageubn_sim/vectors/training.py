@@ -12,7 +12,8 @@ from ..fixedpoint.format import FixedArray, Format
 from ..fixedpoint.random_bits import random_u32
 from ..scheme.quantizers import g_quantize, gbn_quantize
 from ..training.update import UpdateParams, momentum_update
-from .bundle import FILE_KINDS, BundleWriter, _refuse_existing
+from .._files import refuse_existing
+from .bundle import FILE_KINDS, BundleWriter
 
 PARAMS = ("weight", "bias", "gamma", "beta")
 
@@ -22,7 +23,7 @@ def write_training_bundle(trainer, x, labels, out_dir, layout: str = "NCHW", lan
                           command: str | None = None, word_width: int | None = None) -> Path:
     """Run one ``trainer.step(x, labels)`` (it advances the trainer) and write its tensors."""
     writer = BundleWriter(layout, lanes, kinds, word_width)
-    out_dir = _refuse_existing(out_dir, force)
+    out_dir = refuse_existing(out_dir, force)
     step = trainer.step_number
     record: dict = {}
     trainer.step(x, labels, record=record)
