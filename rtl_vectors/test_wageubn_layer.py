@@ -13,7 +13,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from wageubn_sim.vectors.verify import load_manifest, read_tensor
+from wageubn_sim.vectors.verify import load_bundle
 
 
 def _frac(tensors, tid):
@@ -82,9 +82,8 @@ def _relu_jobs(layer, tensors, values):
 @cocotb.test()
 async def bundle_outputs_match(dut):
     root = Path(os.environ["WAGEUBN_BUNDLE"])
-    manifest = load_manifest(root)
+    manifest, values = load_bundle(root)
     tensors = manifest["tensors"]
-    values = {tid: read_tensor(root, entry) for tid, entry in tensors.items()}
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.start.value, dut.valid.value = 0, 0
     await RisingEdge(dut.clk)

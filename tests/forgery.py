@@ -1,23 +1,49 @@
-"""Consistent forgeries of a bundle: one value changed, its file re-hashed in the manifest."""
+"""Consistent forgeries of a bundle: values changed in every file of a tensor, each file
+re-hashed in the manifest, so that only recomputation (or the structure) can tell."""
 import hashlib
 import json
 
 import numpy as np
 
+from wageubn_sim.vectors.bundle import to_layout
+from wageubn_sim.vectors.formats import WRITERS, pack_words
+
+
+def rewrite_tensor(root, tensor_id: str, values: np.ndarray, manifest: dict | None = None) -> dict:
+    """Write ``values`` (NCHW) into every file of a tensor, as the writer would, and update
+    their sha256 in ``manifest`` (read from the bundle when not given; written back)."""
+    own = manifest is None
+    if own:
+        manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["tensors"][tensor_id]
+    stored = to_layout(np.asarray(values, np.int64), entry["layout"])
+    words = pack_words(stored, entry["width"], entry["lanes"])
+    for f in entry["files"]:
+        path = root / f["path"]
+        if f["kind"] == "npy":
+            with open(path, "wb") as fh:
+                np.save(fh, stored, allow_pickle=False)
+        else:
+            path.write_text(WRITERS[f["kind"]][1](words, entry["word_width"], {"forged": 1}))
+        f["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if own:
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def read_values(root, tensor_id: str) -> np.ndarray:
+    """A tensor's values (NCHW) from its .npy file."""
+    from wageubn_sim.vectors.bundle import from_layout
+    entry = json.loads((root / "manifest.json").read_text())["tensors"][tensor_id]
+    npy = next(f for f in entry["files"] if f["kind"] == "npy")
+    return from_layout(np.load(root / npy["path"], allow_pickle=False), entry["layout"])
+
 
 def forge_value(root, tensor_id: str, index: int = 0, flip_bit: int | None = None, delta: int = 1):
-    """Change one value of a tensor (keeping only its .npy file) and rewrite its sha256, so that
-    only recomputation can tell."""
-    manifest = json.loads((root / "manifest.json").read_text())
-    entry = manifest["tensors"][tensor_id]
-    entry["files"] = [f for f in entry["files"] if f["kind"] == "npy"]
-    path = root / entry["files"][0]["path"]
-    q = np.load(path, allow_pickle=False)
+    """Change one value of a tensor in all its files and rewrite their sha256."""
+    q = read_values(root, tensor_id).copy()
     if flip_bit is None:
         q.reshape(-1)[index] += delta
     else:
         q.reshape(-1)[index] ^= 1 << flip_bit
-    with open(path, "wb") as fh:
-        np.save(fh, q, allow_pickle=False)
-    entry["files"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_tensor(root, tensor_id, q)

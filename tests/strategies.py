@@ -15,7 +15,7 @@ def formats(draw, min_bits=2, max_bits=32, min_frac=-8, max_frac=30, unbounded=F
     signed = draw(st.booleans())
     if unbounded and draw(st.booleans()):
         return Format(None, draw(st.integers(min_frac, max_frac)), True)
-    bits = draw(st.integers(max(min_bits, 2 if signed else 1), max_bits))
+    bits = draw(st.integers(max(min_bits, 2 if signed else 1), max_bits if signed else min(max_bits, 61)))
     return Format(bits, draw(st.integers(min_frac, max_frac)), signed)
 
 

@@ -114,8 +114,11 @@ def test_bad_input_exits_2_and_leaves_nothing(tmp_path):
 def test_compare_exit_code_1_when_diverging(tmp_path):
     np.save(tmp_path / "x.npy", np.load(DEMO_DATA)["test_images"][:3][:, None] / 16.0)
     r = run("compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "x.npy",
-            "--accumulator", "12:SAT:kernel_major:2")
+            "--accumulator", "14:SAT:kernel_major:2")  # 14 bits hold the linear layer's bias
     assert r.exit_code == 1 and "accumulator saturation" in r.output
+    r = run("compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "x.npy",
+            "--accumulator", "12:SAT")  # they do not: refused (docs/arithmetic.md section 9)
+    assert r.exit_code == 2 and "outside the 12-bit saturating accumulator it preloads" in r.output
     r = run("compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "x.npy",
             "--accumulator", "12:CLAMP")
     assert r.exit_code == 2 and "unknown overflow mode" in r.output

@@ -76,6 +76,10 @@ def test_narrow_accumulator_follows_the_mac_order(c, order, k_split, acc_bits, o
     acc = Accumulator(acc_bits, overflow, order, k_split)
     p = Conv2dParams(Format(c["w_bits"], c["w_bits"] - 1), Format(22, 0) if c["bias"] else None,
                      (c["stride"],) * 2, (c["pad"],) * 2, (c["dil"],) * 2, c["groups"], accumulator=acc)
+    if not _preload_fits(b, c["w_bits"] - 1, acc):  # docs §9: refused, never clamped
+        with pytest.raises(ValueError, match="outside the .*saturating accumulator it preloads"):
+            adder2d(x, 0, w, b, p) if adder else conv2d(x, 0, w, b, p)
+        return
     got = adder2d(x, 0, w, b, p) if adder else conv2d(x, 0, w, b, p)
     want, events = _per_mac_reference(x, w, b, c, acc, adder)
     assert np.array_equal(got.q, want)
@@ -100,6 +104,11 @@ def test_events_are_counted_per_register(c, rounding, reg_bits, reg_frac, acc_bi
                           (c["dil"],) * 2, c["groups"], accumulator=Accumulator(acc_bits, acc_overflow))
     p = dataclasses.replace(conv_p, input_register=reg, out_fmt=Format(out_bits, out_frac),
                             rounding=rounding, out_overflow=out_overflow)
+    acc = conv_p.accumulator
+    if not _preload_fits(b, max(reg_frac + w_fmt.frac_bits, c["b_frac"]) - c["b_frac"], acc):
+        with pytest.raises(ValueError, match="saturating accumulator it preloads"):
+            conv2d(x, c["x_frac"], w, b, p, trace=True)
+        return
     got = conv2d(x, c["x_frac"], w, b, p, trace=True)
 
     x_reg, _, counts = requantize_counted(x, c["x_frac"], reg, rounding, Overflow.SAT_SYM)
@@ -112,6 +121,16 @@ def test_events_are_counted_per_register(c, rounding, reg_bits, reg_frac, acc_bi
     assert got.events_at("output") == Events.of_requantize(counts, out_overflow)
     assert got.events == Events.total(got.events_at(r) for r in ("input", "accumulator", "output"))
     assert got.events_at("scaled") == Events()
+
+
+def _preload_fits(b, shift, acc) -> bool:
+    """Whether a saturating accumulator can be preloaded with the bias aligned by ``shift``
+    (a wrapping one always can: it keeps the low bits)."""
+    if b is None or acc.bits is None or acc.overflow == Overflow.WRAP:
+        return True
+    hi = (1 << (acc.bits - 1)) - 1
+    lo = -hi if acc.overflow == Overflow.SAT_SYM else -hi - 1
+    return all(lo <= int(v) << shift <= hi for v in b)
 
 
 def _per_mac_reference(x, w, b, c, acc, adder=False):

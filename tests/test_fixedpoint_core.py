@@ -56,7 +56,7 @@ def test_most_negative_and_extremes(bits, overflow):
     fmt = Format(bits, 0)
     lo, hi = fmt.min_int, fmt.max_int
     q = np.array([lo, lo - 1, lo + 1, hi, hi + 1, 0, -1], dtype=np.int64)
-    q = q[np.abs(q) < 2**61]
+    q = q[(q >= -2**61) & (q < 2**61)]  # the domain: the range of s62
     got = requantize(q, 0, fmt, "HALF_EVEN", overflow)
     assert got.tolist() == ref_requantize_all(q, 0, fmt, Rounding.HALF_EVEN, overflow, None)
     if overflow == Overflow.SAT_SYM:
@@ -239,3 +239,79 @@ def test_float_parity_edges_numpy_and_torch():
 def test_divide_rounded_equals_reference(p, d, rounding):
     from wageubn_sim.fixedpoint.core import divide_rounded
     assert divide_rounded(p, d, int(rounding)) == ref.round_fraction(Fraction(p, d), rounding)
+
+
+@given(x=dyadic_floats(mant_bits=52, exp_range=(-60, 960)),
+       fmt=formats(max_bits=62, min_frac=-40, max_frac=70), rounding=roundings,
+       overflow=overflows, data=st.data())
+def test_quantize_is_exact_in_every_width(x, fmt, rounding, overflow, data):
+    """Formats up to 62 bits (float64 cannot hold their rails beyond 54), values up to 2**1012
+    once scaled (beyond float64's range: they must still saturate and wrap exactly)."""
+    u = data.draw(u32_words(len(x))) if rounding == Rounding.STOCHASTIC else None
+    words = [None] * len(x) if u is None else [int(w) for w in u]
+    with np.errstate(all="raise"):  # no overflow or invalid value on the way
+        got = quantize(x, fmt, rounding, overflow, u).tolist()
+    assert got == [ref.quantize(float(v), fmt, rounding, overflow, w) for v, w in zip(x, words)]
+
+
+def test_quantize_wide_formats_at_the_rails():
+    """The issue's cases: s55 saturated 2**54 (above its maximum), s62 raised OverflowError."""
+    assert quantize(np.array([1e30]), Format(55, 0), "HALF_EVEN", "SAT").tolist() == [2**54 - 1]
+    assert quantize(np.array([1e30, -1e30]), Format(62, 0), "HALF_EVEN", "SAT").tolist() == [2**61 - 1, -2**61]
+    assert quantize(np.array([-1e30]), Format(62, 0), "HALF_EVEN", "SAT_SYM").tolist() == [-2**61 + 1]
+    assert quantize(np.array([1e30]), Format(61, 0, False), "HALF_EVEN", "SAT").tolist() == [2**61 - 1]
+    assert quantize(np.array([-1.0]), Format(61, 0, False), "HALF_EVEN", "WRAP").tolist() == [2**61 - 1]
+    # 1e308 * 2**20 is beyond float64: a multiple of 2**63, so it saturates and wraps to 0
+    assert quantize(np.array([1e308]), Format(16, 20), "HALF_EVEN", "WRAP").tolist() == [0]
+    assert quantize(np.array([-1e308]), Format(16, 20), "HALF_EVEN", "SAT").tolist() == [-2**15]
+    with pytest.raises(OverflowError, match="more than 62 bits"):
+        quantize(np.array([1e308]), Format(None, 20))
+    assert quantize(np.array([-2.0**61]), Format(None, 0)).tolist() == [-2**61]  # in the domain
+    with pytest.raises(OverflowError):
+        quantize(np.array([2.0**61]), Format(None, 0))
+
+
+def test_the_domain_is_the_range_of_s62():
+    assert requantize(np.array([-2**61, 2**61 - 1]), 0, Format(62, 0)).tolist() == [-2**61, 2**61 - 1]
+    assert requantize(np.array([-2**61]), 3, Format(None, 0), "FLOOR").tolist() == [-2**58]
+    for outside in (-2**61 - 1, 2**61):
+        with pytest.raises(OverflowError, match="2\\*\\*61"):
+            requantize(np.array([outside]), 0, Format(62, 0))
+    assert requantize_scalar(-2**60, -1, 0, True, 0, int(Overflow.SAT), 0) == -2**61  # unbounded
+    with pytest.raises(ValueError, match="unsigned format needs 1 to 61 bits"):
+        Format(62, 0, signed=False)
+    with pytest.raises(TypeError, match="signed"):
+        Format(8, 0, signed=1)
+
+
+@pytest.mark.parametrize("fmt,ok", [(Format(54, 0), True), (Format(55, 0), False),
+                                    (Format(53, 0, False), True), (Format(54, 0, False), False),
+                                    (Format(None, 0), True)])
+def test_float_path_refuses_formats_it_cannot_hold(fmt, ok):
+    import torch
+    x = np.array([1e300, -1e300, 2.0**52 + 1, -3.0])
+    for arr in (x, torch.from_numpy(x)):
+        if ok:
+            want = quantize(np.clip(x, -2.0**60, 2.0**60), fmt, "HALF_EVEN", "WRAP")
+            got = quantize_to_grid(np.clip(x, -2.0**60, 2.0**60), fmt, "HALF_EVEN", "WRAP")
+            assert got.tolist() == want.tolist()
+        else:
+            with pytest.raises(ValueError, match="float path is exact up to s54 and u53"):
+                quantize_to_grid(arr, fmt)
+
+
+def test_subnormal_scaled_values_raise():
+    """x * 2**f below 2**-1022 may have been rounded by the scaling: FLOOR of -2**-1075 would
+    give 0 instead of -1. Refused, in the integer and the float path; zeros are fine."""
+    import torch
+    tiny = np.array([-2.0**-1074])
+    for fn in (quantize, quantize_to_grid):
+        with pytest.raises(ValueError, match="normal range"):
+            fn(tiny, Format(8, -1), "FLOOR")
+        with pytest.raises(ValueError, match="normal range"):
+            fn(np.array([0.0, 1e-300]), Format(8, -30))
+        assert fn(np.array([0.0, -0.0]), Format(8, -30)).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="normal range"):
+        quantize_to_grid(torch.tensor([1e-300], dtype=torch.float64), Format(8, -30))
+    # a subnormal x scaled up into the normal range is exact, and kept
+    assert quantize(np.array([-2.0**-1073, 2.0**-1073]), Format(None, 1000), "FLOOR").tolist() == [-1, 0]

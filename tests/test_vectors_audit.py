@@ -23,8 +23,9 @@ def test_memory_images_round_trip(values, lanes):
     words = pack_words(q, width, lanes)
     for write, read in ((write_readmemh, read_readmemh), (write_coe, read_coe), (write_mif, read_mif)):
         text = write(words, width * lanes, {"k": "v"})
-        got = read(text)[:len(words)]
-        assert got == words or (not words and len(got) <= 1)
+        depth = len(words) if read is read_readmemh else max(len(words), 1)  # one 0 word when empty
+        got = read(text, depth, width * lanes)[:len(words)]
+        assert got == words
         assert np.array_equal(unpack_words(got, width, lanes, len(values)), q)
 
 
@@ -36,7 +37,8 @@ def test_word_syntax_matches_the_specs():
     assert "memory_initialization_radix=16;" in coe and coe.rstrip().endswith("0580;")
     mif = write_mif(words, 16, {})
     assert "DEPTH = 2;" in mif and "WIDTH = 16;" in mif and "0 : 7fff;" in mif and "END;" in mif
-    assert read_mif("DEPTH=4;WIDTH=8;CONTENT BEGIN [0..3] : 5 6; END;") == [5, 6, 5, 6]
+    assert read_mif("DEPTH=4;WIDTH=8;ADDRESS_RADIX=HEX;DATA_RADIX=HEX;CONTENT BEGIN [0..3] : 5 6; END;",
+                    4, 8) == [5, 6, 5, 6]
     with pytest.raises(ValueError, match="does not fit 8 signed bits"):
         pack_words(np.array([128]), 8, 1)
 
@@ -93,13 +95,13 @@ def test_recompute_detects_a_wrong_output_and_tampering(tmp_path):
     lines = hexfile.read_text().splitlines()
     lines[-1] = format(int(lines[-1], 16) ^ 1, f"0{len(lines[-1])}x")
     hexfile.write_text("\n".join(lines) + "\n")
-    with pytest.raises(BundleError, match="_0/output.hex: sha256 does not match"):
-        verify_bundle(root)
+    report = verify_bundle(root)
+    assert report.failures == ["_0/output.hex: sha256 does not match the manifest (edited or corrupted)"]
     # a consistent forgery (files and hashes rewritten) is caught by recomputation
     root2 = write_bundle(graph, x, tmp_path / "w", kinds=("npy",))
     forge_value(root2, "_4/output")
     report = verify_bundle(root2)
-    assert not report.ok and any(f.startswith("_4/output: recomputed 1 values") for f in report.failures)
+    assert report.failures == ["_4/output.npy: 1 values differ from the recomputation"]
 
 
 def test_bad_bundles(tmp_path):
@@ -112,17 +114,14 @@ def test_bad_bundles(tmp_path):
     first = manifest["tensors"]["input"]["files"][0]
     first["path"] = "../../etc/passwd"
     (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="does not follow the manifest schema|escapes the bundle"):
-        verify_bundle(root)
+    assert any("escapes the bundle folder" in f for f in verify_bundle(root).failures)
     first["path"] = "_0/../../outside.npy"
     (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="escapes the bundle folder"):
-        verify_bundle(root)
+    assert any("escapes the bundle folder" in f for f in verify_bundle(root).failures)
     shutil.rmtree(root)
     root = write_bundle(graph, x, tmp_path / "v2")
     (root / "_0" / "weight.coe").unlink()
-    with pytest.raises(BundleError, match="_0/weight.coe is missing"):
-        verify_bundle(root)
+    assert verify_bundle(root).failures == ["_0/weight.coe is missing from the bundle"]
     with pytest.raises(BundleError, match="no manifest.json"):
         verify_bundle(tmp_path)
     with pytest.raises(ValueError, match="layout 'CHWN'"):
@@ -173,7 +172,7 @@ def test_audit_and_manifest_give_each_register_its_own_events(tmp_path):
     from wageubn_sim.config import Config, config_network
     from wageubn_sim.engine.registers import Accumulator, Events
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.ReLU())  # no bias: it would not fit the 12-bit accumulator
     net[1].running_mean.fill_(0.5)
     m = wageubn_sim.quantize_model(net).eval()
     config_network(m, "m", Config(iostrict=True, acti=8, acti_all=4))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import wageubn_sim
-from wageubn_sim._files import write_file_atomically
+from wageubn_sim.files.write import write_file_atomically
 from wageubn_sim.demo import DEMO_DATA, demo_model, images_to_input
 
 

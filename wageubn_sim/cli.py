@@ -1,31 +1,60 @@
 """The `wageubn-sim` command line.
 
 Exit codes: 0 success; 1 a check failed (engine and torch diverge, a bundle does not verify,
-the demo's checks fail); 2 bad input (usage, missing or malformed files, an existing output
-without --force, a model spec that does not import).
+the demo's checks fail); 2 bad input (usage, a missing, unreadable or malformed file, a value
+out of range, an existing output without --force, an output that cannot be written), with a
+message that names the problem and the fix and no traceback; 3 an internal error (a bug), with
+its traceback.
 """
 from __future__ import annotations
 
 import importlib
 import io
 import json
+import math
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 import click
 import numpy as np
 
 from . import __version__
-from ._files import refuse_existing, write_file_atomically
+from .files.read import UnreadableFile, npz_members, read_npy, read_npz, their_reason
+from .files.write import OutputError, refuse_existing, write_file_atomically
 
 CHECK_FAILED = 1
+BAD_INPUT = 2
+INTERNAL_ERROR = 3
+MAX_RANDOM_VALUES = 1 << 27  # --random N --shape S: at most 2**27 values (1 GiB of float64)
+INPUT_KINDS = "iuf"  # inputs: integers (of the input format) or floats
 
 
 class BadInput(click.ClickException):
     """Bad input: exit code 2, with a message that names the problem and the fix."""
 
-    exit_code = 2
+    exit_code = BAD_INPUT
+
+
+class _Main(click.Group):
+    """The command group; an exception no command expected is a bug: its traceback is printed
+    and the exit code is 3, so that scripts can tell a crash from a failing check."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit,
+                KeyboardInterrupt):
+            raise
+        except MemoryError:
+            raise BadInput("out of memory; use fewer or smaller inputs (--random, the batch "
+                           "in --input) or a smaller model") from None
+        except Exception:
+            traceback.print_exc()
+            click.echo("wageubn-sim: internal error (a bug in wageubn-sim, not in your input); "
+                       "please report it with the traceback above", err=True)
+            sys.exit(INTERNAL_ERROR)
 
 
 def _command_line() -> str:
@@ -52,7 +81,7 @@ def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (FileExistsError, FileNotFoundError, UnsupportedLayer, BundleError, ValueError,
-            OverflowError, TypeError) as err:
+            OverflowError, OutputError) as err:
         raise BadInput(str(err)) from None
 
 
@@ -64,16 +93,16 @@ def _progress(label: str):
     return wrap
 
 
-def _parse_format(text: str):
+def _parse_format(text: str, option: str = "--input-format"):
     from .fixedpoint.format import Format
     try:
         sign, rest = text[0], text[1:]
         bits, frac = rest.split(".")
         if sign not in "su":
-            raise ValueError
+            raise ValueError("it starts with s or u")
         return Format(None if bits == "inf" else int(bits), int(frac), sign == "s")
-    except (ValueError, IndexError):
-        raise BadInput(f"format {text!r}: write it as s<bits>.<frac_bits>, e.g. s16.8") from None
+    except (ValueError, IndexError, TypeError) as err:
+        raise BadInput(f"{option} {text!r}: {err}; write it as s<bits>.<frac_bits>, e.g. s16.8") from None
 
 
 def _parse_accumulator(text: str | None):
@@ -84,6 +113,8 @@ def _parse_accumulator(text: str | None):
     from .engine.registers import Accumulator
     parts = text.split(":")
     try:
+        if len(parts) > 4:
+            raise ValueError("too many fields")
         return Accumulator(int(parts[0]), *(parts[1:3]), *(int(v) for v in parts[3:4]))
     except (ValueError, TypeError) as err:
         raise BadInput(f"--accumulator {text!r}: {err}; write BITS[:SAT|WRAP[:ORDER[:K_SPLIT]]]") from None
@@ -94,8 +125,11 @@ _accumulator_option = click.option(
                           "(ORDER channel_major or kernel_major); default exact.")
 
 
+# ---- models and weights -------------------------------------------------------------------
+
 def load_model(spec: str, weights: str | None):
-    """``package.module:factory`` -> the torch-path model, with a weights file applied."""
+    """``package.module:factory`` -> the torch-path model (float64, so that float64 weights
+    stay exact), with a weights file applied."""
     import torch
     from .convert import quantize_model
     module_name, _, attr = spec.partition(":")
@@ -103,57 +137,100 @@ def load_model(spec: str, weights: str | None):
         raise BadInput(f"model {spec!r}: name it as package.module:factory")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise BadInput(f"model {spec!r} does not import: {err}") from None
-    model = factory()
+    except Exception as err:  # the module's own import may raise anything
+        raise BadInput(f"model {spec!r} does not import: {type(err).__name__}: {their_reason(err)}") from None
+    if not callable(factory):
+        raise BadInput(f"model {spec!r} is a {type(factory).__name__}, not a factory to call")
+    try:
+        model = factory()
+    except Exception as err:
+        raise BadInput(f"model factory {spec} failed: {type(err).__name__}: {their_reason(err)}") from None
     if not isinstance(model, torch.nn.Module):
         raise BadInput(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    model = model.double()
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise BadInput(f"weights file {weights} does not exist")
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                state = {k.removeprefix("state/"): torch.from_numpy(data[k]) for k in data.files
-                         if k.startswith("state/")}
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        state = _load_state(Path(weights))
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:
+            raise BadInput(f"weights {weights} do not fit {spec}: {their_reason(err)}") from None
         if missing or unexpected:
             raise BadInput(f"weights {weights} do not fit {spec}: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
     return quantize_model(model).eval()
 
 
+def _load_state(path: Path) -> dict:
+    """A state dict of real tensors from .npz (arrays 'state/NAME') or .pt (torch.load with
+    weights_only=True: no code runs)."""
+    import torch
+    fix = "save it with torch.save(model.state_dict(), PATH) or as .npz with arrays state/NAME"
+    if not path.is_file():
+        raise BadInput(f"weights file {path} does not exist" if not path.exists()
+                       else f"weights {path} is not a regular file")
+    if path.suffix == ".npz":
+        try:
+            names = [n for n in npz_members(path, "weights") if n.startswith("state/")]
+            arrays = read_npz(path, "weights", names, kinds="iufb")
+        except (UnreadableFile, FileNotFoundError) as err:
+            raise BadInput(f"{err}; {fix}") from None
+        state = {k.removeprefix("state/"): torch.from_numpy(v) for k, v in arrays.items()}
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many kinds on a bad file; none is a bug of ours
+            raise BadInput(f"weights {path} is not a state dict that torch.load(weights_only=True) "
+                           f"reads ({type(err).__name__}: {their_reason(err)}); {fix}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        kind = f"a dict with keys {list(state)[:5]}" if isinstance(state, dict) else type(state).__name__
+        raise BadInput(f"weights {path} holds {kind}, not a state dict of tensors; {fix}")
+    for name, t in state.items():
+        if t.is_complex():
+            raise BadInput(f"weights {path}: {name} is complex; the model's parameters are real")
+        if not t.is_floating_point() and t.numel() and int(t.abs().max()) >= 1 << 53:
+            raise BadInput(f"weights {path}: {name} holds integers beyond 2**53, which a float "
+                           "parameter cannot hold exactly")
+    return state
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
 def load_inputs(input_path: str | None, random: int | None, shape: str | None, seed: int):
+    """Inputs from an .npy (or one-array .npz) file, or ``random`` seeded normal ones."""
     if input_path:
         path = Path(input_path)
-        if not path.is_file():
-            raise BadInput(f"input file {input_path} does not exist")
         try:
-            data = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise BadInput(f"{input_path} is not a numpy file: {err}") from None
-        if isinstance(data, np.ndarray):
-            return data
-        with data:
-            if len(data.files) != 1:
-                raise BadInput(f"{input_path} holds {data.files}; give an .npz with one array")
-            return data[data.files[0]]
+            if path.suffix == ".npz":
+                names = npz_members(path, "input file")
+                if len(names) != 1:
+                    raise BadInput(f"input file {input_path} holds arrays {names[:5]}; give an "
+                                   ".npz with exactly one array (N first), or an .npy")
+                return read_npz(path, "input file", names, kinds=INPUT_KINDS)[names[0]]
+            return read_npy(path, "input file", kinds=INPUT_KINDS)
+        except (UnreadableFile, FileNotFoundError) as err:
+            raise BadInput(f"{err}; give an .npy of floats, or of integers of the input format") from None
     if random is None or not shape:
         raise BadInput("give inputs: --input FILE.npy, or --random N with --shape C,H,W")
     try:
         dims = tuple(int(v) for v in shape.split(","))
     except ValueError:
         raise BadInput(f"--shape {shape!r}: write it as C,H,W") from None
+    if not dims or min(dims) < 1:
+        raise BadInput(f"--shape {shape!r}: every size must be at least 1")
+    if random * math.prod(dims) > MAX_RANDOM_VALUES:
+        raise BadInput(f"--random {random} --shape {shape} asks for {random * math.prod(dims)} values, "
+                       f"more than {MAX_RANDOM_VALUES}; use fewer inputs, or save them with np.save "
+                       "and pass --input")
     return np.random.default_rng(seed).standard_normal((random, *dims))
 
 
 _input_options = [
     click.option("--input", "input_path", type=str, help="Inputs as .npy, or .npz with one array (N first)."),
-    click.option("--random", type=int, help="Use N seeded random normal inputs instead."),
+    click.option("--random", type=click.IntRange(1), help="Use N seeded random normal inputs instead."),
     click.option("--shape", type=str, help="Shape of one random input, e.g. 3,32,32."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
+    click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+                 help="Seed of the random inputs."),
 ]
 
 
@@ -172,10 +249,24 @@ def _graph_and_inputs(path, input_path, random, shape, seed):
     return graph, load_inputs(input_path, random, shape, seed)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _output(out, force: bool, *inputs):
+    """Check an output path before the work: a real name, not an existing target (without
+    --force), and neither one of the command's inputs nor a folder that holds one."""
+    target = _guard(refuse_existing, out, force)
+    resolved = target.resolve()
+    for given in inputs:
+        if given and Path(given).resolve().is_relative_to(resolved):
+            raise BadInput(f"output {out} would replace the input {given}; choose another path")
+    return target
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wageubn-sim")
 def main():
-    """wageubn-sim: a bit-exact integer golden model of WAGEUBN networks."""
+    """wageubn-sim: a bit-exact integer golden model of WAGEUBN networks.
+
+    Exit codes: 0 success, 1 a check failed, 2 bad input (the message says what and how to
+    fix it), 3 an internal error (a bug; its traceback is printed)."""
 
 
 @main.command()
@@ -196,9 +287,15 @@ def modes():
 def demo(out, force):
     """Run the embedded demo offline: compile, compare, write vectors and the audit."""
     from .demo import run_demo
-
+    _output(out, force)
     ok = _guard(run_demo, out, force, click.echo, _progress("writing vectors"))
     sys.exit(0 if ok else CHECK_FAILED)
+
+
+def _positive_rate(name: str, value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise BadInput(f"{name} {value}: a learning rate must be a finite number above 0")
+    return value
 
 
 @main.command()
@@ -206,13 +303,31 @@ def demo(out, force):
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(2))
 @click.option("--lr", default=0.25, show_default=True, type=float, help="Integer training's rate (flr-quantized).")
 @click.option("--float-lr", default=0.05, show_default=True, type=float, help="The float baseline's rate.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--limit", type=click.IntRange(2), help="Train on the first N digits only.")
 @click.option("--step-vectors", help="Write the first step's training bundle into this folder.")
 @click.option("--force", is_flag=True, help="Replace an existing --step-vectors folder.")
 def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
     """Train the demo model bit-exactly in integers (8-bit W/A/G/E/U/BN) and in float."""
-    from .demo import train_comparison
+    from .demo import DEMO_DATA, train_comparison
+    from .scheme.quantizers import lr_quantize
+    _positive_rate("--lr", lr)
+    _positive_rate("--float-lr", float_lr)
+    held = lr_quantize(lr)
+    effective = float(held.q) * 2.0 ** -held.frac_bits
+    if effective == 0:
+        raise BadInput(f"--lr {lr} rounds to 0 on flr's grid 2**-{held.frac_bits}; give at least "
+                       f"{2.0 ** -(held.frac_bits + 1)}")
+    if effective != lr:
+        click.echo(f"note: --lr {lr} is held as {effective} (flr: s10.9, saturating)", err=True)
+    with np.load(DEMO_DATA, allow_pickle=False) as data:  # our own packaged file
+        available = len(data["train_labels"])
+    digits = min(limit or available, available)
+    if batch > digits:
+        raise BadInput(f"--batch {batch} is larger than the {digits} training digits; give a "
+                       "smaller --batch or a larger --limit")
+    if step_vectors:
+        _output(step_vectors, force)
     _guard(train_comparison, epochs, batch, lr, float_lr, seed, limit, click.echo,
            _progress("training"), step_vectors, force, _command_line())
 
@@ -233,9 +348,11 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
     """Compile MODEL (package.module:factory) into an integer graph folder."""
     from .graph.fold import fold_batchnorm
     from .graph.importer import compile_model
+    _output(out, force, weights, input_path)  # before the work
+    fmt, acc = _parse_format(input_format), _parse_accumulator(accumulator)
     net = load_model(model, weights)
     x = load_inputs(input_path, random or 1, shape, seed)
-    graph = _guard(compile_model, net, x, _parse_format(input_format), _parse_accumulator(accumulator))
+    graph = _guard(compile_model, net, x, fmt, acc)
     if fold_bn is not None:
         graph = _guard(fold_batchnorm, graph, fold_bn)
     _guard(graph.save, out, force)
@@ -249,7 +366,7 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def simulate(graph, input_path, random, shape, seed, out, force):
     """Run a saved GRAPH on inputs with the integer engine."""
-    _guard(refuse_existing, out, force)  # before the work
+    _output(out, force, graph, input_path)  # before the work
     g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     result = _guard(g.run, x)
     buf = io.BytesIO()
@@ -273,11 +390,11 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
     import torch
     from .graph.compare import compare as run_compare
     if json_path:
-        _guard(refuse_existing, json_path, force)  # before the work
+        _output(json_path, force, weights, input_path)  # before the work
+    fmt, acc = _parse_format(input_format), _parse_accumulator(accumulator)
     net = load_model(model, weights)
     x = load_inputs(input_path, random, shape, seed)
-    report = _guard(run_compare, net, x, None, getattr(torch, dtype), _parse_format(input_format),
-                    _parse_accumulator(accumulator))
+    report = _guard(run_compare, net, x, None, getattr(torch, dtype), fmt, acc)
     click.echo(str(report))
     if json_path:
         text = json.dumps(report.to_dict(), indent=1) + "\n"
@@ -290,14 +407,17 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
 @input_options
 @click.option("-o", "--out", required=True, help="Bundle folder to write.")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
-@click.option("--lanes", type=int, default=1, show_default=True, help="Values packed per word (lane 0 in the LSBs).")
-@click.option("--word-width", type=int, help="Bits per memory word (default: lanes x value width; "
-                                             "wider words are zero-padded above the last lane).")
+@click.option("--lanes", type=click.IntRange(1), default=1, show_default=True,
+              help="Values packed per word (lane 0 in the LSBs).")
+@click.option("--word-width", type=click.IntRange(2), help="Bits per memory word (default: lanes x "
+                                                           "value width; wider words are zero-padded "
+                                                           "above the last lane).")
 @click.option("--formats", default="readmemh,coe,mif,npy", show_default=True, help="File kinds to write.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_width, formats, force):
     """Write a test-vector bundle (manifest + memory images) for GRAPH on inputs."""
     from .vectors.bundle import write_bundle
+    _output(out, force, graph, input_path)  # before the work
     g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     _guard(write_bundle, g, x, out, layout, lanes, [k.strip() for k in formats.split(",")], force,
            seed if input_path is None else None, _command_line(), _progress("writing vectors"),
@@ -308,7 +428,9 @@ def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_wid
 @main.command()
 @click.argument("bundle")
 def verify(bundle):
-    """Check a bundle: schema, sha256 of every file, and every layer recomputed (exit 1 on failure)."""
+    """Check a bundle from its files alone: every file listed and matching its sha256, the
+    network recomputed from the input and parameters, every layer, tensor, format and event
+    count compared (exit 1 listing every failure; 2 if BUNDLE is no bundle)."""
     from .vectors.verify import verify_bundle
     report = _guard(verify_bundle, bundle)
     click.echo(str(report))
@@ -322,8 +444,10 @@ def verify(bundle):
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def audit(graph, input_path, random, shape, seed, out, force):
     """Audit the register widths of GRAPH over inputs; print the table."""
-    from ._files import write_folder_atomically
+    from .files.write import write_folder_atomically
     from .reports.audit import audit as run_audit
+    if out:
+        _output(out, force, graph, input_path)  # before the work
     g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     report = _guard(run_audit, g, x)
     click.echo(report.to_table().rstrip())

@@ -56,7 +56,7 @@ def load_demo_model():
 def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
     """Compile the demo model, compare engine and torch path on the held-out digits, and
     write the graph, a vector bundle (first 4 images) and the width audit into ``out_dir``."""
-    from ._files import refuse_existing, staged_folder
+    from .files.write import refuse_existing, staged_folder
     from .graph.compare import compare
     from .graph.importer import compile_model
     from .reports.audit import audit

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
-from .registers import Events, Output, align, input_stage, output_stage
+from .registers import Events, Output, align, check_ints, input_stage, output_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +17,10 @@ class ActivationParams:
     input_register: Format | None = None
     rounding: Rounding = Rounding.HALF_EVEN
     overflow: Overflow = Overflow.SAT_SYM
+
+    def __post_init__(self):
+        if self.ceiling is not None:
+            check_ints("activation", 1, pair=False, ceiling=self.ceiling)
 
 
 def activation(x, x_frac, p: ActivationParams, trace=False) -> Output:

@@ -25,7 +25,8 @@ from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix, exact_matmul,
                   mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache)
-from .registers import ACC_EVENT, Accumulator, Events, Output, align, input_stage, output_stage
+from .registers import (ACC_EVENT, Accumulator, Events, Output, align, check_ints, input_stage,
+                        output_stage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,11 @@ class Conv2dParams:
     out_fmt: Format | None = None  # None: the accumulator is the output
     rounding: Rounding = Rounding.HALF_EVEN
     out_overflow: Overflow = Overflow.SAT_SYM
+
+    def __post_init__(self):
+        check_ints("Conv2d", 1, stride=self.stride, dilation=self.dilation)
+        check_ints("Conv2d", 0, padding=self.padding)
+        check_ints("Conv2d", 1, pair=False, groups=self.groups)
 
 
 def _check(x, weight, bias, p: Conv2dParams, what: str):
@@ -89,6 +95,17 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         frac = max(x_frac + fw, fb)
         prod_shift = frac - (x_frac + fw)
     bias_al = align(bias, fb, frac) if bias is not None else np.zeros(o, np.int64)
+    acc = p.accumulator
+    if bias is not None and acc.bits is not None and acc.overflow != Overflow.WRAP:
+        # docs §9: a saturating accumulator's preload must hold the aligned bias (clamping it
+        # would change the sum's meaning); a wrapping one keeps its low bits, like every add
+        lo, hi = (int(v) for v in format_range(acc.bits, True, int(acc.overflow)))
+        b_lo, b_hi = value_range(bias_al)
+        if b_lo < lo or b_hi > hi:
+            raise ValueError(f"{what}: the bias, aligned to the accumulator's grid 2**-{frac}, "
+                             f"reaches {b_lo if b_lo < lo else b_hi}, outside the {acc.bits}-bit "
+                             "saturating accumulator it preloads; widen the accumulator or give "
+                             "the bias fewer bits")
 
     x_range = value_range(x)
     x_max = max(-x_range[0], x_range[1])
@@ -102,7 +119,6 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         bound = b_max + cg * kh * kw * (x_max + cache["abs_max"])
     else:
         bound = b_max + (cache["row_abs_max"] * x_max << prod_shift)
-    acc = p.accumulator
     if bound >= DOMAIN_LIMIT:
         raise OverflowError(f"{what}: a partial sum may reach 2**{bound.bit_length() - 1}, beyond "
                             "the 62-bit domain; give the input a narrower format or the "
@@ -142,10 +158,11 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
             stages["accumulator"] = accumulator
     q, fmt, out_events, flags = output_stage(accumulator, frac, p.out_fmt, p.rounding,
                                              p.out_overflow, trace, stages, flags)
-    if p.out_fmt is None and acc.bits is not None:
-        fmt = Format(acc.bits, frac)
+    acc_fmt = Format(acc.bits, frac)
+    if p.out_fmt is None:
+        fmt = acc_fmt
     registers["output"] = out_events
-    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)
+    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers, acc_fmt)
 
 
 def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, bound, x_max,

@@ -56,4 +56,4 @@ def conv2d_bn(x: np.ndarray, x_frac: int, weight: np.ndarray, bias, multiplier: 
                                          p.out_fmt, p.rounding, p.out_overflow, trace, stages,
                                          acc.flags)
     registers = {**acc.register_events, "output": events}  # the conv's own output: unrounded
-    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)
+    return Output(q, fmt, Events.total(registers.values()), stages, flags, registers, acc.acc_fmt)

@@ -44,7 +44,7 @@ def divide_scaled(num: np.ndarray, den: np.ndarray, shift: int, rounding) -> tup
     dmax = int(den2.max(initial=0)) << max(-shift, 0)
     if mag >= DOMAIN_LIMIT or dmax >= DOMAIN_LIMIT:
         raise OverflowError("a rounding division leaves the 62-bit domain; narrow the formats")
-    num3 = np.ascontiguousarray(num, dtype=np.int64).reshape(n, c, -1)
+    num3 = np.ascontiguousarray(num, dtype=np.int64).reshape(n, c, int(np.prod(num.shape[2:])))
     out = np.empty_like(num3)
     flags = np.empty(num3.shape, np.uint8)
     _divide(num3, den2, int(shift), int(rounding), mag < QUOTIENT_ESTIMATE_LIMIT, out, flags)

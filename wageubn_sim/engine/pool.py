@@ -11,7 +11,7 @@ from ..fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .divide import divide_scaled
-from .registers import Events, Output
+from .registers import Events, Output, check_ints
 
 _MIN = np.iinfo(np.int64).min
 
@@ -29,13 +29,21 @@ class PoolParams:
     rounding: Rounding = Rounding.HALF_EVEN
     overflow: Overflow = Overflow.SAT_SYM
 
+    def __post_init__(self):
+        check_ints("pooling", 1, kernel=self.kernel, stride=self.stride, dilation=self.dilation)
+        check_ints("pooling", 0, padding=self.padding)
+        if self.divisor_override is not None:
+            check_ints("pooling", 1, pair=False, divisor_override=self.divisor_override)
+
 
 def _geometry(x, p):
+    if x.ndim != 4:
+        raise ValueError(f"pooling expects an N,C,H,W input, got shape {x.shape}")
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if x.ndim != 4 or oh <= 0 or ow <= 0:
+    if oh <= 0 or ow <= 0:
         raise ValueError(f"pooling: input {x.shape} does not fit kernel {p.kernel}")
     return n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
 
@@ -73,12 +81,20 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, keep_argmax, out,
                     argmax[b, ch, y, xo] = where
 
 
+def _cells_inside(size, k, s, pad, d, out_size) -> list:
+    """Per output position along one axis, how many of its window's taps lie inside the input."""
+    return [sum(0 <= y * s - pad + i * d < size for i in range(k)) for y in range(out_size)]
+
+
 def max_pool_argmax(x, p: PoolParams, keep_argmax: bool = True):
     """(window maxima, flat input index of each window's first maximum, or None without
     ``keep_argmax``)."""
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
     out = np.empty((n, c, oh, ow), np.int64)
     argmax = np.empty((n, c, oh, ow) if keep_argmax else (1, 1, 1, 1), np.int64)
+    if 0 in _cells_inside(h, kh, sh, ph, dh, oh) or 0 in _cells_inside(w, kw, sw, pw, dw, ow):
+        raise ValueError(f"max pooling: a window of kernel {p.kernel} with padding {p.padding} "
+                         "lies entirely in the padding; reduce the padding")
     _pool(np.ascontiguousarray(x, dtype=np.int64), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True,
           keep_argmax, out, np.empty((oh, ow), np.int64), argmax)
     return out, argmax if keep_argmax else None

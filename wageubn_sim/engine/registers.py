@@ -34,11 +34,12 @@ class Accumulator:
 
     def __post_init__(self):
         object.__setattr__(self, "overflow", Overflow.parse(self.overflow))
-        if self.bits is not None and not (2 <= self.bits <= MAX_BITS):
+        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
+                                      or not 2 <= self.bits <= MAX_BITS):
             raise ValueError(f"accumulator bits={self.bits}: choose 2..{MAX_BITS}, or None for exact")
         if self.mac_order not in MAC_ORDERS:
             raise ValueError(f"mac_order={self.mac_order!r}: choose one of {MAC_ORDERS}")
-        if not isinstance(self.k_split, int) or self.k_split < 1:
+        if isinstance(self.k_split, bool) or not isinstance(self.k_split, int) or self.k_split < 1:
             raise ValueError(f"k_split={self.k_split!r} must be a positive int")
 
     def to_dict(self):
@@ -47,7 +48,23 @@ class Accumulator:
 
     @classmethod
     def from_dict(cls, d):
+        keys = {"bits", "overflow", "mac_order", "k_split"}
+        if not isinstance(d, dict) or set(d) != keys:
+            raise ValueError(f"an accumulator is {sorted(keys)}, got {d!r}")
+        if not isinstance(d["overflow"], str):
+            raise ValueError(f"accumulator overflow {d['overflow']!r} is not a mode name")
         return cls(d["bits"], d["overflow"], d["mac_order"], d["k_split"])
+
+
+def check_ints(owner: str, minimum: int, pair: bool = True, **values) -> None:
+    """Refuse parameters that are not ints (pairs of ints with ``pair``) of at least ``minimum``:
+    a params struct checks itself when it is made, before any kernel reads it."""
+    for name, value in values.items():
+        items = value if pair else (value,)
+        if ((pair and (not isinstance(value, tuple) or len(value) != 2))
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in items)):
+            kind = "a pair of ints" if pair else "an int"
+            raise ValueError(f"{owner}: {name}={value!r} must be {kind}, each at least {minimum}")
 
 
 @dataclasses.dataclass
@@ -90,6 +107,7 @@ class Output:
     flags: np.ndarray | None = None  # per output element: TIE | OVERFLOWED | ACC_EVENT
     # ``events`` split by register ('input', 'accumulator', 'output') where a kernel has several
     register_events: dict = dataclasses.field(default_factory=dict)
+    acc_fmt: Format | None = None  # a MAC layer's accumulator register (its trace stage 'accumulator')
 
     def events_at(self, register: str) -> Events:
         """The events of one of the layer's registers; a kernel with a single register reports

@@ -8,8 +8,8 @@ Two families, one contract (`docs/arithmetic.md`, reference in `reference.py`):
   ``round_to_integer``, ``fit_overflow_float``, ``quantize_to_grid``. The torch path runs
   these on float64 tensors, so its fake-quant values equal the integer core's q * 2**-f.
 
-Domain: every integer is |q| < 2**61 (`format.MAX_BITS` = 62), so a magnitude, a sum of two
-values and the ``half`` constant all stay inside int64.
+Domain: every integer lies in the range of s62, -2**61 <= q < 2**61 (`format.MAX_BITS` = 62),
+so a magnitude, a sum of two values and the ``half`` constant all stay inside int64.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .format import MAX_BITS, Format
 from .modes import Overflow, Rounding
 from .random_bits import U_BITS
 
-DOMAIN_LIMIT = 1 << (MAX_BITS - 1)  # |q| < 2**61
+DOMAIN_LIMIT = 1 << (MAX_BITS - 1)  # the domain is -DOMAIN_LIMIT <= q < DOMAIN_LIMIT
 TIE = 1  # flag: the dropped bits were exactly one half (a rounding tie)
 OVERFLOWED = 2  # flag: the rounded value did not fit and was wrapped or saturated
 
@@ -33,6 +33,7 @@ _FLOOR = int(Rounding.FLOOR)
 _TOWARD_ZERO = int(Rounding.TOWARD_ZERO)
 _STOCHASTIC = int(Rounding.STOCHASTIC)
 _WRAP = int(Overflow.WRAP)
+_SAT = int(Overflow.SAT)
 _SAT_SYM = int(Overflow.SAT_SYM)
 _INT64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
 
@@ -156,10 +157,10 @@ def left_shift_overflows(q, shift, bits, signed, overflow):
     q * 2**s > hi iff q > hi >> s, and q * 2**s < lo iff q < -((-lo) >> s)."""
     if q == 0:
         return False
-    if bits == 0:
-        magnitude = q if q > 0 else -q
-        return shift >= MAX_BITS - 1 or magnitude >= (np.int64(1) << (MAX_BITS - 1 - shift))
-    lo, hi = format_range(bits, signed, overflow)
+    if bits == 0:  # unbounded: the domain, the range of s62
+        lo, hi = format_range(MAX_BITS, True, _SAT)
+    else:
+        lo, hi = format_range(bits, signed, overflow)
     if shift >= MAX_BITS:
         return True
     return q > (hi >> shift) or q < -((-lo) >> shift)
@@ -198,8 +199,8 @@ def is_exact_tie(q, shift):
 @njit(cache=True, parallel=True)
 def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
     """Returns (result, flags, counts): flags per element hold TIE and OVERFLOWED; counts =
-    [ties, overflowed, underflows (nonzero in, zero out, not overflowed), outside (|q| >=
-    2**61), left shifts that leave an unbounded format's domain]. Nothing raises in the
+    [ties, overflowed, underflows (nonzero in, zero out, not overflowed), outside (q outside
+    the domain), left shifts that leave an unbounded format's domain]. Nothing raises in the
     parallel loop (exceptions do not propagate out of it): the caller raises on the counts,
     and elements outside the domain hold unspecified values."""
     out = np.empty_like(q)
@@ -214,7 +215,7 @@ def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
         mask, half = low_mask(shift), np.int64(1) << (shift - 1)
         for i in prange(q.size):
             v = q[i]
-            outside += (v >= DOMAIN_LIMIT) | (v <= -DOMAIN_LIMIT)
+            outside += (v >= DOMAIN_LIMIT) | (v < -DOMAIN_LIMIT)
             floor = v >> shift
             remainder = v & mask
             rounded = floor + rounds_up(v, floor, remainder, half, rounding)
@@ -230,7 +231,7 @@ def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
     for i in prange(q.size):
         v = q[i]
         ui = u[i] if has_u else np.int64(0)
-        if v >= DOMAIN_LIMIT or v <= -DOMAIN_LIMIT:
+        if v >= DOMAIN_LIMIT or v < -DOMAIN_LIMIT:
             outside += 1
             v = np.int64(0)
         if shift >= 0:
@@ -320,10 +321,26 @@ def magnitude_max(q: np.ndarray) -> int:
     return max(-lo, hi)
 
 
+def in_domain(lo: int, hi: int) -> bool:
+    """Whether integers from lo to hi lie in the domain, the range of s62."""
+    return -DOMAIN_LIMIT <= lo and hi < DOMAIN_LIMIT
+
+
 def check_domain(q: np.ndarray, what: str = "input") -> None:
-    if q.size and (int(q.max()) >= DOMAIN_LIMIT or int(q.min()) <= -DOMAIN_LIMIT):
-        raise OverflowError(f"{what} holds an integer of 62 bits or more; the core supports "
-                            f"|q| < 2**61 (formats of at most {MAX_BITS} bits)")
+    if not in_domain(*value_range(q)):
+        raise OverflowError(f"{what} holds an integer of more than 62 bits; the core supports "
+                            f"-2**61 <= q < 2**61 (formats of at most {MAX_BITS} bits)")
+
+
+def exact_int64(a, what: str) -> np.ndarray:
+    """An integer array as int64, never wrapped: refuses other dtypes (a float with a fraction,
+    a bool, a complex) and values int64 cannot hold (a uint64 from 2**63 on)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{what} has dtype {a.dtype}; it must hold integers")
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) >= 1 << 63:
+        raise ValueError(f"{what} holds {int(a.max())}, beyond int64")
+    return a.astype(np.int64, copy=False)
 
 
 def check_random_words(u, shape, rounding: Rounding):
@@ -422,15 +439,46 @@ def round_to_integer(y, rounding: Rounding, u=None):
     return floor + up
 
 
+# The widest bounded formats whose every integer, rails included, is a float64: the float path
+# is exact up to these and refuses wider ones (the integer `quantize` takes any width).
+FLOAT_EXACT_BITS = {True: 54, False: 53}  # signed, unsigned
+# Scaled values below this are subnormal: the scaling by 2**f may have rounded them.
+_SMALLEST_NORMAL = 2.0 ** -1022
+
+
+def check_float_exact(fmt: Format) -> None:
+    if fmt.bounded and fmt.bits > FLOAT_EXACT_BITS[fmt.signed]:
+        raise ValueError(
+            f"{fmt.describe()}: the float path is exact up to s{FLOAT_EXACT_BITS[True]} and "
+            f"u{FLOAT_EXACT_BITS[False]} (a float64 holds no wider rails); use "
+            "wageubn_sim.fixedpoint.quantize, which computes on integers")
+
+
+def scale_exactly(x, frac_bits: int):
+    """x * 2**frac_bits, refusing a nonzero x whose scaled value is below float64's normal range
+    (the product could have been rounded there, silently)."""
+    xp = array_namespace(x)
+    with np.errstate(over="ignore"):  # a product beyond float64 is inf: callers clip it
+        y = x * 2.0 ** frac_bits  # a power of two: exact while the result is normal
+    if frac_bits < 0:  # only scaling down can leave the normal range
+        tiny = (xp.abs(y) < _SMALLEST_NORMAL) & (x != 0)
+        if bool(tiny.any()):
+            raise ValueError(f"a value scaled by 2**{frac_bits} falls below float64's normal range "
+                             "(2**-1022), where the scaling rounds; give the format more "
+                             "fractional bits or flush such values to zero first")
+    return y
+
+
 def fit_overflow_float(n, fmt: Format, overflow: Overflow):
-    """``fit_overflow`` on integer-valued floats (exact: fmod is exact in binary floats)."""
+    """``fit_overflow`` on integer-valued floats (exact: fmod is exact in binary floats), for
+    formats within `FLOAT_EXACT_BITS`."""
     if not fmt.bounded:
         return n
     xp = array_namespace(n)
     lo, hi = float(fmt.min_int), float(fmt.max_int)
     if overflow == Overflow.WRAP:
-        # fmod is exact; each correction below is exact by Sterbenz's lemma, except for an
-        # unsigned format over 53 bits, whose wrapped negatives no float64 can hold.
+        # fmod is exact, and so is each correction below (Sterbenz's lemma for the signed one;
+        # an unsigned result is at most 2**53 - 1)
         modulus = float(1 << fmt.bits)
         r = xp.fmod(n, modulus)
         r = xp.where(r > hi, r - modulus, r)
@@ -443,16 +491,19 @@ def fit_overflow_float(n, fmt: Format, overflow: Overflow):
 def quantize_to_grid(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT, u=None):
     """Float x to the integer-valued float64 q of ``fmt`` (numpy or torch in, same out).
 
-    Exact for finite x whose scaled value x * 2**frac_bits is zero or a normal float64.
+    Exact for finite x whose scaled value x * 2**frac_bits is zero or a normal float64 (a
+    nonzero x scaled below the normal range is refused), in formats of at most
+    `FLOAT_EXACT_BITS` (wider bounded formats are refused).
     """
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    check_float_exact(fmt)
     xp = array_namespace(x)
     y = x.double() if xp is not np else np.asarray(x, dtype=np.float64)
     u = check_random_words(u, y.shape, rounding)
     if u is not None:
         u = _words_as_float(u, y, xp)
-    y = y * 2.0 ** fmt.frac_bits  # a power of two: exact
-    return fit_overflow_float(round_to_integer(y, rounding, u), fmt, overflow)
+    return fit_overflow_float(round_to_integer(scale_exactly(y, fmt.frac_bits), rounding, u),
+                              fmt, overflow)
 
 
 def _words_as_float(u, like, xp):
@@ -464,16 +515,40 @@ def _words_as_float(u, like, xp):
     return u.to(device=like.device, dtype=torch.float64)
 
 
+# From this magnitude on, a float64 is an integer multiple of 2**63: 0 modulo any width.
+_WRAPS_TO_ZERO = 2.0 ** (MAX_BITS + 53)
+
+
 def quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT, u=None) -> np.ndarray:
-    """Float x (array-like) to int64 q in ``fmt``; NaN/Inf are refused."""
+    """Float x (array-like) to int64 q in ``fmt``; NaN/Inf are refused.
+
+    Rounds in float64 (exact, `round_to_integer`), then fits the integer: exact for every
+    format, the widest included. A scaled value far beyond int64 (or float64's range, once
+    scaled) still saturates to the right rail and wraps to the right residue.
+    """
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     x = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise ValueError("cannot quantize NaN or Inf; check the tensor for overflowed values")
-    grid = quantize_to_grid(x, fmt, rounding, overflow, u)
-    if grid.size and np.abs(grid).max() >= DOMAIN_LIMIT:
-        raise OverflowError(f"a value needs 62 bits or more in {fmt.describe()}; "
-                            f"give the format a width (bits) and an overflow mode")
-    return grid.astype(np.int64)
+    u = check_random_words(u, x.shape, rounding)
+    # clipping at 2**115 keeps every decision below (those values are integers, multiples of
+    # 2**63: beyond every rail and 0 modulo every width) and keeps inf out of the rounding
+    y = np.clip(scale_exactly(x, fmt.frac_bits), -_WRAPS_TO_ZERO, _WRAPS_TO_ZERO)
+    r = round_to_integer(y, rounding, None if u is None else _words_as_float(u, x, np))
+    if not fmt.bounded:
+        if r.size and not in_domain(r.min(), r.max()):  # exact float comparisons
+            raise OverflowError(f"a value needs more than 62 bits in {fmt.describe()}; "
+                                f"give the format a width (bits) and an overflow mode")
+        return r.astype(np.int64)
+    lo, hi = fmt.min_int, fmt.max_int
+    if overflow == Overflow.WRAP:  # fmod is exact and leaves |r| < 2**bits; then the low bits
+        r = np.fmod(r, float(1 << fmt.bits)).astype(np.int64)
+        return ((r - lo) & ((1 << fmt.bits) - 1)) + lo
+    if overflow == Overflow.SAT_SYM and fmt.signed:
+        lo = -hi
+    # every rail lies within +-2**62: clipping there first keeps each decision and fits int64
+    limit = float(1 << MAX_BITS)
+    return np.clip(np.clip(r, -limit, limit).astype(np.int64), lo, hi)
 
 
 def sqrt_rounded(numerator: int, denominator: int) -> int:

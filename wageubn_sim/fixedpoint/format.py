@@ -10,9 +10,11 @@ import dataclasses
 
 import numpy as np
 
-# Every register is at most 62 bits wide, so |q| < 2**61 and the primitives in `core.py`
-# never leave int64 (a sum of two values, a compare against 2**62, a magnitude).
+# Every register is at most 62 bits wide (signed; unsigned at most 61), so every value lies in
+# the range of s62, -2**61 <= q < 2**61, and the primitives in `core.py` never leave int64 (a
+# sum of two values, a compare against 2**62, a magnitude).
 MAX_BITS = 62
+MAX_UNSIGNED_BITS = MAX_BITS - 1  # u62 would reach 2**62 - 1, outside the s62 range
 # 2**frac_bits and 2**-frac_bits are both exact normal float64 values in this range.
 MIN_FRAC_BITS = -1000
 MAX_FRAC_BITS = 1000
@@ -25,14 +27,16 @@ class Format:
     signed: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.signed, bool):
+            raise TypeError(f"signed must be True or False, got {self.signed!r}")
         if self.bits is not None:
             if isinstance(self.bits, bool) or not isinstance(self.bits, int):
                 raise TypeError(f"bits must be an int or None, got {self.bits!r}")
-            low = 2 if self.signed else 1
-            if not low <= self.bits <= MAX_BITS:
+            low, high = (2, MAX_BITS) if self.signed else (1, MAX_UNSIGNED_BITS)
+            if not low <= self.bits <= high:
                 kind = "signed" if self.signed else "unsigned"
                 raise ValueError(
-                    f"a {kind} format needs {low} to {MAX_BITS} bits, got bits={self.bits}; "
+                    f"a {kind} format needs {low} to {high} bits, got bits={self.bits}; "
                     f"pick a width in that range")
         if isinstance(self.frac_bits, bool) or not isinstance(self.frac_bits, int):
             raise TypeError(f"frac_bits must be an int, got {self.frac_bits!r}")
@@ -87,7 +91,11 @@ class Format:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Format":
-        return cls(bits=d["bits"], frac_bits=d["frac_bits"], signed=d.get("signed", True))
+        """From `to_dict`'s form; every key must be there (a missing one is an error, not a
+        default)."""
+        if not isinstance(d, dict) or set(d) != {"bits", "frac_bits", "signed"}:
+            raise ValueError(f"a format is {{'bits', 'frac_bits', 'signed'}}, got {d!r}")
+        return cls(bits=d["bits"], frac_bits=d["frac_bits"], signed=d["signed"])
 
 
 def _check_seed_width(name: str, k) -> None:

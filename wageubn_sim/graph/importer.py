@@ -208,7 +208,7 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
     gm = fx.GraphModule(model, fx_graph)
     example = torch.as_tensor(np.asarray(example_input, dtype=np.float64))
     graph_input = GraphInput("input", tuple(example.shape[1:]), input_format)
-    x_q = Graph([graph_input], [], []).quantize_input(example.numpy())
+    x_q = graph_input.quantize(example.numpy())
     # ShapeProp prints a traceback of its own before raising (the error below says what
     # failed), so its stderr is held back, and passed on only when it succeeds (warnings)
     held = io.StringIO()

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import write_folder_atomically
-from ..fixedpoint.core import quantize
+from ..files.read import UnreadableFile, read_json, read_npz
+from ..files.write import write_folder_atomically
+from ..fixedpoint.core import exact_int64, in_domain, quantize, value_range
 from ..fixedpoint.format import Format
-from .ops import OPS, params_from_json, params_to_json
+from .ops import (ARITY, ARRAY_RANKS, OPS, array_formats, params_from_json, params_to_json,
+                  stochastic_fields)
 
 GRAPH_VERSION = 1
 GRAPH_JSON = "graph.json"
@@ -38,6 +40,24 @@ class GraphInput:
     shape: tuple  # without the batch dimension
     fmt: Format
 
+    def quantize(self, x) -> np.ndarray:
+        """Float input -> integers of the input format (half to even, saturating); integer
+        input is taken as integers of the format, and refused outside it."""
+        x = np.asarray(x)
+        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != tuple(self.shape):
+            raise ValueError(f"input shape {x.shape} does not fit the graph's (N, "
+                             f"{', '.join(map(str, self.shape))})")
+        fmt = self.fmt
+        if x.dtype.kind in "iu":
+            lo, hi = value_range(x)
+            if (fmt.bounded and (lo < fmt.min_int or hi > fmt.max_int)) or not in_domain(lo, hi):
+                raise ValueError(f"integer input from {lo} to {hi} lies outside the input format "
+                                 f"{fmt.describe()}; give integers of that format, or floats")
+            return x.astype(np.int64)
+        if x.dtype.kind != "f" or x.dtype.itemsize > 8:
+            raise ValueError(f"input must be a float (at most float64) or integer array, got {x.dtype}")
+        return quantize(x, fmt, "HALF_EVEN", "SAT")
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -53,6 +73,10 @@ class RunResult:
 
 class Graph:
     def __init__(self, inputs, nodes, outputs, meta=None):
+        """Checks the structure before anything runs: unique names, known ops with their params
+        struct and input count, every value read after it is computed, each node's arrays
+        (exactly those its op needs, integers inside their formats and the domain), no
+        STOCHASTIC rounding (the forward engine has no random words), and the outputs."""
         self.inputs = list(inputs)
         self.nodes = list(nodes)
         self.outputs = list(outputs)
@@ -60,34 +84,18 @@ class Graph:
         names = [i.name for i in self.inputs] + [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ValueError("graph names must be unique")
+        if len(self.inputs) != 1:
+            raise ValueError(f"the engine runs graphs of one input, this one has {len(self.inputs)}")
         known = {i.name for i in self.inputs}
         for node in self.nodes:
-            for array in node.arrays.values():
-                array.flags.writeable = False  # constants: kernels may cache what they derive
-            if node.op not in OPS:
-                raise ValueError(f"node {node.name}: unknown op {node.op!r}")
-            missing = [i for i in node.inputs if i not in known]
-            if missing:
-                raise ValueError(f"node {node.name} reads {missing} before they are computed")
+            _check_node(node, known)
             known.add(node.name)
+        if not self.outputs or any(o not in known for o in self.outputs):
+            raise ValueError(f"graph outputs {self.outputs} must name computed values")
 
     # ---- running ------------------------------------------------------------------------
     def quantize_input(self, x) -> np.ndarray:
-        """Float input -> integers of the input format (half to even, saturating); integer
-        input is checked against the format."""
-        spec = self.inputs[0]
-        x = np.asarray(x)
-        if x.ndim != len(spec.shape) + 1 or tuple(x.shape[1:]) != tuple(spec.shape):
-            raise ValueError(f"input shape {x.shape} does not fit the graph's (N, "
-                             f"{', '.join(map(str, spec.shape))})")
-        if x.dtype.kind in "iu":
-            q = x.astype(np.int64)
-            if spec.fmt.bounded and q.size and (q.min() < spec.fmt.min_int or q.max() > spec.fmt.max_int):
-                raise ValueError(f"integer input outside the input format {spec.fmt.describe()}")
-            return q
-        if x.dtype.kind != "f":
-            raise TypeError(f"input must be a float or integer array, got {x.dtype}")
-        return quantize(x, spec.fmt, "HALF_EVEN", "SAT")
+        return self.inputs[0].quantize(x)
 
     def run(self, x, trace: bool = False, timings: dict | None = None) -> RunResult:
         """Run the engine. ``trace`` keeps every node's Output with its stages; ``timings``,
@@ -143,47 +151,106 @@ class Graph:
         return write_folder_atomically(path, {GRAPH_ARRAYS: buf.getvalue(),
                                               GRAPH_JSON: text.encode()}, overwrite)
 
+    def check(self) -> "Graph":
+        """Run the graph on an empty batch: every kernel checks its shapes (weights against
+        their inputs, windows against their planes) and derives its format, which must equal
+        the recorded ones; missing records are filled in. Returns the graph."""
+        spec = self.inputs[0]
+        traced = self.run(np.zeros((0, *spec.shape), np.int64), trace=True)
+        for node in self.nodes:
+            out = traced.layers[node.name]
+            shape = tuple(out.q.shape[1:])
+            if node.out_shape is not None and tuple(node.out_shape) != shape:
+                raise ValueError(f"node {node.name}: recorded out_shape {list(node.out_shape)}, but "
+                                 f"its input and weights give {list(shape)}")
+            if node.out_fmt is not None and node.out_fmt != out.fmt:
+                raise ValueError(f"node {node.name}: recorded out_format {node.out_fmt.describe()}, "
+                                 f"but its params give {out.fmt.describe()}")
+            node.out_shape, node.out_fmt = shape, out.fmt
+        return self
+
     @classmethod
     def load(cls, path) -> "Graph":
+        """Read a graph folder, trusting nothing in it: bounded readers, only the arrays
+        graph.json names, every field present and of its type, every node checked (`check`)."""
         path = Path(path)
-        if not (path / GRAPH_JSON).is_file() or not (path / GRAPH_ARRAYS).is_file():
-            raise FileNotFoundError(f"{path} is not a graph folder (needs {GRAPH_JSON} and {GRAPH_ARRAYS})")
+        if not path.is_dir() or not (path / GRAPH_JSON).exists():
+            raise FileNotFoundError(f"{path} is not a graph folder (needs {GRAPH_JSON} and "
+                                    f"{GRAPH_ARRAYS}); write one with `wageubn-sim compile`")
+        hint = "write the graph again with `compile` and `save`"
         try:
-            data = json.loads((path / GRAPH_JSON).read_text())
-        except ValueError as err:  # JSONDecodeError, or not UTF-8
-            raise ValueError(f"{path / GRAPH_JSON} is not valid JSON ({err}); write the graph "
-                             "again with `compile` and `save`") from None
-        if not isinstance(data, dict) or data.get("format") != "wageubn-sim graph" \
-                or data.get("version") != GRAPH_VERSION:
-            raise ValueError(f"{path}: not a version-{GRAPH_VERSION} wageubn-sim graph")
-        with np.load(path / GRAPH_ARRAYS, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        try:
-            return cls._from_json(data, arrays)
+            data = read_json(path / GRAPH_JSON, "graph file")
+            if not isinstance(data, dict) or data.get("format") != "wageubn-sim graph" \
+                    or data.get("version") != GRAPH_VERSION:
+                raise ValueError(f"{path / GRAPH_JSON} is not a version-{GRAPH_VERSION} wageubn-sim graph")
+            wanted = [f"{d['name']}/{k}" for d in data["nodes"] for k in d["arrays"]]
+            if any(not isinstance(k, str) for k in wanted):
+                raise TypeError("array names must be strings")
+            arrays = read_npz(path / GRAPH_ARRAYS, "graph arrays", wanted)
+            return cls._from_json(data, arrays).check()
+        except UnreadableFile as err:
+            raise ValueError(f"{err}; {hint}") from None
         except KeyError as err:
             raise ValueError(f"{path / GRAPH_JSON}: {err} is missing (a graph file edited by "
-                             "hand? write it again with `compile` and `save`)") from None
+                             f"hand?); {hint}") from None
         except (TypeError, AttributeError) as err:
-            raise ValueError(f"{path / GRAPH_JSON}: a field has the wrong type ({err}); write "
-                             "the graph again with `compile` and `save`") from None
-        except ValueError as err:
+            raise ValueError(f"{path / GRAPH_JSON}: a field has the wrong type ({err}); {hint}") from None
+        except (ValueError, OverflowError) as err:
             raise ValueError(f"{path}: {err}") from None
 
     @classmethod
     def _from_json(cls, data: dict, arrays: dict) -> "Graph":
         nodes = []
         for d in data["nodes"]:
-            missing = [k for k in d["arrays"] if f"{d['name']}/{k}" not in arrays]
-            if missing:
-                raise ValueError(f"array {d['name']}/{missing[0]} is missing from {GRAPH_ARRAYS}")
             node_arrays = {k: arrays[f"{d['name']}/{k}"] for k in d["arrays"]}
+            shape = d["out_shape"]
             nodes.append(Node(d["name"], d["op"], list(d["inputs"]), params_from_json(d["op"], d["params"]),
-                              node_arrays, d.get("source", ""),
-                              Format.from_dict(d["out_format"]) if d.get("out_format") else None,
-                              tuple(d["out_shape"]) if d.get("out_shape") is not None else None))
-        inputs = [GraphInput(i["name"], tuple(i["shape"]), Format.from_dict(i["format"]))
-                  for i in data["inputs"]]
-        return cls(inputs, nodes, data["outputs"], data.get("meta"))
+                              node_arrays, d["source"],
+                              Format.from_dict(d["out_format"]) if d["out_format"] is not None else None,
+                              _shape(shape, f"node {d['name']}: out_shape") if shape is not None else None))
+        inputs = [GraphInput(i["name"], _shape(i["shape"], f"input {i['name']}: shape"),
+                             Format.from_dict(i["format"])) for i in data["inputs"]]
+        return cls(inputs, nodes, data["outputs"], data["meta"])
+
+
+def _shape(value, what) -> tuple:
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                          for v in value):
+        raise ValueError(f"{what} {value!r} must be a list of positive ints")
+    return tuple(value)
+
+
+def _check_node(node: Node, known: set) -> None:
+    """One node's structure (see `Graph.__init__`)."""
+    where = f"node {node.name} ({node.op})"
+    if not isinstance(node.name, str) or node.op not in OPS:
+        raise ValueError(f"{where}: unknown op {node.op!r}; known: {sorted(OPS)}")
+    if not isinstance(node.params, OPS[node.op][0]):
+        raise ValueError(f"{where}: params must be a {OPS[node.op][0].__name__}")
+    if len(node.inputs) != ARITY.get(node.op, 1):
+        raise ValueError(f"{where} reads {len(node.inputs)} inputs, its op takes {ARITY.get(node.op, 1)}")
+    missing = [i for i in node.inputs if i not in known]
+    if missing:
+        raise ValueError(f"node {node.name} reads {missing} before they are computed")
+    stochastic = stochastic_fields(node.params)
+    if stochastic:
+        raise ValueError(f"{where}: {stochastic[0]} is STOCHASTIC, but the forward engine draws no "
+                         "random words; choose a deterministic rounding for inference")
+    formats = array_formats(node.op, node.params)
+    if set(node.arrays) != set(formats):
+        raise ValueError(f"{where} holds arrays {sorted(node.arrays)}; its params need "
+                         f"{sorted(formats)}")
+    for role, fmt in formats.items():
+        array = exact_int64(node.arrays[role], f"{where}: array {role}")
+        rank = ARRAY_RANKS[role] or (2 if node.op == "linear" else 4)
+        if array.ndim != rank:
+            raise ValueError(f"{where}: array {role} has shape {array.shape}, rank {rank} expected")
+        lo, hi = value_range(array)
+        if (fmt.bounded and (lo < fmt.min_int or hi > fmt.max_int)) or not in_domain(lo, hi):
+            raise ValueError(f"{where}: array {role} holds {lo}..{hi}, outside its format "
+                             f"{fmt.describe()}")
+        array.flags.writeable = False  # constants: kernels may cache what they derive
+        node.arrays[role] = array
 
 
 def load_graph(path) -> Graph:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 
 import numpy as np
 
@@ -21,9 +23,13 @@ from ..fixedpoint.modes import Overflow, Rounding
 class FlattenParams:
     start_dim: int = 1
 
+    def __post_init__(self):
+        if self.start_dim != 1 or isinstance(self.start_dim, bool):
+            raise ValueError(f"flatten: start_dim={self.start_dim!r}; the engine flattens from 1")
+
 
 def _flatten(x, frac, p, trace):
-    q = x.reshape(x.shape[0], -1)
+    q = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails on an empty batch
     return Output(q, Format(None, frac), Events(), {"output": q} if trace else {},
                   np.zeros(q.shape, np.uint8))
 
@@ -49,6 +55,39 @@ OPS = {
 }
 
 
+ARITY = {"add": 2}  # inputs per node; every other op reads one
+MAC_OPS = ("conv2d", "linear", "adder2d", "conv2d_bn")
+ARRAY_RANKS = {"weight": None, "bias": 1, "mean": 1, "std": 1, "gamma": 1, "beta": 1,
+               "multiplier": 1, "offset": 1}  # weight: 2 (linear) or 4
+
+
+def array_formats(op: str, params) -> dict:
+    """{role: Format} of the arrays a node holds: exactly these must be present (an optional
+    array, such as a bias, is present exactly when its format is declared)."""
+    p = params
+    if op in MAC_OPS:
+        out = {"weight": p.weight_fmt}
+        if p.bias_fmt is not None:
+            out["bias"] = p.bias_fmt
+        if op == "conv2d_bn":  # a folded BatchNorm's registers (engine/conv2d_bn.py)
+            out["multiplier"] = Format(None, p.multiplier_frac)
+            out["offset"] = Format(None, p.multiplier_frac + p.accumulator_frac)
+        return out
+    if op == "batchnorm2d":
+        out = {"mean": p.mean_fmt, "std": p.std_fmt}
+        out.update({role: fmt for role, fmt in (("gamma", p.gamma_fmt), ("beta", p.beta_fmt))
+                    if fmt is not None})
+        return out
+    return {}
+
+
+def stochastic_fields(params) -> list:
+    """The params fields that ask for STOCHASTIC rounding (the forward engine has no random
+    words for them)."""
+    return [f.name for f in dataclasses.fields(params)
+            if getattr(params, f.name) is Rounding.STOCHASTIC]
+
+
 # ---- params <-> JSON ------------------------------------------------------------------------
 
 def encode(value):
@@ -67,11 +106,19 @@ def encode(value):
     raise TypeError(f"cannot encode {type(value).__name__} in a graph file")
 
 
+_DECODERS = {"format": Format.from_dict, "accumulator": Accumulator.from_dict,
+             "rounding": lambda b: Rounding[b], "overflow": lambda b: Overflow[b]}
+
+
 def decode(value):
     if isinstance(value, dict):
+        if len(value) != 1 or next(iter(value)) not in _DECODERS:
+            raise ValueError(f"{value!r} is not a tagged value (one of {sorted(_DECODERS)})")
         (kind, body), = value.items()
-        return {"format": Format.from_dict, "accumulator": Accumulator.from_dict,
-                "rounding": lambda b: Rounding[b], "overflow": lambda b: Overflow[b]}[kind](body)
+        try:
+            return _DECODERS[kind](body)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{kind} {body!r} is malformed ({err!r})") from None
     if isinstance(value, list):
         return tuple(decode(v) for v in value)
     return value
@@ -81,12 +128,40 @@ def params_to_json(params) -> dict:
     return {f.name: encode(getattr(params, f.name)) for f in dataclasses.fields(params)}
 
 
+def _has_type(value, hint) -> bool:
+    """Whether a decoded value is of a params field's annotated type (bool is no int)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def params_from_json(op: str, data: dict):
+    """The op's params struct from a graph or manifest file: every field present (a missing one
+    is an error, not a default), each of its annotated type; the struct checks the values."""
     if op not in OPS:
-        raise ValueError(f"unknown op {op!r} (a graph from a newer version?)")
+        raise ValueError(f"unknown op {op!r} (a graph from a newer version?); known: {sorted(OPS)}")
+    if not isinstance(data, dict):
+        raise ValueError(f"op {op}: params must be an object, got {type(data).__name__}")
     cls = OPS[op][0]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"op {op}: unknown parameters {sorted(unknown)} (graph from a newer version?)")
-    return cls(**{k: decode(v) for k, v in data.items()})
+        raise ValueError(f"op {op}: unknown parameters {unknown} (graph from a newer version?)")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ValueError(f"op {op}: parameters {missing} are missing")
+    values = {}
+    for name in names:
+        try:
+            value = decode(data[name])
+        except ValueError as err:
+            raise ValueError(f"op {op}: parameter {name}: {err}") from None
+        if not _has_type(value, hints[name]):
+            raise ValueError(f"op {op}: parameter {name}={data[name]!r} is not of type {hints[name]}")
+        values[name] = value
+    return cls(**values)

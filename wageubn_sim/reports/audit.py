@@ -30,9 +30,8 @@ import numpy as np
 
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
+from ..graph.ops import MAC_OPS
 from ..vectors.bundle import needed_bits
-
-MAC_OPS = ("conv2d", "linear", "adder2d", "conv2d_bn")
 
 
 @dataclasses.dataclass

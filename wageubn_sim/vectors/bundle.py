@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._files import refuse_existing, write_folder_atomically
+from ..files.write import refuse_existing, write_folder_atomically
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
-from ..graph.ops import params_to_json
+from ..graph.ops import array_formats, params_to_json
 from .formats import WRITERS, pack_words
 
 MANIFEST = "manifest.json"
@@ -52,15 +52,6 @@ def needed_bits(q: np.ndarray) -> int:
         return 2
     lo, hi = int(q.min()), int(q.max())
     return max(2, (max(hi, -lo - 1)).bit_length() + 1)
-
-
-def _param_fmt(params, role) -> Format:
-    if role in ("multiplier", "offset"):  # a folded BatchNorm's registers (engine/conv2d_bn.py)
-        frac = params.multiplier_frac + (params.accumulator_frac if role == "offset" else 0)
-        return Format(None, frac)
-    return {"weight": getattr(params, "weight_fmt", None), "bias": getattr(params, "bias_fmt", None),
-            "mean": getattr(params, "mean_fmt", None), "std": getattr(params, "std_fmt", None),
-            "gamma": getattr(params, "gamma_fmt", None), "beta": getattr(params, "beta_fmt", None)}[role]
 
 
 def sha256(data: bytes) -> str:
@@ -156,15 +147,14 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
     for node in nodes:
         out = result.layers[node.name]
         roles = {"inputs": [produced[i] for i in node.inputs]}
+        formats = array_formats(node.op, node.params)
         for role in PARAM_ROLES:
             if role in node.arrays:
                 roles[role] = writer.add(f"{node.name}/{role}", role, node.name, node.arrays[role],
-                                         _param_fmt(node.params, role))
-        if "accumulator" in out.trace:
-            acc = node.params.accumulator
-            frac = _accumulator_frac(node, graph, produced, writer.tensors)
+                                         formats[role])
+        if out.acc_fmt is not None:
             roles["accumulator"] = writer.add(f"{node.name}/accumulator", "accumulator", node.name,
-                                              out.trace["accumulator"], Format(acc.bits, frac))
+                                              out.trace["accumulator"], out.acc_fmt)
         roles["output"] = writer.add(f"{node.name}/output", "output", node.name, out.q, out.fmt)
         produced[node.name] = roles["output"]
         layers.append({"name": node.name, "op": node.op, "source": node.source,
@@ -178,15 +168,3 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
 
 def _counts(events) -> dict:
     return {k: int(v) for k, v in vars(events).items()}
-
-
-def _accumulator_frac(node, graph, produced, tensors) -> int:
-    """F = max(f_x + f_w, f_b) (products) or max(f_x, f_w, f_b) (adder), from the formats."""
-    p = node.params
-    src = produced[node.inputs[0]]
-    fx = (p.input_register.frac_bits if p.input_register is not None
-          else tensors[src]["format"]["frac_bits"])
-    fw = p.weight_fmt.frac_bits
-    fb = p.bias_fmt.frac_bits if "bias" in node.arrays else None
-    base = max(fx, fw) if node.op == "adder2d" else fx + fw
-    return base if fb is None else max(base, fb)

@@ -1,33 +1,57 @@
-"""Checking a bundle from its manifest and files alone: the schema, every sha256, every memory
-image against its .npy, and every layer recomputed by the engine from its input and parameter
-tensors. Nothing from the run that wrote the bundle is used."""
+"""Checking a bundle from its files alone, trusting none of them.
+
+What is checked is decided by the bundle's structure, not by what the manifest chooses to list:
+
+* the manifest is a regular file inside the bundle, and follows the schema;
+* every file in the folder is listed, every listed file exists, none is a link, none escapes;
+* every file matches its sha256, parses (bounded readers), and holds its tensor's values;
+* the network is recomputed layer by layer from the input and the parameters: each layer's
+  inputs must be produced by the input or an earlier layer (no gap), its parameter tensors
+  must carry the formats its params declare, and each file of its accumulator and output is
+  compared with the recomputed values, and the layer's events with the recomputed events;
+* the declared outputs are produced by recomputed layers, and every tensor in the bundle is
+  the input, a parameter of a listed layer or a value one recomputes (a tensor that belongs to
+  no listed layer means a layer was removed);
+* a training-step bundle: G, G_BN and the update recomputed for every layer.
+
+Every failure is listed, each blaming the file that differs: a file with a wrong sha256 or a
+parse error is blamed alone; a recomputed tensor's files are each compared with the
+recomputation (layers recompute from recomputed inputs, so one wrong value blames only its
+own files); a declared tensor's files are compared with each other, and the minority blamed.
+
+`BundleError` is for folders that are no bundle this tool reads (a usage error); everything a
+bundle can get wrong is a failure in the report.
+"""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from ..files.read import UnreadableFile, parse_npy, read_json, read_regular_file
 from ..fixedpoint.format import Format
 from ..graph.ir import Node
-from ..graph.ops import OPS, params_from_json
-from .bundle import MANIFEST, MANIFEST_VERSION, PARAM_ROLES, from_layout
-from .formats import READERS, unpack_words
+from ..graph.ops import MAC_OPS, OPS, array_formats, params_from_json
+from .bundle import MANIFEST, MANIFEST_VERSION, from_layout, needed_bits
+from .formats import READERS, ImageError, unpack_words
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+SUPPORTED_VERSIONS = (MANIFEST_VERSION,)
 
 
 class BundleError(ValueError):
-    """The bundle is malformed, tampered with or incomplete."""
+    """The folder is no bundle this tool can read: missing, without a manifest, another tool's,
+    or of an unsupported schema version."""
 
 
 @dataclasses.dataclass
 class VerifyReport:
-    files: int
-    layers: int
+    files: int  # files checked (sha256 and contents)
+    layers: int  # layers recomputed
     failures: list
 
     @property
@@ -40,93 +64,364 @@ class VerifyReport:
                        + "\n  ".join(self.failures))
 
 
-def load_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root} has no {MANIFEST}; is it a wageubn-sim vector bundle?")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{path} is not valid JSON: {err}") from None
-    import jsonschema
-    try:
-        jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
-    except jsonschema.ValidationError as err:
-        raise BundleError(f"{path} does not follow the manifest schema: {err.message} "
-                          f"(at {'/'.join(map(str, err.absolute_path))})") from None
-    if manifest["version"] != MANIFEST_VERSION:
-        raise BundleError(f"manifest version {manifest['version']}; this tool reads {MANIFEST_VERSION}")
-    return manifest
-
-
-def _safe_path(root: Path, rel: str) -> Path:
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise BundleError(f"manifest path {rel!r} escapes the bundle folder")
-    return path
-
-
-def read_tensor(root: Path, entry: dict, failures: list | None = None) -> np.ndarray:
-    """The tensor as NCHW int64, from its .npy (or, without one, its first memory image);
-    every file of the entry is checked against its sha256 and against the others."""
-    values, count = None, int(np.prod(entry["shape"], dtype=np.int64))
-    for f in entry["files"]:
-        path = _safe_path(root, f["path"])
-        if not path.is_file():
-            raise BundleError(f"{f['path']} is missing from the bundle")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != f["sha256"]:
-            raise BundleError(f"{f['path']}: sha256 does not match the manifest (edited or corrupted)")
-        if f["kind"] == "npy":
-            q = np.load(io.BytesIO(data), allow_pickle=False).reshape(-1)
-        else:
-            words = READERS[f["kind"]](data.decode())
-            q = unpack_words(words, entry["width"], entry["lanes"], count)
-        if q.size != count:
-            raise BundleError(f"{f['path']} holds {q.size} values, the manifest says {count}")
-        if values is None:
-            values = q
-        elif not np.array_equal(values, q) and failures is not None:
-            failures.append(f"{f['path']} disagrees with the other files of {entry['role']}")
-    stored_shape = entry["shape"]
-    if entry["layout"] == "NHWC":
-        n, c, h, w = stored_shape
-        stored_shape = [n, h, w, c]
-    return from_layout(values.astype(np.int64).reshape(stored_shape), entry["layout"])
-
-
 def verify_bundle(root) -> VerifyReport:
-    root = Path(root)
-    manifest = load_manifest(root)
-    tensors = manifest["tensors"]
-    failures: list = []
-    cache = {tid: read_tensor(root, entry, failures) for tid, entry in tensors.items()}
-    n_files = sum(len(e["files"]) for e in tensors.values())
-    for layer in manifest["layers"]:
-        roles = layer["tensors"]
-        arrays = {r: cache[roles[r]] for r in PARAM_ROLES if r in roles}
-        node = Node(layer["name"], layer["op"], roles["inputs"], params_from_json(layer["op"], layer["params"]),
-                    arrays)
-        ins = [(cache[t], Format.from_dict(tensors[t]["format"]).frac_bits) for t in roles["inputs"]]
+    return _Verifier(Path(root)).run()
+
+
+def load_bundle(root) -> tuple[dict, dict]:
+    """(manifest, {tensor id: values as NCHW int64}) of a bundle, for testbenches and tools:
+    its files are checked as `verify_bundle` checks them (listed, present, sha256, parsed, in
+    agreement); any failure raises BundleError naming them. Nothing is recomputed."""
+    v = _Verifier(Path(root))
+    try:
+        v.manifest = v.load_manifest()
+        v.tensors = v.manifest["tensors"]
+        v.check_files()
+        v.values = {tid: v.read_tensor(tid, entry) for tid, entry in v.tensors.items()}
+        values = {tid: v.agreed(tid) for tid in v.tensors}
+    except _Stop:
+        values = {}
+    if v.failures:
+        raise BundleError(f"{root}: " + "; ".join(v.failures[:10]))
+    return v.manifest, values
+
+
+class _Stop(Exception):
+    """The manifest is unusable: the failures found so far are the report."""
+
+
+class _Verifier:
+    def __init__(self, root: Path):
+        self.root = root
+        self.failures: list = []
+        self.files_checked = 0
+        self.layers_checked = 0
+        self.used: set = set()  # tensor ids the structure accounts for
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+    def run(self) -> VerifyReport:
         try:
-            out = OPS[layer["op"]][1](node, ins, True)
+            self.manifest = self.load_manifest()
+            self.tensors = self.manifest["tensors"]
+            self.check_files()
+            self.values = {tid: self.read_tensor(tid, entry) for tid, entry in self.tensors.items()}
+            if "training" in self.manifest:
+                self.check_training()
+            else:
+                self.check_network()
+            for tid, entry in sorted(self.tensors.items()):
+                if tid not in self.used:
+                    self.fail(f"tensor {tid} (role {entry['role']} of layer {entry['layer'] or '-'}) "
+                              "belongs to no listed layer: a layer is missing from the manifest")
+        except _Stop:
+            pass
+        return VerifyReport(self.files_checked, self.layers_checked, self.failures)
+
+    # ---- the manifest -------------------------------------------------------------------
+    def load_manifest(self) -> dict:
+        root = self.root
+        if not root.is_dir():
+            raise BundleError(f"{root} is not a folder; give the folder `wageubn-sim vectors` wrote")
+        path = root / MANIFEST
+        if not os.path.lexists(path):
+            raise BundleError(f"{root} has no {MANIFEST}; is it a wageubn-sim vector bundle?")
+        if path.is_symlink() or not path.is_file():
+            self.fail(f"{MANIFEST} is {'a symbolic link' if path.is_symlink() else 'not a regular file'}; "
+                      "a bundle's manifest is a regular file inside it")
+            raise _Stop
+        try:
+            manifest = read_json(path, "manifest")
+        except UnreadableFile as err:
+            self.fail(str(err))
+            raise _Stop from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != "wageubn-sim-vectors":
+            raise BundleError(f"{path} is not a wageubn-sim vector bundle manifest")
+        if manifest.get("version") not in SUPPORTED_VERSIONS:
+            raise BundleError(f"{path}: manifest version {manifest.get('version')!r}; this tool reads "
+                              f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}")
+        import jsonschema
+        schema = json.loads(SCHEMA_PATH.read_text())
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest),
+                        key=lambda e: list(map(str, e.absolute_path)))
+        for err in errors:
+            where = "/".join(map(str, err.absolute_path)) or "(top)"
+            self.fail(f"{MANIFEST} at {where}: {err.message[:200]}")
+        if errors:
+            raise _Stop
+        return manifest
+
+    # ---- the folder ---------------------------------------------------------------------
+    def check_files(self) -> None:
+        """Every file listed, every listed file present and unique, no links, no escapes."""
+        listed: dict = {}
+        self.unsafe: set = set()
+        for tid, entry in self.tensors.items():
+            for f in entry["files"]:
+                rel = f["path"]
+                if rel in listed:
+                    self.fail(f"{rel} is listed twice (tensors {listed[rel]} and {tid})")
+                listed[rel] = tid
+                if any(part in ("", ".", "..") for part in rel.split("/")) or rel == MANIFEST:
+                    self.fail(f"{rel}: a manifest path must name a file inside the bundle, "
+                              "without '.', '..' or empty parts (it escapes the bundle folder)")
+                    self.unsafe.add(rel)
+        present = set()
+        for folder, dirs, files in os.walk(self.root):
+            for name in dirs + files:
+                full = Path(folder) / name
+                rel = full.relative_to(self.root).as_posix()
+                if full.is_symlink():
+                    self.fail(f"{rel} is a symbolic link; a bundle holds regular files only")
+                elif name in files:
+                    present.add(rel)
+        for rel in sorted(present - set(listed) - {MANIFEST}):
+            self.fail(f"{rel} is not listed in the manifest (an extra file, or its tensor was "
+                      "removed from the manifest)")
+        self.present = present
+
+    def read_tensor(self, tid: str, entry: dict) -> dict:
+        """{file path: values (NCHW int64) or None}; each file's failures are blamed on it."""
+        out = {}
+        if not self.entry_is_consistent(tid, entry):
+            return {f["path"]: None for f in entry["files"]}
+        count = int(np.prod(entry["shape"], dtype=object))
+        stored_shape = list(entry["shape"])
+        if entry["layout"] == "NHWC":
+            n, c, h, w = stored_shape
+            stored_shape = [n, h, w, c]
+        for f in entry["files"]:
+            rel = f["path"]
+            out[rel] = None
+            if rel in self.unsafe:
+                continue
+            if rel not in self.present:
+                if not os.path.lexists(self.root / rel):
+                    self.fail(f"{rel} is missing from the bundle")
+                continue
+            self.files_checked += 1
+            try:
+                values = self.decode_file(f, entry, count, stored_shape)
+            except (UnreadableFile, ImageError, UnicodeDecodeError) as err:
+                self.fail(f"{rel}: {err}")
+                continue
+            if values is None:
+                continue
+            out[rel] = from_layout(values.reshape(stored_shape), entry["layout"])
+        return out
+
+    def decode_file(self, f: dict, entry: dict, count: int, stored_shape: list):
+        rel, kind = f["path"], f["kind"]
+        words_depth = entry["depth"] if kind == "readmemh" else max(entry["depth"], 1)
+        digits = -(-entry["word_width"] // 4)
+        limit = (1 << 20) + 8 * count + 4096 if kind == "npy" else (1 << 20) + words_depth * (2 * digits + 40)
+        data = read_regular_file(self.root / rel, "file", limit)
+        if hashlib.sha256(data).hexdigest() != f["sha256"]:
+            self.fail(f"{rel}: sha256 does not match the manifest (edited or corrupted)")
+            return None
+        if kind == "npy":
+            q = parse_npy(data, rel, expect_shape=stored_shape).reshape(-1)
+            q = q.astype(np.int64) if q.dtype != np.uint64 else q
+        else:
+            words = READERS[kind](data.decode("utf-8"), words_depth, entry["word_width"])
+            q = unpack_words(words[:entry["depth"]], entry["width"], entry["lanes"], count)
+        if q.size != count:
+            raise ImageError(f"holds {q.size} values, the manifest says {count}")
+        if q.size and needed_bits(q) > entry["width"]:
+            raise ImageError(f"holds values from {int(q.min())} to {int(q.max())}, wider than its "
+                             f"{entry['width']} bits")
+        return q.astype(np.int64)
+
+    def entry_is_consistent(self, tid: str, entry: dict) -> bool:
+        """The entry's own fields agree with each other and with the options."""
+        problems = []
+        fmt = self.format_of(tid, entry)
+        if fmt is not None:
+            if fmt.bounded and (entry["width"] != fmt.bits or entry["width_source"] != "format"):
+                problems.append(f"width {entry['width']} ({entry['width_source']}) for format {fmt.describe()}")
+            if not fmt.bounded and entry["width_source"] != "observed":
+                problems.append(f"width_source {entry['width_source']} for the unbounded {fmt.describe()}")
+        count = int(np.prod(entry["shape"], dtype=object))
+        if entry["word_width"] < entry["lanes"] * entry["width"]:
+            problems.append(f"{entry['lanes']} lanes of {entry['width']} bits in {entry['word_width']}-bit words")
+        if entry["depth"] != -(-count // entry["lanes"]):
+            problems.append(f"depth {entry['depth']} for {count} values in {entry['lanes']} lanes")
+        layout = self.manifest["options"]["layout"] if len(entry["shape"]) == 4 else "plain"
+        if entry["layout"] != layout:
+            problems.append(f"layout {entry['layout']}, the bundle's is {layout}")
+        if entry["lanes"] != self.manifest["options"]["lanes"]:
+            problems.append(f"lanes {entry['lanes']}, the bundle's are {self.manifest['options']['lanes']}")
+        want_id = "input" if entry["role"] == "input" else f"{entry['layer']}/{entry['role']}"
+        if tid != want_id or (entry["role"] == "input") != (entry["layer"] == ""):
+            problems.append(f"role {entry['role']} of layer {entry['layer']!r} is named {tid!r}")
+        kinds = sorted(f["kind"] for f in entry["files"])
+        if kinds != sorted(set(kinds)) or set(kinds) != set(self.manifest["options"]["kinds"]):
+            problems.append(f"files of kinds {kinds}, the bundle writes {self.manifest['options']['kinds']}")
+        for problem in problems:
+            self.fail(f"tensor {tid}: {problem}")
+        return fmt is not None and not problems
+
+    def format_of(self, tid: str, entry: dict) -> Format | None:
+        try:
+            return Format.from_dict(entry["format"])
+        except (ValueError, TypeError) as err:
+            self.fail(f"tensor {tid}: format {entry['format']!r}: {err}")
+            return None
+
+    def agreed(self, tid: str):
+        """A declared tensor's values, from its files by majority; None (and failures) when
+        they disagree without one, or none could be read."""
+        files = {rel: v for rel, v in self.values[tid].items() if v is not None}
+        if not files:
+            self.fail(f"tensor {tid}: no file of it can be read")
+            return None
+        groups: list = []  # [(values, [paths])]
+        for rel, v in files.items():
+            for values, paths in groups:
+                if values.shape == v.shape and np.array_equal(values, v):
+                    paths.append(rel)
+                    break
+            else:
+                groups.append((v, [rel]))
+        groups.sort(key=lambda g: -len(g[1]))
+        if len(groups) > 1 and len(groups[0][1]) == len(groups[1][1]):
+            self.fail(f"tensor {tid}: its files disagree ({', '.join(sorted(files))}) and no "
+                      "majority tells which is right")
+            return None
+        for values, paths in groups[1:]:
+            for rel in paths:
+                self.fail(f"{rel} disagrees with the other files of {tid}")
+        return groups[0][0]
+
+    def compare_recomputed(self, tid: str, want: np.ndarray) -> None:
+        for rel, got in sorted(self.values[tid].items()):
+            if got is None:
+                continue
+            if got.shape != want.shape:
+                self.fail(f"{rel}: shape {list(got.shape)}, the recomputation gives {list(want.shape)}")
+            elif not np.array_equal(got, want):
+                self.fail(f"{rel}: {int(np.count_nonzero(got != want))} values differ from the "
+                          "recomputation")
+
+    # ---- the network --------------------------------------------------------------------
+    def check_network(self) -> None:
+        manifest = self.manifest
+        inputs = [tid for tid, e in self.tensors.items() if e["role"] == "input"]
+        if len(inputs) != 1:
+            self.fail(f"the bundle holds {len(inputs)} input tensors; a network bundle holds one")
+            raise _Stop
+        tid = inputs[0]
+        self.used.add(tid)
+        fmt = self.format_of(tid, self.tensors[tid])
+        if fmt is not None and fmt.to_dict() != manifest["input_format"]:
+            self.fail(f"tensor {tid}: format {fmt.describe()}, the manifest's input_format is "
+                      f"{manifest['input_format']}")
+        x = self.agreed(tid)
+        available = {} if x is None or fmt is None else {tid: (x, fmt.frac_bits)}
+        produced_by = {}
+        if not manifest["layers"]:
+            self.fail("the manifest lists no layers: nothing of the network can be recomputed")
+        for layer in manifest["layers"]:
+            out_tid = self.check_layer(layer, available)
+            if out_tid is not None:
+                produced_by[out_tid] = layer["name"]
+        if not manifest["outputs"]:
+            self.fail("the manifest declares no outputs")
+        for out in manifest["outputs"]:
+            if out not in produced_by:
+                self.fail(f"declared output {out} is not produced by any recomputed layer")
+
+    def check_layer(self, layer: dict, available: dict):
+        """Recompute one layer; returns its output tensor id when recomputed."""
+        name, op, roles = layer["name"], layer["op"], layer["tensors"]
+        where = f"layer {name} ({op})"
+        for role, ref in roles.items():
+            for tid in (ref if isinstance(ref, list) else [ref]):
+                self.used.add(tid)
+                if tid not in self.tensors:
+                    self.fail(f"{where}: its {role} tensor {tid} is not in the manifest")
+                    return None
+        try:
+            params = params_from_json(op, layer["params"])
+        except (ValueError, TypeError) as err:
+            self.fail(f"{where}: {err}")
+            return None
+        formats = array_formats(op, params)
+        expected = {"inputs", "output"} | set(formats) | ({"accumulator"} if op in MAC_OPS else set())
+        extra, missing = set(roles) - expected, expected - set(roles)
+        if extra or missing:
+            self.fail(f"{where}: tensors {sorted(roles)}; its op needs {sorted(expected)}")
+            return None
+        for role in ("output", "accumulator", *formats):
+            if role in roles and (self.tensors[roles[role]]["role"], self.tensors[roles[role]]["layer"]) != (role, name):
+                self.fail(f"{where}: its {role} is tensor {roles[role]}, which is "
+                          f"{self.tensors[roles[role]]['role']} of layer {self.tensors[roles[role]]['layer']!r}")
+                return None
+        gaps = [t for t in roles["inputs"] if t not in available]
+        if gaps:
+            self.fail(f"{where} reads {', '.join(gaps)}, which neither the input nor an earlier "
+                      "recomputed layer produces")
+            return None
+        arrays = {}
+        for role, fmt in formats.items():
+            tid = roles[role]
+            declared = self.format_of(tid, self.tensors[tid])
+            if declared is not None and declared != fmt:
+                self.fail(f"tensor {tid}: format {declared.describe()}, the layer's params say "
+                          f"{fmt.describe()}")
+            arrays[role] = self.agreed(tid)
+            if arrays[role] is None:
+                self.fail(f"{where}: not recomputed, its {role} cannot be read")
+                return None
+        try:
+            node = Node(name, op, list(roles["inputs"]), params, arrays)
+            out = OPS[op][1](node, [available[t] for t in roles["inputs"]], True)
         except (ValueError, OverflowError) as err:
-            failures.append(f"{layer['name']}: cannot be recomputed: {err}")
-            continue
-        checks = [("output", out.q)]
+            self.fail(f"{where}: cannot be recomputed: {err}")
+            return None
+        self.layers_checked += 1
+        checks = [("output", out.q, out.fmt)]
         if "accumulator" in roles:
-            checks.append(("accumulator", out.trace.get("accumulator")))
-        for role, got in checks:
-            want = cache[roles[role]]
-            if got is None or got.shape != want.shape or not np.array_equal(got, want):
-                bad = "shape" if got is None or got.shape != want.shape else \
-                    f"{int(np.count_nonzero(got != want))} values"
-                failures.append(f"{layer['name']}/{role}: recomputed {bad} differ from the bundle")
-        fmt = Format.from_dict(tensors[roles["output"]]["format"])
-        if fmt != out.fmt:
-            failures.append(f"{layer['name']}: output format {out.fmt.describe()} != manifest {fmt.describe()}")
-    if "training" in manifest:
+            checks.append(("accumulator", out.trace["accumulator"], out.acc_fmt))
+        for role, values, fmt in checks:
+            tid = roles[role]
+            self.compare_recomputed(tid, values)
+            declared = self.format_of(tid, self.tensors[tid])
+            if declared is not None and declared != fmt:
+                self.fail(f"tensor {tid}: format {declared.describe()}, the recomputation gives "
+                          f"{fmt.describe()}")
+        self.compare_events(where, layer, out)
+        available[roles["output"]] = (out.q, out.fmt.frac_bits)
+        return roles["output"]
+
+    def compare_events(self, where: str, layer: dict, out) -> None:
+        got = _counts(out.events)
+        if layer["events"] != got:
+            self.fail(f"{where}: events {layer['events']}, the recomputation counts {got}")
+        if "register_events" in layer:
+            registers = {r: _counts(e) for r, e in (out.register_events or {"output": out.events}).items()}
+            if layer["register_events"] != registers:
+                self.fail(f"{where}: register_events {layer['register_events']}, the "
+                          f"recomputation counts {registers}")
+
+    # ---- training-step bundles ----------------------------------------------------------
+    def check_training(self) -> None:
         from .training import verify_training
-        failures += verify_training(root, manifest, cache)
-    n_layers = len(manifest["layers"]) + len(manifest.get("training", {}).get("layers", []))
-    return VerifyReport(n_files, n_layers, failures)
+        layers = self.manifest["training"]["layers"]
+        if not layers:
+            self.fail("the training section lists no layers: nothing can be recomputed")
+        for layer in layers:
+            self.used.update(layer["tensors"].values())
+        values = {}
+        for tid in self.used & set(self.tensors):
+            v = self.agreed(tid)
+            if v is not None:
+                values[tid] = v
+        failures, recomputed = verify_training(self.manifest, values)
+        self.failures += failures
+        self.layers_checked += recomputed
+
+
+def _counts(events) -> dict:
+    return {k: int(v) for k, v in vars(events).items()}

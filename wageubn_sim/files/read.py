@@ -1,0 +1,219 @@
+"""Bounded readers for the files a user hands us: JSON, `.npy`, members of `.npz`.
+
+Every file may be truncated, huge, forged or made to hang a parser, so each reader
+* opens regular files only (a FIFO or a device would block or never end);
+* checks what a file declares (a size, a shape, a dtype) against the file's real size and the
+  caller's expectation before it allocates anything, and reads in time linear in the file;
+* never loads a pickle (object arrays are refused, not loaded);
+* raises `UnreadableFile` (a ValueError) that names the file, says what it is not, and what
+  to do, in our own words (numpy's and torch's advice to load pickles never reaches a user).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+MAX_JSON_BYTES = 64 << 20  # a graph.json or manifest.json of thousands of layers is a few MiB
+MAX_NPY_HEADER = 10_000  # numpy's own limit for a trusted header
+DEFLATE_MAX_RATIO = 1032  # deflate expands at most this much (RFC 1951's longest match per bit)
+INTEGER_KINDS = "iu"
+
+
+class UnreadableFile(ValueError):
+    """A file that is not what it must be: the message names it, what it is not, and the fix."""
+
+
+def read_regular_file(path, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``max_bytes``)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise UnreadableFile(f"{what} {path} cannot be opened: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(f"{what} {path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise UnreadableFile(f"{what} {path} has {info.st_size} bytes, more than the "
+                                 f"{max_bytes} such a file can need; is it the right file?")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew while we read
+        raise UnreadableFile(f"{what} {path} is larger than {max_bytes} bytes")
+    return data
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path, what: str, max_bytes: int = MAX_JSON_BYTES):
+    """Parse the JSON file ``path``: strict JSON (no NaN or Infinity), bounded in size and depth."""
+    data = read_regular_file(path, what, max_bytes)
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise UnreadableFile(f"{what} {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise UnreadableFile(f"{what} {path} nests its JSON too deeply") from None
+    except ValueError as err:  # JSONDecodeError, an oversized integer, NaN
+        raise UnreadableFile(f"{what} {path} is not valid JSON: {err}") from None
+
+
+# ---- .npy -------------------------------------------------------------------------------
+
+def _npy_header(fh, what: str, kinds: str):
+    """(dtype, shape, fortran_order, data bytes) from an .npy stream positioned at its start."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fh, max_header_size=MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fh, max_header_size=MAX_NPY_HEADER)
+        else:
+            raise ValueError(f"npy format version {version} is not read here (1.0 and 2.0 are)")
+    except (ValueError, OSError, SyntaxError, TypeError, EOFError) as err:
+        raise UnreadableFile(f"{what} is not an .npy array file ({their_reason(err)})") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnreadableFile(f"{what} holds {'Python objects' if dtype.hasobject else 'records'} "
+                             f"({dtype}), not numbers; this tool never loads pickled objects. "
+                             "Save a plain numeric array (np.save of an integer or float array)")
+    if dtype.kind not in kinds:
+        wanted = "integers" if kinds == INTEGER_KINDS else "integers or floats"
+        raise UnreadableFile(f"{what} holds {dtype} values, not {wanted}")
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise UnreadableFile(f"{what} holds {dtype}, wider than float64: its values would be "
+                             "rounded; convert it to float64 yourself first")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise UnreadableFile(f"{what} declares the shape {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    return dtype, tuple(shape), fortran, nbytes
+
+
+def _check_shape(what, shape, expect_shape):
+    if expect_shape is not None and tuple(shape) != tuple(expect_shape):
+        raise UnreadableFile(f"{what} has shape {shape}, expected {tuple(expect_shape)}")
+
+
+def _array_from(buffer, dtype, shape, fortran) -> np.ndarray:
+    flat = np.frombuffer(buffer, dtype=dtype)
+    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=True)  # native, writable, own memory
+
+
+def parse_npy(data: bytes, what: str, kinds: str = INTEGER_KINDS, expect_shape=None) -> np.ndarray:
+    """An array from .npy bytes; the header's size must equal the bytes that follow it."""
+    import io
+    fh = io.BytesIO(data)
+    dtype, shape, fortran, nbytes = _npy_header(fh, what, kinds)
+    _check_shape(what, shape, expect_shape)
+    rest = len(data) - fh.tell()
+    if rest != nbytes:
+        raise UnreadableFile(f"{what} declares {shape} {dtype} ({nbytes} bytes) but holds "
+                             f"{rest} bytes of data: truncated or padded")
+    return _array_from(memoryview(data)[fh.tell():], dtype, shape, fortran)
+
+
+def read_npy(path, what: str, kinds: str = INTEGER_KINDS, expect_shape=None) -> np.ndarray:
+    """An array from the .npy file ``path``, its header checked against the file's size
+    before the data is read."""
+    path = Path(path)
+    try:
+        fh = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise UnreadableFile(f"{what} {path} cannot be opened: {err.strerror}") from None
+    with fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(f"{what} {path} is not a regular file")
+        dtype, shape, fortran, nbytes = _npy_header(fh, f"{what} {path}", kinds)
+        _check_shape(f"{what} {path}", shape, expect_shape)
+        rest = info.st_size - fh.tell()
+        if rest != nbytes:
+            raise UnreadableFile(f"{what} {path} declares {shape} {dtype} ({nbytes} bytes) but "
+                                 f"holds {rest} bytes of data: truncated or padded")
+        buffer = bytearray(nbytes)
+        if fh.readinto(buffer) != nbytes:
+            raise UnreadableFile(f"{what} {path} changed while it was read")
+    return _array_from(buffer, dtype, shape, fortran)
+
+
+# ---- .npz -------------------------------------------------------------------------------
+
+def npz_members(path, what: str) -> list:
+    """The array names in the .npz ``path`` (members ``NAME.npy``), without reading them."""
+    with _open_zip(path, what) as zf:
+        return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+
+
+def read_npz(path, what: str, names=None, kinds: str = INTEGER_KINDS) -> dict:
+    """{name: array} for ``names`` (default: every array) of the .npz ``path``. Only those
+    members are read, each after its sizes (the zip's and the .npy header's) agree."""
+    out = {}
+    with _open_zip(path, what) as zf:
+        members = {info.filename: info for info in zf.infolist()}
+        for name in (names if names is not None else [n[:-4] for n in members if n.endswith(".npy")]):
+            info = members.get(f"{name}.npy")
+            label = f"{what} {path}, array {name!r}"
+            if info is None:
+                raise UnreadableFile(f"{what} {path} has no array {name!r}")
+            if info.compress_type == zipfile.ZIP_STORED:
+                honest = info.file_size == info.compress_size
+            elif info.compress_type == zipfile.ZIP_DEFLATED:
+                honest = info.file_size <= DEFLATE_MAX_RATIO * info.compress_size + 64
+            else:
+                raise UnreadableFile(f"{label} uses zip compression {info.compress_type}; "
+                                     "save it with np.savez or np.savez_compressed")
+            if not honest:
+                raise UnreadableFile(f"{label} declares {info.file_size} bytes from "
+                                     f"{info.compress_size} stored: a forged archive")
+            try:
+                with zf.open(info) as fh:
+                    dtype, shape, fortran, nbytes = _npy_header(fh, label, kinds)
+                    header = fh.tell()
+                    if header + nbytes != info.file_size:
+                        raise UnreadableFile(f"{label} declares {shape} {dtype} ({nbytes} bytes) "
+                                             f"in a member of {info.file_size - header}: truncated or padded")
+                    buffer = fh.read(nbytes)
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as err:
+                raise UnreadableFile(f"{label} is damaged ({their_reason(err)})") from None
+            if len(buffer) != nbytes:
+                raise UnreadableFile(f"{label} is truncated")
+            out[name] = _array_from(buffer, dtype, shape, fortran)
+    return out
+
+
+def _open_zip(path, what):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise UnreadableFile(f"{what} {path} is not a regular file")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise UnreadableFile(f"{what} {path} is not an .npz archive ({their_reason(err)})") from None
+
+
+# Libraries' advice to trust a file by loading its pickles; never passed on to a user.
+_UNSAFE_ADVICE = ("allow_pickle", "weights_only", "pickle", "trust")
+
+
+def their_reason(err) -> str:
+    """The first line of a library's error message, unless it advises loading pickles."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    if any(word in text.lower() for word in _UNSAFE_ADVICE):
+        return type(err).__name__
+    return text
