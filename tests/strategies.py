@@ -20,12 +20,14 @@ def formats(draw, min_bits=2, max_bits=32, min_frac=-8, max_frac=30, unbounded=F
 
 
 def edge_ints(limit_bits=61):
-    """Integers in the core's domain, weighted toward powers of two, +-1 and the extremes."""
+    """Integers in the core's domain (the range of s62 for limit_bits=61), weighted toward
+    powers of two, +-1 and the extremes, the most negative value included."""
     limit = 1 << limit_bits
     special = st.integers(0, limit_bits - 1).flatmap(
         lambda b: st.sampled_from([1 << b, (1 << b) - 1, (1 << b) + 1, -(1 << b), -(1 << b) + 1,
                                    -(1 << b) - 1]))
-    return st.one_of(st.integers(-limit + 1, limit - 1), special, st.integers(-300, 300))
+    return st.one_of(st.integers(-limit, limit - 1), special, st.integers(-300, 300),
+                     st.just(-limit))
 
 
 @st.composite

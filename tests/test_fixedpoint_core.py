@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 from strategies import dyadic_floats, edge_ints, formats, int_arrays, overflows, roundings, u32_words
 
+from wageubn_sim.fixedpoint.core import requantize_flagged
 from wageubn_sim.fixedpoint import (Format, Overflow, Rounding, quantize, quantize_to_grid,
                                     reference as ref, requantize, requantize_scalar)
 
@@ -315,3 +316,14 @@ def test_subnormal_scaled_values_raise():
         quantize_to_grid(torch.tensor([1e-300], dtype=torch.float64), Format(8, -30))
     # a subnormal x scaled up into the normal range is exact, and kept
     assert quantize(np.array([-2.0**-1073, 2.0**-1073]), Format(None, 1000), "FLOOR").tolist() == [-1, 0]
+
+
+@pytest.mark.parametrize("rounding", MODES)
+def test_most_negative_domain_value_at_every_large_shift(rounding):
+    """-2**61 (in the domain: s62's minimum) shifted by 62 is exactly -1/2, a tie."""
+    q = np.array([-2**61, -2**61 + 1, 2**61 - 1], dtype=np.int64)
+    u = np.array([0, 2**31, 2**32 - 1], np.uint32) if rounding == Rounding.STOCHASTIC else None
+    for shift in (59, 60, 61, 62, 63, 64):
+        got, flags = requantize_flagged(q, shift, Format(None, 0), rounding, Overflow.SAT, u)
+        assert got.tolist() == ref_requantize_all(q, shift, Format(None, 0), rounding, Overflow.SAT, u)
+        assert bool(flags[0] & 1) == (shift == 62)  # the tie (SR flags it too: an exact half)

@@ -90,8 +90,9 @@ def shift_right_rounded(q, shift, rounding, u):
             if cmp == 1 or (cmp == -1 and (result & 1) == 1):
                 result += 1
         return -result if q < 0 else result
-    if shift >= MAX_BITS:
-        # |q| < 2**61 <= 2**(shift-1) / 2: the quotient lies in (-1/4, 1/4).
+    if shift > MAX_BITS:
+        # |q| <= 2**61 = 2**(shift-1) / 2**(shift-62): the quotient lies in [-1/4, 1/4) (62
+        # itself takes the general path: -2**61 / 2**62 is the tie -1/2).
         if rounding == _FLOOR and q < 0:
             return np.int64(-1)
         return np.int64(0)
@@ -191,7 +192,7 @@ def requantize_scalar(q, shift, bits, signed, rounding, overflow, u):
 @njit(cache=True)
 def is_exact_tie(q, shift):
     """Whether q / 2**shift lies exactly halfway between two integers (shift >= 1)."""
-    if shift <= 0 or shift >= MAX_BITS:
+    if shift <= 0 or shift > MAX_BITS:
         return False
     return (q & low_mask(shift)) == (np.int64(1) << (shift - 1))
 
@@ -211,7 +212,7 @@ def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
     underflows = 0
     outside = 0
     unbounded_overflows = 0
-    if 0 < shift < MAX_BITS and rounding != _STOCHASTIC:  # the common case, vectorized
+    if 0 < shift <= MAX_BITS and rounding != _STOCHASTIC:  # the common case, vectorized
         mask, half = low_mask(shift), np.int64(1) << (shift - 1)
         for i in prange(q.size):
             v = q[i]
