@@ -206,3 +206,24 @@ def test_single_files_are_written_whole_or_not_at_all(tmp_path):
         write_file_atomically(path, "not bytes", overwrite=True)
     assert path.read_bytes() == b"first" and sorted(p.name for p in path.parent.iterdir()) == ["a.bin"]
     assert write_file_atomically(path, b"second", overwrite=True).read_bytes() == b"second"
+
+
+def test_graphs_refuse_stochastic_rounding_when_built():
+    """The forward engine draws no random words: a STOCHASTIC layer is refused when its graph is
+    built, not when it runs (docs/arithmetic.md section 9)."""
+    import dataclasses
+    from wageubn_sim.fixedpoint import Rounding
+    g = wageubn_sim.compile(_model(), np.zeros((1, 1, 8, 8)))
+    relu = next(n for n in g.nodes if n.op == "activation")
+    relu.params = dataclasses.replace(relu.params, rounding=Rounding.STOCHASTIC)
+    with pytest.raises(ValueError, match=f"node {relu.name} .*rounding is STOCHASTIC"):
+        type(g)(g.inputs, g.nodes, g.outputs)
+
+
+def test_every_node_runs_on_an_empty_batch():
+    g = wageubn_sim.compile(_model(), np.zeros((1, 1, 8, 8)))
+    out = g.run(np.zeros((0, 1, 8, 8)), trace=True)
+    assert out.q.shape == (0, 3)
+    for node in g.nodes:
+        assert out.layers[node.name].q.shape[1:] == node.out_shape
+        assert out.layers[node.name].fmt == node.out_fmt

@@ -28,7 +28,7 @@ def test_float_scale_equals_reference(x):
     assert scale_exponent_of_floats(torch.from_numpy(x)) == ref.shift_exponent(m)
 
 
-@pytest.mark.parametrize("e", [0, 1, 7, 20, 40, 59])
+@pytest.mark.parametrize("e", [0, 1, 7, 20, 40, 59, 60])
 def test_int_boundary_is_sqrt2(e):
     t = int(ROUND_UP_FROM[e])
     assert (t - 1) ** 2 < 2 ** (2 * e + 1) <= t * t
@@ -84,3 +84,8 @@ def test_bits_are_deterministic_and_streams_differ():
 def test_bad_bit_source_arguments(args):
     with pytest.raises((ValueError, TypeError)):
         random_u32(*args)
+
+
+def test_int_scale_of_the_most_negative_domain_value():
+    assert scale_exponent_of_ints(np.array([-2**61]), 0) == 61  # |q| = 2**61 exactly
+    assert scale_exponent_of_ints(np.array([-2**61, 2**61 - 1]), 3) == 58

@@ -15,6 +15,7 @@ import math
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -152,8 +153,10 @@ def load_model(spec: str, weights: str | None):
         state = _load_state(Path(weights))
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as err:
-            raise BadInput(f"weights {weights} do not fit {spec}: {their_reason(err)}") from None
+        except RuntimeError as err:  # torch lists the mismatches below a heading line
+            details = [line.strip() for line in str(err).splitlines()[1:4] if line.strip()]
+            raise BadInput(f"weights {weights} do not fit {spec}: "
+                           f"{'; '.join(details) or their_reason(err)}") from None
         if missing or unexpected:
             raise BadInput(f"weights {weights} do not fit {spec}: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
@@ -177,7 +180,9 @@ def _load_state(path: Path) -> dict:
         state = {k.removeprefix("state/"): torch.from_numpy(v) for k, v in arrays.items()}
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many kinds on a bad file; none is a bug of ours
             raise BadInput(f"weights {path} is not a state dict that torch.load(weights_only=True) "
                            f"reads ({type(err).__name__}: {their_reason(err)}); {fix}") from None
@@ -427,12 +432,16 @@ def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_wid
 
 @main.command()
 @click.argument("bundle")
-def verify(bundle):
+@click.option("--graph", "graph_path", help="Also check that the bundle is this graph's: layers, "
+                                            "params, parameter values, input, outputs.")
+def verify(bundle, graph_path):
     """Check a bundle from its files alone: every file listed and matching its sha256, the
     network recomputed from the input and parameters, every layer, tensor, format and event
     count compared (exit 1 listing every failure; 2 if BUNDLE is no bundle)."""
+    from .graph.ir import load_graph
     from .vectors.verify import verify_bundle
-    report = _guard(verify_bundle, bundle)
+    graph = _guard(load_graph, graph_path) if graph_path else None
+    report = _guard(verify_bundle, bundle, graph)
     click.echo(str(report))
     sys.exit(0 if report.ok else CHECK_FAILED)
 

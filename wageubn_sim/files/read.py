@@ -10,6 +10,7 @@ Every file may be truncated, huge, forged or made to hang a parser, so each read
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,8 +30,9 @@ class UnreadableFile(ValueError):
     """A file that is not what it must be: the message names it, what it is not, and the fix."""
 
 
-def read_regular_file(path, what: str, max_bytes: int) -> bytes:
-    """The bytes of the regular file ``path`` (at most ``max_bytes``)."""
+def _open_regular(path, what: str):
+    """The regular file ``path`` opened for binary reading; opened without blocking, so that a
+    FIFO or a device is refused instead of waited on."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -38,10 +40,17 @@ def read_regular_file(path, what: str, max_bytes: int) -> bytes:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except OSError as err:
         raise UnreadableFile(f"{what} {path} cannot be opened: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableFile(f"{what} {path} is not a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def read_regular_file(path, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``max_bytes``)."""
+    path = Path(path)
+    with _open_regular(path, what) as fh:
         info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnreadableFile(f"{what} {path} is not a regular file")
         if info.st_size > max_bytes:
             raise UnreadableFile(f"{what} {path} has {info.st_size} bytes, more than the "
                                  f"{max_bytes} such a file can need; is it the right file?")
@@ -126,17 +135,8 @@ def parse_npy(data: bytes, what: str, kinds: str = INTEGER_KINDS, expect_shape=N
 def read_npy(path, what: str, kinds: str = INTEGER_KINDS, expect_shape=None) -> np.ndarray:
     """An array from the .npy file ``path``, its header checked against the file's size
     before the data is read."""
-    path = Path(path)
-    try:
-        fh = open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist") from None
-    except OSError as err:
-        raise UnreadableFile(f"{what} {path} cannot be opened: {err.strerror}") from None
-    with fh:
+    with _open_regular(path, what) as fh:
         info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnreadableFile(f"{what} {path} is not a regular file")
         dtype, shape, fortran, nbytes = _npy_header(fh, f"{what} {path}", kinds)
         _check_shape(f"{what} {path}", shape, expect_shape)
         rest = info.st_size - fh.tell()
@@ -194,16 +194,15 @@ def read_npz(path, what: str, names=None, kinds: str = INTEGER_KINDS) -> dict:
     return out
 
 
+@contextlib.contextmanager
 def _open_zip(path, what):
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    if not path.is_file():
-        raise UnreadableFile(f"{what} {path} is not a regular file")
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-        raise UnreadableFile(f"{what} {path} is not an .npz archive ({their_reason(err)})") from None
+    with _open_regular(path, what) as fh:
+        try:
+            zf = zipfile.ZipFile(fh)  # does not close fh: the with above does
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+            raise UnreadableFile(f"{what} {path} is not an .npz archive ({their_reason(err)})") from None
+        with zf:
+            yield zf
 
 
 # Libraries' advice to trust a file by loading its pickles; never passed on to a user.

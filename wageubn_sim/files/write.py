@@ -82,8 +82,8 @@ def staged_folder(out_dir, overwrite: bool):
         tmp = Path(tempfile.mkdtemp(prefix=_stage_prefix(out_dir), dir=out_dir.parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
-        yield tmp
         with _output_errors(out_dir):
+            yield tmp
             _sync_tree(tmp)
             _crash_point("staged")
             _publish(tmp, out_dir, overwrite)

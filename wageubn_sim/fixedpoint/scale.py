@@ -32,13 +32,13 @@ SQRT_HALF_CEIL = _smallest_double_at_least_sqrt_half()
 
 # ROUND_UP_FROM[E] = ceil(sqrt(2) * 2**E): an integer m with floor(log2 m) = E rounds up iff
 # m >= ROUND_UP_FROM[E]. sqrt(2**(2E+1)) is irrational, so the ceiling is isqrt + 1.
-ROUND_UP_FROM = np.array([math.isqrt(1 << (2 * e + 1)) + 1 for e in range(MAX_BITS - 1)],
-                         dtype=np.int64)
+ROUND_UP_FROM = np.array([math.isqrt(1 << (2 * e + 1)) + 1 for e in range(MAX_BITS)],
+                         dtype=np.int64)  # E up to 61: the domain's largest magnitude is 2**61
 
 
 @njit(cache=True)
 def shift_exponent_int(m, table):
-    """round(log2 m) for an integer 0 <= m < 2**61 (0 for m = 0)."""
+    """round(log2 m) for an integer 0 <= m <= 2**61 (0 for m = 0)."""
     if m <= 0:
         return 0
     e = 0

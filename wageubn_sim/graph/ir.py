@@ -187,7 +187,7 @@ class Graph:
             if any(not isinstance(k, str) for k in wanted):
                 raise TypeError("array names must be strings")
             arrays = read_npz(path / GRAPH_ARRAYS, "graph arrays", wanted)
-            return cls._from_json(data, arrays).check()
+            graph = cls._from_json(data, arrays)
         except UnreadableFile as err:
             raise ValueError(f"{err}; {hint}") from None
         except KeyError as err:
@@ -195,6 +195,10 @@ class Graph:
                              f"hand?); {hint}") from None
         except (TypeError, AttributeError) as err:
             raise ValueError(f"{path / GRAPH_JSON}: a field has the wrong type ({err}); {hint}") from None
+        except (ValueError, OverflowError) as err:
+            raise ValueError(f"{path}: {err}") from None
+        try:  # outside the parse's handlers: a TypeError in a kernel is a bug, not a bad field
+            return graph.check()
         except (ValueError, OverflowError) as err:
             raise ValueError(f"{path}: {err}") from None
 

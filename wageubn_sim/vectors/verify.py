@@ -64,8 +64,13 @@ class VerifyReport:
                        + "\n  ".join(self.failures))
 
 
-def verify_bundle(root) -> VerifyReport:
-    return _Verifier(Path(root)).run()
+def verify_bundle(root, graph=None) -> VerifyReport:
+    """Verify the bundle folder ``root``. With ``graph`` (a `Graph`, e.g. the one the bundle was
+    written from), the bundle must also be that graph's: the same layers, params, parameter
+    values, input format and outputs. Without it, nothing outside the bundle vouches for the
+    parameters, so a parameter forged in all its files shows as outputs that differ from
+    their recomputation; with it, the parameter's files are blamed."""
+    return _Verifier(Path(root), graph).run()
 
 
 def load_bundle(root) -> tuple[dict, dict]:
@@ -91,8 +96,9 @@ class _Stop(Exception):
 
 
 class _Verifier:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, graph=None):
         self.root = root
+        self.graph = graph
         self.failures: list = []
         self.files_checked = 0
         self.layers_checked = 0
@@ -294,15 +300,20 @@ class _Verifier:
                 self.fail(f"{rel} disagrees with the other files of {tid}")
         return groups[0][0]
 
-    def compare_recomputed(self, tid: str, want: np.ndarray) -> None:
+    def compare_with(self, tid: str, want: np.ndarray, what: str = "the recomputation") -> None:
+        """Each readable file of a tensor against values we trust; each differing file blamed."""
         for rel, got in sorted(self.values[tid].items()):
             if got is None:
                 continue
             if got.shape != want.shape:
-                self.fail(f"{rel}: shape {list(got.shape)}, the recomputation gives {list(want.shape)}")
+                self.fail(f"{rel}: shape {list(got.shape)}, {what} has {list(want.shape)}")
             elif not np.array_equal(got, want):
-                self.fail(f"{rel}: {int(np.count_nonzero(got != want))} values differ from the "
-                          "recomputation")
+                self.fail(f"{rel}: {int(np.count_nonzero(got != want))} values differ from {what}")
+
+    def graph_node(self, name: str):
+        if self.graph is None:
+            return None
+        return next((n for n in self.graph.nodes if n.name == name), None)
 
     # ---- the network --------------------------------------------------------------------
     def check_network(self) -> None:
@@ -322,6 +333,8 @@ class _Verifier:
         produced_by = {}
         if not manifest["layers"]:
             self.fail("the manifest lists no layers: nothing of the network can be recomputed")
+        if self.graph is not None:
+            self.check_against_graph(tid, fmt)
         for layer in manifest["layers"]:
             out_tid = self.check_layer(layer, available)
             if out_tid is not None:
@@ -331,6 +344,28 @@ class _Verifier:
         for out in manifest["outputs"]:
             if out not in produced_by:
                 self.fail(f"declared output {out} is not produced by any recomputed layer")
+
+    def check_against_graph(self, input_tid: str, input_fmt) -> None:
+        """The bundle's structure against the graph's: layers (names and ops, in order), the
+        input's format and shape, the outputs. Params and parameter values: `check_layer`."""
+        g, manifest = self.graph, self.manifest
+        ours = [(layer["name"], layer["op"]) for layer in manifest["layers"]]
+        theirs = [(n.name, n.op) for n in g.nodes]
+        if ours != theirs:
+            gone = [n for n in theirs if n not in ours][:5]
+            added = [n for n in ours if n not in theirs][:5]
+            self.fail(f"the bundle's layers are not the graph's: missing {gone}, not in the graph "
+                      f"{added}" if gone or added else "the bundle's layers are the graph's in another order")
+        spec = g.inputs[0]
+        if input_fmt is not None and input_fmt != spec.fmt:
+            self.fail(f"tensor {input_tid}: format {input_fmt.describe()}, the graph's input is "
+                      f"{spec.fmt.describe()}")
+        if list(self.tensors[input_tid]["shape"][1:]) != list(spec.shape):
+            self.fail(f"tensor {input_tid}: shape {self.tensors[input_tid]['shape']}, the graph's "
+                      f"input is (N, {', '.join(map(str, spec.shape))})")
+        want = [f"{o}/output" for o in g.outputs]
+        if manifest["outputs"] != want:
+            self.fail(f"the manifest declares outputs {manifest['outputs']}, the graph's are {want}")
 
     def check_layer(self, layer: dict, available: dict):
         """Recompute one layer; returns its output tensor id when recomputed."""
@@ -363,6 +398,9 @@ class _Verifier:
             self.fail(f"{where} reads {', '.join(gaps)}, which neither the input nor an earlier "
                       "recomputed layer produces")
             return None
+        node_of_graph = self.graph_node(name)
+        if node_of_graph is not None and node_of_graph.params != params:
+            self.fail(f"{where}: its params differ from the graph's")
         arrays = {}
         for role, fmt in formats.items():
             tid = roles[role]
@@ -370,6 +408,10 @@ class _Verifier:
             if declared is not None and declared != fmt:
                 self.fail(f"tensor {tid}: format {declared.describe()}, the layer's params say "
                           f"{fmt.describe()}")
+            if node_of_graph is not None and role in node_of_graph.arrays:
+                arrays[role] = node_of_graph.arrays[role]  # the graph vouches for it: blame files
+                self.compare_with(tid, arrays[role], f"the graph's {role} of {name}")
+                continue
             arrays[role] = self.agreed(tid)
             if arrays[role] is None:
                 self.fail(f"{where}: not recomputed, its {role} cannot be read")
@@ -386,7 +428,7 @@ class _Verifier:
             checks.append(("accumulator", out.trace["accumulator"], out.acc_fmt))
         for role, values, fmt in checks:
             tid = roles[role]
-            self.compare_recomputed(tid, values)
+            self.compare_with(tid, values)
             declared = self.format_of(tid, self.tensors[tid])
             if declared is not None and declared != fmt:
                 self.fail(f"tensor {tid}: format {declared.describe()}, the recomputation gives "

@@ -1,0 +1,576 @@
+"""Hostile inputs against the command line, grouped by kind: graph files, inputs, weights,
+bundles, outputs and `train` options.
+
+Every case asserts the exit code (1: a bundle fails a check; 2: bad input), that the message
+names the problem, that no traceback and no advice to load pickles reached the user, and that
+nothing in the working folder changed (no output written, half or whole, and nothing else
+touched). Each case runs in its own copy of a workspace holding a compiled demo graph `g`, its
+inputs `x.npy`, weights `w.npz` and a bundle `b`.
+"""
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from forgery import read_values, rewrite_tensor
+
+from wageubn_sim.cli import main
+from wageubn_sim.demo import DEMO_DATA, images_to_input
+
+MODEL = "wageubn_sim.demo:demo_model"
+UNSAFE_ADVICE = ("allow_pickle", "weights_only=False")
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine")
+    shutil.copy(DEMO_DATA, root / "w.npz")
+    with np.load(DEMO_DATA) as data:
+        np.save(root / "x.npy", images_to_input(data["test_images"][:2]))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert cli("compile", MODEL, "--weights", "w.npz", "--input", "x.npy", "-o", "g").exit_code == 0
+        assert cli("vectors", "g", "--input", "x.npy", "-o", "b").exit_code == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def ws(pristine, tmp_path, monkeypatch):
+    work = tmp_path / "ws"
+    shutil.copytree(pristine, work, symlinks=True)
+    monkeypatch.chdir(work)
+    return work
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry below root: its kind, and a file's bytes' sha256."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(mode):
+                out[rel] = ("dir",)
+            elif stat.S_ISREG(mode):
+                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                out[rel] = ("other", stat.S_IFMT(mode))
+    return out
+
+
+@dataclass
+class Case:
+    kind: str
+    name: str
+    setup: object  # ws -> None: plants the hostile input
+    args: tuple
+    code: int
+    message: str  # a regex the output must contain
+
+    def __str__(self):
+        return f"{self.kind}-{self.name}"
+
+
+# ---- helpers that plant hostile files -----------------------------------------------------
+
+def edit_json(rel, fn):
+    def setup(ws):
+        data = json.loads((ws / rel).read_text())
+        fn(data)
+        (ws / rel).write_text(json.dumps(data))
+    return setup
+
+
+def edit_graph(fn):
+    return edit_json("g/graph.json", fn)
+
+
+def node(data, name):
+    return next(n for n in data["nodes"] if n["name"] == name)
+
+
+def set_param(name, key, value):
+    return edit_graph(lambda d: node(d, name)["params"].__setitem__(key, value))
+
+
+def edit_arrays(fn):
+    def setup(ws):
+        with np.load(ws / "g" / "arrays.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        fn(arrays)
+        np.savez(ws / "g" / "arrays.npz", **arrays)
+    return setup
+
+
+def write_bytes(rel, data: bytes):
+    def setup(ws):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_bytes(data)
+    return setup
+
+
+def save_npy(rel, array, **kw):
+    def setup(ws):
+        np.save(ws / rel, array, **kw)
+    return setup
+
+
+def npy_header(shape, descr="<f8"):
+    """An .npy header declaring ``shape``, with no data after it."""
+    buf = io.BytesIO()  # the writer puts the magic string first itself
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def zip_bomb(rel, member="a.npy", claimed=0xFFFFFF00):
+    """A zip whose member claims ``claimed`` bytes but holds a few (a forged size field)."""
+    def setup(ws):
+        body = npy_header((8,)) + bytes(64)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(member, body)
+        data = bytearray(buf.getvalue())
+        for sig, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers
+            at = data.find(sig)
+            data[at + offset:at + offset + 4] = claimed.to_bytes(4, "little")
+        (ws / rel).write_bytes(bytes(data))
+    return setup
+
+
+def mkfifo(rel):
+    def setup(ws):
+        (ws / rel).unlink(missing_ok=True)
+        os.mkfifo(ws / rel)
+    return setup
+
+
+def both(*setups):
+    def setup(ws):
+        for s in setups:
+            s(ws)
+    return setup
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+# ---- the bundle's forgeries -----------------------------------------------------------------
+
+def manifest_edit(fn):
+    return edit_json("b/manifest.json", fn)
+
+
+def remove_last_layer_after_rewriting_its_output(ws):
+    """The issue's attack: the final output rewritten in all its files, sha256 updated, and
+    its layer entry deleted, so that nothing would recompute it."""
+    root = ws / "b"
+    manifest = json.loads((root / "manifest.json").read_text())
+    last = manifest["layers"][-1]
+    tid = last["tensors"]["output"]
+    rewrite_tensor(root, tid, read_values(root, tid) + 1, manifest)
+    manifest["layers"].pop()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def flip_hex_word(ws):
+    """One word of one .hex file changed, sha256 left: only that file is to blame."""
+    path = ws / "b" / "_8" / "output.hex"
+    lines = path.read_text().splitlines()
+    lines[-1] = format(int(lines[-1], 16) ^ 1, f"0{len(lines[-1])}x")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def forge_hex_only(ws):
+    """One .hex file rewritten with a changed value and its sha256 updated: the .coe, .mif and
+    .npy beside it still agree with the recomputation, so only the .hex is blamed."""
+    root = ws / "b"
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["tensors"]["_3_relu1/output"]
+    hex_file = next(f for f in entry["files"] if f["kind"] == "readmemh")
+    path = root / hex_file["path"]
+    lines = path.read_text().splitlines()
+    body = [i for i, line in enumerate(lines) if not line.startswith("//")]
+    lines[body[3]] = format(int(lines[body[3]], 16) ^ 2, f"0{len(lines[body[3]])}x")
+    path.write_text("\n".join(lines) + "\n")
+    hex_file["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def forge_all_files(tid, delta=1):
+    def setup(ws):
+        root = ws / "b"
+        rewrite_tensor(root, tid, read_values(root, tid) + delta)
+    return setup
+
+
+def rehash(rel, text_fn):
+    """Rewrite a bundle file's text and update its sha256 (so that only its parse can tell)."""
+    def setup(ws):
+        root = ws / "b"
+        manifest = json.loads((root / "manifest.json").read_text())
+        path = root / rel
+        path.write_text(text_fn(path.read_text()))
+        for entry in manifest["tensors"].values():
+            for f in entry["files"]:
+                if f["path"] == rel:
+                    f["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    return setup
+
+
+def rehash_bytes(rel, data: bytes):
+    def setup(ws):
+        root = ws / "b"
+        manifest = json.loads((root / "manifest.json").read_text())
+        (root / rel).write_bytes(data)
+        for entry in manifest["tensors"].values():
+            for f in entry["files"]:
+                if f["path"] == rel:
+                    f["sha256"] = hashlib.sha256(data).hexdigest()
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    return setup
+
+
+def mif_huge_range(text):
+    head = text[:text.index("CONTENT BEGIN")]
+    return head + "CONTENT BEGIN\n[0..fffffff] : 0;\nEND;\n"
+
+
+def gap_in_chain(d):
+    """The last layer reads a tensor that no earlier layer produces."""
+    d["layers"][-1]["tensors"]["inputs"] = ["_8/output"]
+
+
+def manifest_symlink(ws):
+    outside = ws / "elsewhere.json"
+    shutil.copy(ws / "b" / "manifest.json", outside)
+    (ws / "b" / "manifest.json").unlink()
+    os.symlink(outside, ws / "b" / "manifest.json")
+
+
+def deep_json(depth=100_000):
+    return ("[" * depth + "]" * depth).encode()
+
+
+def sparse_file(rel, size):
+    def setup(ws):
+        with open(ws / rel, "wb") as fh:
+            fh.truncate(size)
+    return setup
+
+
+def torch_save(rel, obj):
+    def setup(ws):
+        import torch
+        torch.save(obj, ws / rel)
+    return setup
+
+
+def demo_state():
+    import torch
+    with np.load(DEMO_DATA) as data:
+        return {k[6:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("state/")}
+
+
+def state_with(fn):
+    def build(ws):
+        import torch
+        state = demo_state()
+        fn(state)
+        torch.save(state, ws / "w.pt")
+    return build
+
+
+def evil_pickle(ws):
+    (ws / "evil.pt").write_bytes(pickle.dumps(_Evil()))
+
+
+# ---- the cases ----------------------------------------------------------------------------
+
+SIM = ("simulate", "g", "--input", "x.npy", "-o", "y.npy")
+VERIFY = ("verify", "b")
+COMPILE = ("compile", MODEL, "--weights", "w.npz", "--input", "x.npy", "-o", "g2")
+NOTHING = lambda ws: None  # noqa: E731
+
+CASES = [
+    # graph files
+    Case("graph", "no-folder", NOTHING, ("simulate", "nograph", "--random", 1, "-o", "y.npy"), 2, "not a graph folder"),
+    Case("graph", "json-syntax", write_bytes("g/graph.json", b'{"format": '), SIM, 2, "graph.json is not valid JSON"),
+    Case("graph", "json-deep", write_bytes("g/graph.json", deep_json()), SIM, 2, "nests its JSON too deeply"),
+    Case("graph", "harmless-edit", edit_graph(lambda d: d["meta"].update(x=1)), SIM, 0, "wrote y.npy"),  # the control
+    Case("graph", "json-nan-literal", lambda ws: (ws / "g/graph.json").write_text(
+        (ws / "g/graph.json").read_text().replace('"frac_bits": 7', '"frac_bits": NaN', 1)), SIM, 2, "NaN is not a JSON number"),
+    Case("graph", "json-huge", sparse_file("g/graph.json", 200 << 20), SIM, 2, "more than the .* such a file can need"),
+    Case("graph", "json-fifo", mkfifo("g/graph.json"), SIM, 2, "graph.json is not a regular file"),
+    Case("graph", "json-folder", lambda ws: ((ws / "g/graph.json").unlink(), (ws / "g/graph.json").mkdir()), SIM, 2,
+         "not a regular file"),
+    Case("graph", "version", edit_graph(lambda d: d.update(version=9)), SIM, 2, "not a version-1 wageubn-sim graph"),
+    Case("graph", "param-missing", edit_graph(lambda d: node(d, "_0")["params"].pop("stride")), SIM, 2,
+         r"parameters \['stride'\] are missing"),
+    Case("graph", "param-unknown", set_param("_0", "bogus", 1), SIM, 2, r"unknown parameters \['bogus'\]"),
+    Case("graph", "stride-zero", set_param("_0", "stride", [0, 1]), SIM, 2, r"stride=\(0, 1\) must be a pair of ints, each at least 1"),
+    Case("graph", "padding-negative", set_param("_0", "padding", [-1, 1]), SIM, 2, "padding=.* at least 0"),
+    Case("graph", "dilation-zero", set_param("_3_conv1", "dilation", [1, 0]), SIM, 2, "dilation=.* at least 1"),
+    Case("graph", "stride-float", set_param("_0", "stride", [1.5, 1]), SIM, 2, "stride=.* must be a pair of ints"),
+    Case("graph", "groups-bool", set_param("_0", "groups", True), SIM, 2, "groups=True is not of type"),
+    Case("graph", "op-unknown", edit_graph(lambda d: node(d, "_2").update(op="gelu")), SIM, 2, "unknown op 'gelu'"),
+    Case("graph", "weight-fraction", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] + 0.25})), SIM, 2,
+         "holds float64 values, not integers"),
+    Case("graph", "weight-bool", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] > 0})), SIM, 2,
+         "holds bool values, not integers"),
+    Case("graph", "weight-complex", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] + 1j})), SIM, 2,
+         "complex128 values, not integers"),
+    Case("graph", "weight-pickle", edit_arrays(lambda a: a.update({"_0/weight": np.array([_Evil()], dtype=object)})), SIM, 2,
+         "Python objects .* never loads pickled objects"),
+    Case("graph", "weight-shape", edit_arrays(lambda a: a.update({"_3_conv1/weight": a["_3_conv1/weight"][:, :4]})), SIM, 2,
+         "input has 8 channels, weights .* need 4"),
+    Case("graph", "weight-outside-format", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] * 100})), SIM, 2,
+         "outside its format s8.7"),
+    Case("graph", "out-shape", edit_graph(lambda d: node(d, "_4").update(out_shape=[8, 3, 3])), SIM, 2,
+         r"recorded out_shape \[8, 3, 3\], but its input and weights give \[8, 4, 4\]"),
+    Case("graph", "out-format", edit_graph(lambda d: node(d, "_2")["out_format"].update(frac_bits=3)), SIM, 2,
+         "recorded out_format sinf.3, but its params give sinf.7"),
+    Case("graph", "out-shape-zero", edit_graph(lambda d: node(d, "_4").update(out_shape=[8, 0, 4])), SIM, 2,
+         "must be a list of positive ints"),
+    Case("graph", "npz-bomb", zip_bomb("g/arrays.npz", "_0/weight.npy"), SIM, 2, "a forged archive"),
+    Case("graph", "npz-huge-header", lambda ws: _npz_with(ws, "_0/weight", npy_header((1 << 40,), "<i8")), SIM, 2,
+         "truncated or padded"),
+    Case("graph", "npz-not-zip", write_bytes("g/arrays.npz", b"not a zip at all"), SIM, 2, "is not an .npz archive"),
+    Case("graph", "npz-member-missing", edit_arrays(lambda a: a.pop("_8/bias")), SIM, 2, "has no array '_8/bias'"),
+    Case("graph", "stochastic", set_param("_2", "rounding", {"rounding": "STOCHASTIC"}), SIM, 2,
+         "rounding is STOCHASTIC, but the forward engine draws no random words"),
+    Case("graph", "bias-vs-accumulator", set_param("_8", "accumulator", {"accumulator": {
+        "bits": 12, "overflow": "SAT", "mac_order": "channel_major", "k_split": 1}}), SIM, 2,
+         "outside the 12-bit saturating accumulator it preloads"),
+    Case("graph", "reads-later-node", edit_graph(lambda d: node(d, "_2").update(inputs=["_8"])), SIM, 2,
+         "reads .*_8.* before they are computed"),
+    Case("graph", "outputs-unknown", edit_graph(lambda d: d.update(outputs=["nowhere"])), SIM, 2,
+         "outputs .*nowhere.* must name computed values"),
+    Case("graph", "format-63-bits", set_param("_0", "weight_fmt", {"format": {"bits": 63, "frac_bits": 7, "signed": True}}),
+         SIM, 2, "a signed format needs 2 to 62 bits"),
+    Case("graph", "format-unsigned-62", set_param("_0", "weight_fmt", {"format": {"bits": 62, "frac_bits": 7, "signed": False}}),
+         SIM, 2, "an? unsigned format needs 1 to 61 bits"),
+    Case("graph", "format-key-missing", set_param("_0", "weight_fmt", {"format": {"bits": 8, "frac_bits": 7}}), SIM, 2,
+         "a format is"),
+    Case("graph", "accumulator-k-split", set_param("_0", "accumulator", {"accumulator": {
+        "bits": None, "overflow": "SAT", "mac_order": "channel_major", "k_split": 0}}), SIM, 2, "k_split=0"),
+    Case("graph", "add-one-input", edit_graph(lambda d: node(d, "_3_add")["inputs"].pop()), SIM, 2,
+         "reads 1 inputs, its op takes 2"),
+    Case("graph", "pool-all-padding", set_param("_4", "padding", [3, 3]), SIM, 2, "lies entirely in the padding"),
+    Case("graph", "array-unneeded", edit_graph(lambda d: node(d, "_0")["arrays"].append("bias")), SIM, 2,
+         "has no array '_0/bias'|holds arrays"),
+
+    # inputs
+    Case("input", "missing", NOTHING, ("simulate", "g", "--input", "none.npy", "-o", "y.npy"), 2, "none.npy does not exist"),
+    Case("input", "truncated", lambda ws: (ws / "t.npy").write_bytes((ws / "x.npy").read_bytes()[:-8]),
+         ("simulate", "g", "--input", "t.npy", "-o", "y.npy"), 2, "truncated or padded"),
+    Case("input", "huge-header", write_bytes("h.npy", npy_header((1 << 20, 1, 1 << 20))),
+         ("simulate", "g", "--input", "h.npy", "-o", "y.npy"), 2, "declares .* but holds 0 bytes"),
+    Case("input", "pickle", lambda ws: np.save(ws / "p.npy", np.array([_Evil()], dtype=object), allow_pickle=True),
+         ("simulate", "g", "--input", "p.npy", "-o", "y.npy"), 2, "Python objects"),
+    Case("input", "complex", save_npy("c.npy", np.zeros((1, 1, 8, 8), complex)),
+         ("simulate", "g", "--input", "c.npy", "-o", "y.npy"), 2, "complex128 values, not integers or floats"),
+    Case("input", "bool", save_npy("c.npy", np.zeros((1, 1, 8, 8), bool)),
+         ("simulate", "g", "--input", "c.npy", "-o", "y.npy"), 2, "bool values"),
+    Case("input", "strings", save_npy("c.npy", np.full((1, 1, 8, 8), "a")),
+         ("simulate", "g", "--input", "c.npy", "-o", "y.npy"), 2, "<U1 values"),
+    Case("input", "longdouble", save_npy("c.npy", np.zeros((1, 1, 8, 8), np.longdouble)),
+         ("simulate", "g", "--input", "c.npy", "-o", "y.npy"), 2, "wider than float64"),
+    Case("input", "uint64-max", save_npy("u.npy", np.full((1, 1, 8, 8), 2**64 - 1, np.uint64)),
+         ("simulate", "g", "--input", "u.npy", "-o", "y.npy"), 2, "18446744073709551615 lies outside the input format s16.8"),
+    Case("input", "int-outside-format", save_npy("i.npy", np.full((1, 1, 8, 8), 2**15, np.int32)),
+         ("simulate", "g", "--input", "i.npy", "-o", "y.npy"), 2, "outside the input format s16.8"),
+    Case("input", "nan", save_npy("n.npy", np.full((1, 1, 8, 8), np.nan)),
+         ("simulate", "g", "--input", "n.npy", "-o", "y.npy"), 2, "cannot quantize NaN or Inf"),
+    Case("input", "wrong-shape", save_npy("s.npy", np.zeros((1, 3, 8, 8))),
+         ("simulate", "g", "--input", "s.npy", "-o", "y.npy"), 2, r"input shape \(1, 3, 8, 8\) does not fit"),
+    Case("input", "npz-two-arrays", lambda ws: np.savez(ws / "two.npz", a=np.zeros(1), b=np.zeros(1)),
+         ("simulate", "g", "--input", "two.npz", "-o", "y.npy"), 2, "exactly one array"),
+    Case("input", "npz-bomb", zip_bomb("bomb.npz"), ("simulate", "g", "--input", "bomb.npz", "-o", "y.npy"), 2,
+         "a forged archive"),
+    Case("input", "not-npy", write_bytes("r.npy", os.urandom(200)), ("simulate", "g", "--input", "r.npy", "-o", "y.npy"),
+         2, "is not an .npy array file"),
+    Case("input", "fifo", mkfifo("f.npy"), ("simulate", "g", "--input", "f.npy", "-o", "y.npy"), 2, "not a regular file"),
+    Case("input", "random-zero", NOTHING, ("simulate", "g", "--random", 0, "-o", "y.npy"), 2, "0 is not in the range"),
+    Case("input", "random-huge", NOTHING, ("simulate", "g", "--random", 10**9, "-o", "y.npy"), 2,
+         "asks for 64000000000 values, more than"),
+    Case("input", "shape-zero", NOTHING, ("compile", MODEL, "--random", 1, "--shape", "1,0,8", "-o", "g2"), 2,
+         "every size must be at least 1"),
+    Case("input", "shape-words", NOTHING, ("compile", MODEL, "--random", 1, "--shape", "a,b", "-o", "g2"), 2,
+         "write it as C,H,W"),
+    Case("input", "seed-negative", NOTHING, ("simulate", "g", "--random", 1, "--seed", -1, "-o", "y.npy"), 2,
+         "-1 is not in the range"),
+    Case("input", "format-syntax", NOTHING, ("compile", MODEL, "--random", 1, "--shape", "1,8,8", "--input-format", "q16",
+                                             "-o", "g2"), 2, "--input-format 'q16'.*write it as"),
+    Case("input", "format-wide", NOTHING, ("compile", MODEL, "--random", 1, "--shape", "1,8,8", "--input-format", "s70.8",
+                                           "-o", "g2"), 2, "needs 2 to 62 bits"),
+    Case("input", "subnormal", save_npy("tiny.npy", np.full((1, 1, 8, 8), 1e-300)),
+         ("compile", MODEL, "--input", "tiny.npy", "--input-format", "s16.-40", "-o", "g2"), 2,
+         "below float64's normal range"),
+    Case("input", "accumulator-junk", NOTHING, ("compile", MODEL, "--random", 1, "--shape", "1,8,8", "--accumulator",
+                                                "16:SAT:kernel_major:2:junk", "-o", "g2"), 2, "too many fields"),
+
+    # weights and models
+    Case("weights", "missing", NOTHING, ("compile", MODEL, "--weights", "none.pt", "--input", "x.npy", "-o", "g2"), 2,
+         "weights file none.pt does not exist"),
+    Case("weights", "pt-garbage", write_bytes("w.pt", os.urandom(300)),
+         ("compile", MODEL, "--weights", "w.pt", "--input", "x.npy", "-o", "g2"), 2,
+         "is not a state dict that torch.load\\(weights_only=True\\) reads"),
+    Case("weights", "pt-evil-pickle", evil_pickle, ("compile", MODEL, "--weights", "evil.pt", "--input", "x.npy", "-o", "g2"),
+         2, "is not a state dict"),
+    Case("weights", "pt-list", torch_save("w.pt", [1, 2, 3]), ("compile", MODEL, "--weights", "w.pt", "--input", "x.npy",
+                                                               "-o", "g2"), 2, "holds list, not a state dict of tensors"),
+    Case("weights", "pt-checkpoint", torch_save("w.pt", {"model": {}, "epoch": 3}),
+         ("compile", MODEL, "--weights", "w.pt", "--input", "x.npy", "-o", "g2"), 2, "holds a dict with keys"),
+    Case("weights", "pt-wrong-shape", state_with(lambda s: s.update({"0.weight": s["0.weight"][:4]})),
+         ("compile", MODEL, "--weights", "w.pt", "--input", "x.npy", "-o", "g2"), 2, "do not fit .*size mismatch"),
+    Case("weights", "pt-nan", state_with(lambda s: s["0.weight"].view(-1).__setitem__(0, float("nan"))),
+         ("compile", MODEL, "--weights", "w.pt", "--input", "x.npy", "-o", "g2"), 2, "weight holds NaN or Inf"),
+    Case("weights", "pt-complex", state_with(lambda s: s.update({"0.weight": s["0.weight"] * (1 + 1j)})),
+         ("compile", MODEL, "--weights", "w.pt", "--input", "x.npy", "-o", "g2"), 2, "0.weight is complex"),
+    Case("weights", "npz-pickle", lambda ws: np.savez(ws / "p.npz", **{"state/0.weight": np.array([_Evil()], dtype=object)}),
+         ("compile", MODEL, "--weights", "p.npz", "--input", "x.npy", "-o", "g2"), 2, "Python objects"),
+    Case("weights", "npz-missing-keys", lambda ws: np.savez(ws / "e.npz", **{"state/0.weight": np.zeros((8, 1, 3, 3))}),
+         ("compile", MODEL, "--weights", "e.npz", "--input", "x.npy", "-o", "g2"), 2, "do not fit .* missing"),
+    Case("weights", "model-no-colon", NOTHING, ("compile", "wageubn_sim.demo", "--random", 1, "--shape", "1,8,8", "-o", "g2"),
+         2, "name it as package.module:factory"),
+    Case("weights", "model-no-module", NOTHING, ("compile", "no_such_pkg.mod:f", "--random", 1, "--shape", "1,8,8",
+                                                 "-o", "g2"), 2, "does not import: ModuleNotFoundError"),
+    Case("weights", "model-factory-fails", NOTHING, ("compile", "wageubn_sim.demo:images_to_input", "--random", 1,
+                                                     "--shape", "1,8,8", "-o", "g2"), 2, "failed: TypeError"),
+    Case("weights", "model-not-module", NOTHING, ("compile", "wageubn_sim.demo:load_demo_model", "--random", 1,
+                                                  "--shape", "1,8,8", "-o", "g2"), 2, "returned tuple, not a torch.nn.Module"),
+    Case("weights", "model-not-callable", NOTHING, ("compile", "wageubn_sim.demo:DEMO_DATA", "--random", 1,
+                                                    "--shape", "1,8,8", "-o", "g2"), 2, "not a factory to call"),
+
+    # bundles (tampering fails the check: exit 1; what is no bundle: exit 2)
+    Case("bundle", "no-folder", NOTHING, ("verify", "nothing"), 2, "nothing is not a folder"),
+    Case("bundle", "no-manifest", NOTHING, ("verify", "g"), 2, "has no manifest.json"),
+    Case("bundle", "version", manifest_edit(lambda d: d.update(version=7)), VERIFY, 2, "manifest version 7; this tool reads"),
+    Case("bundle", "other-schema", manifest_edit(lambda d: d.update(schema="other")), VERIFY, 2,
+         "not a wageubn-sim vector bundle manifest"),
+    Case("bundle", "layer-removed", remove_last_layer_after_rewriting_its_output, VERIFY, 1,
+         r"declared output _8/output is not produced[\s\S]*tensor _8/output .*belongs to no listed layer"),
+    Case("bundle", "layers-empty", manifest_edit(lambda d: d.update(layers=[])), VERIFY, 1, "lists no layers"),
+    Case("bundle", "events-edited", manifest_edit(lambda d: d["layers"][0]["events"].update(ties=99)), VERIFY, 1,
+         r"layer _0 \(conv2d\): events .*'ties': 99.*the recomputation counts"),
+    Case("bundle", "register-events-edited", manifest_edit(
+        lambda d: d["layers"][2]["register_events"]["output"].update(underflows=5)), VERIFY, 1, "register_events"),
+    Case("bundle", "extra-file", write_bytes("b/_0/extra.hex", b"00\n"), VERIFY, 1, "_0/extra.hex is not listed"),
+    Case("bundle", "manifest-symlink", manifest_symlink, VERIFY, 1, "manifest.json is a symbolic link"),
+    Case("bundle", "flipped-hex-word", flip_hex_word, VERIFY, 1, r"^.*\n  _8/output.hex: sha256 does not match"),
+    Case("bundle", "forged-hex-only", forge_hex_only, VERIFY, 1, r"1 FAILED\n  _3_relu1/output.hex: 1 values differ"),
+    Case("bundle", "forged-output", forge_all_files("_3_conv2/output"), VERIFY, 1,
+         r"4 FAILED\n  _3_conv2/output.coe: 1024 values differ from the recomputation"),  # that tensor alone
+    Case("bundle", "manifest-syntax", write_bytes("b/manifest.json", b"{"), VERIFY, 1, "manifest .* is not valid JSON"),
+    Case("bundle", "manifest-deep", write_bytes("b/manifest.json", deep_json()), VERIFY, 1, "nests its JSON too deeply"),
+    Case("bundle", "mif-huge-range", rehash("_0/output.mif", mif_huge_range), VERIFY, 1,
+         "_0/output.mif: line .*: address fffffff is beyond"),
+    Case("bundle", "hex-far-address", rehash("_0/weight.hex", lambda t: t + "@fffffff 01\n"), VERIFY, 1,
+         "_0/weight.hex: line .*: address fffffff is beyond"),
+    Case("bundle", "npy-huge-header", rehash_bytes("_0/weight.npy", npy_header((8, 1, 3, 3), "<i8")), VERIFY, 1,
+         "_0/weight.npy declares .* but holds 0 bytes"),
+    Case("bundle", "coe-negative", rehash("_0/weight.coe", lambda t: t.replace("radix=16", "radix=10").replace(
+        "memory_initialization_vector=\n", "memory_initialization_vector=\n-1,\n", 1)), VERIFY, 1, "_0/weight.coe: line"),
+    Case("bundle", "file-listed-twice", manifest_edit(lambda d: d["tensors"]["_0/weight"]["files"].__setitem__(
+        0, dict(d["tensors"]["_0/output"]["files"][0]))), VERIFY, 1, "listed twice"),
+    Case("bundle", "path-escapes", manifest_edit(lambda d: d["tensors"]["_0/weight"]["files"][0].update(
+        path="_0/../../x.npy")), VERIFY, 1, "escapes the bundle folder"),
+    Case("bundle", "file-missing", lambda ws: (ws / "b/_3_bn1/gamma.mif").unlink(), VERIFY, 1,
+         "_3_bn1/gamma.mif is missing"),
+    Case("bundle", "weight-format-edited", manifest_edit(lambda d: d["tensors"]["_0/weight"]["format"].update(frac_bits=6)),
+         VERIFY, 1, "tensor _0/weight: format s8.6, the layer's params say s8.7"),
+    Case("bundle", "gap-in-chain", manifest_edit(gap_in_chain), VERIFY, 1,
+         "layer _8 .* reads _8/output, which neither the input nor an earlier"),
+    Case("bundle", "schema-violation", manifest_edit(lambda d: d["tensors"]["_0/weight"].update(width="8")), VERIFY, 1,
+         "manifest.json at tensors/_0/weight/width: '8' is not of type 'integer'"),
+    Case("bundle", "forged-weight-with-graph", forge_all_files("_3_conv1/weight"), ("verify", "b", "--graph", "g"), 1,
+         r"4 FAILED\n  _3_conv1/weight.coe: 576 values differ from the graph's weight of _3_conv1"),
+
+    # outputs
+    Case("output", "dot", NOTHING, ("simulate", "g", "--random", 1, "-o", ".", "--force"), 2, "names no new file or folder"),
+    Case("output", "dotdot", NOTHING, ("vectors", "g", "--random", 1, "-o", "..", "--force"), 2, "names no new file or folder"),
+    Case("output", "holds-cwd", NOTHING, ("vectors", "g", "--random", 1, "-o", "../ws", "--force"), 2,
+         "is the current folder or holds it"),
+    Case("output", "parent-is-file", NOTHING, ("vectors", "g", "--random", 1, "-o", "x.npy/sub"), 2,
+         "a parent of the path is a file"),
+    Case("output", "exists", NOTHING, ("vectors", "g", "--random", 1, "-o", "b"), 2, "b exists; pass .*--force"),
+    Case("output", "replaces-input", NOTHING, ("simulate", "g", "--input", "x.npy", "-o", "x.npy", "--force"), 2,
+         "would replace the input x.npy"),
+    Case("output", "replaces-graph", NOTHING, ("vectors", "g", "--random", 1, "-o", "g", "--force"), 2,
+         "would replace the input g"),
+    Case("output", "file-by-folder", NOTHING, ("vectors", "g", "--random", 1, "-o", "x.npy", "--force"), 2,
+         "x.npy is a file and the output is a folder"),
+    Case("output", "compile-refuses-first", NOTHING, ("compile", "no_such_pkg:f", "--random", 1, "-o", "g"), 2,
+         "g exists"),
+    Case("output", "audit-refuses-first", NOTHING, ("audit", "nograph", "--random", 1, "-o", "b"), 2, "b exists"),
+
+    # train options
+    Case("train", "lr-nan", NOTHING, ("train", "--lr", "nan"), 2, "--lr nan: a learning rate must be a finite number"),
+    Case("train", "lr-negative", NOTHING, ("train", "--lr", -0.5), 2, "--lr -0.5: a learning rate must be"),
+    Case("train", "lr-inf", NOTHING, ("train", "--lr", "inf"), 2, "--lr inf"),
+    Case("train", "lr-rounds-to-zero", NOTHING, ("train", "--lr", 0.0001), 2, "rounds to 0 on flr's grid 2\\*\\*-9"),
+    Case("train", "float-lr-nan", NOTHING, ("train", "--float-lr", "nan"), 2, "--float-lr nan"),
+    Case("train", "float-lr-zero", NOTHING, ("train", "--float-lr", 0), 2, "--float-lr 0.0"),
+    Case("train", "batch-beyond-data", NOTHING, ("train", "--batch", 5000), 2, "--batch 5000 is larger than the 1437"),
+    Case("train", "batch-beyond-limit", NOTHING, ("train", "--limit", 10, "--batch", 32), 2, "larger than the 10 training"),
+    Case("train", "epochs-zero", NOTHING, ("train", "--epochs", 0), 2, "0 is not in the range"),
+    Case("train", "batch-one", NOTHING, ("train", "--batch", 1), 2, "1 is not in the range"),
+    Case("train", "step-vectors-exist", NOTHING, ("train", "--step-vectors", "b"), 2, "b exists"),
+]
+
+
+def _npz_with(ws, name, member_bytes):
+    """arrays.npz with one member replaced by raw bytes (a forged .npy)."""
+    path = ws / "g" / "arrays.npz"
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[f"{name}.npy"] = member_bytes
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+
+
+def test_there_are_at_least_60_distinct_cases():
+    hostile = [c for c in CASES if c.code]
+    assert len(hostile) >= 60 and len({str(c) for c in CASES}) == len(CASES)
+    assert {c.kind for c in hostile} == {"graph", "input", "weights", "bundle", "output", "train"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_hostile_input(case, ws):
+    case.setup(ws)
+    before = snapshot(ws)
+    result = cli(*case.args)
+    after = snapshot(ws)
+    text = result.output + getattr(result, "stderr", "")
+    assert result.exit_code == case.code, text
+    assert re.search(case.message, text), text
+    assert "Traceback" not in text
+    for advice in UNSAFE_ADVICE:
+        assert advice not in text
+    if case.code:
+        assert after == before, "the working folder changed"
+    assert not (ws / "pwned").exists()  # no pickle ran
