@@ -83,7 +83,7 @@ else:
 
 
 @pytest.mark.parametrize("kind", ["folder", "file"])
-@pytest.mark.parametrize("point,expect", [("staged", "old"), ("exchanged", "new")])
+@pytest.mark.parametrize("point,expect", [("started", "old"), ("staged", "old"), ("exchanged", "new")])
 def test_a_kill_during_a_forced_replace_leaves_old_or_new(tmp_path, kind, point, expect):
     target = tmp_path / "out"
     if kind == "folder":

@@ -81,6 +81,7 @@ def staged_folder(out_dir, overwrite: bool):
         _remove_stale_stages(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=_stage_prefix(out_dir), dir=out_dir.parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    _crash_point("started")
     try:
         with _output_errors(out_dir):
             yield tmp
@@ -110,6 +111,7 @@ def write_file_atomically(path, data: bytes, overwrite: bool) -> Path:
         _make_parent(path)
         _remove_stale_stages(path)
         fd, tmp = tempfile.mkstemp(prefix=_stage_prefix(path), dir=path.parent)
+    _crash_point("started")
     try:
         with _output_errors(path):
             with os.fdopen(fd, "wb") as fh:

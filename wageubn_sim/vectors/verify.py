@@ -203,8 +203,11 @@ class _Verifier:
             if rel in self.unsafe:
                 continue
             if rel not in self.present:
-                if not os.path.lexists(self.root / rel):
+                path = self.root / rel
+                if not os.path.lexists(path):
                     self.fail(f"{rel} is missing from the bundle")
+                elif not path.is_symlink():  # a link was reported where the folder was walked
+                    self.fail(f"{rel} is not a regular file")
                 continue
             self.files_checked += 1
             try:
