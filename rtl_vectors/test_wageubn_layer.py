@@ -3,7 +3,8 @@ and checks every output of every layer the datapath implements, bit for bit.
 
 Layers checked: conv2d and linear (the accumulator, MAC by MAC in channel-major order, and the
 output register where the layer has one) and ReLU activations (bias path, shift, round half
-to even, ReLU). The bundle comes from the environment: WAGEUBN_BUNDLE=<folder>.
+to even, ReLU). The bundle comes from the environment: WAGEUBN_BUNDLE=<folder>. The simulator
+is cocotb's choice (tests/test_rtl.py runs it on Icarus and on Verilator).
 """
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from wageubn_sim.graph.ops import params_from_json
 from wageubn_sim.vectors.verify import load_bundle
 
 
@@ -20,32 +22,32 @@ def _frac(tensors, tid):
     return tensors[tid]["format"]["frac_bits"]
 
 
-def _mac_jobs(layer, tensors, values):
+def _mac_jobs(p, layer, tensors, values):
     """(bias, [(x, w)...], expected acc, expected out or None, cfg) per output element."""
-    p, roles = layer["params"], layer["tensors"]
-    if p["input_register"] is not None:
+    roles = layer["tensors"]
+    if p.input_register is not None:
         return None  # the datapath has no input register stage
     x = values[roles["inputs"][0]]
     w = values[roles["weight"]]
     acc_q = values[roles["accumulator"]]
-    out_q = values[roles["output"]] if p["out_fmt"] is not None else None
+    out_q = values[roles["output"]] if p.out_fmt is not None else None
     if layer["op"] == "linear":
         x, w = x[:, :, None, None], w[:, :, None, None]
         acc_q = acc_q[:, :, None, None]
         out_q = None if out_q is None else out_q[:, :, None, None]
     fx = _frac(tensors, roles["inputs"][0])
-    fw = p["weight_fmt"]["format"]["frac_bits"]
+    fw = p.weight_fmt.frac_bits
     frac = fx + fw
     bias = np.zeros(w.shape[0], np.int64)
     bias_shift = 0
     if "bias" in roles:
-        fb = p["bias_fmt"]["format"]["frac_bits"]
+        fb = p.bias_fmt.frac_bits
         frac = max(frac, fb)
         bias, bias_shift = values[roles["bias"]], frac - fb
-    out_shift = 0 if out_q is None else frac - p["out_fmt"]["format"]["frac_bits"]
+    out_shift = 0 if out_q is None else frac - p.out_fmt.frac_bits
     cfg = dict(bias_shift=bias_shift, prod_shift=frac - fx - fw, out_shift=out_shift,
-               acc_sat=p["accumulator"]["accumulator"]["overflow"] == "SAT", relu=0)
-    (sh, sw), (ph, pw), (dh, dw), groups = p["stride"], p["padding"], p["dilation"], p["groups"]
+               acc_sat=p.accumulator.overflow.name == "SAT", relu=0)
+    (sh, sw), (ph, pw), (dh, dw), groups = p.stride, p.padding, p.dilation, p.groups
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     og = o // groups
@@ -66,13 +68,13 @@ def _mac_jobs(layer, tensors, values):
                            None if out_q is None else int(out_q[b, oc, oy, ox]), cfg)
 
 
-def _relu_jobs(layer, tensors, values):
-    p, roles = layer["params"], layer["tensors"]
-    if p["ceiling"] is not None or p["input_register"] is not None or p["out_fmt"] is None:
+def _relu_jobs(p, layer, tensors, values):
+    roles = layer["tensors"]
+    if p.ceiling is not None or p.input_register is not None or p.out_fmt is None:
         return None
     x = values[roles["inputs"][0]].reshape(-1)
     y = values[roles["output"]].reshape(-1)
-    shift = _frac(tensors, roles["inputs"][0]) - p["out_fmt"]["format"]["frac_bits"]
+    shift = _frac(tensors, roles["inputs"][0]) - p.out_fmt.frac_bits
     if shift < 0:
         return None
     cfg = dict(bias_shift=0, prod_shift=0, out_shift=shift, acc_sat=0, relu=1)
@@ -89,10 +91,11 @@ async def bundle_outputs_match(dut):
     await RisingEdge(dut.clk)
     checked, mismatches = 0, []
     for layer in manifest["layers"]:
+        p = params_from_json(layer["op"], layer["params"], manifest["version"])
         if layer["op"] in ("conv2d", "linear"):
-            jobs = _mac_jobs(layer, tensors, values)
+            jobs = _mac_jobs(p, layer, tensors, values)
         elif layer["op"] == "activation":
-            jobs = _relu_jobs(layer, tensors, values)
+            jobs = _relu_jobs(p, layer, tensors, values)
         else:
             jobs = None
         if jobs is None:

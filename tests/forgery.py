@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from wageubn_sim.vectors.bundle import to_layout
-from wageubn_sim.vectors.formats import WRITERS, pack_words
+from wageubn_sim.vectors.formats import IMAGE_KINDS, pack_words
 
 
 def rewrite_tensor(root, tensor_id: str, values: np.ndarray, manifest: dict | None = None) -> dict:
@@ -18,13 +18,15 @@ def rewrite_tensor(root, tensor_id: str, values: np.ndarray, manifest: dict | No
     entry = manifest["tensors"][tensor_id]
     stored = to_layout(np.asarray(values, np.int64), entry["layout"])
     words = pack_words(stored, entry["width"], entry["lanes"])
+    words += [manifest["options"].get("fill", 0)] * (entry.get("memory_depth", len(words)) - len(words))
+    addressing = manifest["options"].get("hex_addressing", "word")
     for f in entry["files"]:
         path = root / f["path"]
         if f["kind"] == "npy":
             with open(path, "wb") as fh:
                 np.save(fh, stored, allow_pickle=False)
         else:
-            path.write_text(WRITERS[f["kind"]][1](words, entry["word_width"], {"forged": 1}))
+            path.write_text(IMAGE_KINDS[f["kind"]][1](words, entry["word_width"], {"forged": 1}, addressing))
         f["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     if own:
         (root / "manifest.json").write_text(json.dumps(manifest))

@@ -68,7 +68,7 @@ def test_compile_simulate_compare_vectors_audit(tmp_path):
                "--json", tmp_path / "cmp.json", "--force").exit_code == 0
     assert (tmp_path / "cmp.json").read_bytes() == before  # same inputs, same bytes
     r = run("vectors", graph, "--random", 2, "--seed", 3, "-o", tmp_path / "v", "--layout", "NHWC",
-            "--lanes", 2, "--formats", "readmemh,npy")
+            "--lanes", 2, "--formats", "mem,hex,npy")
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["command"].startswith("wageubn-sim vectors")

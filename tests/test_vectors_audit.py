@@ -77,9 +77,9 @@ def test_word_width_pads_words(tmp_path):
     graph, x = _graph()
     root = write_bundle(graph, x, tmp_path / "v", lanes=2, word_width=64)
     manifest = json.loads((root / "manifest.json").read_text())
-    w = manifest["tensors"]["_0/weight"]
+    w = manifest["tensors"]["0/weight"]
     assert w["word_width"] == 64 and w["width"] == 8
-    lines = [l for l in (root / "_0" / "weight.hex").read_text().splitlines() if not l.startswith("//")]
+    lines = (root / "0" / "weight.mem").read_text().splitlines()
     assert all(len(l) == 16 and l[:12] == "0" * 12 for l in lines)  # 64-bit words, zero above lane 1
     assert verify_bundle(root).ok
     with pytest.raises(ValueError, match="tensor input: 2 lanes of 16 bits need 32-bit words, more than word_width=12"):
@@ -90,23 +90,23 @@ def test_word_width_pads_words(tmp_path):
 def test_recompute_detects_a_wrong_output_and_tampering(tmp_path):
     graph, x = _graph()
     root = write_bundle(graph, x, tmp_path / "v")
-    # one flipped bit in a .hex file: its sha256 no longer matches
-    hexfile = root / "_0" / "output.hex"
-    lines = hexfile.read_text().splitlines()
+    # one flipped bit in a .mem file: its sha256 no longer matches
+    memfile = root / "0" / "output.mem"
+    lines = memfile.read_text().splitlines()
     lines[-1] = format(int(lines[-1], 16) ^ 1, f"0{len(lines[-1])}x")
-    hexfile.write_text("\n".join(lines) + "\n")
+    memfile.write_text("\n".join(lines) + "\n")
     report = verify_bundle(root)
-    assert report.failures == ["_0/output.hex: sha256 does not match the manifest (edited or corrupted)"]
+    assert report.failures == ["0/output.mem: sha256 does not match the manifest (edited or corrupted)"]
     # a consistent forgery (files and hashes rewritten) is caught by recomputation
     root2 = write_bundle(graph, x, tmp_path / "w", kinds=("npy",))
-    forge_value(root2, "_4/output")
+    forge_value(root2, "4/output")
     report = verify_bundle(root2)
-    assert report.failures == ["_4/output.npy: 1 values differ from the recomputation"]
+    assert report.failures == ["4/output.npy: 1 values differ from the recomputation"]
 
 
 def test_bad_bundles(tmp_path):
     graph, x = _graph()
-    root = write_bundle(graph, x, tmp_path / "v", kinds=("npy", "readmemh"))
+    root = write_bundle(graph, x, tmp_path / "v", kinds=("npy", "hex"))
     with pytest.raises(FileExistsError, match="--force"):
         write_bundle(graph, x, root)
     write_bundle(graph, x, root, force=True)  # replaced as a whole
@@ -115,13 +115,13 @@ def test_bad_bundles(tmp_path):
     first["path"] = "../../etc/passwd"
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert any("escapes the bundle folder" in f for f in verify_bundle(root).failures)
-    first["path"] = "_0/../../outside.npy"
+    first["path"] = "0/../../outside.npy"
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert any("escapes the bundle folder" in f for f in verify_bundle(root).failures)
     shutil.rmtree(root)
     root = write_bundle(graph, x, tmp_path / "v2")
-    (root / "_0" / "weight.coe").unlink()
-    assert verify_bundle(root).failures == ["_0/weight.coe is missing from the bundle"]
+    (root / "0" / "weight.coe").unlink()
+    assert verify_bundle(root).failures == ["0/weight.coe is missing from the bundle"]
     with pytest.raises(BundleError, match="no manifest.json"):
         verify_bundle(tmp_path)
     with pytest.raises(ValueError, match="layout 'CHWN'"):
@@ -136,15 +136,15 @@ def test_audit_outputs_and_widths():
     graph, x = _graph()
     report = audit(graph, x)
     rows = {(r.layer, r.tensor): r for r in report.rows}
-    acc = rows[("_0", "accumulator")]
+    acc = rows[("0", "accumulator")]
     assert acc.needed_bits <= acc.bound_bits <= acc.static_bits
-    out = graph.run(x, trace=True).layers["_0"].trace["accumulator"]
+    out = graph.run(x, trace=True).layers["0"].trace["accumulator"]
     assert (acc.observed_min, acc.observed_max) == (int(out.min()), int(out.max()))
     assert acc.proposed.startswith(f"s{acc.bound_bits}.")
     csv_text = report.to_csv()
     assert csv_text.splitlines()[0].startswith("layer,op,tensor,declared")
     assert len(csv_text.splitlines()) == len(report.rows) + 1
-    assert json.loads(report.to_json())["rows"][0]["layer"] == "_0"
+    assert json.loads(report.to_json())["rows"][0]["layer"] == "0"
     assert report.to_markdown().startswith("# Width audit")
     page = report.to_html()
     assert page.count("data:image/png;base64,") == len(report.rows) and "<table>" in page
@@ -160,7 +160,7 @@ def test_audit_counts_saturation_events():
     x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)) * 8
     graph = wageubn_sim.compile(m, x)
     rows = {(r.layer, r.tensor): r for r in audit(graph, x).rows}
-    relu = rows[("_1", "output")]
+    relu = rows[("1", "output")]
     assert relu.declared == "s4.7" and relu.saturations > 0 and relu.headroom_bits <= 0
 
 
@@ -184,9 +184,9 @@ def test_audit_and_manifest_give_each_register_its_own_events(tmp_path):
         own = [r for r in report.rows if r.layer == node.name]
         assert [sum(getattr(r, k) for r in own) for k in ("wraps", "saturations", "ties", "underflows")] \
             == [getattr(layers[node.name].events, k) for k in ("wraps", "saturations", "ties", "underflows")]
-    assert [r.tensor for r in report.rows if r.layer == "_1"] == ["input", "xhat", "output"]
-    conv = layers["_0"]
-    rows = {r.tensor: r for r in report.rows if r.layer == "_0"}
+    assert [r.tensor for r in report.rows if r.layer == "1"] == ["input", "xhat", "output"]
+    conv = layers["0"]
+    rows = {r.tensor: r for r in report.rows if r.layer == "0"}
     assert list(rows) == ["input", "accumulator", "output"]
     assert rows["input"].declared == "s16.7"
     for name, row in rows.items():
@@ -200,7 +200,7 @@ def test_audit_and_manifest_give_each_register_its_own_events(tmp_path):
     root = write_bundle(graph, x, tmp_path / "b")
     verify_bundle(root)  # the schema included
     manifest = json.loads((root / "manifest.json").read_text())
-    layer = next(entry for entry in manifest["layers"] if entry["name"] == "_0")
+    layer = next(entry for entry in manifest["layers"] if entry["name"] == "0")
     assert set(layer["register_events"]) == {"input", "accumulator", "output"}
     for kind, count in layer["events"].items():
         assert count == sum(r[kind] for r in layer["register_events"].values())
@@ -221,7 +221,7 @@ def test_training_step_bundle_verifies_and_catches_tampering(tmp_path):
         x, y = images_to_input(data["train_images"][:8]), data["train_labels"][:8]
     trainer = IntegerTrainer.from_model(model, x, lr=0.25)
     trainer.step(x, y)  # the bundle records step 1: its G draws stream 1
-    root = write_training_bundle(trainer, x, y, tmp_path / "t", kinds=("npy", "readmemh"))
+    root = write_training_bundle(trainer, x, y, tmp_path / "t", kinds=("npy", "mem"))
     report = verify_bundle(root)
     assert report.ok, str(report)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -230,6 +230,6 @@ def test_training_step_bundle_verifies_and_catches_tampering(tmp_path):
     assert {"error", "weight_grad_raw", "weight_grad", "weight_master_after", "gamma_grad",
             "beta_momentum_after"} <= roles
     # a consistent forgery of one G value (files and hashes rewritten) is caught by recomputation
-    forge_value(root, "_0/weight_grad")
+    forge_value(root, "0/weight_grad")
     report = verify_bundle(root)
-    assert not report.ok and any("_0/weight_grad: recomputed G differs" in f for f in report.failures)
+    assert not report.ok and any("0/weight_grad: recomputed G differs" in f for f in report.failures)

@@ -106,24 +106,33 @@ def _parse_format(text: str, option: str = "--input-format"):
         raise BadInput(f"{option} {text!r}: {err}; write it as s<bits>.<frac_bits>, e.g. s16.8") from None
 
 
-def _parse_accumulator(text: str | None):
-    """``BITS[:SAT|WRAP[:channel_major|kernel_major[:K_SPLIT]]]`` -> an Accumulator, for every
-    MAC layer."""
-    if not text:
-        return None
+def _parse_accumulator(texts):
+    """``[LAYER=]BITS[:SAT|WRAP[:channel_major|kernel_major[:K_SPLIT]]]``, repeated -> the
+    ``accumulators`` argument of compile: {layer name: Accumulator}, "*" for every other MAC
+    layer; None when none is given."""
     from .engine.registers import Accumulator
-    parts = text.split(":")
-    try:
-        if len(parts) > 4:
-            raise ValueError("too many fields")
-        return Accumulator(int(parts[0]), *(parts[1:3]), *(int(v) for v in parts[3:4]))
-    except (ValueError, TypeError) as err:
-        raise BadInput(f"--accumulator {text!r}: {err}; write BITS[:SAT|WRAP[:ORDER[:K_SPLIT]]]") from None
+    out = {}
+    for text in texts or ():
+        layer, _, spec = text.rpartition("=")
+        parts = spec.split(":")
+        try:
+            if len(parts) > 4:
+                raise ValueError("too many fields")
+            acc = Accumulator(int(parts[0]), *(parts[1:3]), *(int(v) for v in parts[3:4]))
+        except (ValueError, TypeError) as err:
+            raise BadInput(f"--accumulator {text!r}: {err}; write [LAYER=]BITS[:SAT|WRAP[:ORDER[:K_SPLIT]]]") from None
+        key = layer or "*"
+        if key in out:
+            raise BadInput(f"--accumulator names {'every layer' if key == '*' else key} twice")
+        out[key] = acc
+    return out or None
 
 
 _accumulator_option = click.option(
-    "--accumulator", help="Model every MAC layer's accumulator: BITS[:SAT|WRAP[:ORDER[:K_SPLIT]]] "
-                          "(ORDER channel_major or kernel_major); default exact.")
+    "--accumulator", multiple=True,
+    help="Model MAC layers' accumulators: [LAYER=]BITS[:SAT|WRAP[:ORDER[:K_SPLIT]]] (ORDER "
+         "channel_major or kernel_major; LAYER a layer's name, e.g. layer1.0.conv1; without it, "
+         "every other MAC layer); repeat for several layers; default exact.")
 
 
 # ---- models and weights -------------------------------------------------------------------
@@ -417,16 +426,29 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
 @click.option("--word-width", type=click.IntRange(2), help="Bits per memory word (default: lanes x "
                                                            "value width; wider words are zero-padded "
                                                            "above the last lane).")
-@click.option("--formats", default="readmemh,coe,mif,npy", show_default=True, help="File kinds to write.")
+@click.option("--formats", default="mem,coe,mif,npy", show_default=True,
+              help="File kinds: mem ($readmemh, data only), hex (Intel HEX), coe, mif, npy; and "
+                   "the peer layouts hls4ml (tb_data) and onnx (test_data_set_0).")
+@click.option("--depth", type=click.IntRange(1), help="Pad every memory image to N words (a tensor "
+                                                      "with more words is refused).")
+@click.option("--fill", default="0", show_default=True,
+              help="The word that pads images to --depth (decimal, or hex as 0x...).")
+@click.option("--hex-addressing", type=click.Choice(["word", "byte"]), default="word", show_default=True,
+              help="Intel HEX record addresses: word index (Quartus) or byte offset (srec_cat, objcopy).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_width, formats, force):
+def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_width, formats, depth,
+            fill, hex_addressing, force):
     """Write a test-vector bundle (manifest + memory images) for GRAPH on inputs."""
     from .vectors.bundle import write_bundle
     _output(out, force, graph, input_path)  # before the work
+    try:
+        fill_word = int(fill, 0)
+    except ValueError:
+        raise BadInput(f"--fill {fill!r}: give a word as a number, e.g. 0 or 0xdead") from None
     g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
     _guard(write_bundle, g, x, out, layout, lanes, [k.strip() for k in formats.split(",")], force,
            seed if input_path is None else None, _command_line(), _progress("writing vectors"),
-           word_width)
+           word_width, depth, fill_word, hex_addressing)
     click.echo(f"wrote {out}")
 
 

@@ -89,7 +89,7 @@ def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
     echo(f"  vector bundle check: {verified}")
     echo(rep.to_table().rstrip())
     echo(f"wrote {out_dir}/graph (integer graph), {out_dir}/vectors (manifest.json + "
-         f".hex/.coe/.mif/.npy), {out_dir}/audit (audit.json, .csv, .md, .html)")
+         f".mem/.coe/.mif/.npy), {out_dir}/audit (audit.json, .csv, .md, .html)")
     return report.exact and verified.ok and engine_acc == torch_acc
 
 

@@ -10,7 +10,7 @@ import torch.fx as fx
 
 from ..engine.registers import ACC_EVENT
 from ..fixedpoint.core import OVERFLOWED, TIE
-from .importer import DEFAULT_INPUT_FORMAT, _Tracer, compile_model
+from .importer import DEFAULT_INPUT_FORMAT, _Tracer, compile_model, layer_names
 from .ir import Graph
 
 FLOAT32_MANTISSA = 1 << 24
@@ -78,13 +78,15 @@ class _Recorder(fx.Interpreter):
 
 
 def _torch_outputs(model, x, dtype):
+    """Every torch-path layer's output, by the layer's name in the graph."""
     model = copy.deepcopy(model).to(dtype).eval()
     gm = fx.GraphModule(model, _Tracer().trace(model))
     rec = _Recorder(gm)
     rec.values = {}
     with torch.no_grad():
         rec.run(torch.from_numpy(x).to(dtype))
-    return rec.values
+    names = layer_names(gm.graph)
+    return {names[k]: v for k, v in rec.values.items() if k in names}
 
 
 def _cause(layer_out, flat_index, torch_lsb, dtype, acc_overflow, op) -> str:

@@ -193,7 +193,8 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
 
     ``input_format``: the network input's format (float inputs are quantized to it, half to
     even, saturating). ``accumulators``: one `Accumulator` for every MAC layer, or a dict from
-    layer path (e.g. "layer1.0.conv1") to Accumulator; default: exact.
+    layer name (the module path, e.g. "layer1.0.conv1") to Accumulator, where the key "*"
+    stands for every other MAC layer; default: exact. Layers are named as `layer_names` says.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile takes a torch.nn.Module, got {type(model).__name__}")
@@ -223,6 +224,7 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
 
     nodes, alias, outputs = [], {}, []
     placeholders = 0
+    names = layer_names(gm.graph)
     for n in gm.graph.nodes:
         def src(a):
             return alias.get(a.name, a.name)
@@ -240,13 +242,15 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
                 continue
             op, params, arrays = _module_node(m, n.target, n, accumulator_for)
             ins = [src(a) for a in n.args if isinstance(a, fx.Node)]
-            nodes.append(Node(n.name, op, ins, params, arrays, n.target))
+            nodes.append(Node(names[n.name], op, ins, params, arrays, n.target))
+            alias[n.name] = names[n.name]
         elif n.op in ("call_function", "call_method"):
-            nodes_or_alias = _function_node(n, src)
+            nodes_or_alias = _function_node(n, names[n.name], src)
             if isinstance(nodes_or_alias, str):
                 alias[n.name] = nodes_or_alias
             elif nodes_or_alias is not None:
                 nodes.append(nodes_or_alias)
+                alias[n.name] = nodes_or_alias.name
         else:
             raise UnsupportedLayer(f"graph node {n.name} ({n.op} {n.target}) is not supported")
     graph = Graph([graph_input], nodes, outputs, {"input_shape": list(example.shape)})
@@ -257,13 +261,31 @@ def compile_model(model: nn.Module, example_input, input_format: Format = DEFAUL
     return graph
 
 
-def _function_node(n, src):
+def layer_names(fx_graph) -> dict:
+    """fx node name -> the layer's one name, used by the graph, its bundles, audits, compare
+    and ``accumulators=``: the torch module path for a module's node (a module called again
+    gets -2, -3, ...: module paths hold no '-'), fx's own name for a function's node."""
+    names, used = {}, {"input"}
+    for n in fx_graph.nodes:
+        if n.op not in ("call_module", "call_function", "call_method"):
+            continue
+        base = n.target if n.op == "call_module" else n.name
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        names[n.name] = name
+    return names
+
+
+def _function_node(n, name, src):
     target = n.target
     tensor_args = [a for a in n.args if isinstance(a, fx.Node)]
     if n.op == "call_function" and target in _ADD_FUNCTIONS and len(tensor_args) == 2 and not n.kwargs:
-        return Node(n.name, "add", [src(a) for a in tensor_args], AddParams(), {}, str(target))
+        return Node(name, "add", [src(a) for a in tensor_args], AddParams(), {}, str(target))
     if (n.op == "call_function" and target in _RELU_FUNCTIONS) or (n.op == "call_method" and target == "relu"):
-        return Node(n.name, "activation", [src(tensor_args[0])], ActivationParams(None), {}, "relu")
+        return Node(name, "activation", [src(tensor_args[0])], ActivationParams(None), {}, "relu")
     if n.op == "call_method" and target == "size":
         return None  # feeds a view's shape only
     flatten = ((n.op == "call_function" and target is torch.flatten) or
@@ -272,7 +294,7 @@ def _function_node(n, src):
         shape_in, shape_out = _shape(n.args[0]), _shape(n)
         if shape_out is None or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
             raise UnsupportedLayer(f"{n.name}: {target} to shape {shape_out}; only (N, -1) is supported")
-        return Node(n.name, "flatten", [src(n.args[0])], FlattenParams(), {}, str(target))
+        return Node(name, "flatten", [src(n.args[0])], FlattenParams(), {}, str(target))
     if n.op == "call_method" and target in ("contiguous", "clone", "detach"):
         return src(n.args[0])
     raise UnsupportedLayer(f"operation {n.name} ({getattr(target, '__name__', target)}) is not "
@@ -285,9 +307,12 @@ def _accumulator_lookup(model, accumulators):
     if isinstance(accumulators, Accumulator):
         return lambda path: accumulators
     if not isinstance(accumulators, dict):
-        raise TypeError("accumulators must be an Accumulator or a dict {layer path: Accumulator}")
+        raise TypeError("accumulators must be an Accumulator or a dict {layer name: Accumulator}")
     names = dict(model.named_modules())
-    unknown = [k for k in accumulators if k not in names]
+    unknown = [k for k in accumulators if k not in names and k != "*"]
     if unknown:
-        raise ValueError(f"accumulators name layers the model does not have: {unknown}")
-    return lambda path: accumulators.get(path, Accumulator())
+        macs = [n for n, m in names.items() if isinstance(m, (wnn.Conv2d, wnn.Linear, wnn.Adder2d))]
+        raise ValueError(f"accumulators name layers the model does not have: {unknown}; its MAC "
+                         f"layers are {macs[:8]}{' ...' if len(macs) > 8 else ''}")
+    default = accumulators.get("*", Accumulator())
+    return lambda path: accumulators.get(path, default)

@@ -17,7 +17,8 @@ from ..fixedpoint.format import Format
 from .ops import (ARITY, ARRAY_RANKS, OPS, array_formats, params_from_json, params_to_json,
                   stochastic_fields)
 
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2  # 2: params as plain values; version 1 files (tagged values) are read too
+GRAPH_VERSIONS = (1, 2)
 GRAPH_JSON = "graph.json"
 GRAPH_ARRAYS = "arrays.npz"
 
@@ -181,8 +182,9 @@ class Graph:
         try:
             data = read_json(path / GRAPH_JSON, "graph file")
             if not isinstance(data, dict) or data.get("format") != "wageubn-sim graph" \
-                    or data.get("version") != GRAPH_VERSION:
-                raise ValueError(f"{path / GRAPH_JSON} is not a version-{GRAPH_VERSION} wageubn-sim graph")
+                    or data.get("version") not in GRAPH_VERSIONS:
+                raise ValueError(f"{GRAPH_JSON} is not a wageubn-sim graph of a version this tool "
+                                 f"reads ({', '.join(map(str, GRAPH_VERSIONS))})")
             wanted = [f"{d['name']}/{k}" for d in data["nodes"] for k in d["arrays"]]
             if any(not isinstance(k, str) for k in wanted):
                 raise TypeError("array names must be strings")
@@ -208,8 +210,9 @@ class Graph:
         for d in data["nodes"]:
             node_arrays = {k: arrays[f"{d['name']}/{k}"] for k in d["arrays"]}
             shape = d["out_shape"]
-            nodes.append(Node(d["name"], d["op"], list(d["inputs"]), params_from_json(d["op"], d["params"]),
-                              node_arrays, d["source"],
+            nodes.append(Node(d["name"], d["op"], list(d["inputs"]),
+                              params_from_json(d["op"], d["params"], data["version"]), node_arrays,
+                              d["source"],
                               Format.from_dict(d["out_format"]) if d["out_format"] is not None else None,
                               _shape(shape, f"node {d['name']}: out_shape") if shape is not None else None))
         inputs = [GraphInput(i["name"], _shape(i["shape"], f"input {i['name']}: shape"),

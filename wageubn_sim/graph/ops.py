@@ -89,43 +89,61 @@ def stochastic_fields(params) -> list:
 
 
 # ---- params <-> JSON ------------------------------------------------------------------------
+# Version 2 (graph files and bundle manifests): plain values, the type each field's annotation
+# gives: a format {"bits", "frac_bits", "signed"}, an accumulator {"bits", "overflow",
+# "mac_order", "k_split"}, a mode by its name ("HALF_EVEN"), a pair as a list. Version 1 tagged
+# each value ({"rounding": {"rounding": "HALF_EVEN"}}); it is still read.
 
-def encode(value):
-    if isinstance(value, Format):
-        return {"format": value.to_dict()}
-    if isinstance(value, Accumulator):
-        return {"accumulator": value.to_dict()}
-    if isinstance(value, Rounding):
-        return {"rounding": value.name}
-    if isinstance(value, Overflow):
-        return {"overflow": value.name}
+def _plain(value):
+    if isinstance(value, (Format, Accumulator)):
+        return value.to_dict()
+    if isinstance(value, (Rounding, Overflow)):
+        return value.name
     if isinstance(value, (tuple, list)):
-        return [encode(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, str)) or value is None:
         return value
-    raise TypeError(f"cannot encode {type(value).__name__} in a graph file")
-
-
-_DECODERS = {"format": Format.from_dict, "accumulator": Accumulator.from_dict,
-             "rounding": lambda b: Rounding[b], "overflow": lambda b: Overflow[b]}
-
-
-def decode(value):
-    if isinstance(value, dict):
-        if len(value) != 1 or next(iter(value)) not in _DECODERS:
-            raise ValueError(f"{value!r} is not a tagged value (one of {sorted(_DECODERS)})")
-        (kind, body), = value.items()
-        try:
-            return _DECODERS[kind](body)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{kind} {body!r} is malformed ({err!r})") from None
-    if isinstance(value, list):
-        return tuple(decode(v) for v in value)
-    return value
+    raise TypeError(f"cannot write {type(value).__name__} into a graph file")
 
 
 def params_to_json(params) -> dict:
-    return {f.name: encode(getattr(params, f.name)) for f in dataclasses.fields(params)}
+    return {f.name: _plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
+
+
+def _from_plain(value, hint):
+    """A plain JSON value as the annotated type ``hint``; ValueError if it is not one."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if hint in (Format, Accumulator):
+        return hint.from_dict(value)
+    if hint in (Rounding, Overflow):
+        if not isinstance(value, str) or value not in hint.__members__:
+            raise ValueError(f"{value!r} is not one of {list(hint.__members__)}")
+        return hint[value]
+    if hint is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"{value!r} is not a list")
+        return tuple(value)
+    return value
+
+
+def _decode_tagged(value):
+    """Version 1's tagged form."""
+    decoders = {"format": Format.from_dict, "accumulator": Accumulator.from_dict,
+                "rounding": lambda b: Rounding[b], "overflow": lambda b: Overflow[b]}
+    if isinstance(value, dict):
+        if len(value) != 1 or next(iter(value)) not in decoders:
+            raise ValueError(f"{value!r} is not a tagged value (one of {sorted(decoders)})")
+        (kind, body), = value.items()
+        try:
+            return decoders[kind](body)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{kind} {body!r} is malformed ({err!r})") from None
+    if isinstance(value, list):
+        return tuple(_decode_tagged(v) for v in value)
+    return value
 
 
 def _has_type(value, hint) -> bool:
@@ -139,9 +157,10 @@ def _has_type(value, hint) -> bool:
     return isinstance(value, hint)
 
 
-def params_from_json(op: str, data: dict):
-    """The op's params struct from a graph or manifest file: every field present (a missing one
-    is an error, not a default), each of its annotated type; the struct checks the values."""
+def params_from_json(op: str, data: dict, version: int = 2):
+    """The op's params struct from a graph file or manifest (``version`` 2: plain values; 1:
+    tagged): every field present (a missing one is an error, not a default), each of its
+    annotated type; the struct checks the values."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r} (a graph from a newer version?); known: {sorted(OPS)}")
     if not isinstance(data, dict):
@@ -158,8 +177,8 @@ def params_from_json(op: str, data: dict):
     values = {}
     for name in names:
         try:
-            value = decode(data[name])
-        except ValueError as err:
+            value = _decode_tagged(data[name]) if version == 1 else _from_plain(data[name], hints[name])
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"op {op}: parameter {name}: {err}") from None
         if not _has_type(value, hints[name]):
             raise ValueError(f"op {op}: parameter {name}={data[name]!r} is not of type {hints[name]}")

@@ -1,20 +1,27 @@
-"""Test-vector bundles: every layer's tensors as $readmemh / .coe / .mif / .npy, and a manifest
-that says how each was made and how to recompute it.
+"""Test-vector bundles: every layer's tensors as memory images and .npy, and a manifest (schema
+version 2) that says how each was made, how to recompute it and how each file is laid out.
 
 Layout of a bundle::
 
-    manifest.json                   (schema: wageubn_sim/vectors/manifest.schema.json)
-    <layer>/<role>.hex|.coe|.mif|.npy
+    manifest.json                       (schema: wageubn_sim/vectors/manifest.schema.json)
+    input.<ext>                         the network input
+    <folder>/<role>.<ext>               a layer's tensors; <folder> = file_safe(layer name)
+    tb_data/tb_input_features.dat ...   peer layouts (hls4ml, ONNX), on request
 
-Tensor roles: ``input`` (the network input), and per layer ``weight``, ``bias``, ``mean``,
-``std``, ``gamma``, ``beta``, ``accumulator`` (MAC layers) and ``output``. A layer's inputs are
-the ``output`` tensors of the layers before it (or ``input``). Same inputs, same bytes.
+File kinds (``--formats``): ``mem`` ($readmemh data only: loads in Vivado synthesis), ``hex``
+(Intel HEX, as Quartus reads it), ``coe`` (Xilinx), ``mif`` (Intel), ``npy``; and the
+bundle-level peer layouts ``hls4ml`` and ``onnx``. Tensor roles: ``input`` (the network input),
+and per layer ``weight``, ``bias``, ``mean``, ``std``, ``gamma``, ``beta``, ``multiplier``,
+``offset`` (a folded BatchNorm's), ``accumulator`` (MAC layers) and ``output``. A layer's
+inputs are the ``output`` tensors of the layers before it (or ``input``). Same inputs, same
+bytes.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +31,19 @@ from ..files.write import refuse_existing, write_folder_atomically
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
 from ..graph.ops import array_formats, params_to_json
-from .formats import WRITERS, pack_words
+from .formats import HEX_ADDRESSING, IMAGE_KINDS, memory_crc32, pack_words
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 LAYOUTS = ("NCHW", "NHWC")
-FILE_KINDS = ("readmemh", "coe", "mif", "npy")
+FILE_KINDS = ("mem", "hex", "coe", "mif", "npy")
+DEFAULT_KINDS = ("mem", "coe", "mif", "npy")
+PEER_KINDS = ("hls4ml", "onnx")
 PARAM_ROLES = ("weight", "bias", "mean", "std", "gamma", "beta", "multiplier", "offset")
+CRC32_RULE = ("IEEE 802.3 CRC-32 (zlib.crc32) of the memory image: memory_depth words (the "
+              "tensor's, then fill), each in ceil(word_width / 8) bytes, least significant byte "
+              "first, in address order")
+PACKING = "lane 0 in the least significant bits; two's complement"
 
 
 def to_layout(q: np.ndarray, layout: str) -> np.ndarray:
@@ -54,6 +67,23 @@ def needed_bits(q: np.ndarray) -> int:
     return max(2, (max(hi, -lo - 1)).bit_length() + 1)
 
 
+_FILE_SAFE = re.compile(r"[A-Za-z0-9_.-]")
+
+
+def file_safe(name: str) -> str:
+    """A layer's name as a folder name, one to one: letters, digits, '_', '.' and '-' stay
+    (so a torch module path such as layer1.0.conv1 is its own folder name), and every other
+    character, '~' included, becomes '~' and the two hex digits of each of its UTF-8 bytes; a
+    leading '.' becomes ~2e too (no hidden folders, no '.' or '..')."""
+    out = []
+    for i, ch in enumerate(name):
+        if _FILE_SAFE.fullmatch(ch) and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.append("".join(f"~{b:02x}" for b in ch.encode("utf-8")))
+    return "".join(out) or "~"
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -64,25 +94,50 @@ def _npy_bytes(q: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class BundleWriter:
-    """Collects tensors as memory images and .npy files, and writes them with a manifest."""
+def _positive_int(name, value, minimum):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name}={value!r}: give an int of at least {minimum}")
 
-    def __init__(self, layout: str = "NCHW", lanes: int = 1, kinds=FILE_KINDS,
-                 word_width: int | None = None):
+
+class BundleWriter:
+    """Collects tensors as memory images and .npy files, and writes them with a manifest.
+
+    ``depth``: every memory image gets exactly this many words (the tensor's, then ``fill``); a
+    tensor with more words is refused. Without it an image holds the tensor's words (at least
+    one: an empty tensor's image holds one fill word, since no vendor format allows none).
+    """
+
+    def __init__(self, layout: str = "NCHW", lanes: int = 1, kinds=DEFAULT_KINDS,
+                 word_width: int | None = None, depth: int | None = None, fill: int = 0,
+                 hex_addressing: str = "word"):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes={lanes!r}: the number of values per word is a positive int")
-        if word_width is not None and (isinstance(word_width, bool) or not isinstance(word_width, int)
-                                       or word_width < 2):
-            raise ValueError(f"word_width={word_width!r}: give a width in bits, at least 2")
+        _positive_int("lanes", lanes, 1)
+        _positive_int("word_width", word_width, 2)
+        _positive_int("depth", depth, 1)
+        _positive_int("fill", fill, 0)
+        if hex_addressing not in HEX_ADDRESSING:
+            raise ValueError(f"hex addressing {hex_addressing!r}: choose one of {HEX_ADDRESSING}")
         kinds = tuple(kinds)
-        unknown = set(kinds) - set(FILE_KINDS)
-        if unknown or not kinds:
-            raise ValueError(f"file kinds {sorted(unknown) or kinds}: choose from {FILE_KINDS}")
-        self.layout, self.lanes, self.kinds, self.word_width = layout, lanes, kinds, word_width
+        unknown = set(kinds) - set(FILE_KINDS) - set(PEER_KINDS)
+        if unknown or not set(kinds) & set(FILE_KINDS) or len(set(kinds)) != len(kinds):
+            raise ValueError(f"file kinds {sorted(unknown) or list(kinds)}: choose one or more of "
+                             f"{FILE_KINDS}, and optionally {PEER_KINDS}, each once")
+        self.layout, self.lanes, self.word_width = layout, lanes, word_width
+        self.kinds = tuple(k for k in kinds if k in FILE_KINDS)
+        self.peer_kinds = tuple(k for k in kinds if k in PEER_KINDS)
+        self.depth, self.fill, self.hex_addressing = depth, fill, hex_addressing
         self.tensors: dict = {}
         self.files: dict = {}  # relative path -> bytes
+        self.folders: set = set()
+        self.peer_files: list = []
+
+    def _put(self, rel: str, data: bytes) -> None:
+        parents = ["/".join(rel.split("/")[:i]) for i in range(1, rel.count("/") + 1)]
+        if rel in self.files or rel in self.folders or any(p in self.files for p in parents):
+            raise ValueError(f"two files of the bundle would be at {rel}; rename a layer")
+        self.files[rel] = data
+        self.folders.update(parents)
 
     def add(self, tid: str, role: str, layer: str, q, fmt: Format) -> str:
         q = np.asarray(q, dtype=np.int64)
@@ -92,50 +147,106 @@ class BundleWriter:
         if word < lanes * width:
             raise ValueError(f"tensor {tid}: {lanes} lanes of {width} bits need {lanes * width}-bit "
                              f"words, more than word_width={self.word_width}; raise it or use fewer lanes")
+        depth = -(-q.size // lanes)
+        memory_depth = self.depth if self.depth is not None else max(depth, 1)
+        if depth > memory_depth:
+            raise ValueError(f"tensor {tid}: {depth} words do not fit a memory of depth "
+                             f"{self.depth}; raise --depth or use more lanes")
+        if self.fill >> word:
+            raise ValueError(f"fill {self.fill:#x} is wider than tensor {tid}'s {word}-bit words")
+        stored = to_layout(q, self.layout)
+        image = pack_words(stored, width, lanes) + [self.fill] * (memory_depth - depth)
         entry = {"role": role, "layer": layer, "shape": list(q.shape),
                  "layout": self.layout if q.ndim == 4 else "plain",
                  "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
-                 "signed": True, "lanes": lanes, "word_width": word,
-                 "depth": -(-q.size // lanes), "files": []}
-        stored = to_layout(q, self.layout)
-        words = pack_words(stored, width, lanes)
-        stem = f"{layer}/{role}" if layer else role
+                 "signed": True, "lanes": lanes, "word_width": word, "depth": depth,
+                 "memory_depth": memory_depth, "crc32": memory_crc32(image, word), "files": []}
+        stem = f"{file_safe(layer)}/{role}" if layer else role
         header = {"tensor": tid, "shape": "x".join(map(str, q.shape)) or "scalar", "layout": entry["layout"],
                   "width": width, "lanes": lanes, "format": fmt.describe(), "tool": f"wageubn-sim {__version__}"}
         for kind in self.kinds:
             if kind == "npy":
                 rel, data = f"{stem}.npy", _npy_bytes(stored)
             else:
-                ext, writer = WRITERS[kind]
-                rel, data = stem + ext, writer(words, word, header).encode()
-            self.files[rel] = data
-            entry["files"].append({"kind": kind, "path": rel, "sha256": sha256(data),
-                                   "radix": 10 if kind == "npy" else 16})
+                ext, writer, _ = IMAGE_KINDS[kind]
+                rel, data = stem + ext, writer(image, word, header, self.hex_addressing).encode()
+            self._put(rel, data)
+            entry["files"].append({"kind": kind, "path": rel, "sha256": sha256(data)})
         self.tensors[tid] = entry
         return tid
+
+    def add_peer_layouts(self, input_tid: str, x_q: np.ndarray, x_fmt: Format, input_name: str,
+                         output_tid: str, y_q: np.ndarray, y_fmt: Format, output_name: str) -> None:
+        """The network's input and output as hls4ml's tb_data and ONNX backend-test files."""
+        for kind in self.peer_kinds:
+            for tid, q, fmt, name, index in ((input_tid, x_q, x_fmt, input_name, 0),
+                                             (output_tid, y_q, y_fmt, output_name, 1)):
+                if kind == "hls4ml":
+                    rel = f"tb_data/{('tb_input_features', 'tb_output_predictions')[index]}.dat"
+                    data = hls4ml_dat(to_layout(q, self.layout), fmt)
+                    layout = self.layout if q.ndim == 4 else "plain"
+                else:
+                    rel = f"test_data_set_0/{('input', 'output')[index]}_0.pb"
+                    data = onnx_tensor(q, fmt, name)
+                    layout = "NCHW" if q.ndim == 4 else "plain"
+                self._put(rel, data)
+                self.peer_files.append({"kind": kind, "path": rel, "sha256": sha256(data), "tensor": tid,
+                                        "layout": layout, "name": name})
 
     def write(self, out_dir, force: bool, **manifest_fields) -> Path:
         manifest = {
             "schema": "wageubn-sim-vectors", "version": MANIFEST_VERSION,
             "tool": {"name": "wageubn-sim", "version": __version__},
             "options": {"layout": self.layout, "lanes": self.lanes, "kinds": list(self.kinds),
-                        "packing": "lane 0 in the least significant bits; two's complement"},
-            **manifest_fields, "tensors": self.tensors,
+                        "peer_kinds": list(self.peer_kinds), "packing": PACKING,
+                        "depth": self.depth, "fill": self.fill, "hex_addressing": self.hex_addressing,
+                        "crc32": CRC32_RULE},
+            **manifest_fields, "tensors": self.tensors, "peer_files": self.peer_files,
         }
         files = dict(self.files)
         files[MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
         return write_folder_atomically(out_dir, files, force)
 
 
+def _real_values(q: np.ndarray, fmt: Format, what: str) -> np.ndarray:
+    """q * 2**-f as float64, refusing values float64 cannot hold exactly."""
+    if q.size and int(np.abs(q).max()) >= 1 << 53:
+        raise ValueError(f"{what}: values beyond 2**53 have no exact float64 for a peer layout")
+    return q.astype(np.float64) * 2.0 ** -fmt.frac_bits
+
+
+def hls4ml_dat(q: np.ndarray, fmt: Format) -> bytes:
+    """hls4ml's tb_data: one sample per line, its values (in the bundle's layout) as decimal
+    reals, space-separated; each the shortest decimal that reads back as the exact value."""
+    values = _real_values(q, fmt, "hls4ml tb_data").reshape(len(q), -1)
+    return "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in values).encode()
+
+
+def onnx_tensor(q: np.ndarray, fmt: Format, name: str) -> bytes:
+    """An ONNX TensorProto (as in an ONNX backend test's test_data_set_0) of the real values,
+    float32 when every value is a float32, else float64."""
+    try:
+        from onnx import numpy_helper
+    except ImportError:
+        raise ValueError("the onnx file kind needs the onnx package: pip install 'wageubn-sim[onnx]'") from None
+    values = _real_values(q, fmt, "ONNX test data")
+    single = values.astype(np.float32)
+    return numpy_helper.from_array(single if np.array_equal(single, values) else values,
+                                   name).SerializeToString()
+
+
 def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
-                 kinds=FILE_KINDS, force: bool = False, seed: int | None = None,
-                 command: str | None = None, progress=None, word_width: int | None = None) -> Path:
+                 kinds=DEFAULT_KINDS, force: bool = False, seed: int | None = None,
+                 command: str | None = None, progress=None, word_width: int | None = None,
+                 depth: int | None = None, fill: int = 0, hex_addressing: str = "word") -> Path:
     """Run ``graph`` on ``x`` and write the bundle into ``out_dir`` (atomically).
 
     ``word_width``: the width of every memory word (default: lanes * the tensor's width); a
-    wider word is padded with zero bits above the last lane.
+    wider word is padded with zero bits above the last lane. ``depth``, ``fill``: pad every
+    memory image to ``depth`` words with ``fill``. ``hex_addressing``: Intel HEX record
+    addresses count ``word``s (Quartus) or ``byte``s (standard Intel HEX).
     """
-    writer = BundleWriter(layout, lanes, kinds, word_width)
+    writer = BundleWriter(layout, lanes, kinds, word_width, depth, fill, hex_addressing)
     out_dir = refuse_existing(out_dir, force)
     x_q = graph.quantize_input(x)
     result = graph.run(x_q, trace=True)
@@ -157,11 +268,13 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
                                               out.trace["accumulator"], out.acc_fmt)
         roles["output"] = writer.add(f"{node.name}/output", "output", node.name, out.q, out.fmt)
         produced[node.name] = roles["output"]
-        layers.append({"name": node.name, "op": node.op, "source": node.source,
-                       "params": params_to_json(node.params), "tensors": roles,
+        layers.append({"name": node.name, "folder": file_safe(node.name), "op": node.op,
+                       "source": node.source, "params": params_to_json(node.params), "tensors": roles,
                        "events": _counts(out.events),
                        "register_events": {r: _counts(e) for r, e in
                                            (out.register_events or {"output": out.events}).items()}})
+    final = graph.outputs[0]
+    writer.add_peer_layouts("input", x_q, spec.fmt, spec.name, produced[final], result.q, result.fmt, final)
     return writer.write(out_dir, force, seed=seed, command=command, input_format=spec.fmt.to_dict(),
                         outputs=[produced[o] for o in graph.outputs], layers=layers)
 

@@ -9,6 +9,7 @@ file holds exactly the ``.npy`` values.
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 
@@ -45,11 +46,61 @@ def _digits(word_width: int) -> int:
     return -(-word_width // 4)
 
 
+def word_bytes(word_width: int) -> int:
+    """Bytes per word in byte-oriented images (Intel HEX, the CRC): ceil(word_width / 8)."""
+    return -(-word_width // 8)
+
+
+def memory_crc32(words, word_width: int) -> str:
+    """IEEE 802.3 CRC-32 (zlib's) of the memory as it sits in a byte-addressed dump: each word in
+    ceil(word_width / 8) bytes, least significant byte first, words in address order."""
+    n = word_bytes(word_width)
+    return f"{zlib.crc32(b''.join(w.to_bytes(n, 'little') for w in words)):08x}"
+
+
+def write_mem(words, word_width, header=None) -> str:
+    """$readmemh data for synthesis (Vivado UG901): one word per line, exactly
+    ceil(word_width / 4) lowercase hex digits, nothing else (no comments, no blank line)."""
+    d = _digits(word_width)
+    return "".join(f"{w:0{d}x}\n" for w in words)
+
+
 def write_readmemh(words, word_width, header: dict) -> str:
+    """Version 1's .hex: $readmemh data after '// key=value' comment lines (simulators only)."""
     lines = [f"// {k}={v}" for k, v in header.items()]
     d = _digits(word_width)
     lines += [f"{w:0{d}x}" for w in words]
     return "\n".join(lines) + "\n"
+
+
+HEX_ADDRESSING = ("word", "byte")
+
+
+def _hex_record(kind: int, offset: int, data: bytes) -> str:
+    body = bytes([len(data), offset >> 8, offset & 0xFF, kind]) + data
+    return f":{body.hex().upper()}{(-sum(body)) & 0xFF:02X}\n"
+
+
+def write_intel_hex(words, word_width, header=None, addressing: str = "word") -> str:
+    """Intel HEX (.hex, as Quartus reads it): one data record (type 00) per word, its
+    ceil(word_width / 8) bytes most significant first; the record address is the word's index
+    (``word`` addressing, Quartus's default) or index * bytes per word (``byte``, standard
+    Intel HEX as srec_cat and objcopy read it); an extended linear address record (type 04)
+    before the first word at or above each 64 Ki boundary; an end-of-file record (type 01)."""
+    n = word_bytes(word_width)
+    if n > 255:
+        raise ValueError(f"a {word_width}-bit word does not fit an Intel HEX record (255 bytes)")
+    out, upper = [], 0
+    for i, w in enumerate(words):
+        address = i if addressing == "word" else i * n
+        if address >> 16 != upper:
+            upper = address >> 16
+            if upper >> 16:
+                raise ValueError("the memory is beyond Intel HEX's 4 GiB address space")
+            out.append(_hex_record(0x04, 0, upper.to_bytes(2, "big")))
+        out.append(_hex_record(0x00, address & 0xFFFF, w.to_bytes(n, "big")))
+    out.append(":00000001FF\n")
+    return "".join(out)
 
 
 def write_coe(words, word_width, header: dict) -> str:
@@ -283,5 +334,95 @@ def read_mif(text: str, depth: int, word_width: int) -> list[int]:
     return _complete(words)
 
 
-WRITERS = {"readmemh": (".hex", write_readmemh), "coe": (".coe", write_coe), "mif": (".mif", write_mif)}
-READERS = {"readmemh": read_readmemh, "coe": read_coe, "mif": read_mif}
+_HEX_VALUE = np.full(256, 255, np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_c] = _i
+    _HEX_VALUE[ord(chr(_c).upper())] = _i
+
+
+def read_mem(text: str, depth: int, word_width: int) -> list[int]:
+    """Exactly ``depth`` words from a data-only $readmemh file, checked by the rules Vivado
+    synthesis (UG901) sets: nothing but data (no comment, no '@' address, no blank line), one
+    word per line, as many lines as the memory has rows; and, as our writer writes, exactly
+    ceil(word_width / 4) hex digits per line."""
+    d = _digits(word_width)
+    data = text.encode("ascii", errors="replace")
+    if len(data) == depth * (d + 1):  # the expected size: check and decode every line at once
+        grid = np.frombuffer(data, np.uint8).reshape(depth, d + 1)
+        digits = _HEX_VALUE[grid[:, :d]]
+        bad = (grid[:, d] != ord("\n")) | (digits == 255).any(axis=1)
+        if not bad.any():
+            if d <= 15:  # 60 bits: int64
+                values = (digits.astype(np.int64) << (4 * np.arange(d - 1, -1, -1))).sum(axis=1)
+                words = [int(v) for v in values]
+            else:
+                words = [int(line, 16) for line in text.split("\n")[:depth]]
+            if any(w >> word_width for w in words):
+                line = next(i for i, w in enumerate(words) if w >> word_width) + 1
+                raise ImageError(f"line {line}: the word is wider than {word_width} bits")
+            return words
+    lines = text.split("\n")  # not as expected: find the first line that breaks a rule
+    if lines[-1] != "":
+        raise ImageError(f"line {len(lines)}: the last line does not end with a newline")
+    for number, line in enumerate(lines[:-1], 1):
+        if len(line) != d or _DIGITS[16].fullmatch(line) is None or "_" in line:
+            raise ImageError(f"line {number}: {line[:40]!r} is not a word of exactly {d} hex digits "
+                             "(a .mem file holds data only: UG901)")
+    raise ImageError(f"{len(lines) - 1} lines; the memory has {depth} rows (UG901: one line per row)")
+
+
+def read_intel_hex(text: str, depth: int, word_width: int, addressing: str = "word") -> list[int]:
+    """Exactly ``depth`` words from Intel HEX: every record's length and checksum checked, data
+    records a whole number of words (most significant byte first), type 04 and 02 records
+    setting the upper address, one type 01 record last; each word written once."""
+    n = word_bytes(word_width)
+    words: list = [None] * depth
+    base, ended = 0, False
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip("\r")
+        if not line:
+            continue
+        if ended:
+            raise ImageError(f"line {number}: a record after the end-of-file record")
+        try:
+            if not line.startswith(":") or len(line) < 11:
+                raise ValueError
+            body = bytes.fromhex(line[1:])
+        except ValueError:
+            raise ImageError(f"line {number}: {line[:40]!r} is not an Intel HEX record") from None
+        count, offset, kind, data = body[0], (body[1] << 8) | body[2], body[3], body[4:-1]
+        if len(data) != count:
+            raise ImageError(f"line {number}: the record declares {count} data bytes and holds {len(data)}")
+        if sum(body) & 0xFF:
+            raise ImageError(f"line {number}: checksum mismatch")
+        if kind == 0x00:
+            if count % n or (addressing == "byte" and (base + offset) % n):
+                raise ImageError(f"line {number}: the data is not whole {n}-byte words")
+            first = base + offset if addressing == "word" else (base + offset) // n
+            for j in range(count // n):
+                word = int.from_bytes(data[j * n:(j + 1) * n], "big")
+                if word >> word_width:
+                    raise ImageError(f"line {number}: a word is wider than {word_width} bits")
+                _collect(words, first + j, word, number)
+        elif kind == 0x01 and count == 0:
+            ended = True
+        elif kind in (0x02, 0x04) and count == 2:
+            base = int.from_bytes(data, "big") << (16 if kind == 0x04 else 4)
+        else:
+            raise ImageError(f"line {number}: record type {kind:02x} with {count} bytes is not "
+                             "read here (00, 01, 02 and 04 are)")
+    if not ended:
+        raise ImageError("no end-of-file record (:00000001FF)")
+    return _complete(words)
+
+
+# kind -> (extension, writer(words, word_width, header, addressing), reader(text, depth,
+# word_width, addressing)). "readmemh" is version 1's commented .hex, read for old bundles.
+IMAGE_KINDS = {
+    "mem": (".mem", lambda w, ww, h, a: write_mem(w, ww), lambda t, d, ww, a: read_mem(t, d, ww)),
+    "hex": (".hex", lambda w, ww, h, a: write_intel_hex(w, ww, h, a), read_intel_hex),
+    "coe": (".coe", lambda w, ww, h, a: write_coe(w, ww, h), lambda t, d, ww, a: read_coe(t, d, ww)),
+    "mif": (".mif", lambda w, ww, h, a: write_mif(w, ww, h), lambda t, d, ww, a: read_mif(t, d, ww)),
+    "readmemh": (".hex", lambda w, ww, h, a: write_readmemh(w, ww, h),
+                 lambda t, d, ww, a: read_readmemh(t, d, ww)),
+}

@@ -36,11 +36,12 @@ from ..files.read import UnreadableFile, parse_npy, read_json, read_regular_file
 from ..fixedpoint.format import Format
 from ..graph.ir import Node
 from ..graph.ops import MAC_OPS, OPS, array_formats, params_from_json
-from .bundle import MANIFEST, MANIFEST_VERSION, from_layout, needed_bits
-from .formats import READERS, ImageError, unpack_words
+from .bundle import MANIFEST, file_safe, from_layout, needed_bits, to_layout
+from .formats import IMAGE_KINDS, ImageError, memory_crc32, pack_words, unpack_words
 
-SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-SUPPORTED_VERSIONS = (MANIFEST_VERSION,)
+SCHEMAS = {1: Path(__file__).with_name("manifest.schema.v1.json"),
+           2: Path(__file__).with_name("manifest.schema.json")}
+SUPPORTED_VERSIONS = tuple(SCHEMAS)
 
 
 class BundleError(ValueError):
@@ -103,6 +104,7 @@ class _Verifier:
         self.files_checked = 0
         self.layers_checked = 0
         self.used: set = set()  # tensor ids the structure accounts for
+        self.trusted: dict = {}  # tensor id -> values held for true
 
     def fail(self, message: str) -> None:
         self.failures.append(message)
@@ -111,12 +113,19 @@ class _Verifier:
         try:
             self.manifest = self.load_manifest()
             self.tensors = self.manifest["tensors"]
+            if any(f["kind"] == "onnx" for f in self.manifest.get("peer_files", [])):
+                try:
+                    import onnx  # noqa: F401
+                except ImportError:
+                    raise BundleError(f"{self.root} holds ONNX test data; verifying it needs the onnx "
+                                      "package: pip install 'wageubn-sim[onnx]'") from None
             self.check_files()
             self.values = {tid: self.read_tensor(tid, entry) for tid, entry in self.tensors.items()}
             if "training" in self.manifest:
                 self.check_training()
             else:
                 self.check_network()
+            self.check_peer_files()
             for tid, entry in sorted(self.tensors.items()):
                 if tid not in self.used:
                     self.fail(f"tensor {tid} (role {entry['role']} of layer {entry['layer'] or '-'}) "
@@ -148,7 +157,8 @@ class _Verifier:
             raise BundleError(f"{path}: manifest version {manifest.get('version')!r}; this tool reads "
                               f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}")
         import jsonschema
-        schema = json.loads(SCHEMA_PATH.read_text())
+        self.version = manifest["version"]
+        schema = json.loads(SCHEMAS[self.version].read_text())
         errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest),
                         key=lambda e: list(map(str, e.absolute_path)))
         for err in errors:
@@ -169,10 +179,15 @@ class _Verifier:
                 if rel in listed:
                     self.fail(f"{rel} is listed twice (tensors {listed[rel]} and {tid})")
                 listed[rel] = tid
-                if any(part in ("", ".", "..") for part in rel.split("/")) or rel == MANIFEST:
-                    self.fail(f"{rel}: a manifest path must name a file inside the bundle, "
-                              "without '.', '..' or empty parts (it escapes the bundle folder)")
-                    self.unsafe.add(rel)
+        for f in self.manifest.get("peer_files", []):
+            if f["path"] in listed:
+                self.fail(f"{f['path']} is listed twice (tensor {listed[f['path']]} and a peer file)")
+            listed[f["path"]] = f["tensor"]
+        for rel in listed:
+            if any(part in ("", ".", "..") for part in rel.split("/")) or rel == MANIFEST:
+                self.fail(f"{rel}: a manifest path must name a file inside the bundle, "
+                          "without '.', '..' or empty parts (it escapes the bundle folder)")
+                self.unsafe.add(rel)
         present = set()
         for folder, dirs, files in os.walk(self.root):
             for name in dirs + files:
@@ -220,9 +235,15 @@ class _Verifier:
             out[rel] = from_layout(values.reshape(stored_shape), entry["layout"])
         return out
 
+    def memory_depth(self, entry: dict, kind: str) -> int:
+        """Words in an image of the tensor (version 1: readmemh the tensor's, others >= 1)."""
+        if self.version == 1:
+            return entry["depth"] if kind == "readmemh" else max(entry["depth"], 1)
+        return entry["memory_depth"]
+
     def decode_file(self, f: dict, entry: dict, count: int, stored_shape: list):
         rel, kind = f["path"], f["kind"]
-        words_depth = entry["depth"] if kind == "readmemh" else max(entry["depth"], 1)
+        words_depth = self.memory_depth(entry, kind)
         digits = -(-entry["word_width"] // 4)
         limit = (1 << 20) + 8 * count + 4096 if kind == "npy" else (1 << 20) + words_depth * (2 * digits + 40)
         data = read_regular_file(self.root / rel, "file", limit)
@@ -233,7 +254,11 @@ class _Verifier:
             q = parse_npy(data, rel, expect_shape=stored_shape).reshape(-1)
             q = q.astype(np.int64) if q.dtype != np.uint64 else q
         else:
-            words = READERS[kind](data.decode("utf-8"), words_depth, entry["word_width"])
+            addressing = self.manifest["options"].get("hex_addressing", "word")
+            words = IMAGE_KINDS[kind][2](data.decode("utf-8"), words_depth, entry["word_width"], addressing)
+            fill = self.manifest["options"].get("fill", 0)
+            if self.version > 1 and any(w != fill for w in words[entry["depth"]:]):
+                raise ImageError(f"its words beyond the tensor's {entry['depth']} are not the fill {fill:#x}")
             q = unpack_words(words[:entry["depth"]], entry["width"], entry["lanes"], count)
         if q.size != count:
             raise ImageError(f"holds {q.size} values, the manifest says {count}")
@@ -267,6 +292,11 @@ class _Verifier:
         kinds = sorted(f["kind"] for f in entry["files"])
         if kinds != sorted(set(kinds)) or set(kinds) != set(self.manifest["options"]["kinds"]):
             problems.append(f"files of kinds {kinds}, the bundle writes {self.manifest['options']['kinds']}")
+        if self.version > 1:
+            depth = self.manifest["options"]["depth"]
+            want = depth if depth is not None else max(entry["depth"], 1)
+            if entry["memory_depth"] != want:
+                problems.append(f"memory_depth {entry['memory_depth']}; the options give {want}")
         for problem in problems:
             self.fail(f"tensor {tid}: {problem}")
         return fmt is not None and not problems
@@ -301,10 +331,28 @@ class _Verifier:
         for values, paths in groups[1:]:
             for rel in paths:
                 self.fail(f"{rel} disagrees with the other files of {tid}")
+        self.trust(tid, groups[0][0])
         return groups[0][0]
+
+    def trust(self, tid: str, values: np.ndarray) -> None:
+        """Values we hold for true (agreed by the files, recomputed, or the graph's): keep them
+        for the peer files, and check the tensor's crc32 against them."""
+        self.trusted[tid] = values
+        entry = self.tensors[tid]
+        if self.version < 2 or values.shape != tuple(entry["shape"]):
+            return
+        try:
+            words = pack_words(to_layout(values, entry["layout"]), entry["width"], entry["lanes"])
+        except ValueError:
+            return  # values wider than the entry's width: its files are blamed already
+        image = words + [self.manifest["options"]["fill"]] * (entry["memory_depth"] - len(words))
+        crc = memory_crc32(image, entry["word_width"])
+        if crc != entry["crc32"]:
+            self.fail(f"tensor {tid}: crc32 {entry['crc32']} in the manifest, its values give {crc}")
 
     def compare_with(self, tid: str, want: np.ndarray, what: str = "the recomputation") -> None:
         """Each readable file of a tensor against values we trust; each differing file blamed."""
+        self.trust(tid, want)
         for rel, got in sorted(self.values[tid].items()):
             if got is None:
                 continue
@@ -374,6 +422,8 @@ class _Verifier:
         """Recompute one layer; returns its output tensor id when recomputed."""
         name, op, roles = layer["name"], layer["op"], layer["tensors"]
         where = f"layer {name} ({op})"
+        if self.version > 1 and layer["folder"] != file_safe(name):
+            self.fail(f"{where}: folder {layer['folder']!r}, the rule gives {file_safe(name)!r}")
         for role, ref in roles.items():
             for tid in (ref if isinstance(ref, list) else [ref]):
                 self.used.add(tid)
@@ -381,7 +431,7 @@ class _Verifier:
                     self.fail(f"{where}: its {role} tensor {tid} is not in the manifest")
                     return None
         try:
-            params = params_from_json(op, layer["params"])
+            params = params_from_json(op, layer["params"], self.version)
         except (ValueError, TypeError) as err:
             self.fail(f"{where}: {err}")
             return None
@@ -450,6 +500,38 @@ class _Verifier:
                 self.fail(f"{where}: register_events {layer['register_events']}, the "
                           f"recomputation counts {registers}")
 
+    # ---- peer layouts -------------------------------------------------------------------
+    def check_peer_files(self) -> None:
+        """hls4ml's .dat and ONNX's .pb of the input and outputs: each parsed and compared with
+        the tensor's trusted values (the input agreed by its files, an output recomputed)."""
+        for f in self.manifest.get("peer_files", []):
+            rel, tid = f["path"], f["tensor"]
+            self.used.add(tid)
+            if rel in self.unsafe or rel not in self.present:
+                if rel not in self.unsafe and not os.path.lexists(self.root / rel):
+                    self.fail(f"{rel} is missing from the bundle")
+                continue
+            if tid not in self.tensors or tid not in self.trusted:
+                self.fail(f"{rel}: its tensor {tid} is not in the bundle or could not be checked")
+                continue
+            entry, values = self.tensors[tid], self.trusted[tid]
+            fmt = Format.from_dict(entry["format"])
+            self.files_checked += 1
+            try:
+                data = read_regular_file(self.root / rel, "file", (1 << 20) + 48 * values.size)
+                if hashlib.sha256(data).hexdigest() != f["sha256"]:
+                    self.fail(f"{rel}: sha256 does not match the manifest (edited or corrupted)")
+                    continue
+                want = values.astype(np.float64) * 2.0 ** -fmt.frac_bits
+                got = (_read_dat(data, want.shape[0]) if f["kind"] == "hls4ml"
+                       else _read_onnx_tensor(data, want.shape))
+                if f["kind"] == "hls4ml":
+                    want = to_layout(want, f["layout"]).reshape(want.shape[0], -1)
+                if got.shape != want.shape or not np.array_equal(got, want):
+                    self.fail(f"{rel}: its values differ from tensor {tid}'s")
+            except (UnreadableFile, ImageError, ValueError) as err:
+                self.fail(f"{rel}: {err}")
+
     # ---- training-step bundles ----------------------------------------------------------
     def check_training(self) -> None:
         from .training import verify_training
@@ -470,3 +552,34 @@ class _Verifier:
 
 def _counts(events) -> dict:
     return {k: int(v) for k, v in vars(events).items()}
+
+
+def _read_dat(data: bytes, samples: int) -> np.ndarray:
+    """hls4ml's tb_data .dat: one sample per line, space-separated decimal reals."""
+    lines = data.decode("ascii").split("\n")
+    if lines[-1] != "" or len(lines) - 1 != samples:
+        raise ImageError(f"{len(lines) - 1} lines (each ended by a newline), {samples} samples expected")
+    rows = [line.split(" ") for line in lines[:-1]]
+    if len({len(r) for r in rows}) > 1:
+        raise ImageError("its lines hold different numbers of values")
+    try:
+        return np.array([[float(v) for v in r] for r in rows], np.float64).reshape(samples, -1)
+    except ValueError as err:
+        raise ImageError(f"a value is not a decimal number ({err})") from None
+
+
+def _read_onnx_tensor(data: bytes, shape: tuple) -> np.ndarray:
+    from onnx import TensorProto, numpy_helper
+    tensor = TensorProto()
+    try:
+        tensor.ParseFromString(data)
+    except Exception as err:  # protobuf's DecodeError and kin
+        raise ImageError(f"is not an ONNX TensorProto ({type(err).__name__})") from None
+    if tuple(tensor.dims) != tuple(shape):
+        raise ImageError(f"declares dims {list(tensor.dims)}, the tensor has {list(shape)}")
+    if tensor.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+        raise ImageError(f"holds ONNX data type {tensor.data_type}, not float or double")
+    try:
+        return numpy_helper.to_array(tensor).astype(np.float64)
+    except ValueError as err:
+        raise ImageError(f"its data does not fit its dims ({err})") from None
