@@ -14,26 +14,43 @@ import zlib
 import numpy as np
 
 
+# Words of up to 63 bits are handled as int64 arrays (vectorised); wider ones as Python ints.
+_VECTOR_BITS = 63
+
+
 def pack_words(values: np.ndarray, width: int, lanes: int) -> list[int]:
     """Flattened signed values -> words (Python ints), lane 0 in the LSBs; the last word is
     padded with zero lanes."""
-    flat = [int(v) for v in np.asarray(values).reshape(-1)]
+    flat = np.asarray(values, dtype=np.int64).reshape(-1)
     lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
-    if flat and (min(flat) < lo or max(flat) > hi):
+    if flat.size and (int(flat.min()) < lo or int(flat.max()) > hi):
         raise ValueError(f"a value does not fit {width} signed bits")
     mask = (1 << width) - 1
-    flat += [0] * (-len(flat) % lanes)
+    if lanes * width <= _VECTOR_BITS:
+        lanes_of = np.zeros(-(-flat.size // lanes) * lanes, np.int64)
+        lanes_of[:flat.size] = flat & mask
+        shifts = np.arange(lanes, dtype=np.int64) * width
+        return (lanes_of.reshape(-1, lanes) << shifts).sum(axis=1).tolist()  # disjoint bits: sum = or
+    ints = [int(v) & mask for v in flat] + [0] * (-flat.size % lanes)
     words = []
-    for i in range(0, len(flat), lanes):
+    for i in range(0, len(ints), lanes):
         word = 0
-        for lane, v in enumerate(flat[i:i + lanes]):
-            word |= (v & mask) << (lane * width)
+        for lane, v in enumerate(ints[i:i + lanes]):
+            word |= v << (lane * width)
         words.append(word)
     return words
 
 
 def unpack_words(words: list[int], width: int, lanes: int, count: int) -> np.ndarray:
+    """Words -> the first ``count`` signed values (int64), lane 0 in the LSBs."""
     mask, sign = (1 << width) - 1, 1 << (width - 1)
+    if words and max(words) >> (lanes * width):
+        raise ImageError(f"a word has bits set above its {lanes} lanes of {width} bits (they are zero)")
+    if lanes * width <= _VECTOR_BITS:
+        w = np.array(words, dtype=np.int64) if words else np.zeros(0, np.int64)
+        v = (w[:, None] >> (np.arange(lanes, dtype=np.int64) * width)) & mask
+        v = np.where(v & sign, v - (1 << width), v).reshape(-1)
+        return np.ascontiguousarray(v[:count])
     values = []
     for word in words:
         for lane in range(lanes):
@@ -55,6 +72,9 @@ def memory_crc32(words, word_width: int) -> str:
     """IEEE 802.3 CRC-32 (zlib's) of the memory as it sits in a byte-addressed dump: each word in
     ceil(word_width / 8) bytes, least significant byte first, words in address order."""
     n = word_bytes(word_width)
+    if word_width <= 64:
+        image = np.array(words, dtype=np.uint64).astype("<u8").view(np.uint8).reshape(-1, 8)[:, :n]
+        return f"{zlib.crc32(image.tobytes()):08x}"
     return f"{zlib.crc32(b''.join(w.to_bytes(n, 'little') for w in words)):08x}"
 
 
@@ -117,7 +137,7 @@ def write_mif(words, word_width, header: dict) -> str:
     lines = [f"-- {k}={v}" for k, v in header.items()]
     d = _digits(word_width)
     depth = max(len(words), 1)
-    a = max(1, _digits(max(depth - 1, 1).bit_length()))
+    a = _mif_address_digits(depth)
     lines += [f"DEPTH = {depth};", f"WIDTH = {word_width};", "ADDRESS_RADIX = HEX;",
               "DATA_RADIX = HEX;", "CONTENT BEGIN"]
     lines += [f"{i:0{a}x} : {w:0{d}x};" for i, w in enumerate(words or [0])]
@@ -130,14 +150,15 @@ class ImageError(ValueError):
     message says where."""
 
 
-# digits of each radix, '_' allowed between them as Verilog does (int() alone would also take
-# signs, spaces and 0x prefixes)
+# digits of each radix, '_' allowed between them (where the caller allows it)
 _DIGITS = {2: re.compile(r"[01][01_]*"), 8: re.compile(r"[0-7][0-7_]*"),
            10: re.compile(r"[0-9][0-9_]*"), 16: re.compile(r"[0-9a-fA-F][0-9a-fA-F_]*")}
 
 
-def _word(token: str, radix: int, word_width: int, line: int) -> int:
-    if _DIGITS[radix].fullmatch(token) is None:
+def _word(token: str, radix: int, word_width: int, line: int, underscores: bool = False) -> int:
+    """A word in ``radix`` digits (and, in Verilog's files, '_' between them); int() alone would
+    also take signs, spaces and 0x prefixes."""
+    if _DIGITS[radix].fullmatch(token) is None or (not underscores and "_" in token):
         raise ImageError(f"line {line}: {token[:40]!r} is not a base-{radix} word")
     value = int(token, radix)
     if value >> word_width:
@@ -182,9 +203,9 @@ def read_readmemh(text: str, depth: int, word_width: int) -> list[int]:
             raise ImageError(f"line {line}: a stray '/'")
         elif not token.startswith("//"):
             if token.startswith("@"):
-                address = _word(token[1:], 16, 64, line)
+                address = _word(token[1:], 16, 64, line, underscores=True)
             else:
-                _collect(words, address, _word(token, 16, word_width, line), line)
+                _collect(words, address, _word(token, 16, word_width, line, underscores=True), line)
                 address += 1
     return _complete(words)
 
@@ -208,10 +229,32 @@ def _statements(text: str, comment: str | None = None):
         raise ImageError(f"line {start}: a statement does not end with ';'")
 
 
+_COE_HEAD = b"memory_initialization_radix=16;\nmemory_initialization_vector=\n"
+
+
+def _read_coe_as_written(text: str, depth: int, word_width: int):
+    """The words of a .coe laid out as `write_coe` writes it (comment lines, the two keywords,
+    one word per line), decoded at once; None for any other layout."""
+    data = text.encode("ascii", errors="replace")
+    at = data.find(_COE_HEAD)
+    if at < 0 or any(line and not line.startswith(b";") for line in data[:at].split(b"\n")):
+        return None
+    d = _digits(word_width)
+    grid = _grid(data[at + len(_COE_HEAD):], depth, d + 2)
+    if grid is None or (grid[:-1, d] != ord(",")).any() or grid[-1, d] != ord(";") \
+            or (grid[:, d + 1] != ord("\n")).any():
+        return None
+    words = _hex_field(grid, 0, d)
+    return None if words is None else _fits(words, word_width)
+
+
 def read_coe(text: str, depth: int, word_width: int) -> list[int]:
     """Exactly ``depth`` words from a Xilinx .coe file: memory_initialization_radix (2, 10 or
     16), then memory_initialization_vector, the last keyword (anything after it is ignored, as
     UG896 says)."""
+    words = _read_coe_as_written(text, depth, word_width)
+    if words is not None:
+        return words
     radix = None
     for statement, line in _statements(text, ";"):
         key, eq, value = statement.partition("=")
@@ -273,9 +316,40 @@ def _mif_value(token: str, radix_name: str, width: int, line: int) -> int:
     return _word(token, _MIF_RADIX[radix_name], width, line)
 
 
+def _mif_address_digits(depth: int) -> int:
+    return max(1, _digits(max(depth - 1, 1).bit_length()))
+
+
+def _read_mif_as_written(text: str, depth: int, word_width: int):
+    """The words of a .mif laid out as `write_mif` writes it (comment lines, the header, one
+    'address : word;' line per word in address order), decoded at once; None otherwise."""
+    data = text.encode("ascii", errors="replace")
+    head = (f"DEPTH = {depth};\nWIDTH = {word_width};\nADDRESS_RADIX = HEX;\nDATA_RADIX = HEX;\n"
+            "CONTENT BEGIN\n").encode()
+    at = data.find(head)
+    if at < 0 or any(line and not line.startswith(b"--") for line in data[:at].split(b"\n")) \
+            or not data.endswith(b"END;\n"):
+        return None
+    a, d = _mif_address_digits(depth), _digits(word_width)
+    grid = _grid(data[at + len(head):-5], depth, a + d + 5)
+    if grid is None:
+        return None
+    separators = np.frombuffer(b" : ", np.uint8)
+    if (grid[:, a:a + 3] != separators).any() or (grid[:, -2] != ord(";")).any() \
+            or (grid[:, -1] != ord("\n")).any():
+        return None
+    addresses, words = _hex_field(grid, 0, a), _hex_field(grid, a + 3, d)
+    if addresses != list(range(depth)) or words is None:
+        return None
+    return _fits(words, word_width)
+
+
 def read_mif(text: str, depth: int, word_width: int) -> list[int]:
     """Exactly ``depth`` words from an Intel .mif file: DEPTH and WIDTH (which must be the
     expected ones), ADDRESS_RADIX, DATA_RADIX, then CONTENT BEGIN ... END; every address once."""
+    words = _read_mif_as_written(text, depth, word_width)
+    if words is not None:
+        return words
     header = {}
     words: list | None = None
     ended = False
@@ -340,27 +414,43 @@ for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX_VALUE[ord(chr(_c).upper())] = _i
 
 
+def _hex_field(grid: np.ndarray, start: int, digits: int):
+    """The hex numbers in columns start .. start + digits of a (rows, line length) byte grid,
+    as a list of ints; None when a character there is not a hex digit."""
+    field = grid[:, start:start + digits]
+    values = _HEX_VALUE[field]
+    if (values == 255).any():
+        return None
+    if digits <= 15:  # 60 bits: int64
+        return (values.astype(np.int64) << (4 * np.arange(digits - 1, -1, -1))).sum(axis=1).tolist()
+    return [int(bytes(row), 16) for row in field]
+
+
+def _grid(data: bytes, rows: int, line: int):
+    """``data`` as a (rows, line) byte grid when it has exactly that size, else None."""
+    if rows == 0 or len(data) != rows * line:
+        return None
+    return np.frombuffer(data, np.uint8).reshape(rows, line)
+
+
+def _fits(words: list, word_width: int) -> list:
+    if any(w >> word_width for w in words):
+        line = next(i for i, w in enumerate(words) if w >> word_width) + 1
+        raise ImageError(f"word {line}: wider than {word_width} bits")
+    return words
+
+
 def read_mem(text: str, depth: int, word_width: int) -> list[int]:
     """Exactly ``depth`` words from a data-only $readmemh file, checked by the rules Vivado
     synthesis (UG901) sets: nothing but data (no comment, no '@' address, no blank line), one
     word per line, as many lines as the memory has rows; and, as our writer writes, exactly
     ceil(word_width / 4) hex digits per line."""
     d = _digits(word_width)
-    data = text.encode("ascii", errors="replace")
-    if len(data) == depth * (d + 1):  # the expected size: check and decode every line at once
-        grid = np.frombuffer(data, np.uint8).reshape(depth, d + 1)
-        digits = _HEX_VALUE[grid[:, :d]]
-        bad = (grid[:, d] != ord("\n")) | (digits == 255).any(axis=1)
-        if not bad.any():
-            if d <= 15:  # 60 bits: int64
-                values = (digits.astype(np.int64) << (4 * np.arange(d - 1, -1, -1))).sum(axis=1)
-                words = [int(v) for v in values]
-            else:
-                words = [int(line, 16) for line in text.split("\n")[:depth]]
-            if any(w >> word_width for w in words):
-                line = next(i for i, w in enumerate(words) if w >> word_width) + 1
-                raise ImageError(f"line {line}: the word is wider than {word_width} bits")
-            return words
+    grid = _grid(text.encode("ascii", errors="replace"), depth, d + 1)
+    if grid is not None and (grid[:, d] == ord("\n")).all():  # as written: every line at once
+        words = _hex_field(grid, 0, d)
+        if words is not None:
+            return _fits(words, word_width)
     lines = text.split("\n")  # not as expected: find the first line that breaks a rule
     if lines[-1] != "":
         raise ImageError(f"line {len(lines)}: the last line does not end with a newline")
