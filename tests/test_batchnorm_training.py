@@ -97,3 +97,78 @@ def test_batchnorm_backward_equals_exact_rational_formula(seed, affine):
         assert db.q[c] == e.q[:, c].sum() and db.frac_bits == 11
         assert dg.q[c] == int((e.q[:, c] * xhat.q[:, c]).sum()) and dg.frac_bits == 18
     assert dx.frac_bits == (7 if affine else 0) + DX_BITS - scale_exponent_of_ints(e.q, 11)
+
+
+@given(seed=st.integers(0, 2**31), fx=st.integers(4, 16), fe=st.integers(0, 20),
+       pow2_std=st.booleans(), n=st.integers(1, 4), affine=st.booleans())
+def test_batchnorm_backward_fast_path_equals_the_exact_one(seed, fx, fe, pow2_std, n, affine):
+    """The float estimate decides only where no half-integer is near (docs §10); everything else
+    goes the exact way: the results equal computing every element on Python integers. Powers of
+    two in std make exact ties common."""
+    from wageubn_sim.engine.batchnorm_backward import batchnorm2d_backward
+    from wageubn_sim.fixedpoint import FixedArray
+    rng = np.random.default_rng(seed)
+    shape = (n, 3, 4, 4)
+    x = FixedArray(rng.integers(-2**14, 2**14, shape), fx)
+    e = FixedArray(rng.integers(-256, 257, shape), fe)
+    mean = FixedArray(rng.integers(-2**12, 2**12, 3), 15)
+    std = FixedArray(2 ** rng.integers(4, 16, 3) if pow2_std else rng.integers(16, 2**16, 3), 15)
+    xhat = FixedArray(rng.integers(-300, 300, shape), 7)
+    gamma = FixedArray(rng.integers(-200, 200, 3), 7) if affine else None
+    try:
+        fast = batchnorm2d_backward(x, e, mean, std, xhat, gamma)
+    except OverflowError:  # a dx beyond the domain (tiny std): both ways refuse it
+        with pytest.raises(OverflowError):
+            batchnorm2d_backward(x, e, mean, std, xhat, gamma, always_exact=True)
+        return
+    exact = batchnorm2d_backward(x, e, mean, std, xhat, gamma, always_exact=True)
+    for a, b in zip(fast, exact):
+        assert a.frac_bits == b.frac_bits and np.array_equal(a.q, b.q)
+
+
+def test_batchnorm_backward_rounds_an_exact_tie_to_even():
+    """x = (-17, -57) * 2**-4, error (-1, 2), mean 8 * 2**-4, std 64 * 2**-4: the first dx is
+    exactly -14913/2 LSBs, a tie, which goes to the even -7456."""
+    from wageubn_sim.engine.batchnorm_backward import batchnorm2d_backward
+    from wageubn_sim.fixedpoint import FixedArray
+    x = FixedArray(np.array([-17, -57]).reshape(2, 1, 1, 1), 4)
+    e = FixedArray(np.array([-1, 2]).reshape(2, 1, 1, 1), 0)
+    dx = batchnorm2d_backward(x, e, FixedArray(np.array([8]), 4), FixedArray(np.array([64]), 4),
+                              FixedArray(np.zeros((2, 1, 1, 1), np.int64), 0))[0]
+    assert dx.q[0, 0, 0, 0] == -7456
+
+
+@given(num=st.integers(-2**130, 2**130), den=st.integers(1, 2**70))
+def test_ratio_rounded_equals_reference(num, den):
+    from wageubn_sim.fixedpoint.core import ratio_rounded
+    assert ratio_rounded(num, den) == ref.round_fraction(Fraction(num, den), Rounding.HALF_EVEN)
+    assert ratio_rounded(2 * num + den, 2 * den) == ref.round_fraction(Fraction(2 * num + den, 2 * den),
+                                                                      Rounding.HALF_EVEN)  # ties
+
+
+def _coarsest_grid(v):
+    """The definition, searched: the first f in 0..60 on which every value is an integer,
+    with the largest below 2**53 there."""
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        return None
+    for f in range(61):
+        scaled = v * 2.0 ** f
+        if np.abs(scaled).max() >= 2.0 ** 53:
+            return None
+        if np.array_equal(scaled, np.round(scaled)):
+            return f
+    return None
+
+
+@given(q=st.lists(st.integers(-2**40, 2**40), min_size=1, max_size=20), shift=st.integers(-10, 70),
+       odd=st.sampled_from([None, 2.0**-1074, 2.0**60, float("nan")]))
+def test_grid_integers_finds_the_coarsest_grid(q, shift, odd):
+    from wageubn_sim.function.batchnorm import grid_integers
+    v = np.array(q, np.float64) * 2.0 ** -shift
+    if odd is not None:
+        v[0] = odd
+    got, want = grid_integers(torch.from_numpy(v)), _coarsest_grid(v)
+    assert (got is None) == (want is None)
+    if got is not None:
+        ints, f = got
+        assert f == want and ints.dtype == np.int64 and np.array_equal(ints * 2.0 ** -f, v)

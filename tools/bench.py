@@ -1,6 +1,7 @@
 """Benchmark: the bit-exact engine against the torch fake-quant path on ResNet-18.
 
     python tools/bench.py [--batch N] [--rounds R] [--layers]
+    python tools/bench.py --training [--batch N] [--rounds R]
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
@@ -165,6 +166,127 @@ def bench_gemm(rounds):
         print(f"  {label}: {summary(rates, True)} GMAC/s (8192x576 @ 576x64)")
 
 
+class ExclusiveTimer:
+    """Wraps functions so that each call's time, less that of wrapped calls inside it, adds
+    to its part: a profile by parts, for one instrumented run."""
+
+    def __init__(self):
+        self.parts, self._stack = {}, []
+
+    def wrap(self, part, fn):
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            self._stack.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                inner = self._stack.pop()
+                self.parts[part] = self.parts.get(part, 0.0) + elapsed - inner
+                if self._stack:
+                    self._stack[-1] += elapsed
+        return timed_call
+
+
+def torch_path_parts(step):
+    """One torch-path step with its quantizers timed: {part: seconds}."""
+    from wageubn_sim.function import batchnorm as bn, number
+    timer = ExclusiveTimer()
+    saved = []
+
+    def patch(owner, name, part, static=False):
+        fn = getattr(owner, name)
+        saved.append((owner, name, owner.__dict__[name]))
+        wrapped = timer.wrap(part, fn)
+        setattr(owner, name, staticmethod(wrapped) if static else wrapped)
+
+    def quantize_values(*args, **kwargs):  # forward W/A registers, or G_BN in the backward
+        backward = torch._C._current_autograd_node() is not None
+        return timer.wrap("G_BN" if backward else "W, A and registers", saved_quantize)(*args, **kwargs)
+
+    saved_quantize = number.quantize_values
+    saved.append((number, "quantize_values", saved_quantize))
+    number.quantize_values = quantize_values
+    patch(number, "shift_values", "E1")
+    patch(number, "flag_values", "E2")
+    patch(number, "const_values", "G (stochastic rounding)")
+    patch(bn, "grid_integers", "BatchNorm grid search")
+    patch(bn.BatchNorm2d, "_exact_batch_registers", "BatchNorm batch statistics")
+    patch(bn._IntegerBatchNorm, "backward", "BatchNorm integer backward", static=True)
+    try:
+        total = timed(step)
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+    timer.parts["the rest (torch's own work, the optimizer)"] = total - sum(timer.parts.values())
+    return timer.parts, total
+
+
+def bench_training(batches, rounds):
+    """Training steps of ResNet-18 CIFAR on random data, alternating round by round: float
+    torch (SGD, momentum 0.9) in float32 and float64, the WAGEUBN torch path (WageubnSGD) in
+    float32 (as researchers run it) and float64 (where it is bit-exact with the engine), and
+    the integer engine (`IntegerTrainer.step`)."""
+    from wageubn_sim.function.optim import WageubnSGD
+    from wageubn_sim.training import IntegerTrainer
+    for batch in batches:
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((batch, 3, 32, 32)), rng.integers(0, 10, batch)
+        steps = {}
+        for dtype in (torch.float32, torch.float64):
+            torch.manual_seed(0)
+            net = resnet18(10, cifar=True).to(dtype).train()
+            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+            xt, yt = torch.from_numpy(x).to(dtype), torch.from_numpy(y)
+            steps[f"float {str(dtype)[6:]}"] = _torch_step(net, opt, xt, yt)
+            torch.manual_seed(0)
+            qnet = wageubn_sim.quantize_model(resnet18(10, cifar=True)).to(dtype).train()
+            qopt = WageubnSGD(qnet.parameters(), 0.25)
+            qopt.snap_to_grid()
+            steps[f"torch path {str(dtype)[6:]}"] = _torch_step(qnet, qopt, xt, yt)
+        torch.manual_seed(0)
+        qnet = wageubn_sim.quantize_model(resnet18(10, cifar=True)).double().train()
+        WageubnSGD(qnet.parameters(), 0.25).snap_to_grid()
+        trainer = IntegerTrainer.from_model(qnet, x, lr=0.25)
+        parts: dict = {}
+        steps["integer engine"] = lambda: trainer.step(x, y, timings=parts)
+        for step in steps.values():  # warm-up (JIT, caches)
+            step()
+        parts.clear()
+        times = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                times[name].append(timed(step))
+        print(f"ResNet-18 CIFAR training step: batch {batch}, {rounds} rounds, median (best)")
+        for name, t in times.items():
+            print(f"  {name + ':':<22}{summary(t, scale=1e3):>20} ms")
+        for num, den in (("torch path float32", "float float32"), ("torch path float64", "float float64"),
+                         ("integer engine", "float float32"), ("integer engine", "float float64")):
+            ratio = statistics.median(a / b for a, b in zip(times[num], times[den]))
+            print(f"  {num} / {den}: {ratio:.2f}x median of rounds")
+        total = sum(times["integer engine"])
+        print("  integer engine, by part (share of its steps):")
+        parts["other (pooling, Add, Flatten backward, the logits' error)"] = total - sum(parts.values())
+        for part, t in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"    {part:<58}{100 * t / total:5.1f}%")
+        for dtype in ("float32", "float64"):
+            torch_parts, total = torch_path_parts(steps[f"torch path {dtype}"])
+            quantizers = sum(t for p, t in torch_parts.items()
+                             if p in ("E1", "E2", "G (stochastic rounding)", "G_BN", "BatchNorm grid search"))
+            print(f"  torch path {dtype}, by part (one instrumented step, {total * 1e3:.0f} ms); "
+                  f"E1, E2, G, G_BN and the grid search: {100 * quantizers / total:.1f}%")
+            for part, t in sorted(torch_parts.items(), key=lambda kv: -kv[1]):
+                print(f"    {part:<58}{100 * t / total:5.1f}%")
+
+
+def _torch_step(net, opt, x, y):
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return step
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
@@ -172,9 +294,15 @@ def main():
                         help="timed rounds per figure (default 9)")
     parser.add_argument("--layers", action="store_true",
                         help="also print each conv/linear layer's median time and GMAC/s")
+    parser.add_argument("--training", action="store_true",
+                        help="benchmark training steps instead (batch 8 and 32, 5 rounds by default)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
+    if args.training:
+        rounds = args.rounds if "--rounds" in os.sys.argv else 5
+        bench_training([args.batch] if "--batch" in os.sys.argv else [8, 32], rounds)
+        return
     bench_resnet("ResNet-18 CIFAR 32x32", 32, args.batch, args.rounds, cifar=True,
                  per_layer=args.layers)
     bench_resnet("ResNet-18 ImageNet 224x224", 224, max(1, args.batch // 8), args.rounds,

@@ -9,19 +9,16 @@
 from __future__ import annotations
 
 import dataclasses
-from fractions import Fraction
 
 import numpy as np
 from numba import njit, prange
 
 from ..fixedpoint.core import (DOMAIN_LIMIT, QUOTIENT_ESTIMATE_LIMIT, fit_overflow,
-                               floor_divide, magnitude_max, requantize, round_quotient,
-                               sqrt_rounded)
+                               floor_divide, magnitude_max, ratio_rounded, requantize,
+                               round_quotient, sqrt_rounded)
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
-from ..fixedpoint.reference import round_fraction
 from .registers import Events, Output, align, input_stage, output_stage
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +131,44 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
     return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)
 
 
+@njit(cache=True, parallel=True)
+def _channel_sums(a, b, sums, hi, lo):
+    """Per channel of a, b (N, C, P int64): sums[c] = sum a (int64), and sum a*b in 128 bits
+    as hi[c] * 2**64 + lo[c] (lo unsigned). Every product must fit int64 (the caller checks)."""
+    n, c, p = a.shape
+    for ch in prange(c):
+        total = np.int64(0)
+        high = np.int64(0)
+        low = np.uint64(0)
+        for i in range(n):
+            for j in range(p):
+                total += a[i, ch, j]
+                product = a[i, ch, j] * b[i, ch, j]
+                new = low + np.uint64(product)  # the product's two's complement bits
+                high += np.int64(new < low) - np.int64(product < 0)  # carry, sign extension
+                low = new
+        sums[ch] = total
+        hi[ch] = high
+        lo[ch] = low
+
+
+def channel_sums(a: np.ndarray, b: np.ndarray) -> tuple[list, list]:
+    """(sum a, sum a * b) per channel of two (N, C, H, W) integer arrays, exact, as Python ints:
+    products in int64 (bounds checked), sums in 128 bits. Falls back to Python integers where a
+    product could leave int64."""
+    n, c = a.shape[:2]
+    a3 = np.ascontiguousarray(a, dtype=np.int64).reshape(n, c, -1)
+    b3 = np.ascontiguousarray(b, dtype=np.int64).reshape(n, c, -1)
+    if a3.size == 0:
+        return [0] * c, [0] * c
+    if magnitude_max(a3) * magnitude_max(b3) >= 1 << 63 or a3.shape[0] * a3.shape[2] >= 1 << 62:
+        ao, bo = a3.astype(object), b3.astype(object)
+        return ([int(v) for v in ao.sum(axis=(0, 2))], [int(v) for v in (ao * bo).sum(axis=(0, 2))])
+    sums, hi, lo = np.empty(c, np.int64), np.empty(c, np.int64), np.empty(c, np.uint64)
+    _channel_sums(a3, b3, sums, hi, lo)
+    return [int(v) for v in sums], [int(h) * (1 << 64) + int(l) for h, l in zip(hi, lo)]
+
+
 def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Format,
                      eps_lsbs: int, overflow=Overflow.SAT_SYM) -> tuple[np.ndarray, np.ndarray]:
     """The training-mode statistics registers of one batch, per channel (docs §8):
@@ -141,8 +176,8 @@ def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Form
         mean_q = round(S1 / M)                  on mean_fmt's grid, then its overflow
         std_q  = round(sqrt(S2/M - (S1/M)**2))  on std_fmt's grid, then its overflow, + eps_lsbs
 
-    with S1 = sum x, S2 = sum x*x over N, H, W (M values; biased variance), computed exactly on
-    Python integers and rounded half to even once each.
+    with S1 = sum x, S2 = sum x*x over N, H, W (M values; biased variance), summed exactly
+    (`channel_sums`) and rounded half to even once each on Python integers.
     """
     if x.ndim != 4:
         raise ValueError(f"batch statistics need an N,C,H,W input, got {x.shape}")
@@ -151,12 +186,10 @@ def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Form
         raise ValueError("batch statistics of an empty batch are undefined")
     fm, fs = mean_fmt.frac_bits, std_fmt.frac_bits
     means, stds = [], []
-    for ch in range(x.shape[1]):
-        vals = x[:, ch].reshape(-1).astype(object)
-        s1, s2 = int(vals.sum()), int((vals * vals).sum())
+    for s1, s2 in zip(*channel_sums(x, x)):
         # mean = s1 / (m * 2**fx); on 2**-fm: round(s1 * 2**fm / (m * 2**fx))
         num, den = s1 << max(fm - x_frac, 0), m << max(x_frac - fm, 0)
-        means.append(round_fraction(Fraction(num, den), Rounding.HALF_EVEN))  # exact, any size
+        means.append(ratio_rounded(num, den))  # exact, any size
         # var * 2**(2 fs) = (m*s2 - s1**2) * 2**(2 fs) / (m**2 * 2**(2 fx))
         shift = 2 * fs - 2 * x_frac
         stds.append(sqrt_rounded((m * s2 - s1 * s1) << max(shift, 0), (m * m) << max(-shift, 0)))

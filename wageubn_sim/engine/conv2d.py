@@ -24,7 +24,7 @@ from ..fixedpoint.core import (DOMAIN_LIMIT, OVERFLOWED, format_range, requantiz
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix, exact_matmul,
-                  mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache)
+                  mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache, weight_summary)
 from .registers import (ACC_EVENT, Accumulator, Events, Output, align, check_ints, input_stage,
                         output_stage)
 
@@ -60,7 +60,7 @@ def _check(x, weight, bias, p: Conv2dParams, what: str):
         raise ValueError(f"{what}: bias shape {bias.shape} != ({o},)")
     cache = weight_cache(weight)
     if "range" not in cache:
-        cache["range"] = value_range(weight)
+        cache.update(weight_summary(weight.reshape(o, -1)))
     lo, hi = cache["range"]
     if p.weight_fmt.bounded and (lo < p.weight_fmt.min_int or hi > p.weight_fmt.max_int):
         raise ValueError(f"{what}: weights outside their format {p.weight_fmt.describe()}")
@@ -110,10 +110,8 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     x_range = value_range(x)
     x_max = max(-x_range[0], x_range[1])
     cache = weight_cache(weight)
-    if "row_abs_max" not in cache:
-        w_abs = np.abs(weight.reshape(o, -1))
-        cache["row_abs_max"] = int(w_abs.sum(axis=1).max(initial=0))
-        cache["abs_max"] = int(w_abs.max(initial=0))
+    if "row_abs_max" not in cache:  # the adder's aligned weights are a fresh array
+        cache.update(weight_summary(weight.reshape(o, -1)))
     b_max = int(np.abs(bias_al).max(initial=0))
     if op == OP_ADDER:
         bound = b_max + cg * kh * kw * (x_max + cache["abs_max"])

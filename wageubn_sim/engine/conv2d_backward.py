@@ -54,13 +54,28 @@ def error_matrix(error: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(error.transpose(1, 0, 2, 3)).reshape(error.shape[1], -1)
 
 
+class _TransposedWindows:
+    """The window matrix read transposed, (N*OH*OW, K): the reduction of dw runs over the
+    pixels. Its int8 digits are the forward's (`WindowMatrix.digit_cols`), transposed as views,
+    which the GEMM reads column-major: no int64 window matrix, no transposed copy."""
+
+    def __init__(self, windows: WindowMatrix):
+        self.windows = windows
+
+    def __call__(self, dtype):
+        return self.windows(dtype).T
+
+    def digit_cols(self, count: int, origin: int) -> list:
+        return [cols.T for cols in self.windows.digit_cols(count, origin)]
+
+
 def _weight_gradient(x, x_range, e_mat, weight_shape, out_size, p: Conv2dParams, g: int):
     """dw of group g: e (O/g, NP) @ windows^T (NP, K), exact, as (O/g, C/g, kh, kw)."""
     og, cg, kh, kw = weight_shape[0] // p.groups, *weight_shape[1:]
     cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
                         out_size)
     e_g = e_mat[g * og:(g + 1) * og]
-    return exact_matmul(e_g, lambda dtype: cols(dtype).T, x_range, 1)[0].reshape(og, cg, kh, kw)
+    return exact_matmul(e_g, _TransposedWindows(cols), x_range, 1)[0].reshape(og, cg, kh, kw)
 
 
 def conv2d_weight_gradient(x: np.ndarray, weight_shape, error: np.ndarray, p: Conv2dParams):

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import weakref
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import value_range
+from ..fixedpoint.core import magnitude_max, value_range
 
 
 FLOAT32_EXACT = 1 << 24
@@ -132,6 +133,14 @@ class WindowMatrix:
         self.dilation, self.out_size = dilation, out_size
         cg, (kh, kw) = c1 - c0, kernel
         self.kernel_major = np.arange(cg * kh * kw).reshape(cg, kh, kw).transpose(1, 2, 0).ravel()
+
+    def to_kernel_major(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (..., K) with K channel-major (c, i, j) -> K kernel-major (i, j, c), contiguous:
+        the same permutation as indexing with ``kernel_major``, by a transpose (a gather is
+        several times slower on a large weight)."""
+        cg, (kh, kw) = self.c1 - self.c0, self.kernel
+        lead = a.shape[:-1]
+        return np.ascontiguousarray(a.reshape(*lead, cg, kh * kw).swapaxes(-1, -2)).reshape(*lead, -1)
 
     def __call__(self, dtype):
         (kh, kw), (oh, ow) = self.kernel, self.out_size
@@ -380,12 +389,8 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
     plus the input digits' constant) into int64, laid out as N, O, P.
     """
     prepared = {} if prepared is None else prepared
-    if "abs_prefix" not in prepared:
-        cs = np.zeros((w.shape[0], w.shape[1] + 1), np.int64)
-        np.cumsum(np.abs(w), axis=1, out=cs[:, 1:])
-        prepared["abs_prefix"] = cs
-        prepared["range"] = value_range(w)
-        prepared["row_sums"] = w.sum(axis=1, dtype=np.int64)
+    if "range" not in prepared:
+        prepared.update(weight_summary(w))
     x_lo, x_hi = x_range
     x_max = max(-x_lo, x_hi, 0)
     x_digits, w_digits = offset_digits(x_lo, x_hi), balanced_digits(*prepared["range"])
@@ -415,11 +420,42 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
     return out
 
 
+@njit(cache=True, parallel=True)
+def _weight_rows(w, row_sums, row_abs, row_lo, row_hi, row_abs_max):
+    for o in prange(w.shape[0]):
+        total, magnitude, lo, hi, top = 0, 0, w[o, 0], w[o, 0], 0
+        for k in range(w.shape[1]):
+            v = np.int64(w[o, k])
+            total += v
+            a = -v if v < 0 else v
+            magnitude += a
+            lo, hi, top = min(lo, v), max(hi, v), max(top, a)
+        row_sums[o], row_abs[o], row_lo[o], row_hi[o], row_abs_max[o] = total, magnitude, lo, hi, top
+
+
+def weight_summary(w: np.ndarray) -> dict:
+    """What the exact methods need of a weight matrix (O, K), in one pass: its range, each
+    row's sum, the largest row sum of magnitudes (sum_k |w[o, k]|, the overflow bound's) and
+    the largest magnitude. Sums in int64: |w| < 2**61 and K < 2**20 or so keep them exact
+    (checked)."""
+    o, k = w.shape
+    if w.size == 0:
+        return {"range": (0, 0), "row_sums": np.zeros(o, np.int64), "row_abs_max": 0, "abs_max": 0}
+    w = np.ascontiguousarray(w)
+    if magnitude_max(w) * k >= 1 << 62:
+        raise OverflowError("weight row sums leave int64; the weights are too wide")
+    row_sums, row_abs = np.empty(o, np.int64), np.empty(o, np.int64)
+    lo, hi, top = np.empty(o, np.int64), np.empty(o, np.int64), np.empty(o, np.int64)
+    _weight_rows(w, row_sums, row_abs, lo, hi, top)
+    return {"range": (int(lo.min()), int(hi.max())), "row_sums": row_sums,
+            "row_abs_max": int(row_abs.max()), "abs_max": int(top.max())}
+
+
 def _digit_sums_fit(k: int, x_digits, w_digits, prepared) -> bool:
     """Whether every int64 sum `_sum_parts` forms from digit products stays below 2**62:
     |the digit parts| <= K * 128 R_Dx * 128 R_Dw, |the offset| <= |c| * max_o sum_k |w[o, k]|."""
     parts = k * 128 * _repunit(x_digits[0]) * 128 * _repunit(w_digits[0])
-    offset = abs(digit_offset(*x_digits)) * int(prepared["abs_prefix"][:, -1].max(initial=0))
+    offset = abs(digit_offset(*x_digits)) * prepared["row_abs_max"]
     return parts + offset < 1 << 62
 
 
@@ -442,12 +478,12 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
         if x_count > 1 and np.count_nonzero(planes[-1]) < SPARSE_TOP_DENSITY * planes[-1].size:
             if "kernel_major" not in prepared:
                 prepared["kernel_major"] = np.ascontiguousarray(
-                    w[:, cols_source.kernel_major].T.astype(np.int64))
+                    cols_source.to_kernel_major(w.astype(np.int64, copy=False)).T)
             sparse_top = (planes[-1], DIGIT_BITS * (x_count - 1), prepared["kernel_major"])
             planes = planes[:-1]
         cols = [cols_source.rows(plane) for plane in planes]
-        if "digits_km" not in prepared:
-            prepared["digits_km"] = split_digits(w[:, cols_source.kernel_major], w_count, w_origin)
+        if "digits_km" not in prepared:  # permuted as int8 digits: a fraction of the bytes
+            prepared["digits_km"] = cols_source.to_kernel_major(split_digits(w, w_count, w_origin))
         w_d = prepared["digits_km"]
         pixels_first = sparse_top is not None
         shape = (cols[0].shape[0], w.shape[0]) if pixels_first else (w.shape[0], cols[0].shape[0])
@@ -482,6 +518,10 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
 def _float_parts(w, cols_source, x_max, prepared):
     """BLAS chunk products in float32 (or float64), each chunk's sums exact; None if no float
     type holds them."""
+    if "abs_prefix" not in prepared:  # cs[o, j] = sum_{k<j} |w[o, k]|, for the chunking
+        cs = np.zeros((w.shape[0], w.shape[1] + 1), np.int64)
+        np.cumsum(np.abs(w), axis=1, out=cs[:, 1:])
+        prepared["abs_prefix"] = cs
     plans = [(dtype, _chunks(prepared["abs_prefix"], max(x_max, 1), limit))
              for dtype, limit in ((np.float32, FLOAT32_EXACT), (np.float64, FLOAT64_EXACT))
              if x_max < limit]
@@ -601,8 +641,9 @@ def _int_matmul(a, b):
 
 
 # One MAC into accumulator value v, overflow applied: (new v, 1 if the overflow rule acted).
-# m is 0 for a padding tap (blocks are filled to four taps) and adds nothing. The loop takes
-# one of these as an argument, so the JIT compiles one branch-free kernel per kind.
+# m is 0 for a padding tap (blocks are filled to four taps) and adds nothing. The loop names
+# one of these by a literal int (`mac_term`), so that the JIT compiles one branch-free kernel
+# per kind, and the disk cache keeps them (a function passed as an argument is never cached).
 @njit(inline="always", fastmath=_EXACT_FAST)
 def multiply_saturate(v, x, w, m, lo, hi, span):
     total = v + x * w
@@ -631,13 +672,35 @@ def adder_wrap(v, x, w, m, lo, hi, span):
     return fitted, (lo - lo) + (fitted != total)  # the event in the values' dtype
 
 
-MAC_TERMS = {(OP_MULTIPLY, False): multiply_saturate, (OP_MULTIPLY, True): multiply_wrap,
-             (OP_ADDER, False): adder_saturate, (OP_ADDER, True): adder_wrap}
+MULTIPLY_SATURATE, MULTIPLY_WRAP, ADDER_SATURATE, ADDER_WRAP = 0, 1, 2, 3
+MAC_TERMS = {(OP_MULTIPLY, False): MULTIPLY_SATURATE, (OP_MULTIPLY, True): MULTIPLY_WRAP,
+             (OP_ADDER, False): ADDER_SATURATE, (OP_ADDER, True): ADDER_WRAP}
+
+
+@njit(inline="always", fastmath=_EXACT_FAST)
+def mac_step(term, v, x, w, m, lo, hi, span):
+    """The MAC of kind ``term`` (a literal: the other branches are pruned at compile time)."""
+    if term == MULTIPLY_SATURATE:
+        return multiply_saturate(v, x, w, m, lo, hi, span)
+    if term == MULTIPLY_WRAP:
+        return multiply_wrap(v, x, w, m, lo, hi, span)
+    if term == ADDER_SATURATE:
+        return adder_saturate(v, x, w, m, lo, hi, span)
+    return adder_wrap(v, x, w, m, lo, hi, span)
+
+
+@njit(cache=True)
+def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, groups,
+                    mac_term, merge_term, lo, hi, span, k_split, out, acc_events):
+    """`_narrow_mac_loop`, its terms (MAC_TERMS values) made compile-time constants."""
+    _narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, groups,
+                     numba.literally(mac_term), numba.literally(merge_term), lo, hi, span,
+                     k_split, out, acc_events)
 
 
 @njit(cache=True, parallel=True, fastmath=_EXACT_FAST)
-def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, groups,
-                    mac_term, merge_term, lo, hi, span, k_split, out, acc_events):
+def _narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, groups,
+                     mac_term, merge_term, lo, hi, span, k_split, out, acc_events):
     """One accumulator per output element, MACs in hardware order, overflow after each add.
 
     planes (N, C*S, L): the padded input split into S = sh*sw stride phases, each phase a flat
@@ -645,8 +708,8 @@ def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, 
     output p = y*pitch + x reads planes[n, c*S + tap_plane[t], tap_offset[t] + p] (columns
     x >= ow are computed on neighbouring data and dropped). w_taps (O, K): weights in MAC
     order (products already shifted to the accumulator's grid). ``bias`` (O,) preloads the
-    first partial sum. ``mac_term`` is one of MAC_TERMS; ``merge_term`` (multiply_saturate or
-    multiply_wrap) adds the k_split partial sums. Every value is exact in the arrays' dtype
+    first partial sum. ``mac_term`` is one of MAC_TERMS' values; ``merge_term``
+    (MULTIPLY_SATURATE or MULTIPLY_WRAP) adds the k_split partial sums. Every value is exact in the arrays' dtype
     (float32 only when the caller proved |every sum| < 2**24, else int64). acc_events[n, o]
     counts the additions that wrapped or saturated, over real columns only.
 
@@ -702,10 +765,10 @@ def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, 
                     a = acc[q, s]
                     acted = zero
                     for p in range(plane):
-                        v, e0 = mac_term(a[p], x0[p], w0, m0, lo, hi, span)
-                        v, e1 = mac_term(v, x1[p], w1, m1, lo, hi, span)
-                        v, e2 = mac_term(v, x2[p], w2, m2, lo, hi, span)
-                        v, e3 = mac_term(v, x3[p], w3, m3, lo, hi, span)
+                        v, e0 = mac_step(mac_term, a[p], x0[p], w0, m0, lo, hi, span)
+                        v, e1 = mac_step(mac_term, v, x1[p], w1, m1, lo, hi, span)
+                        v, e2 = mac_step(mac_term, v, x2[p], w2, m2, lo, hi, span)
+                        v, e3 = mac_step(mac_term, v, x3[p], w3, m3, lo, hi, span)
                         a[p] = v
                         acted += (e0 + e1 + e2 + e3) * real[p]
                     events[q] += np.int64(acted)
@@ -714,7 +777,7 @@ def narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias, 
                 for y in range(oh):
                     for x in range(ow):
                         p = y * pitch + x
-                        v, e = merge_term(acc[q, 0, p], acc[q, s, p], 1, 1, lo, hi, span)
+                        v, e = mac_step(merge_term, acc[q, 0, p], acc[q, s, p], 1, 1, lo, hi, span)
                         acc[q, 0, p] = v
                         events[q] += e
             for y in range(oh):

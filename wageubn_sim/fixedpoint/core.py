@@ -414,13 +414,13 @@ def round_to_integer(y, rounding: Rounding, u=None):
     ``shift_right_rounded``). ``y - floor(y)`` is exact in binary floating point, so no
     comparison here is approximate. ``u``: uint32 words as float64, for STOCHASTIC."""
     xp = array_namespace(y)
+    if rounding == Rounding.HALF_EVEN:  # IEEE's round to nearest even (rint): exact, one pass
+        return xp.round(y)
     floor = xp.floor(y)
     frac = y - floor
     if rounding == Rounding.FLOOR:
         return floor
-    if rounding == Rounding.HALF_EVEN:
-        up = (frac > 0.5) | ((frac == 0.5) & is_odd(floor))
-    elif rounding == Rounding.HALF_UP:
+    if rounding == Rounding.HALF_UP:
         up = frac >= 0.5
     elif rounding == Rounding.HALF_AWAY:
         up = (frac > 0.5) | ((frac == 0.5) & (y > 0))
@@ -501,10 +501,37 @@ def quantize_to_grid(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overf
     xp = array_namespace(x)
     y = x.double() if xp is not np else np.asarray(x, dtype=np.float64)
     u = check_random_words(u, y.shape, rounding)
-    if u is not None:
-        u = _words_as_float(u, y, xp)
-    return fit_overflow_float(round_to_integer(scale_exactly(y, fmt.frac_bits), rounding, u),
-                              fmt, overflow)
+    y = scale_exactly(y, fmt.frac_bits)
+    if u is not None and (xp is np or y.device.type == "cpu") and np.asarray(u).dtype == np.uint32:
+        rounded = _stochastic_on_cpu(y, np.ascontiguousarray(u), xp)  # one fused pass
+    else:
+        rounded = round_to_integer(y, rounding, None if u is None else _words_as_float(u, y, xp))
+    return fit_overflow_float(rounded, fmt, overflow)
+
+
+@njit(cache=True, parallel=True)
+def _round_stochastic(y, u, out):
+    """`round_to_integer`'s STOCHASTIC rule, element by element, in one pass."""
+    for i in prange(y.size):
+        v = y[i]
+        magnitude = abs(v)
+        m_floor = np.floor(magnitude)
+        m_frac = magnitude - m_floor
+        threshold = u[i] * 2.0 ** -U_BITS
+        half = m_floor * 0.5
+        up = (m_frac > threshold) | ((m_frac == threshold) & (m_frac > 0) & (np.floor(half) != half))
+        rounded = m_floor + up
+        out[i] = -rounded if v < 0 else (rounded if v > 0 else v)
+
+
+def _stochastic_on_cpu(y, u: np.ndarray, xp):
+    """Stochastic rounding of the float64 array y (numpy, or a CPU torch tensor: the same
+    memory) with uint32 words u, by the fused kernel."""
+    flat = np.ascontiguousarray(y if xp is np else y.contiguous().numpy()).reshape(-1)
+    out = np.empty_like(flat)
+    _round_stochastic(flat, u.reshape(-1), out)
+    out = out.reshape(y.shape)
+    return out if xp is np else xp.from_numpy(out)
 
 
 def _words_as_float(u, like, xp):
@@ -550,6 +577,12 @@ def quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT,
     # every rail lies within +-2**62: clipping there first keeps each decision and fits int64
     limit = float(1 << MAX_BITS)
     return np.clip(np.clip(r, -limit, limit).astype(np.int64), lo, hi)
+
+
+def ratio_rounded(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half to even, exactly, on Python integers (den > 0)."""
+    q, r = divmod(numerator, denominator)
+    return q + (2 * r > denominator or (2 * r == denominator and q % 2 == 1))
 
 
 def sqrt_rounded(numerator: int, denominator: int) -> int:

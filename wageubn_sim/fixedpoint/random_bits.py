@@ -18,6 +18,7 @@ calling this one function. The value is used as the fraction u / 2**32 in [0, 1)
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 U_BITS = 32
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -34,13 +35,21 @@ def random_u32(seed: int, stream: int, count: int) -> np.ndarray:
         raise ValueError(f"count must be a non-negative int, got {count!r}")
     if count > 1 << 32:
         raise ValueError(f"one draw holds at most 2**32 words, asked for {count}; split the tensor")
-    counter = np.arange(count, dtype=np.uint64) + np.uint64(stream << 32)
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + (counter + np.uint64(1)) * _GOLDEN
+    out = np.empty(count, np.uint32)
+    _splitmix_words(np.uint64(seed), np.uint64(stream << 32), out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _splitmix_words(seed, base, out):
+    """out[i] = the word of counter base + i: uint64 arithmetic wraps mod 2**64, as the
+    definition says; one pass, in parallel (each word depends on its counter alone)."""
+    for i in prange(out.size):
+        z = seed + (base + np.uint64(i) + np.uint64(1)) * _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(32)).astype(np.uint32)
+        out[i] = np.uint32(z >> np.uint64(32))
 
 
 def random_u32_reference(seed: int, stream: int, index: int) -> int:

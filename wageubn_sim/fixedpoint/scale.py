@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 from numba import njit
 
-from .core import check_domain
+from .core import check_domain, in_domain, value_range
 from .format import MAX_BITS
 
 
@@ -50,11 +50,12 @@ def shift_exponent_int(m, table):
 def scale_exponent_of_ints(q: np.ndarray, frac_bits: int) -> int:
     """e of R = 2**e for the tensor q * 2**-frac_bits (integers)."""
     q = np.asarray(q)
-    if q.size == 0 or not np.any(q):
+    lo, hi = value_range(q)  # one pass: the range gives the domain check and max |q|
+    if lo == hi == 0:
         return 0
-    check_domain(q)
-    m = int(np.abs(q.astype(np.int64)).max())
-    return int(shift_exponent_int(m, ROUND_UP_FROM)) - int(frac_bits)
+    if not in_domain(lo, hi):
+        check_domain(q)  # raises, naming the domain
+    return int(shift_exponent_int(max(-lo, hi), ROUND_UP_FROM)) - int(frac_bits)
 
 
 def scale_exponent_of_floats(x) -> int:

@@ -12,6 +12,8 @@ gradients go through G_BN.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -28,19 +30,30 @@ _TINY_VARIANCE = 2.0 ** -80
 _MAX_GRID_FRAC = 60
 
 
-def _grid_frac(x: torch.Tensor) -> int | None:
-    """The coarsest grid 2**-f (0 <= f <= 60) holding every value of x exactly, with the
-    integers below 2**53; None if there is none."""
+def grid_integers(x: torch.Tensor):
+    """(q, f): x as integers q (int64 numpy) on the coarsest grid 2**-f, 0 <= f <= 60, with
+    |q| < 2**53; None when there is no such grid (a value off every grid, or spanning more
+    than 53 bits, or not finite). From the finest grid the largest value allows, f_c (it fits
+    53 bits there): x on it must be integers, and the trailing zeros they all share give the
+    coarsest grid. A handful of array passes."""
     v = x.detach().double().cpu().numpy()
-    if v.size == 0 or not np.all(np.isfinite(v)):
+    if v.size == 0:
         return None
-    for f in range(_MAX_GRID_FRAC + 1):
-        scaled = v * 2.0 ** f
-        if np.abs(scaled).max() >= 2.0 ** 53:
-            return None
-        if np.array_equal(scaled, np.round(scaled)):
-            return f
-    return None  # keeps d sqrt(var) finite at var = 0; sqrt is 2**-40, below any grid
+    biggest = float(np.abs(v).max())
+    if not np.isfinite(biggest):
+        return None
+    if biggest == 0:
+        return np.zeros(v.shape, np.int64), 0
+    f_c = min(_MAX_GRID_FRAC, 53 - math.frexp(biggest)[1])  # biggest * 2**f_c < 2**53
+    if f_c < 0:
+        return None
+    scaled = v * 2.0 ** f_c  # a power of two: exact (no value is below 2**-1074 * 2**f_c here)
+    if not np.array_equal(np.rint(scaled), scaled):
+        return None
+    q = scaled.astype(np.int64)
+    common = int(np.bitwise_or.reduce(q.reshape(-1)))
+    shift = min((common & -common).bit_length() - 1, f_c) if common else f_c
+    return q >> shift, f_c - shift
 
 
 class BatchNorm2d(QuantModule, nn.BatchNorm2d):
@@ -67,15 +80,16 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         std_q = self._register(torch.sqrt(var.clamp_min(_TINY_VARIANCE)), "var") + self.quantized_eps()
         return mean_q, std_q
 
-    def _exact_batch_registers(self, x, mean_q, std_q, frac):
+    def _exact_batch_registers(self, x, mean_q, std_q, on_grid):
         """In training, the contract's exact batch statistics (integer sums, one rounding each,
         `engine.batchnorm.batch_statistics`) replace the float ones' values wherever the input
         lies on a dyadic grid, as it does between WAGEUBN layers; gradients stay those of the
-        float statistics (straight-through, as in the official code). ``frac``: x's grid."""
-        if frac is None:
+        float statistics (straight-through, as in the official code). ``on_grid``: x as
+        (integers, frac), from `grid_integers`, or None."""
+        if on_grid is None:
             return mean_q, std_q
         from ..engine.batchnorm import batch_statistics
-        q = np.round(x.detach().double().cpu().numpy() * 2.0 ** frac).astype(np.int64)
+        q, frac = on_grid
         mean_fmt, std_fmt = Format.from_seed(self.mean_dec_bit_width, self.mean_all_bit_width), \
             Format.from_seed(self.var_dec_bit_width, self.var_all_bit_width)
         eps_lsbs = round(self.quantized_eps() * 2.0 ** std_fmt.frac_bits)
@@ -108,21 +122,21 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
         x = self._io(input, "input")
         mean_q, std_q = self.statistics_registers(*self._statistics(x))
         batch = self.training or self.running_mean is None
-        frac = _grid_frac(x) if batch else None
+        on_grid = grid_integers(x) if batch else None
         if batch:
-            mean_q, std_q = self._exact_batch_registers(x, mean_q, std_q, frac)
+            mean_q, std_q = self._exact_batch_registers(x, mean_q, std_q, on_grid)
         xhat = (x - mean_q[None, :, None, None]) / std_q[None, :, None, None]
         xhat = self._register(xhat, "xhat") if self.iostrict else directquant(xhat, self.xhat_dec_bit_width)
         if self.affine:
             gamma = self._register(self._bn_gradient(self.weight), "weight")
             beta = (self._register(self._bn_gradient(self.bias), "bias") if self.bias is not None
                     else torch.zeros_like(gamma))
-        if batch and self.integer_backward and frac is not None:
+        if batch and self.integer_backward and on_grid is not None:
             if not self.affine:
                 gamma, beta = torch.ones_like(mean_q), torch.zeros_like(mean_q)
             y = _IntegerBatchNorm.apply(x, mean_q.detach(), std_q.detach(), xhat.detach(), gamma, beta,
                                         self.mean_dec_bit_width - 1, self.var_dec_bit_width - 1,
-                                        self.weight_dec_bit_width - 1 if self.affine else 0)
+                                        self.weight_dec_bit_width - 1 if self.affine else 0, on_grid)
             return self._io(y, "output")
         if self.affine:
             xhat = xhat * gamma[None, :, None, None] + beta[None, :, None, None]
@@ -132,12 +146,13 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
 class _IntegerBatchNorm(torch.autograd.Function):
     """y = xhat * gamma + beta in forward (xhat already computed); in backward, the contract's
     integer BatchNorm backward (`engine.batchnorm_backward`) for dx, and the exact sums for
-    d_gamma and d_beta, from the error at y."""
+    d_gamma and d_beta, from the error at y. ``x_on_grid``: x as (integers, frac)."""
 
     @staticmethod
-    def forward(ctx, x, mean_q, std_q, xhat, gamma, beta, mean_frac, std_frac, gamma_frac):
+    def forward(ctx, x, mean_q, std_q, xhat, gamma, beta, mean_frac, std_frac, gamma_frac, x_on_grid):
         ctx.save_for_backward(x, mean_q, std_q, xhat, gamma)
         ctx.fracs = (mean_frac, std_frac, gamma_frac)
+        ctx.x_on_grid = x_on_grid
         return xhat * gamma[None, :, None, None] + beta[None, :, None, None]
 
     @staticmethod
@@ -148,8 +163,8 @@ class _IntegerBatchNorm(torch.autograd.Function):
         mean_frac, std_frac, gamma_frac = ctx.fracs
         d_gamma = (e * xhat).sum((0, 2, 3))
         d_beta = e.sum((0, 2, 3))
-        fx, fe, fh = _grid_frac(x), _grid_frac(e), _grid_frac(xhat)
-        if fx is None or fe is None or fh is None:  # an error off every grid (no error
+        e_on_grid, xhat_on_grid = grid_integers(e), grid_integers(xhat)
+        if e_on_grid is None or xhat_on_grid is None:  # an error off every grid (no error
             # quantizers upstream): the same formula in float64, without the final rounding
             g = e * gamma[None, :, None, None]
             d = x - mean_q[None, :, None, None]
@@ -158,12 +173,12 @@ class _IntegerBatchNorm(torch.autograd.Function):
             mean_gd = (g * d / s).mean((0, 2, 3), keepdim=True)
             dx = (g - mean_g - d / s * mean_gd) / s
         else:
-            def ints(t, f):
+            def ints(t, f):  # per-channel registers, on their known grids
                 return np.round(t.detach().double().cpu().numpy() * 2.0 ** f).astype(np.int64)
-            dx = batchnorm2d_backward(FixedArray(ints(x, fx), fx), FixedArray(ints(e, fe), fe),
+            dx = batchnorm2d_backward(FixedArray(*ctx.x_on_grid), FixedArray(*e_on_grid),
                                       FixedArray(ints(mean_q, mean_frac), mean_frac),
                                       FixedArray(ints(std_q, std_frac), std_frac),
-                                      FixedArray(ints(xhat, fh), fh),
+                                      FixedArray(*xhat_on_grid),
                                       FixedArray(ints(gamma, gamma_frac), gamma_frac))[0]
             dx = torch.from_numpy(dx.to_float()).to(e)
-        return dx, None, None, None, d_gamma, d_beta, None, None, None
+        return dx, None, None, None, d_gamma, d_beta, None, None, None, None

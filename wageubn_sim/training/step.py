@@ -18,7 +18,9 @@ One step, in the order the torch path runs it:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 
 import numpy as np
 
@@ -52,6 +54,24 @@ def cross_entropy_error(logits: FixedArray, labels: np.ndarray, frac_bits: int =
     return FixedArray(quantize(p / len(labels), Format(None, frac_bits)), frac_bits)
 
 
+class _Timer:
+    """``with timer(part):`` adds the block's seconds to timings[part] (nothing without a dict)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
+
+
 def _add(errors: dict, name: str, e: FixedArray) -> None:
     """Sum the errors a tensor receives from its readers, exactly."""
     errors[name] = aligned_sum(errors[name], e) if name in errors else e
@@ -71,6 +91,7 @@ class IntegerTrainer:
         self.lr = lr_quantize(lr)
         self.step_number = 0
         self._record = None
+        self._timer = _Timer(None)
         self.master, self.momentum = {}, {}
         for node in graph.nodes:
             for role in PARAM_ROLES.get(node.op, ()):
@@ -120,19 +141,25 @@ class IntegerTrainer:
             node = self._nodes[name]
             fmt = getattr(node.params, {"weight": "weight_fmt", "bias": "bias_fmt",
                                         "gamma": "gamma_fmt", "beta": "beta_fmt"}[role])
-            q = requantize(w.q, w.frac_bits, fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM)
+            # an array of its own, read-only: the kernels' weight caches hold for the step
+            q = requantize(w.q, w.frac_bits, fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM).copy()
             q.flags.writeable = False
             node.arrays[role] = q
 
-    def step(self, x, labels, error_fn=cross_entropy_error, record: dict | None = None):
+    def step(self, x, labels, error_fn=cross_entropy_error, record: dict | None = None,
+             timings: dict | None = None):
         """One training step; returns the logits (FixedArray) it trained on. ``record``, if
         given, receives {(layer, role): FixedArray} of the step's tensors: ``error`` (as the
         layer's backward used it), ``<param>_grad_raw``, ``<param>_grad`` (after G / G_BN),
-        ``<param>_master_before/after`` and ``<param>_momentum_before/after``."""
+        ``<param>_master_before/after`` and ``<param>_momentum_before/after``. ``timings``, if
+        given, receives the seconds spent per part of the step (forward, E1/E2, MAC backward,
+        BatchNorm backward, other backward, G/G_BN, update)."""
         self._record = record
-        self._x_q = self.graph.quantize_input(x)
-        result = self._forward(self._x_q)
-        logits = FixedArray(result.q, result.fmt.frac_bits)
+        self._timer = _Timer(timings)
+        with self._timer("forward"):
+            self._x_q = self.graph.quantize_input(x)
+            result = self._forward(self._x_q)
+            logits = FixedArray(result.q, result.fmt.frac_bits)
         errors: dict = {}
         _add(errors, self.graph.outputs[0], error_fn(logits, np.asarray(labels)))
         grads = {}
@@ -142,16 +169,19 @@ class IntegerTrainer:
             e = errors.pop(node.name)
             out = result.layers[node.name]
             if node.op in MAC_OPS:
-                e = e2_quantize(e, self.layers[node.name]["error_k"])
+                with self._timer("E1/E2"):
+                    e = e2_quantize(e, self.layers[node.name]["error_k"])
                 self._keep(node.name, "error", e)
                 self._mac_backward(node, out, e, errors, grads)
             elif node.op == "activation":
-                e = e1_quantize(e, self.layers.get(node.name, {}).get("error_k", 8))
+                with self._timer("E1/E2"):
+                    e = e1_quantize(e, self.layers.get(node.name, {}).get("error_k", 8))
                 x_in, x_frac = self._input(node, result, 0)
                 x_seen = out.trace.get("input", x_in)
                 frac = node.params.input_register.frac_bits if node.params.input_register else x_frac
-                _add(errors, node.inputs[0], FixedArray(
-                    activation_backward(x_seen, frac, e.q, node.params.ceiling), e.frac_bits))
+                with self._timer("other backward"):
+                    _add(errors, node.inputs[0], FixedArray(
+                        activation_backward(x_seen, frac, e.q, node.params.ceiling), e.frac_bits))
             elif node.op == "batchnorm2d":
                 self._keep(node.name, "error", e)
                 self._bn_backward(node, result, e, errors, grads)
@@ -168,18 +198,19 @@ class IntegerTrainer:
             elif node.op == "flatten":
                 x_in, _ = self._input(node, result, 0)
                 _add(errors, node.inputs[0], FixedArray(e.q.reshape(x_in.shape), e.frac_bits))
-        for key, g in grads.items():
-            before = (self.master[key], self.momentum[key])
-            self.master[key], self.momentum[key] = momentum_update(
-                self.master[key], self.momentum[key], g, self.lr, self.update)
-            name, role = key
-            self._keep(name, f"{role}_grad", g)
-            for state, b, a in (("master", before[0], self.master[key]),
-                                ("momentum", before[1], self.momentum[key])):
-                self._keep(name, f"{role}_{state}_before", b)
-                self._keep(name, f"{role}_{state}_after", a)
-        self.step_number += 1
-        self._refresh_registers()
+        with self._timer("update"):
+            for key, g in grads.items():
+                before = (self.master[key], self.momentum[key])
+                self.master[key], self.momentum[key] = momentum_update(
+                    self.master[key], self.momentum[key], g, self.lr, self.update)
+                name, role = key
+                self._keep(name, f"{role}_grad", g)
+                for state, b, a in (("master", before[0], self.master[key]),
+                                    ("momentum", before[1], self.momentum[key])):
+                    self._keep(name, f"{role}_{state}_before", b)
+                    self._keep(name, f"{role}_{state}_after", a)
+            self.step_number += 1
+            self._refresh_registers()
         return logits
 
     def _forward(self, x_q):
@@ -241,14 +272,17 @@ class IntegerTrainer:
         p, info, out = node.params, self.layers[node.name], result.layers[node.name]
         t = out.trace
         gamma = FixedArray(node.arrays["gamma"], p.gamma_fmt.frac_bits) if p.gamma_fmt else None
-        dx, d_gamma, d_beta = batchnorm2d_backward(
-            FixedArray(t["input"], t["input_frac"]), e, FixedArray(t["mean"], p.mean_fmt.frac_bits),
-            FixedArray(t["std"], p.std_fmt.frac_bits), FixedArray(t["xhat"], p.xhat_fmt.frac_bits), gamma)
-        _add(errors, node.inputs[0], dx)
+        with self._timer("BatchNorm backward"):
+            dx, d_gamma, d_beta = batchnorm2d_backward(
+                FixedArray(t["input"], t["input_frac"]), e, FixedArray(t["mean"], p.mean_fmt.frac_bits),
+                FixedArray(t["std"], p.std_fmt.frac_bits), FixedArray(t["xhat"], p.xhat_fmt.frac_bits),
+                gamma)
+            _add(errors, node.inputs[0], dx)
         for role, grad in (("gamma", d_gamma), ("beta", d_beta)):
             if (node.name, role) in self.master:
                 self._keep(node.name, f"{role}_grad_raw", grad)
-                grads[(node.name, role)] = gbn_quantize(grad, info["grad_bn_k"])
+                with self._timer("G/G_BN"):
+                    grads[(node.name, role)] = gbn_quantize(grad, info["grad_bn_k"])
 
     def _input(self, node, result, i):
         name = node.inputs[i]
@@ -266,18 +300,19 @@ class IntegerTrainer:
             x_frac = (self.graph.inputs[0].fmt.frac_bits if node.inputs[0] == self.graph.inputs[0].name
                       else self._frac_of(node.inputs[0]))
         has_bias = "bias" in node.arrays
-        if node.op == "linear":
-            dx, dw, db = linear_backward(x_in, node.arrays["weight"], e.q, has_bias)
-            dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
-        elif node.op == "adder2d":  # AdderNet's gradients, both on the common grid 2**-H
-            dx, dw, db, dx_frac = adder2d_backward(x_in, x_frac, node.arrays["weight"],
-                                                   p.weight_fmt.frac_bits, e.q, p, has_bias)
-            dw_frac = dx_frac
-        else:
-            dx, dw, db = conv2d_backward(x_in, node.arrays["weight"], e.q, p, has_bias)
-            dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
-        if node.inputs[0] != self.graph.inputs[0].name:
-            _add(errors, node.inputs[0], FixedArray(dx, e.frac_bits + dx_frac))
+        with self._timer("MAC backward"):
+            if node.op == "linear":
+                dx, dw, db = linear_backward(x_in, node.arrays["weight"], e.q, has_bias)
+                dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
+            elif node.op == "adder2d":  # AdderNet's gradients, both on the common grid 2**-H
+                dx, dw, db, dx_frac = adder2d_backward(x_in, x_frac, node.arrays["weight"],
+                                                       p.weight_fmt.frac_bits, e.q, p, has_bias)
+                dw_frac = dx_frac
+            else:
+                dx, dw, db = conv2d_backward(x_in, node.arrays["weight"], e.q, p, has_bias)
+                dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
+            if node.inputs[0] != self.graph.inputs[0].name:
+                _add(errors, node.inputs[0], FixedArray(dx, e.frac_bits + dx_frac))
         for role, grad, frac in (("weight", dw, dw_frac + e.frac_bits), ("bias", db, e.frac_bits)):
             if grad is None:
                 continue
@@ -285,9 +320,10 @@ class IntegerTrainer:
             if role == "weight" and info.get("decay_shift") is not None:  # before G, exactly
                 w = self.master[(node.name, "weight")]
                 raw = aligned_sum(raw, FixedArray(w.q, w.frac_bits + info["decay_shift"]))
-            u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
             self._keep(node.name, f"{role}_grad_raw", raw)
-            grads[(node.name, role)] = g_quantize(raw, u, info["grad_range_k"], info["grad_k"])
+            with self._timer("G/G_BN"):
+                u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
+                grads[(node.name, role)] = g_quantize(raw, u, info["grad_range_k"], info["grad_k"])
 
     def _frac_of(self, name):
         return self._nodes[name].out_fmt.frac_bits
