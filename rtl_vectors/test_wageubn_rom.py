@@ -22,7 +22,7 @@ async def rom_holds_the_tensor(dut):
     npy = next(f for f in entry["files"] if f["kind"] == "npy")
     data = (root / npy["path"]).read_bytes()
     assert hashlib.sha256(data).hexdigest() == npy["sha256"], f"{npy['path']}: sha256 differs"
-    words = pack_words(parse_npy(data, npy["path"]), entry["width"], entry["lanes"])
+    words = pack_words(parse_npy(data, npy["path"]), entry["width"], entry["lanes"], entry["signed"])
     words += [manifest["options"]["fill"]] * (entry["memory_depth"] - len(words))
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     mismatches = []

@@ -48,3 +48,96 @@ def dyadic_floats(draw, max_size=40, mant_bits=40, exp_range=(-40, 20)):
     mant = draw(st.lists(st.integers(-(1 << mant_bits), 1 << mant_bits), min_size=n, max_size=n))
     exps = draw(st.lists(st.integers(*exp_range), min_size=n, max_size=n))
     return np.array([m * 2.0 ** e for m, e in zip(mant, exps)], dtype=np.float64)
+
+
+# ---- small integer graphs that QONNX can express ----------------------------------------------
+QONNX_ROUNDINGS = [Rounding.HALF_EVEN, Rounding.HALF_AWAY, Rounding.FLOOR, Rounding.TOWARD_ZERO]
+
+
+@st.composite
+def _register(draw, optional=True, unbounded=True):
+    """(format or None, rounding, overflow) of an output register QONNX can hold."""
+    if optional and draw(st.booleans()):
+        return None, Rounding.HALF_EVEN, Overflow.SAT_SYM
+    frac = draw(st.integers(-2, 10))
+    if unbounded and draw(st.booleans()):
+        fmt = Format(None, frac)
+    else:
+        signed = draw(st.booleans())
+        fmt = Format(draw(st.integers(2 if signed else 1, 12)), frac, signed)
+    return fmt, draw(st.sampled_from(QONNX_ROUNDINGS)), draw(st.sampled_from([Overflow.SAT, Overflow.SAT_SYM]))
+
+
+def _ints(draw, shape, fmt):
+    return np.array(draw(st.lists(st.integers(fmt.min_int, fmt.max_int), min_size=int(np.prod(shape)),
+                                  max_size=int(np.prod(shape)))), np.int64).reshape(shape)
+
+
+@st.composite
+def qonnx_graphs(draw):
+    """A graph of conv, ReLU/ReLU6, pooling, requantize, upsample, concat, add, flatten and
+    linear, with random formats and registers (the ops and modes QONNX has)."""
+    from wageubn_sim.engine.activation import ActivationParams
+    from wageubn_sim.engine.add import AddParams
+    from wageubn_sim.engine.concat import ConcatParams
+    from wageubn_sim.engine.conv2d import Conv2dParams
+    from wageubn_sim.engine.pool import PoolParams
+    from wageubn_sim.engine.requantize import RequantizeParams
+    from wageubn_sim.engine.upsample import UpsampleParams
+    from wageubn_sim.graph.ir import Graph, GraphInput, Node
+    from wageubn_sim.graph.ops import FlattenParams
+
+    c, h = draw(st.integers(1, 3)), draw(st.integers(3, 6))
+    signed = draw(st.booleans())
+    spec = GraphInput("input", (c, h, h), Format(draw(st.integers(2 if signed else 1, 8)),
+                                                 draw(st.integers(0, 5)), signed))
+    nodes, value = [], "input"
+
+    def add(op, params, arrays=None, inputs=None):
+        nonlocal value
+        node = Node(f"n{len(nodes)}", op, inputs or [value], params, arrays or {})
+        nodes.append(node)
+        value = node.name
+        Graph([spec], nodes, [value]).check()  # shapes and formats of the graph so far
+        return node
+
+    o, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    w_fmt = Format(draw(st.integers(2, 6)), draw(st.integers(0, 6)))
+    b_fmt = draw(st.one_of(st.none(), st.builds(Format, st.integers(2, 12), st.integers(0, 12))))
+    in_reg = draw(st.one_of(st.none(), st.builds(Format, st.integers(2, 9), st.integers(0, 6))))
+    out_fmt, rounding, overflow = draw(_register())
+    arrays = {"weight": _ints(draw, (o, c, k, k), w_fmt)}
+    if b_fmt is not None:
+        arrays["bias"] = _ints(draw, (o,), b_fmt)
+    pad = draw(st.integers(0, k // 2))
+    add("conv2d", Conv2dParams(w_fmt, b_fmt, (draw(st.integers(1, 2)),) * 2, (pad, pad), input_register=in_reg,
+                               out_fmt=out_fmt, rounding=rounding if out_fmt or in_reg else Rounding.HALF_EVEN,
+                               out_overflow=overflow), arrays)
+    reg = draw(_register())
+    add("activation", ActivationParams(reg[0], draw(st.sampled_from([None, 6])), None, reg[1], reg[2]))
+    if nodes[-1].out_shape[1] >= 2 and draw(st.booleans()):
+        if draw(st.booleans()):
+            add("max_pool2d", PoolParams((2, 2), (2, 2)))
+        else:
+            fmt, r, ov = draw(_register(optional=False))
+            add("avg_pool2d", PoolParams((2, 2), (2, 2), out_fmt=fmt, rounding=r, overflow=ov))
+    if draw(st.booleans()):
+        fmt, r, ov = draw(_register(optional=False))
+        add("requantize", RequantizeParams(fmt, r, ov))
+    if draw(st.booleans()):
+        add("upsample", UpsampleParams((draw(st.integers(1, 2)), draw(st.integers(1, 2)))))
+    if draw(st.booleans()):
+        first = value
+        reg = draw(_register())
+        add("activation", ActivationParams(reg[0], None, None, reg[1], reg[2]))
+        reg = draw(_register())
+        op, params = draw(st.sampled_from([("concat", ConcatParams), ("add", AddParams)]))
+        add(op, params(*reg), inputs=[first, value])
+    if draw(st.booleans()):
+        add("flatten", FlattenParams())
+        k = int(np.prod(nodes[-1].out_shape))
+        w_fmt = Format(draw(st.integers(2, 5)), draw(st.integers(0, 5)))
+        reg = draw(_register())
+        add("linear", Conv2dParams(w_fmt, out_fmt=reg[0], rounding=reg[1], out_overflow=reg[2]),
+            {"weight": _ints(draw, (draw(st.integers(1, 3)), k), w_fmt)})
+    return Graph([spec], nodes, [value]).check()

@@ -309,6 +309,32 @@ def evil_pickle(ws):
 # ---- the cases ----------------------------------------------------------------------------
 
 SIM = ("simulate", "g", "--input", "x.npy", "-o", "y.npy")
+ONNX = ("compile", "m.onnx", "-o", "g2")
+BREVITAS_CNN = Path(__file__).parent / "data" / "brevitas" / "cnn.onnx"
+
+
+def onnx_model(edit):
+    """m.onnx: the Brevitas fixture's bytes, edited."""
+    return write_bytes("m.onnx", edit(BREVITAS_CNN.read_bytes()))
+
+
+def onnx_external(location, fifo=False):
+    """m.onnx with its weights in an external file at ``location`` (as written in the model)."""
+    def setup(ws):
+        import onnx
+        model = onnx.load(BREVITAS_CNN)
+        onnx.save(model, ws / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="m.data", size_threshold=0)
+        model = onnx.load(ws / "m.onnx", load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(model, ws / "m.onnx")
+        (ws / "m.data").unlink()
+        if fifo:
+            os.mkfifo(ws / location)
+    return setup
 VERIFY = ("verify", "b")
 COMPILE = ("compile", MODEL, "--weights", "w.npz", "--input", "x.npy", "-o", "g2")
 NOTHING = lambda ws: None  # noqa: E731
@@ -367,6 +393,10 @@ CASES = [
          "node 2 reads \\['8'\\] before they are computed"),
     Case("graph", "outputs-unknown", edit_graph(lambda d: d.update(outputs=["nowhere"])), SIM, 2,
          "outputs .*nowhere.* must name computed values"),
+    Case("graph", "conv-padding-huge", set_param("0", "padding", [2**40, 1]), SIM, 2,
+         "an output plane of .* positions is beyond the engine's"),
+    Case("graph", "pool-padding-huge", set_param("4", "padding", [0, 2**30]), SIM, 2,
+         "pooling: an output plane of .* positions is beyond"),
     Case("graph", "format-63-bits", set_param("0", "weight_fmt", {"bits": 63, "frac_bits": 7, "signed": True}),
          SIM, 2, "a signed format needs 2 to 62 bits"),
     Case("graph", "format-unsigned-62", set_param("0", "weight_fmt", {"bits": 62, "frac_bits": 7, "signed": False}),
@@ -535,6 +565,22 @@ CASES = [
          "g exists"),
     Case("output", "audit-refuses-first", NOTHING, ("audit", "nograph", "--random", 1, "-o", "b"), 2, "b exists"),
 
+    # QONNX models (tests/test_qonnx.py has the refusals of their contents)
+    Case("onnx", "truncated", onnx_model(lambda data: data[: len(data) // 3]), ONNX, 2,
+         "m.onnx is not a readable ONNX file"),
+    Case("onnx", "garbage", write_bytes("m.onnx", b"\x08\x07" + b"\xff" * 64), ONNX, 2, "not a readable ONNX file"),
+    Case("onnx", "fifo", mkfifo("m.onnx"), ONNX, 2, "m.onnx is not a regular file"),
+    Case("onnx", "huge", sparse_file("m.onnx", (2 << 30) + 1), ONNX, 2, "more than the .* such a file can need"),
+    Case("onnx", "external-data-escapes", onnx_external("../w.npz"), ONNX, 2,
+         "external data location '../w.npz' is not a file name beside the model"),
+    Case("onnx", "external-data-absolute", onnx_external("/etc/passwd"), ONNX, 2, "is not a file name beside"),
+    Case("onnx", "external-data-missing", onnx_external("gone.data"), ONNX, 2, "gone.data does not exist"),
+    Case("onnx", "external-data-fifo", onnx_external("pipe.data", fifo=True), ONNX, 2, "pipe.data is not a regular file"),
+    Case("onnx", "weights-given", onnx_model(lambda data: data), ONNX + ("--weights", "w.npz"), 2,
+         "holds its own weights; leave --weights out"),
+    Case("onnx", "input-format-disagrees", onnx_model(lambda data: data), ONNX + ("--input-format", "s16.8"), 2,
+         "disagrees with the model's input Quant"),
+    Case("onnx", "control", onnx_model(lambda data: data), ONNX, 0, "wrote g2: 5 nodes"),
     # train options
     Case("train", "lr-nan", NOTHING, ("train", "--lr", "nan"), 2, "--lr nan: a learning rate must be a finite number"),
     Case("train", "lr-negative", NOTHING, ("train", "--lr", -0.5), 2, "--lr -0.5: a learning rate must be"),
@@ -564,7 +610,7 @@ def _npz_with(ws, name, member_bytes):
 def test_there_are_at_least_60_distinct_cases():
     hostile = [c for c in CASES if c.code]
     assert len(hostile) >= 60 and len({str(c) for c in CASES}) == len(CASES)
-    assert {c.kind for c in hostile} == {"graph", "input", "weights", "bundle", "output", "train"}
+    assert {c.kind for c in hostile} == {"graph", "input", "weights", "bundle", "output", "train", "onnx"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

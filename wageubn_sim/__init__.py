@@ -3,8 +3,8 @@
 Layout: `fixedpoint` (formats, rounding, overflow, R, random bits: the arithmetic contract),
 `scheme` (the WAGEUBN quantizers on integers), `function` and `config` (the PyTorch path,
 the seed's API corrected), `convert` (float model -> WAGEUBN modules), `engine` (the Numba
-integer kernels, one op per file), `graph` (the integer graph, its torch importer, the
-layer-by-layer comparison).
+integer kernels, one op per file), `graph` (the integer graph, its torch and QONNX importers,
+the QONNX exporter, the layer-by-layer comparisons).
 """
 __version__ = "0.1.0"
 
@@ -19,6 +19,13 @@ def fold_batchnorm(graph, multiplier_bits: int = 16):
     """The graph with each conv -> BatchNorm pair folded into one node (docs/arithmetic.md §9)."""
     from .graph.fold import fold_batchnorm as _fold
     return _fold(graph, multiplier_bits)
+
+
+def from_qonnx(model, input_format=None, accumulators=None):
+    """The integer graph of a QONNX model: a path to an .onnx file or an onnx.ModelProto
+    (docs/arithmetic.md section 11; needs onnx). ``Graph.to_qonnx`` goes the other way."""
+    from .graph.qonnx_import import from_qonnx as _from_qonnx
+    return _from_qonnx(model, input_format, accumulators)
 
 
 def __getattr__(name):

@@ -346,11 +346,36 @@ def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
            _progress("training"), step_vectors, force, _command_line())
 
 
+_input_format_option = click.option(
+    "--input-format", help="Format of the network input (default s16.8; a QONNX model with a "
+                           "Quant on its input takes that Quant's format).")
+
+
+def _is_onnx(model: str) -> bool:
+    return model.lower().endswith(".onnx")
+
+
+def _from_qonnx(model, input_format, accumulator, weights, input_path=None, random=None, shape=None):
+    """A QONNX model's integer graph, for compile and compare."""
+    from .graph.qonnx_import import from_qonnx
+    if weights:
+        raise BadInput(f"--weights: {model} holds its own weights; leave --weights out")
+    if input_path or random is not None or shape:
+        raise BadInput(f"{model} needs no example input to compile; leave --input, --random and "
+                       "--shape out")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise BadInput("reading QONNX models needs onnx: pip install 'wageubn-sim[onnx]'") from None
+    fmt = _parse_format(input_format) if input_format else None
+    return _guard(from_qonnx, model, fmt, _parse_accumulator(accumulator))
+
+
 @main.command("compile")
 @click.argument("model")
 @click.option("--weights", help="State dict: .pt (loaded with weights_only=True) or .npz.")
 @input_options
-@click.option("--input-format", default="s16.8", show_default=True, help="Format of the network input.")
+@_input_format_option
 @_accumulator_option
 @click.option("--fold-bn", "fold_bn", type=click.IntRange(2, 31), metavar="BITS",
               help="Fold each BatchNorm into its conv with BITS-bit multipliers (a different "
@@ -359,18 +384,48 @@ def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def compile_cmd(model, weights, input_path, random, shape, seed, input_format, accumulator,
                 fold_bn, out, force):
-    """Compile MODEL (package.module:factory) into an integer graph folder."""
+    """Compile MODEL into an integer graph folder: MODEL is package.module:factory (a model of
+    the torch path's modules, traced on an example input) or a QONNX file MODEL.onnx (from
+    Brevitas, FINN, hls4ml or `wageubn-sim export`)."""
     from .graph.fold import fold_batchnorm
-    from .graph.importer import compile_model
-    _output(out, force, weights, input_path)  # before the work
-    fmt, acc = _parse_format(input_format), _parse_accumulator(accumulator)
-    net = load_model(model, weights)
-    x = load_inputs(input_path, random or 1, shape, seed)
-    graph = _guard(compile_model, net, x, fmt, acc)
+    _output(out, force, weights, input_path, model if _is_onnx(model) else None)  # before the work
+    if _is_onnx(model):
+        graph = _from_qonnx(model, input_format, accumulator, weights, input_path, random, shape)
+    else:
+        from .graph.importer import compile_model
+        fmt, acc = _parse_format(input_format or "s16.8"), _parse_accumulator(accumulator)
+        net = load_model(model, weights)
+        x = load_inputs(input_path, random or 1, shape, seed)
+        graph = _guard(compile_model, net, x, fmt, acc)
     if fold_bn is not None:
         graph = _guard(fold_batchnorm, graph, fold_bn)
     _guard(graph.save, out, force)
     click.echo(f"wrote {out}: {len(graph.nodes)} nodes")
+
+
+@main.command()
+@click.argument("graph")
+@click.option("-o", "--out", required=True, help="The .onnx file to write.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="The batch size the model declares (qonnx executes only declared shapes).")
+@click.option("--allow-inexact", is_flag=True,
+              help="Export what QONNX cannot express exactly (narrow accumulators, the integer "
+                   "BatchNorm's division) as qonnx computes it; the file's metadata lists each.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def export(graph, out, batch, allow_inexact, force):
+    """Export GRAPH as a QONNX model (IntQuant and Trunc registers) that qonnx executes and
+    FINN and hls4ml read."""
+    from .graph.ir import load_graph
+    _output(out, force, graph)  # before the work
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise BadInput("exporting QONNX needs onnx: pip install 'wageubn-sim[onnx]'") from None
+    g = _guard(load_graph, graph)
+    model = _guard(g.to_qonnx, out, batch, allow_inexact, force)
+    inexact = next((p.value for p in model.metadata_props if p.key == "wageubn_sim.inexact"), None)
+    click.echo(f"wrote {out}: {len(model.graph.node)} ONNX nodes"
+               + (f"; inexact: {inexact}" if inexact else ""))
 
 
 @main.command()
@@ -393,22 +448,32 @@ def simulate(graph, input_path, random, shape, seed, out, force):
 @click.argument("model")
 @click.option("--weights", help="State dict: .pt (loaded with weights_only=True) or .npz.")
 @input_options
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--input-format", default="s16.8", show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="The torch path's dtype (a QONNX model is executed by qonnx, in float32).")
+@_input_format_option
 @_accumulator_option
 @click.option("--json", "json_path", help="Also write the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing JSON file.")
 def compare(model, weights, input_path, random, shape, seed, dtype, input_format, accumulator,
             json_path, force):
-    """Compare the engine with the torch path, layer by layer (exit 1 if they diverge)."""
-    import torch
-    from .graph.compare import compare as run_compare
+    """Compare the engine with the torch path, layer by layer, or for MODEL.onnx (QONNX) with
+    qonnx's execution of it: the first divergence and its cause (exit 1 if they diverge)."""
     if json_path:
-        _output(json_path, force, weights, input_path)  # before the work
-    fmt, acc = _parse_format(input_format), _parse_accumulator(accumulator)
-    net = load_model(model, weights)
-    x = load_inputs(input_path, random, shape, seed)
-    report = _guard(run_compare, net, x, None, getattr(torch, dtype), fmt, acc)
+        _output(json_path, force, weights, input_path, model if _is_onnx(model) else None)  # before the work
+    if _is_onnx(model):
+        from .graph.qonnx_compare import compare_qonnx
+        graph = _from_qonnx(model, input_format, accumulator, weights)
+        if shape is None and random is not None:
+            shape = ",".join(map(str, graph.inputs[0].shape))
+        x = load_inputs(input_path, random, shape, seed)
+        report = _guard(compare_qonnx, model, graph, x)
+    else:
+        import torch
+        from .graph.compare import compare as run_compare
+        fmt, acc = _parse_format(input_format or "s16.8"), _parse_accumulator(accumulator)
+        net = load_model(model, weights)
+        x = load_inputs(input_path, random, shape, seed)
+        report = _guard(run_compare, net, x, None, getattr(torch, dtype), fmt, acc)
     click.echo(str(report))
     if json_path:
         text = json.dumps(report.to_dict(), indent=1) + "\n"

@@ -25,8 +25,8 @@ from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .mac import (FLOAT32_EXACT, MAC_TERMS, OP_ADDER, OP_MULTIPLY, WindowMatrix, exact_matmul,
                   mac_taps, narrow_mac_loop, stride_phase_planes, weight_cache, weight_summary)
-from .registers import (ACC_EVENT, Accumulator, Events, Output, align, check_ints, input_stage,
-                        output_stage)
+from .registers import (ACC_EVENT, Accumulator, Events, Output, align, check_ints, check_plane,
+                        input_stage, output_stage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     if oh <= 0 or ow <= 0:
         raise ValueError(f"{what}: input {h}x{w_in} is smaller than the {kh}x{kw} window "
                          f"(padding {p.padding}, dilation {p.dilation})")
+    check_plane(what, oh, ow)
     fw = p.weight_fmt.frac_bits
     fb = p.bias_fmt.frac_bits if bias is not None else -10**6
     if op == OP_ADDER:  # differences need one grid: align x and w to it

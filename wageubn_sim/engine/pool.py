@@ -11,7 +11,7 @@ from ..fixedpoint.core import OVERFLOWED, TIE, requantize_flagged
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from .divide import divide_scaled
-from .registers import Events, Output, check_ints
+from .registers import Events, Output, check_ints, check_plane
 
 _MIN = np.iinfo(np.int64).min
 
@@ -45,6 +45,7 @@ def _geometry(x, p):
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"pooling: input {x.shape} does not fit kernel {p.kernel}")
+    check_plane("pooling", oh, ow)
     return n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
 
 
@@ -81,9 +82,13 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, keep_argmax, out,
                     argmax[b, ch, y, xo] = where
 
 
-def _cells_inside(size, k, s, pad, d, out_size) -> list:
-    """Per output position along one axis, how many of its window's taps lie inside the input."""
-    return [sum(0 <= y * s - pad + i * d < size for i in range(k)) for y in range(out_size)]
+def _cells_inside(size, k, s, pad, d, out_size) -> np.ndarray:
+    """Per output position along one axis, how many of its window's taps lie inside the input:
+    the taps i with 0 <= y*s - pad + i*d < size, counted in closed form."""
+    start = np.arange(out_size, dtype=np.int64) * s - pad
+    first = np.maximum(0, -(start // d))  # ceil(-start / d), at least 0
+    stop = np.minimum(k, -((start - size) // d))  # ceil((size - start) / d), at most k
+    return np.maximum(stop - first, 0)
 
 
 def max_pool_argmax(x, p: PoolParams, keep_argmax: bool = True):
@@ -92,7 +97,7 @@ def max_pool_argmax(x, p: PoolParams, keep_argmax: bool = True):
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
     out = np.empty((n, c, oh, ow), np.int64)
     argmax = np.empty((n, c, oh, ow) if keep_argmax else (1, 1, 1, 1), np.int64)
-    if 0 in _cells_inside(h, kh, sh, ph, dh, oh) or 0 in _cells_inside(w, kw, sw, pw, dw, ow):
+    if not (_cells_inside(h, kh, sh, ph, dh, oh).all() and _cells_inside(w, kw, sw, pw, dw, ow).all()):
         raise ValueError(f"max pooling: a window of kernel {p.kernel} with padding {p.padding} "
                          "lies entirely in the padding; reduce the padding")
     _pool(np.ascontiguousarray(x, dtype=np.int64), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True,

@@ -56,6 +56,19 @@ class Accumulator:
         return cls(d["bits"], d["overflow"], d["mac_order"], d["k_split"])
 
 
+MAX_AXIS = 1 << 20  # positions along one axis of a plane
+MAX_PLANE = 1 << 28  # positions in one plane (2 GiB of int64 per channel and input)
+
+
+def check_plane(owner: str, height: int, width: int) -> None:
+    """Refuse an output plane beyond the engine's sizes before anything is allocated (a
+    forged padding, stride or factor would otherwise ask for terabytes, or hang)."""
+    if height > MAX_AXIS or width > MAX_AXIS or height * width > MAX_PLANE:
+        raise ValueError(f"{owner}: an output plane of {height} x {width} positions is beyond the "
+                         f"engine's {MAX_AXIS} per axis and {MAX_PLANE} per plane; check the "
+                         "layer's padding, stride and factors")
+
+
 def check_ints(owner: str, minimum: int, pair: bool = True, **values) -> None:
     """Refuse parameters that are not ints (pairs of ints with ``pair``) of at least ``minimum``:
     a params struct checks itself when it is made, before any kernel reads it."""

@@ -60,6 +60,21 @@ def read_regular_file(path, what: str, max_bytes: int) -> bytes:
     return data
 
 
+def read_file_range(path, what: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of the regular file ``path``; a shorter file is refused."""
+    path = Path(path)
+    with _open_regular(path, what) as fh:
+        length = os.fstat(fh.fileno()).st_size
+        if offset + size > length:
+            raise UnreadableFile(f"{what} {path} is truncated: {length} bytes, but {size} are "
+                                 f"needed at offset {offset}")
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:  # shrank while we read
+        raise UnreadableFile(f"{what} {path} is truncated")
+    return data
+
+
 def _refuse_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 

@@ -51,13 +51,11 @@ def _real(node: Node, role: str, fmt, default: int) -> list:
     return [Fraction(int(v), 2 ** fmt.frac_bits) for v in node.arrays[role]]
 
 
-def _fold_pair(conv: Node, bn: Node, multiplier_bits: int) -> Node:
-    bp = bn.params
-    acc_frac = conv.out_fmt.frac_bits  # F: recorded when the graph was compiled
-    gamma = _real(bn, "gamma", bp.gamma_fmt, 1)
-    beta = _real(bn, "beta", bp.beta_fmt, 0)
-    mean = _real(bn, "mean", bp.mean_fmt, 0)
-    ratio = [g / s for g, s in zip(gamma, _real(bn, "std", bp.std_fmt, 1))]
+def folded_registers(ratio, beta, mean, acc_frac: int, multiplier_bits: int) -> tuple:
+    """The folded registers of per-channel exact ``ratio`` (gamma/std), ``beta`` and ``mean``
+    (Fractions) after an accumulator at 2**-acc_frac: (multipliers on 2**-f_m, half to even,
+    one grid per layer, the finest on which the largest fits ``multiplier_bits`` signed bits;
+    offsets beta - m * mean on 2**-(acc_frac + f_m), half to even; f_m)."""
     limit = (1 << (multiplier_bits - 1)) - 1
     largest = max((abs(r) for r in ratio), default=Fraction(0))
     frac = 0
@@ -70,10 +68,19 @@ def _fold_pair(conv: Node, bn: Node, multiplier_bits: int) -> Node:
     mult = [round_fraction(r * 2 ** frac, Rounding.HALF_EVEN) for r in ratio]
     offset = [round_fraction((b - Fraction(m, 2 ** frac) * mu) * 2 ** (acc_frac + frac),
                              Rounding.HALF_EVEN) for b, m, mu in zip(beta, mult, mean)]
+    return np.array(mult, np.int64), np.array(offset, np.int64), frac
+
+
+def _fold_pair(conv: Node, bn: Node, multiplier_bits: int) -> Node:
+    bp = bn.params
+    acc_frac = conv.out_fmt.frac_bits  # F: recorded when the graph was compiled
+    ratio = [g / s for g, s in zip(_real(bn, "gamma", bp.gamma_fmt, 1), _real(bn, "std", bp.std_fmt, 1))]
+    mult, offset, frac = folded_registers(ratio, _real(bn, "beta", bp.beta_fmt, 0),
+                                          _real(bn, "mean", bp.mean_fmt, 0), acc_frac, multiplier_bits)
     fields = {f.name: getattr(conv.params, f.name) for f in dataclasses.fields(conv.params)}
     fields.update(out_fmt=bn.out_fmt, rounding=bp.rounding, out_overflow=bp.overflow,
                   accumulator_frac=acc_frac, multiplier_frac=frac)
     arrays = {k: np.array(v) for k, v in conv.arrays.items()}
-    arrays.update(multiplier=np.array(mult, np.int64), offset=np.array(offset, np.int64))
+    arrays.update(multiplier=mult, offset=offset)
     return Node(bn.name, "conv2d_bn", list(conv.inputs), Conv2dBatchNormParams(**fields), arrays,
                 f"{conv.source}+{bn.source}", bn.out_fmt, bn.out_shape)

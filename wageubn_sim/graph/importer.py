@@ -29,7 +29,7 @@ from ..engine.pool import PoolParams
 from ..engine.registers import Accumulator
 from ..fixedpoint.format import Format
 from ..function._layer import QuantModule
-from .ir import Graph, GraphInput, Node
+from .ir import Graph, GraphInput, Node, unique_name
 from .ops import FlattenParams
 
 DEFAULT_INPUT_FORMAT = Format(16, 8)
@@ -269,13 +269,7 @@ def layer_names(fx_graph) -> dict:
     for n in fx_graph.nodes:
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
-        base = n.target if n.op == "call_module" else n.name
-        name, k = base, 1
-        while name in used:
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name)
-        names[n.name] = name
+        names[n.name] = unique_name(n.target if n.op == "call_module" else n.name, used)
     return names
 
 

@@ -152,6 +152,11 @@ class Graph:
         return write_folder_atomically(path, {GRAPH_ARRAYS: buf.getvalue(),
                                               GRAPH_JSON: text.encode()}, overwrite)
 
+    def to_qonnx(self, path=None, batch: int = 1, allow_inexact: bool = False, overwrite: bool = False):
+        """The graph as a QONNX model (`qonnx_export.to_qonnx`; needs onnx)."""
+        from .qonnx_export import to_qonnx
+        return to_qonnx(self, path, batch, allow_inexact, overwrite)
+
     def check(self) -> "Graph":
         """Run the graph on an empty batch: every kernel checks its shapes (weights against
         their inputs, windows against their planes) and derives its format, which must equal
@@ -220,6 +225,17 @@ class Graph:
         return cls(inputs, nodes, data["outputs"], data["meta"])
 
 
+def unique_name(base: str, used: set) -> str:
+    """``base``, or ``base-2``, ``base-3``, ...: the first not in ``used``, which it joins (a
+    second call of a layer, or two ONNX nodes of one name)."""
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}-{k}"
+    used.add(name)
+    return name
+
+
 def _shape(value, what) -> tuple:
     if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                           for v in value):
@@ -234,8 +250,10 @@ def _check_node(node: Node, known: set) -> None:
         raise ValueError(f"{where}: unknown op {node.op!r}; known: {sorted(OPS)}")
     if not isinstance(node.params, OPS[node.op][0]):
         raise ValueError(f"{where}: params must be a {OPS[node.op][0].__name__}")
-    if len(node.inputs) != ARITY.get(node.op, 1):
-        raise ValueError(f"{where} reads {len(node.inputs)} inputs, its op takes {ARITY.get(node.op, 1)}")
+    arity = ARITY.get(node.op, 1)
+    if (len(node.inputs) != arity) if arity is not None else not node.inputs:
+        raise ValueError(f"{where} reads {len(node.inputs)} inputs, its op takes "
+                         f"{arity if arity is not None else 'one or more'}")
     missing = [i for i in node.inputs if i not in known]
     if missing:
         raise ValueError(f"node {node.name} reads {missing} before they are computed")

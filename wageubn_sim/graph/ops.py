@@ -11,10 +11,13 @@ from ..engine.activation import ActivationParams, activation
 from ..engine.add import AddParams, add
 from ..engine.adder2d import adder2d
 from ..engine.batchnorm import BatchNormParams, batchnorm2d
+from ..engine.concat import ConcatParams, concat
 from ..engine.conv2d import Conv2dParams, conv2d, linear
 from ..engine.conv2d_bn import Conv2dBatchNormParams, conv2d_bn
 from ..engine.pool import PoolParams, avg_pool2d, max_pool2d
 from ..engine.registers import Accumulator, Events, Output
+from ..engine.requantize import RequantizeParams, requantize_op
+from ..engine.upsample import UpsampleParams, upsample
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 
@@ -52,10 +55,13 @@ OPS = {
     "avg_pool2d": (PoolParams, lambda n, ins, t: avg_pool2d(ins[0][0], ins[0][1], n.params, t)),
     "add": (AddParams, lambda n, ins, t: add(ins[0][0], ins[0][1], ins[1][0], ins[1][1], n.params, t)),
     "flatten": (FlattenParams, lambda n, ins, t: _flatten(ins[0][0], ins[0][1], n.params, t)),
+    "requantize": (RequantizeParams, lambda n, ins, t: requantize_op(ins[0][0], ins[0][1], n.params, t)),
+    "concat": (ConcatParams, lambda n, ins, t: concat(ins, n.params, t)),
+    "upsample": (UpsampleParams, lambda n, ins, t: upsample(ins[0][0], ins[0][1], n.params, t)),
 }
 
 
-ARITY = {"add": 2}  # inputs per node; every other op reads one
+ARITY = {"add": 2, "concat": None}  # inputs per node (None: one or more); every other op reads one
 MAC_OPS = ("conv2d", "linear", "adder2d", "conv2d_bn")
 ARRAY_RANKS = {"weight": None, "bias": 1, "mean": 1, "std": 1, "gamma": 1, "beta": 1,
                "multiplier": 1, "offset": 1}  # weight: 2 (linear) or 4

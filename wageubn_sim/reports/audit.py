@@ -5,7 +5,7 @@ MAC layers, a folded BatchNorm's product register, a BatchNorm's xhat register):
 
 * ``declared``: the format the graph gives it (``sinf`` when unbounded);
 * ``observed_min`` / ``observed_max`` over the inputs, and ``needed_bits``, the two's complement
-  width that holds them;
+  width that holds them (the unsigned width for an unsigned format, e.g. a QONNX uint8);
 * ``static_bits``: the worst case from declared widths alone, ``b_x + b_w + ceil(log2 K)``
   (+1 with a bias) for MAC layers — for an unbounded input the observed input width stands in;
 * ``bound_bits``: the bound from the actual weights, ``|b| + sum_k |w_k| * max|x|`` (A2Q-style),
@@ -13,8 +13,8 @@ MAC layers, a folded BatchNorm's product register, a BatchNorm's xhat register):
 * ``headroom_bits`` = declared - needed (bounded formats only);
 * event counts (wraps, saturations, ties, underflows) of that register alone (the accumulator's
   wraps and saturations, the output's rounding ties and saturations, ...);
-* ``proposed``: a format with the same fractional bits, ``bound_bits`` wide for MAC layers,
-  ``needed_bits + 1`` (one guard bit) otherwise.
+* ``proposed``: a format with the same fractional bits (and signedness), ``bound_bits`` wide for
+  MAC layers, ``needed_bits + 1`` (one guard bit) otherwise.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import numpy as np
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
 from ..graph.ops import MAC_OPS
+from ..graph.ranges import bits_needed
 from ..vectors.bundle import needed_bits
 
 
@@ -193,17 +194,18 @@ def audit(graph: Graph, x, bins: int = 40) -> AuditReport:
         if register is not None:  # iostrict: the input held in a register first
             tensors.insert(0, ("input", out.trace["input"], register))
         for name, q, fmt in tensors:
-            needed = needed_bits(q)
             lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
+            unsigned = not fmt.signed and lo >= 0  # an unsigned register: widths in unsigned bits
+            needed = bits_needed(lo, hi, signed=not unsigned) if q.size else needed_bits(q)
             ev = out.events_at(name)
-            proposed_bits = min(62, max(needed, bound) if name == "accumulator" else needed + 1)
+            proposed_bits = min(62 - unsigned, max(needed, bound) if name == "accumulator" else needed + 1)
             rows.append(TensorAudit(
                 node.name, node.op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed,
                 static if name == "accumulator" else None, bound if name == "accumulator" else None,
                 (fmt.bits - needed) if fmt.bounded else None, ev.wraps, ev.saturations, ev.ties,
-                ev.underflows, Format(proposed_bits, fmt.frac_bits).describe()))
+                ev.underflows, Format(proposed_bits, fmt.frac_bits, not unsigned).describe()))
             counts, edges = np.histogram(q, bins=bins) if q.size else (np.zeros(1), np.array([0, 1]))
-            shown = fmt if fmt.bounded else Format(proposed_bits, fmt.frac_bits)
+            shown = fmt if fmt.bounded else Format(proposed_bits, fmt.frac_bits, not unsigned)
             label = (f"declared {fmt.describe()}" if fmt.bounded
                      else f"unbounded; proposed {shown.describe()}") + " range in red"
             hists[(node.name, name)] = (counts, edges, ((shown.min_int, shown.max_int), label))

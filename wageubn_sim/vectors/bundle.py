@@ -31,6 +31,7 @@ from ..files.write import refuse_existing, write_folder_atomically
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
 from ..graph.ops import array_formats, params_to_json
+from ..graph.ranges import bits_needed
 from .formats import HEX_ADDRESSING, IMAGE_KINDS, memory_crc32, pack_words
 
 MANIFEST = "manifest.json"
@@ -61,10 +62,7 @@ def from_layout(q: np.ndarray, layout: str) -> np.ndarray:
 
 def needed_bits(q: np.ndarray) -> int:
     """The smallest two's complement width holding every value (at least 2)."""
-    if q.size == 0:
-        return 2
-    lo, hi = int(q.min()), int(q.max())
-    return max(2, (max(hi, -lo - 1)).bit_length() + 1)
+    return bits_needed(int(q.min()), int(q.max())) if q.size else 2
 
 
 _FILE_SAFE = re.compile(r"[A-Za-z0-9_.-]")
@@ -155,11 +153,12 @@ class BundleWriter:
         if self.fill >> word:
             raise ValueError(f"fill {self.fill:#x} is wider than tensor {tid}'s {word}-bit words")
         stored = to_layout(q, self.layout)
-        image = pack_words(stored, width, lanes) + [self.fill] * (memory_depth - depth)
+        signed = fmt.signed or not fmt.bounded  # an observed width is two's complement
+        image = pack_words(stored, width, lanes, signed) + [self.fill] * (memory_depth - depth)
         entry = {"role": role, "layer": layer, "shape": list(q.shape),
                  "layout": self.layout if q.ndim == 4 else "plain",
                  "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
-                 "signed": True, "lanes": lanes, "word_width": word, "depth": depth,
+                 "signed": signed, "lanes": lanes, "word_width": word, "depth": depth,
                  "memory_depth": memory_depth, "crc32": memory_crc32(image, word), "files": []}
         stem = f"{file_safe(layer)}/{role}" if layer else role
         header = {"tensor": tid, "shape": "x".join(map(str, q.shape)) or "scalar", "layout": entry["layout"],

@@ -18,13 +18,18 @@ import numpy as np
 _VECTOR_BITS = 63
 
 
-def pack_words(values: np.ndarray, width: int, lanes: int) -> list[int]:
-    """Flattened signed values -> words (Python ints), lane 0 in the LSBs; the last word is
-    padded with zero lanes."""
+def lane_range(width: int, signed: bool) -> tuple[int, int]:
+    """The values a lane of ``width`` bits holds: two's complement, or unsigned."""
+    return (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else (0, (1 << width) - 1)
+
+
+def pack_words(values: np.ndarray, width: int, lanes: int, signed: bool = True) -> list[int]:
+    """Flattened values (two's complement, or unsigned) -> words (Python ints), lane 0 in the
+    LSBs; the last word is padded with zero lanes."""
     flat = np.asarray(values, dtype=np.int64).reshape(-1)
-    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    lo, hi = lane_range(width, signed)
     if flat.size and (int(flat.min()) < lo or int(flat.max()) > hi):
-        raise ValueError(f"a value does not fit {width} signed bits")
+        raise ValueError(f"a value does not fit {width} {'signed' if signed else 'unsigned'} bits")
     mask = (1 << width) - 1
     if lanes * width <= _VECTOR_BITS:
         lanes_of = np.zeros(-(-flat.size // lanes) * lanes, np.int64)
@@ -41,9 +46,10 @@ def pack_words(values: np.ndarray, width: int, lanes: int) -> list[int]:
     return words
 
 
-def unpack_words(words: list[int], width: int, lanes: int, count: int) -> np.ndarray:
-    """Words -> the first ``count`` signed values (int64), lane 0 in the LSBs."""
-    mask, sign = (1 << width) - 1, 1 << (width - 1)
+def unpack_words(words: list[int], width: int, lanes: int, count: int, signed: bool = True) -> np.ndarray:
+    """Words -> the first ``count`` values (int64; two's complement, or unsigned), lane 0 in
+    the LSBs."""
+    mask, sign = (1 << width) - 1, (1 << (width - 1)) if signed else 0
     if words and max(words) >> (lanes * width):
         raise ImageError(f"a word has bits set above its {lanes} lanes of {width} bits (they are zero)")
     if lanes * width <= _VECTOR_BITS:

@@ -36,8 +36,8 @@ from ..files.read import UnreadableFile, parse_npy, read_json, read_regular_file
 from ..fixedpoint.format import Format
 from ..graph.ir import Node
 from ..graph.ops import MAC_OPS, OPS, array_formats, params_from_json
-from .bundle import MANIFEST, file_safe, from_layout, needed_bits, to_layout
-from .formats import IMAGE_KINDS, ImageError, memory_crc32, pack_words, unpack_words
+from .bundle import MANIFEST, file_safe, from_layout, to_layout
+from .formats import IMAGE_KINDS, ImageError, lane_range, memory_crc32, pack_words, unpack_words
 
 SCHEMAS = {1: Path(__file__).with_name("manifest.schema.v1.json"),
            2: Path(__file__).with_name("manifest.schema.json")}
@@ -259,12 +259,14 @@ class _Verifier:
             fill = self.manifest["options"].get("fill", 0)
             if self.version > 1 and any(w != fill for w in words[entry["depth"]:]):
                 raise ImageError(f"its words beyond the tensor's {entry['depth']} are not the fill {fill:#x}")
-            q = unpack_words(words[:entry["depth"]], entry["width"], entry["lanes"], count)
+            q = unpack_words(words[:entry["depth"]], entry["width"], entry["lanes"], count,
+                             entry["signed"])
         if q.size != count:
             raise ImageError(f"holds {q.size} values, the manifest says {count}")
-        if q.size and needed_bits(q) > entry["width"]:
+        lo, hi = lane_range(entry["width"], entry["signed"])
+        if q.size and (int(q.min()) < lo or int(q.max()) > hi):
             raise ImageError(f"holds values from {int(q.min())} to {int(q.max())}, wider than its "
-                             f"{entry['width']} bits")
+                             f"{entry['width']} {'signed' if entry['signed'] else 'unsigned'} bits")
         return q.astype(np.int64)
 
     def entry_is_consistent(self, tid: str, entry: dict) -> bool:
@@ -276,6 +278,8 @@ class _Verifier:
                 problems.append(f"width {entry['width']} ({entry['width_source']}) for format {fmt.describe()}")
             if not fmt.bounded and entry["width_source"] != "observed":
                 problems.append(f"width_source {entry['width_source']} for the unbounded {fmt.describe()}")
+            if entry["signed"] != (fmt.signed or not fmt.bounded):
+                problems.append(f"signed={entry['signed']} for format {fmt.describe()}")
         count = int(np.prod(entry["shape"], dtype=object))
         if entry["word_width"] < entry["lanes"] * entry["width"]:
             problems.append(f"{entry['lanes']} lanes of {entry['width']} bits in {entry['word_width']}-bit words")
@@ -342,7 +346,8 @@ class _Verifier:
         if self.version < 2 or values.shape != tuple(entry["shape"]):
             return
         try:
-            words = pack_words(to_layout(values, entry["layout"]), entry["width"], entry["lanes"])
+            words = pack_words(to_layout(values, entry["layout"]), entry["width"], entry["lanes"],
+                               entry["signed"])
         except ValueError:
             return  # values wider than the entry's width: its files are blamed already
         image = words + [self.manifest["options"]["fill"]] * (entry["memory_depth"] - len(words))

@@ -1,0 +1,477 @@
+"""QONNX in and out (docs/arithmetic.md section 11): Brevitas fixtures bit for bit, the export
+executed by qonnx, round trips, `compare` against qonnx, and every refusal with its node."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx
+
+import wageubn_sim
+from strategies import qonnx_graphs
+from wageubn_sim.cli import main
+from wageubn_sim.config import Config
+from wageubn_sim.engine.conv2d import Conv2dParams
+from wageubn_sim.engine.registers import Accumulator
+from wageubn_sim.fixedpoint import Format, Overflow, Rounding
+from wageubn_sim.graph.fold import fold_batchnorm
+from wageubn_sim.graph.ir import Graph, GraphInput, Node
+from wageubn_sim.graph.qonnx_compare import compare_qonnx
+from wageubn_sim.graph.qonnx_import import from_qonnx
+from wageubn_sim.graph.ranges import value_ranges
+
+DATA = Path(__file__).parent / "data" / "brevitas"
+FLOAT32_EXACT = 1 << 24
+# qonnx runs each node in its own onnxruntime session: a property gets a third of the
+# profile's examples (100 under `ci`, 1000 under `thorough`)
+SLOW = settings(max_examples=max(4, settings.default.max_examples // 3), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def qonnx_run(model, x: np.ndarray) -> dict:
+    """qonnx's full execution context for float inputs x (the model's declared batch)."""
+    wrapper = ModelWrapper(model)
+    name = wrapper.graph.input[0].name
+    return execute_onnx(wrapper, {name: x.astype(np.float32)}, return_full_exec_context=True)
+
+
+def canonical(graph: Graph) -> dict:
+    """A graph's structure, params and arrays, without where it came from."""
+    data = graph.to_json()
+    data.pop("meta")
+    for node in data["nodes"]:
+        node.pop("source")
+        params = node["params"]
+        fmt = params.get("out_fmt")
+        for key in ("overflow", "out_overflow"):  # unsigned, SAT_SYM is SAT (QONNX has one name)
+            if fmt is not None and not fmt["signed"] and params.get(key) == "SAT_SYM":
+                params[key] = "SAT"
+    arrays = {f"{n.name}/{k}": v.tolist() for n in graph.nodes for k, v in n.arrays.items()}
+    return {"graph": data, "arrays": arrays}
+
+
+def assert_same_graph(got: Graph, want: Graph):
+    a, b = canonical(got), canonical(want)
+    assert a["graph"]["inputs"] == b["graph"]["inputs"]
+    assert [n["name"] for n in a["graph"]["nodes"]] == [n["name"] for n in b["graph"]["nodes"]]
+    for x, y in zip(a["graph"]["nodes"], b["graph"]["nodes"]):
+        assert x == y, f"node {y['name']}"
+    assert a == b
+
+
+def grid_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
+    """Float inputs on the graph input's grid (every integer of its format reachable)."""
+    fmt = graph.inputs[0].fmt
+    q = np.random.default_rng(seed).integers(fmt.min_int, fmt.max_int + 1, (n, *graph.inputs[0].shape))
+    return q * 2.0 ** -fmt.frac_bits
+
+
+def static_bound(graph: Graph) -> int:
+    """The largest magnitude any value (each register's input included) can take, in LSBs."""
+    ranges = list(value_ranges(graph).values())
+    raw = [(lo, hi) for lo, hi, _ in value_ranges(graph, before_output_register=True).values()]
+    return max(max(abs(lo), abs(hi)) for lo, hi in ranges + raw)
+
+
+# ---- (c) Brevitas fixtures -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cnn", "mixed"])
+def test_brevitas_models_import_bit_exact_to_brevitas_and_qonnx(name):
+    """tools/make_brevitas_fixtures.py exported these with Brevitas 0.13.4; the engine equals
+    Brevitas's own torch outputs and qonnx's execution, bit for bit, on on-grid inputs."""
+    graph = from_qonnx(DATA / f"{name}.onnx")
+    data = np.load(DATA / f"{name}.npz")
+    x = data["input"].astype(np.float64)
+    ours = graph.run(x).values
+    np.testing.assert_array_equal(ours, data["brevitas_output"].astype(np.float64))
+    report = compare_qonnx(DATA / f"{name}.onnx", graph, x)
+    assert report.exact, str(report)
+    assert [layer.name for layer in report.layers] == [n.name for n in graph.nodes]
+
+
+def test_brevitas_layers_become_engine_layers_with_their_registers():
+    cnn = from_qonnx(DATA / "cnn.onnx")
+    assert [(n.name, n.op) for n in cnn.nodes] == [
+        ("conv1", "conv2d"), ("relu1", "activation"), ("pool", "max_pool2d"),
+        ("node_view", "flatten"), ("fc", "linear")]
+    fx, fw = cnn.inputs[0].fmt.frac_bits, cnn.nodes[0].params.weight_fmt.frac_bits
+    assert cnn.inputs[0].fmt == Format(8, fx)  # Int8ActPerTensorFixedPoint
+    assert cnn.nodes[0].params.bias_fmt == Format(32, fx + fw)  # Int32Bias: the input's scale x the weights'
+    assert cnn.nodes[1].params.out_fmt.bits == 8  # the QuantReLU's Quant folded
+    assert not cnn.nodes[1].params.out_fmt.signed
+    assert cnn.nodes[1].params.overflow == Overflow.SAT
+    mixed = from_qonnx(DATA / "mixed.onnx")
+    ops = [n.op for n in mixed.nodes]
+    assert {"concat", "upsample", "requantize", "add", "avg_pool2d"} <= set(ops)
+    stem = mixed.nodes[0]
+    assert stem.params.weight_fmt.bits > 8  # per-channel scales aligned to the finest grid
+    # TruncAvgPool2d: the exact mean of 4 cells, then Trunc's own rounding as a register
+    pool = ops.index("avg_pool2d")
+    assert mixed.nodes[pool + 1].op == "requantize" and mixed.nodes[pool].out_fmt.bits is None
+
+
+def test_done_when_compile_vectors_verify_from_a_brevitas_model(tmp_path):
+    model = DATA / "mixed.onnx"
+    assert cli("compile", model, "-o", tmp_path / "g.wgraph").exit_code == 0
+    assert cli("vectors", tmp_path / "g.wgraph", "--random", 4, "-o", tmp_path / "b").exit_code == 0
+    result = cli("verify", tmp_path / "b")
+    assert result.exit_code == 0 and "all match" in result.output
+
+
+# ---- (a) export executed by qonnx ----------------------------------------------------------------
+
+@SLOW
+@given(qonnx_graphs())
+def test_export_executed_by_qonnx_equals_the_engine_and_imports_back(graph):
+    """Below 2**24 (every value and register input, by the static ranges) qonnx's float32
+    execution of our export is the engine's result; the export imports back to the graph."""
+    assume(static_bound(graph) < FLOAT32_EXACT)
+    model = graph.to_qonnx(batch=2)
+    x = grid_inputs(graph, 2)
+    ctx = qonnx_run(model, x)
+    traced = graph.run(x, trace=True)
+    for node in graph.nodes:
+        out = traced.layers[node.name]
+        np.testing.assert_array_equal(ctx[node.name].astype(np.float64) * 2.0 ** out.fmt.frac_bits,
+                                      out.q, err_msg=node.name)
+    assert_same_graph(from_qonnx(model), graph)  # (b)
+
+
+def _wide_linear() -> Graph:
+    """One Linear whose sums reach 2**40: beyond float32."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-2**15, 2**15, (8, 64))
+    params = Conv2dParams(Format(16, 0))
+    return Graph([GraphInput("x", (64,), Format(16, 0))],
+                 [Node("fc", "linear", ["x"], params, {"weight": w})], ["fc"]).check()
+
+
+def test_beyond_2_24_qonnx_errs_and_the_engine_stays_exact():
+    graph = _wide_linear()
+    x = grid_inputs(graph, 4, seed=5)
+    exact = x.astype(np.int64).astype(object) @ graph.nodes[0].arrays["weight"].T.astype(object)
+    ours = graph.run(x).q
+    assert ours.tolist() == exact.tolist()  # the engine: Python-integer exact
+    qonnx = qonnx_run(graph.to_qonnx(batch=4), x)["fc"].astype(np.float64)
+    assert not np.array_equal(qonnx, ours)  # float32 rounds sums beyond 2**24
+    # and within float32 summation's error bound, n * 2**-24 * sum |w x|: its rounding alone
+    magnitudes = np.abs(x) @ np.abs(graph.nodes[0].arrays["weight"]).T.astype(np.float64)
+    assert np.all(np.abs(qonnx - ours) <= 64 * 2.0 ** -24 * magnitudes)
+
+
+# ---- (b) round trips -------------------------------------------------------------------------
+
+def _wageubn_model(iostrict: bool, bn: bool):
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 4, 3, padding=1)] + ([nn.BatchNorm2d(4)] if bn else []) + [
+        nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)]
+    m = wageubn_sim.quantize_model(nn.Sequential(*layers), Config(iostrict=iostrict))
+    m.train()
+    with torch.no_grad():
+        m.double()(torch.randn(8, 1, 8, 8, dtype=torch.float64))
+    return m.eval()
+
+
+@pytest.mark.parametrize("iostrict", [False, True])
+def test_wageubn_graphs_round_trip_and_qonnx_executes_them_exactly(iostrict):
+    """A WAGEUBN network, its BatchNorm folded (plain) or without one (iostrict: every input
+    and output register), exported, executed by qonnx, imported back unchanged."""
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8))
+    graph = wageubn_sim.compile(_wageubn_model(iostrict, bn=not iostrict), x, Format(8, 4))
+    if not iostrict:
+        graph = fold_batchnorm(graph, 8)
+    model = graph.to_qonnx(batch=3)
+    assert canonical(from_qonnx(model)) == canonical(graph)
+    marks = [n.doc_string for n in model.graph.node if n.doc_string]
+    assert any("input-register" in m for m in marks) == iostrict
+    assert any("unbounded" in m for m in marks) != iostrict
+    xq = graph.quantize_input(x) * 2.0 ** -4
+    np.testing.assert_array_equal(qonnx_run(model, xq)[graph.outputs[0]], graph.run(xq).values)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mixed"])
+def test_an_imported_brevitas_model_round_trips(name):
+    graph = from_qonnx(DATA / f"{name}.onnx")
+    again = from_qonnx(graph.to_qonnx(batch=2))
+    assert canonical(again) == canonical(graph)
+
+
+def test_narrow_accumulators_export_only_when_inexact_is_allowed_and_come_back():
+    graph = _wide_linear()
+    narrow = Graph(graph.inputs, [Node("fc", "linear", ["x"], Conv2dParams(
+        Format(16, 0), accumulator=Accumulator(24, "SAT", "kernel_major", 2)), graph.nodes[0].arrays)],
+        ["fc"]).check()
+    with pytest.raises(ValueError, match="fc: its 24-bit SAT accumulator"):
+        narrow.to_qonnx()
+    model = narrow.to_qonnx(allow_inexact=True)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert "fc: 24-bit accumulator exported as exact" in props["wageubn_sim.inexact"]
+    assert canonical(from_qonnx(model)) == canonical(narrow)  # the accumulator, from the metadata
+    assert from_qonnx(model, accumulators={}).nodes[0].params.accumulator == Accumulator()
+
+
+def test_floor_registers_export_as_trunc(tmp_path):
+    base = _wide_linear()
+    params = Conv2dParams(Format(16, 0), out_fmt=Format(12, -20), rounding=Rounding.FLOOR,
+                          out_overflow=Overflow.SAT)
+    graph = Graph(base.inputs, [Node("fc", "linear", ["x"], params, base.nodes[0].arrays)], ["fc"]).check()
+    model = graph.to_qonnx()
+    assert [n.op_type for n in model.graph.node].count("Trunc") == 1
+    assert canonical(from_qonnx(model)) == canonical(graph)
+
+
+# ---- (d) compare against qonnx --------------------------------------------------------------
+
+def _model_with(nodes, inits, x_shape, out_name, out_shape, opset=13, qonnx_opset=2, inputs=None):
+    graph = helper.make_graph(nodes, "g", inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f"
+                                                                  else np.int64), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                   helper.make_opsetid("qonnx.custom_op.general", qonnx_opset)])
+
+
+def _quant(x, out, scale, bits, name=None, signed=1, narrow=0, rounding="ROUND", zero="zero"):
+    return helper.make_node("Quant", [x, scale, zero, bits], [out], name=name or out,
+                            domain="qonnx.custom_op.general", signed=signed, narrow=narrow,
+                            rounding_mode=rounding)
+
+
+def _conv_model(extra_nodes=(), extra_inits=None, out="y", conv_out="y", weight_scale=2.0 ** -6,
+                qonnx_opset=2, **quant):
+    """x -> Quant(s8.4) -> Conv(Quant(w), Quant(b)) [-> extra]; 2 channels, 3x3."""
+    rng = np.random.default_rng(0)
+    inits = {"s_in": 2.0 ** -4, "s_w": weight_scale, "s_b": 2.0 ** -10, "zero": 0.0, "b8": 8.0,
+             "b16": 16.0, "w": rng.standard_normal((2, 1, 3, 3)) * 0.5, "bias": rng.standard_normal(2)}
+    inits.update(extra_inits or {})
+    nodes = [_quant("x", "xq", "s_in", "b8", **quant), _quant("w", "wq", "s_w", "b8", narrow=1),
+             _quant("bias", "bq", "s_b", "b16"),
+             helper.make_node("Conv", ["xq", "wq", "bq"], [conv_out], name="conv", pads=[1, 1, 1, 1],
+                              kernel_shape=[3, 3])]
+    return _model_with(nodes + list(extra_nodes), inits, [2, 1, 6, 6], out, [2, 2, 6, 6],
+                       qonnx_opset=qonnx_opset)
+
+
+def test_compare_names_the_first_divergence_and_a_float_batchnorm_as_its_cause(tmp_path):
+    bn = helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn")
+    model = _conv_model([bn], {"gamma": [1.3, 0.7], "beta": [0.1, -0.2], "mean": [0.05, -0.1],
+                               "var": [0.9, 1.7]}, conv_out="c")
+    onnx.save(model, tmp_path / "bn.onnx")
+    graph = from_qonnx(tmp_path / "bn.onnx")
+    assert [n.op for n in graph.nodes] == ["conv2d_bn"] and "not bit-exact" in graph.nodes[0].source
+    x = np.random.default_rng(2).standard_normal((6, 1, 6, 6))
+    report = compare_qonnx(tmp_path / "bn.onnx", graph, x)
+    assert not report.exact and report.first.layer == "conv"
+    assert "BatchNormalization" in report.first.cause
+    result = cli("compare", tmp_path / "bn.onnx", "--random", 4, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1 and "first divergence: conv" in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["reference"] == "qonnx"
+
+
+def test_compare_blames_float32_beyond_2_24(tmp_path):
+    path = tmp_path / "wide.onnx"
+    _wide_linear().to_qonnx(path, batch=4)
+    graph = from_qonnx(path)
+    report = compare_qonnx(path, graph, grid_inputs(graph, 4, seed=5))
+    assert report.first.layer == "fc" and "float32" in report.first.cause
+
+
+def test_compare_of_an_exact_model_exits_0(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_model(), path)
+    result = cli("compare", path, "--random", 5)
+    assert result.exit_code == 0 and "bit-exact" in result.output
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+
+def _refused(tmp_path, model, *needles):
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    result = cli("compile", path, "-o", tmp_path / "g")
+    assert result.exit_code == 2, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    assert not (tmp_path / "g").exists()
+    return result.output
+
+
+def test_unsupported_op_names_node_op_and_the_supported_list(tmp_path):
+    out = _refused(tmp_path, _conv_model([helper.make_node("Sigmoid", ["c"], ["y"], name="squash")],
+                                          conv_out="c"), "node squash (Sigmoid)", "Supported: Quant/IntQuant")
+    assert "Traceback" not in out
+
+
+def test_a_scale_that_is_not_a_power_of_two_is_refused_never_rounded(tmp_path):
+    _refused(tmp_path, _conv_model(weight_scale=0.3), "node wq (Quant)", "scale 0.3", "not a power of two")
+
+
+def test_a_nonzero_zero_point_is_refused(tmp_path):
+    model = _conv_model(extra_inits={"z1": 1.0}, zero="z1")
+    _refused(tmp_path, model, "node xq (Quant)", "zero-point [1.0] is not zero")
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"rounding": "CEIL"}, ["rounding_mode CEIL has no engine rounding"]),
+    ({"signed": 0, "narrow": 1}, ["unsigned narrow"]),
+])
+def test_input_quant_modes_without_an_engine_form_are_refused(tmp_path, change, needles):
+    _refused(tmp_path, _conv_model(**change), "node xq (Quant)", *needles)
+
+
+def _set_input(node: int, position: int, name: str, value=None):
+    def edit(model):
+        if value is not None:
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        model.graph.node[node].input[position] = name
+    return edit
+
+
+def _set_attribute(node, **values):
+    for a in list(node.attribute):
+        if a.name in values:
+            node.attribute.remove(a)
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in values.items())
+
+
+def _drop_attribute(node: int, name: str):
+    def edit(model):
+        attrs = model.graph.node[node].attribute
+        attrs.remove(next(a for a in attrs if a.name == name))
+    return edit
+
+
+def _uneven_pads(model):
+    _set_attribute(model.graph.node[3], pads=[1, 1, 0, 1])
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (_set_input(0, 3, "b1", 1.0), ["node xq (Quant)", "1-bit signed Quant is bipolar"]),
+    (_set_input(1, 3, "b70", 70.0), ["node wq (Quant)", "bit width 70"]),
+    (_drop_attribute(1, "narrow"), ["node wq (Quant)", "attribute narrow is missing"]),
+    (_set_input(3, 1, "w"), ["node conv (Conv)", "w is not a quantized constant"]),
+    (_uneven_pads, ["node conv (Conv)", "pads [1, 1, 0, 1]"]),
+])
+def test_malformed_quantizers_and_layers_are_refused_with_their_node(tmp_path, edit, needles):
+    model = _conv_model()
+    edit(model)
+    _refused(tmp_path, model, *needles)
+
+
+def test_nan_weights_and_per_channel_activation_scales_are_refused(tmp_path):
+    model = _conv_model()
+    model.graph.initializer[-2].CopyFrom(numpy_helper.from_array(np.full((2, 1, 3, 3), np.nan, np.float32), "w"))
+    _refused(tmp_path, model, "node wq (Quant)", "NaN")
+    model = _conv_model(extra_inits={"s_pc": [2.0 ** -4, 2.0 ** -5]})
+    model.graph.node[0].input[1] = "s_pc"
+    _refused(tmp_path, model, "node xq (Quant)", "per-channel scales on a network value")
+
+
+def test_trunc_version_1_is_refused(tmp_path):
+    trunc = helper.make_node("Trunc", ["y0", "s_b", "zero", "b16", "s_in", "b8"], ["y"], name="t",
+                             domain="qonnx.custom_op.general", rounding_mode="FLOOR")
+    _refused(tmp_path, _conv_model([trunc], conv_out="y0", qonnx_opset=1), "node t (Trunc)",
+             "Trunc version 1")
+
+
+def test_a_marker_that_would_change_a_number_is_refused(tmp_path):
+    graph = _wide_linear()
+    params = Conv2dParams(Format(16, 0), out_fmt=Format(None, -8))
+    graph = Graph(graph.inputs, [Node("fc", "linear", ["x"], params, graph.nodes[0].arrays)], ["fc"]).check()
+    model = graph.to_qonnx()
+    quant = next(n for n in model.graph.node if "unbounded" in n.doc_string)
+    narrow_bits = numpy_helper.from_array(np.array(4.0, np.float32), "four")
+    model.graph.initializer.append(narrow_bits)
+    quant.input[3] = "four"  # the register now clamps at 4 bits: no longer unbounded
+    _refused(tmp_path, model, "marked unbounded", "more than its 4 bits")
+
+
+def test_damaged_files_and_external_data_outside_the_folder_are_refused(tmp_path):
+    good = (DATA / "cnn.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(good[: len(good) // 2])
+    result = cli("compile", tmp_path / "cut.onnx", "-o", tmp_path / "g")
+    assert result.exit_code == 2 and "not a readable ONNX file" in result.output
+    model = onnx.load(DATA / "cnn.onnx")
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    assert canonical(from_qonnx(tmp_path / "ext.onnx")) == canonical(from_qonnx(DATA / "cnn.onnx"))
+    (tmp_path / "ext.data").write_bytes((tmp_path / "ext.data").read_bytes()[:100])
+    result = cli("compile", tmp_path / "ext.onnx", "-o", tmp_path / "g")
+    assert result.exit_code == 2 and "truncated" in result.output
+    model = onnx.load(tmp_path / "ext.onnx", load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../secret.data"
+    onnx.save(model, tmp_path / "escape.onnx")
+    result = cli("compile", tmp_path / "escape.onnx", "-o", tmp_path / "g")
+    assert result.exit_code == 2 and "not a file name beside the model" in result.output
+
+
+def test_export_refusals_name_the_layer(tmp_path):
+    base = _wide_linear()
+    for params, needle in [
+        (Conv2dParams(Format(16, 0), out_fmt=Format(8, -20), out_overflow=Overflow.WRAP), "WRAP register"),
+        (Conv2dParams(Format(16, 0), out_fmt=Format(8, -20), rounding=Rounding.HALF_UP), "HALF_UP has no QONNX name"),
+    ]:
+        graph = Graph(base.inputs, [Node("fc", "linear", ["x"], params, base.nodes[0].arrays)], ["fc"]).check()
+        with pytest.raises(ValueError, match=f"layer fc.*{needle}"):
+            graph.to_qonnx()
+    wide = Graph(base.inputs, [Node("fc", "linear", ["x"], Conv2dParams(Format(40, 0)),
+                                    {"weight": (base.nodes[0].arrays["weight"] << 20) + 1})], ["fc"]).check()
+    with pytest.raises(ValueError, match="fc: weight.*not exactly a float32"):
+        wide.to_qonnx()
+    x = np.random.default_rng(1).standard_normal((2, 1, 8, 8))
+    unfolded = wageubn_sim.compile(_wageubn_model(False, bn=True), x, Format(8, 4))
+    unfolded.save(tmp_path / "g")
+    result = cli("export", tmp_path / "g", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "fold it (compile --fold-bn 16)" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+    result = cli("export", tmp_path / "g", "-o", tmp_path / "m.onnx", "--allow-inexact")
+    assert result.exit_code == 0 and "inexact: 1: BatchNorm's division done in float" in result.output
+
+
+@settings(max_examples=max(4, settings.default.max_examples // 3), deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(-3, 9), min_size=3, max_size=3),
+       st.integers(2, 8), st.booleans(), st.sampled_from(["ROUND", "HALF_UP", "FLOOR", "DOWN"]))
+def test_quantized_constants_equal_qonnx_int_quant(seed, fracs, bits, narrow, mode):
+    """A Quant of a weight with per-channel power-of-two scales gives exactly the values of
+    qonnx's own int_quant, on one grid (the finest)."""
+    from qonnx.custom_op.general.intquant import int_quant
+    w = (np.random.default_rng(seed).standard_normal((3, 1, 1, 1)) * 4).astype(np.float32)
+    scale = np.array([2.0 ** -f for f in fracs], np.float32).reshape(3, 1, 1, 1)
+    model = _conv_model(extra_inits={"w": w, "s_pc": scale, "bias": np.zeros(3), "bw": float(bits)})
+    model.graph.node[1].input[1] = "s_pc"
+    model.graph.node[1].input[3] = "bw"
+    _set_attribute(model.graph.node[1], narrow=int(narrow), rounding_mode=mode)
+    _set_attribute(model.graph.node[3], kernel_shape=[1, 1], pads=[0, 0, 0, 0])
+    conv = from_qonnx(model).nodes[0]
+    want = int_quant(w, scale, np.float32(0), np.float32(bits), 1, int(narrow), mode)
+    got = conv.arrays["weight"] * 2.0 ** -conv.params.weight_fmt.frac_bits
+    np.testing.assert_array_equal(got, want.astype(np.float64))
+    assert conv.params.weight_fmt == Format(bits + max(fracs) - min(fracs), max(fracs))
+
+
+def test_the_audit_sizes_unsigned_registers_in_unsigned_bits():
+    """A QONNX uint8 activation: 0..255 needs 8 unsigned bits (9 signed)."""
+    from wageubn_sim.reports.audit import audit
+    graph = from_qonnx(DATA / "cnn.onnx")
+    rows = {(r.layer, r.tensor): r for r in audit(graph, grid_inputs(graph, 4)).rows}
+    relu = rows[("relu1", "output")]
+    assert relu.declared.startswith("u8.") and relu.observed_min >= 0
+    assert relu.needed_bits == max(1, relu.observed_max.bit_length())
+    assert relu.headroom_bits == 8 - relu.needed_bits and relu.proposed.startswith("u")
