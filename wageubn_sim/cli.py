@@ -533,25 +533,162 @@ def verify(bundle, graph_path):
     sys.exit(0 if report.ok else CHECK_FAILED)
 
 
+_data_options = [
+    click.option("--data", help="A dataset, streamed in batches: .npy (N first; memory-mapped), .npz "
+                                "(one array, and optionally 'labels'), a folder of .npy files (each a batch "
+                                "or one sample), or an ImageFolder (ROOT/CLASS/IMAGE) with --crop."),
+    click.option("--labels", help="Class labels for --data FILE.npy: an .npy of ints, one per sample."),
+    click.option("--resize", type=click.IntRange(1), help="Images: resize the shorter side to N (bilinear)."),
+    click.option("--crop", type=click.IntRange(1), help="Images: center-crop N x N (the graph's input size)."),
+    click.option("--mean", help="Images: per-channel means, e.g. 0.485,0.456,0.406 (after scaling to 0..1)."),
+    click.option("--std", help="Images: per-channel standard deviations, e.g. 0.229,0.224,0.225."),
+    click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch."),
+    click.option("--shard-size", type=click.IntRange(1), default=512, show_default=True,
+                 help="Samples per shard (one task on a cluster)."),
+    click.option("--workers", type=click.IntRange(1), help="Run on a local Dask cluster of N processes."),
+    click.option("--scheduler", help="Run on the Dask cluster at tcp://HOST:PORT."),
+]
+
+
+def data_options(fn):
+    for option in reversed(_data_options):
+        fn = option(fn)
+    return fn
+
+
+def _floats(text, option):
+    try:
+        return [float(v) for v in text.split(",")] if text else None
+    except ValueError:
+        raise BadInput(f"{option} {text!r}: give numbers separated by commas") from None
+
+
+def _dataset(g, data, labels, resize, crop, mean, std, input_path=None, random=None, shape=None, seed=0):
+    """--data (streamed), or the inputs of --input/--random (in memory)."""
+    from .data.sources import Preprocess, open_data
+    if data is None:
+        if labels or crop or resize:
+            raise BadInput("--labels, --crop and --resize go with --data")
+        if shape is None and random is not None:
+            shape = ",".join(map(str, g.inputs[0].shape))
+        return load_inputs(input_path, random, shape, seed)
+    if input_path or random is not None:
+        raise BadInput("give --data, or --input/--random, not both")
+    preprocess = None
+    if crop is not None:
+        channels = g.inputs[0].shape[0]
+        preprocess = _guard(Preprocess, channels, resize, crop, _floats(mean, "--mean"), _floats(std, "--std"))
+        if preprocess.shape != tuple(g.inputs[0].shape):
+            raise BadInput(f"--crop {crop} gives images of {preprocess.shape}, the graph's input is "
+                           f"{tuple(g.inputs[0].shape)}")
+    try:
+        source = open_data(data, g.inputs[0].shape, preprocess, labels)
+    except (UnreadableFile, FileNotFoundError, ValueError) as err:
+        raise BadInput(str(err)) from None
+    if source.sample_shape != tuple(g.inputs[0].shape):
+        raise BadInput(f"--data {data} holds samples of shape {source.sample_shape}, the graph's input "
+                       f"is {tuple(g.inputs[0].shape)}")
+    return source
+
+
+def _progress_line(label: str):
+    """A data.shards.Progress that reports images and images/s on stderr."""
+    from .data.shards import Progress
+
+    def report(done, total, seconds):
+        rate = done / seconds if seconds > 0 else 0.0
+        click.echo(f"\r{label}: {done}{'/' + str(total) if total else ''} samples, {rate:.0f}/s",
+                   err=True, nl=False)
+        if total and done >= total:
+            click.echo("", err=True)
+    return lambda total=None: Progress(total, report)
+
+
+def _run_on_data(fn, source, workers, scheduler):
+    """fn(client) with the Dask client --workers/--scheduler ask for (None: serial); the
+    library's input errors as exit 2."""
+    from .data.shards import dask_client
+    try:
+        with dask_client(workers, scheduler) as client:
+            return fn(client)
+    except UnreadableFile as err:
+        raise BadInput(str(err)) from None
+    except (FileNotFoundError, ValueError, OverflowError) as err:
+        raise BadInput(str(err)) from None
+
+
 @main.command()
 @click.argument("graph")
 @input_options
+@data_options
 @click.option("-o", "--out", help="Folder for audit.json, .csv, .md and .html.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def audit(graph, input_path, random, shape, seed, out, force):
-    """Audit the register widths of GRAPH over inputs; print the table."""
+def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, mean, std, batch,
+          shard_size, workers, scheduler, out, force):
+    """Audit the register widths of GRAPH over inputs or a whole dataset (--data; serial, or on
+    Dask with --workers/--scheduler: the same bytes either way); print the table."""
     from .files.write import write_folder_atomically
+    from .graph.ir import load_graph
     from .reports.audit import audit as run_audit
     if out:
-        _output(out, force, graph, input_path)  # before the work
-    g, x = _graph_and_inputs(graph, input_path, random, shape, seed)
-    report = _guard(run_audit, g, x)
+        _output(out, force, graph, input_path, data)  # before the work
+    g = _guard(load_graph, graph)
+    source = _dataset(g, data, labels, resize, crop, mean, std, input_path, random, shape, seed)
+    total = len(source) if hasattr(source, "__len__") else None
+    report = _run_on_data(lambda client: run_audit(g, source, client, batch, shard_size,
+                                                   _progress_line("audit")(total)), source, workers, scheduler)
     click.echo(report.to_table().rstrip())
     if out:
         files = {"audit.json": report.to_json(), "audit.csv": report.to_csv(),
                  "audit.md": report.to_markdown(), "audit.html": report.to_html()}
         _guard(write_folder_atomically, out, {k: v.encode() for k, v in files.items()}, force)
         click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("graph")
+@data_options
+@click.option("--criterion", default="exact", show_default=True,
+              help="What the narrower registers must keep: exact (bit-identical outputs), lsb:N "
+                   "(within N output LSBs), top1[:F] (the same top-1 class on a fraction F of the "
+                   "samples) or accuracy[:D] (top-1 accuracy at most D below, with labels).")
+@click.option("--registers", default="accumulator,output", show_default=True,
+              help="Which registers to size: accumulator (MAC layers), output (layers with an output register).")
+@click.option("--layers", help="Only these layers (names, comma-separated).")
+@click.option("--overflow", default="SAT", show_default=True,
+              help="Overflow modes to try, comma-separated: SAT, SAT_SYM, WRAP.")
+@click.option("--min-bits", type=click.IntRange(1), default=2, show_default=True,
+              help="The narrowest width to try.")
+@click.option("-o", "--out", required=True,
+              help="Folder for sweep.json, sweep.txt, sweep.html and graph/ (the proposed graph).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def sweep(graph, data, labels, resize, crop, mean, std, batch, shard_size, workers, scheduler,
+          criterion, registers, layers, overflow, min_bits, out, force):
+    """Find, per layer, the narrowest accumulator and output registers that keep GRAPH's outputs
+    on --data within --criterion (each layer alone, then all together); write the report and
+    the proposed graph (ready for `vectors`)."""
+    from .files.write import write_folder_atomically
+    from .graph.ir import load_graph
+    from .reports.sweep import Criterion, sweep as run_sweep
+    _output(out, force, graph, data)  # before the work
+    if data is None:
+        raise BadInput("give the dataset: --data PATH")
+    crit = _guard(Criterion.parse, criterion)
+    g = _guard(load_graph, graph)
+    source = _dataset(g, data, labels, resize, crop, mean, std)
+    progress = _progress_line("sweep")
+    report, proposed = _run_on_data(lambda client: run_sweep(
+        g, source, crit, [r.strip() for r in registers.split(",")],
+        [n.strip() for n in layers.split(",")] if layers else None,
+        [m.strip().upper() for m in overflow.split(",")], min_bits, client, batch, shard_size,
+        lambda label: progress(len(source))), source, workers, scheduler)
+    click.echo(report.to_table().rstrip())
+    files = {"sweep.json": report.to_json(), "sweep.txt": report.to_table(), "sweep.html": report.to_html()}
+    files = {k: v.encode() for k, v in files.items()}
+    files.update({f"graph/{k}": v for k, v in proposed.files().items()})
+    _guard(write_folder_atomically, out, files, force)
+    click.echo(f"wrote {out}")
+    sys.exit(0 if report.combined_passes else CHECK_FAILED)
 
 
 if __name__ == "__main__":

@@ -108,10 +108,7 @@ class Graph:
         for i, node in enumerate(self.nodes):
             ins = [values[name] for name in node.inputs]
             start = time.perf_counter()
-            try:
-                out = OPS[node.op][1](node, ins, trace)
-            except (ValueError, OverflowError) as err:
-                raise type(err)(f"node {node.name} ({node.op}, from {node.source}): {err}") from err
+            out = _run_node(node, ins, trace)
             if timings is not None:
                 timings[node.name] = time.perf_counter() - start
             values[node.name] = (out.q, out.fmt.frac_bits)
@@ -129,6 +126,17 @@ class Graph:
 
     __call__ = run
 
+    def run_from(self, values: dict, start: int, replacement: Node) -> tuple:
+        """(output integers, their frac) when node ``start`` is replaced by ``replacement``
+        (same name and inputs, other params), reusing ``values`` {name: (q, frac)} that a run
+        computed for the input and the nodes before it."""
+        values = dict(values)
+        for i in range(start, len(self.nodes)):
+            node = replacement if i == start else self.nodes[i]
+            out = _run_node(node, [values[name] for name in node.inputs], False)
+            values[node.name] = (out.q, out.fmt.frac_bits)
+        return values[self.outputs[0]]
+
     # ---- files --------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
@@ -143,14 +151,17 @@ class Graph:
             "outputs": self.outputs,
         }
 
-    def save(self, path, overwrite: bool = False) -> Path:
-        """Write the folder ``path`` (graph.json + arrays.npz) atomically."""
+    def files(self) -> dict:
+        """The graph folder's files, {name: bytes}: graph.json and arrays.npz."""
         arrays = {f"{n.name}/{k}": v for n in self.nodes for k, v in n.arrays.items()}
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         text = json.dumps(self.to_json(), indent=1, sort_keys=True)
-        return write_folder_atomically(path, {GRAPH_ARRAYS: buf.getvalue(),
-                                              GRAPH_JSON: text.encode()}, overwrite)
+        return {GRAPH_ARRAYS: buf.getvalue(), GRAPH_JSON: text.encode()}
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write the folder ``path`` (graph.json + arrays.npz) atomically."""
+        return write_folder_atomically(path, self.files(), overwrite)
 
     def to_qonnx(self, path=None, batch: int = 1, allow_inexact: bool = False, overwrite: bool = False):
         """The graph as a QONNX model (`qonnx_export.to_qonnx`; needs onnx)."""
@@ -223,6 +234,14 @@ class Graph:
         inputs = [GraphInput(i["name"], _shape(i["shape"], f"input {i['name']}: shape"),
                              Format.from_dict(i["format"])) for i in data["inputs"]]
         return cls(inputs, nodes, data["outputs"], data["meta"])
+
+
+def _run_node(node: Node, ins: list, trace: bool):
+    """One node's kernel on its inputs [(q, frac)]; an error names the node."""
+    try:
+        return OPS[node.op][1](node, ins, trace)
+    except (ValueError, OverflowError) as err:
+        raise type(err)(f"node {node.name} ({node.op}, from {node.source}): {err}") from err
 
 
 def unique_name(base: str, used: set) -> str:

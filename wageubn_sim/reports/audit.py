@@ -14,7 +14,13 @@ MAC layers, a folded BatchNorm's product register, a BatchNorm's xhat register):
 * event counts (wraps, saturations, ties, underflows) of that register alone (the accumulator's
   wraps and saturations, the output's rounding ties and saturations, ...);
 * ``proposed``: a format with the same fractional bits (and signedness), ``bound_bits`` wide for
-  MAC layers, ``needed_bits + 1`` (one guard bit) otherwise.
+  MAC layers, ``needed_bits + 1`` (one guard bit) otherwise;
+* a histogram on fixed integer bin edges that follow from the tensor's format alone
+  (`histogram_edges`), never from the data.
+
+Everything is a sum, a minimum or a maximum of integers per batch (`AuditStats`), so a dataset
+audited in shards, serially or on a Dask cluster, in any order, merges into the same bytes as
+one pass over it (`audit(graph, data, client=...)`).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import json
 import math
 
 import numpy as np
+from numba import njit, prange
 
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
@@ -59,10 +66,15 @@ class TensorAudit:
 class AuditReport:
     rows: list
     histograms: dict  # (layer, tensor) -> (counts, edges, ((lo, hi), label))
+    samples: int = 0
 
     def to_dict(self):
-        return {"columns": [f.name for f in dataclasses.fields(TensorAudit)],
-                "rows": [dataclasses.asdict(r) for r in self.rows]}
+        return {"samples": self.samples,
+                "columns": [f.name for f in dataclasses.fields(TensorAudit)],
+                "rows": [dataclasses.asdict(r) for r in self.rows],
+                "histograms": [{"layer": layer, "tensor": tensor, "edges": edges.tolist(),
+                                "counts": counts.tolist()}
+                               for (layer, tensor), (counts, edges, _) in self.histograms.items()]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
@@ -122,19 +134,33 @@ class AuditReport:
         import matplotlib.pyplot as plt
         for key, (counts, edges, rng) in self.histograms.items():
             fig, ax = plt.subplots(figsize=(6, 2.2), dpi=80)
-            ax.stairs(counts, edges, fill=True)
-            if rng is not None:
-                (lo, hi), label = rng
+            (lo, hi), label = rng
+            if edges is _LOG_EDGES:  # bins of equal bit length: one bar each, where values fell
+                used = np.flatnonzero(counts)
+                first, last = (int(used[0]), int(used[-1])) if used.size else (61, 62)
+                bins = np.arange(first, last + 1)
+                ax.bar(bins, counts[first:last + 1], width=0.9)
+                ax.set_xticks(bins, [_bin_label(edges[b]) for b in bins], fontsize=6, rotation=90)
+                ax.set_xlabel("value (LSB), bins of equal bit length")
+                label = label.replace(" range in red", "")
+            else:
+                ax.stairs(counts, edges, fill=True)
                 for v in (lo, hi):
                     ax.axvline(v, color="red", linestyle="--", linewidth=1)
-                ax.set_title(label, fontsize=8)
-            ax.set_xlabel("value (LSB)")
+                ax.set_xlabel("value (LSB)")
+            ax.set_title(label, fontsize=8)
             ax.set_ylabel("count")
             fig.tight_layout()
             buf = io.BytesIO()
             fig.savefig(buf, format="png", metadata={"Software": None})
             plt.close(fig)
             yield key, base64.b64encode(buf.getvalue()).decode()
+
+
+def _bin_label(edge: int) -> str:
+    """A log bin by its lower edge: 0, 2^k or -2^k."""
+    edge = int(edge)
+    return "0" if edge == 0 else ("-" if edge < 0 else "") + f"2^{abs(edge).bit_length() - 1}"
 
 
 def _dash(v):
@@ -145,11 +171,154 @@ def _bits_for(magnitude: int) -> int:
     return max(2, int(magnitude).bit_length() + 1)
 
 
-def _mac_bounds(node, out, source):
-    """(static bits, weight-bound bits, accumulator format) of a MAC layer."""
+# ---- histograms on fixed edges ---------------------------------------------------------------
+LINEAR_BINS = 64  # a bounded format's range in at most this many equal bins
+_LOG_EDGES = np.array([-(1 << k) for k in range(61, -1, -1)] + [0] + [1 << k for k in range(62)],
+                      dtype=np.int64)  # -2**61, ..., -2, -1, 0, 1, 2, ..., 2**61
+
+
+def histogram_edges(fmt: Format) -> np.ndarray:
+    """Integer bin edges of a tensor in ``fmt``, from the format alone: a bounded format's
+    range [min_int, max_int + 1) in min(2**bits, 64) equal bins; an unbounded one in bins of
+    equal bit length, [2**(k-1), 2**k) and mirrored (the domain -2**61 .. 2**61)."""
+    if not fmt.bounded:
+        return _LOG_EDGES
+    bins = min(1 << fmt.bits, LINEAR_BINS)
+    width = (1 << fmt.bits) // bins
+    return fmt.min_int + width * np.arange(bins + 1, dtype=np.int64)
+
+
+def histogram(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of q per bin [edges[i], edges[i+1]) of `histogram_edges` (values beyond the
+    edges in the end bins): one pass, each value's bin found by a shift or its bit length."""
+    flat = np.ascontiguousarray(q, dtype=np.int64).reshape(-1)
+    bins = len(edges) - 1
+    if edges is _LOG_EDGES:
+        return _log_counts(flat)
+    shift = int(edges[1] - edges[0]).bit_length() - 1  # equal bins of 2**shift values
+    return _linear_counts(flat, int(edges[0]), shift, bins)
+
+
+_CHUNK = 1 << 16
+
+
+@njit(cache=True)
+def _bit_length(v):
+    """The bit length of 0 <= v < 2**62 (0 for 0)."""
+    n = 0
+    for step in (32, 16, 8, 4, 2, 1):
+        if v >> step:
+            v >>= step
+            n += step
+    return n + (1 if v else 0)
+
+
+@njit(cache=True, parallel=True)
+def _linear_counts(flat, low, shift, bins):
+    chunks = (flat.size + _CHUNK - 1) // _CHUNK
+    parts = np.zeros((chunks, bins), np.int64)
+    for c in prange(chunks):
+        for i in range(c * _CHUNK, min(flat.size, (c + 1) * _CHUNK)):
+            k = (flat[i] - low) >> shift
+            parts[c, min(max(k, 0), bins - 1)] += 1
+    return parts.sum(axis=0)
+
+
+@njit(cache=True, parallel=True)
+def _log_counts(flat):
+    """Bins of _LOG_EDGES: v >= 0 in bin 62 + bit_length(v); v < 0 in 61 - bit_length(-v - 1)."""
+    chunks = (flat.size + _CHUNK - 1) // _CHUNK
+    parts = np.zeros((chunks, 124), np.int64)
+    for c in prange(chunks):
+        for i in range(c * _CHUNK, min(flat.size, (c + 1) * _CHUNK)):
+            v = flat[i]
+            k = 62 + _bit_length(v) if v >= 0 else 61 - _bit_length(-v - 1)
+            parts[c, min(max(k, 0), 123)] += 1
+    return parts.sum(axis=0)
+
+
+# ---- mergeable statistics --------------------------------------------------------------------
+_EVENTS = ("wraps", "saturations", "ties", "underflows")
+
+
+@dataclasses.dataclass
+class TensorStats:
+    """One register over some samples: exact sums, minima and maxima only."""
+    fmt: Format
+    count: int = 0
+    lo: int | None = None
+    hi: int | None = None
+    events: tuple = (0, 0, 0, 0)  # wraps, saturations, ties, underflows
+    counts: np.ndarray | None = None  # on histogram_edges(fmt)
+
+    def merge(self, other: "TensorStats") -> "TensorStats":
+        lows = [v for v in (self.lo, other.lo) if v is not None]
+        highs = [v for v in (self.hi, other.hi) if v is not None]
+        return TensorStats(self.fmt, self.count + other.count, min(lows, default=None),
+                           max(highs, default=None), tuple(a + b for a, b in zip(self.events, other.events)),
+                           self.counts + other.counts)
+
+
+@dataclasses.dataclass
+class AuditStats:
+    """Every audited register of a graph over some samples, and each MAC layer's observed input
+    range (after its input register), which the weight bound needs."""
+    samples: int
+    tensors: dict  # (layer, tensor) -> TensorStats, in the graph's order
+    mac_inputs: dict  # layer -> (lo, hi) of the values its MACs read
+
+    def merge(self, other: "AuditStats") -> "AuditStats":
+        if list(self.tensors) != list(other.tensors):
+            raise ValueError("audit statistics of different graphs cannot be merged")
+        mac = {}
+        for k, (lo, hi) in self.mac_inputs.items():
+            olo, ohi = other.mac_inputs[k]
+            mac[k] = (min(lo, olo), max(hi, ohi)) if lo is not None and olo is not None \
+                else (lo, hi) if olo is None else (olo, ohi)
+        return AuditStats(self.samples + other.samples,
+                          {k: v.merge(other.tensors[k]) for k, v in self.tensors.items()}, mac)
+
+
+def _registers(node, out):
+    """[(tensor name, its integers, its format)] of one traced layer, in datapath order."""
+    tensors = [("output", out.q, out.fmt)]
+    if node.op in MAC_OPS:
+        acc_row = ("accumulator", out.trace["accumulator"], out.acc_fmt)
+        tensors = [acc_row] if node.params.out_fmt is None else [acc_row] + tensors
+        if node.op == "conv2d_bn":  # the folded BatchNorm's product register, acc * m + o
+            tensors.insert(1, ("scaled", out.trace["scaled"],
+                               Format(None, out.acc_fmt.frac_bits + node.params.multiplier_frac)))
+    if node.op == "batchnorm2d":  # the normalised value's register
+        tensors.insert(0, ("xhat", out.trace["xhat"], node.params.xhat_fmt))
+    register = getattr(node.params, "input_register", None)
+    if register is not None:  # iostrict: the input held in a register first
+        tensors.insert(0, ("input", out.trace["input"], register))
+    return tensors
+
+
+def audit_batch(graph: Graph, x, labels=None) -> AuditStats:
+    """The statistics of one batch (traced run); a shard task of `audit`."""
+    result = graph.run(x, trace=True)
+    values = {graph.inputs[0].name: (graph.quantize_input(x), graph.inputs[0].fmt)}
+    tensors, mac = {}, {}
+    for node in graph.nodes:
+        out = result.layers[node.name]
+        for name, q, fmt in _registers(node, out):
+            ev = out.events_at(name)
+            lo, hi = (int(q.min()), int(q.max())) if q.size else (None, None)
+            tensors[(node.name, name)] = TensorStats(fmt, int(q.size), lo, hi,
+                                                     tuple(getattr(ev, k) for k in _EVENTS),
+                                                     histogram(q, histogram_edges(fmt)))
+        if node.op in MAC_OPS:
+            x_reg = out.trace.get("input", values[node.inputs[0]][0])
+            mac[node.name] = (int(x_reg.min()), int(x_reg.max())) if x_reg.size else (None, None)
+        values[node.name] = (out.q, out.fmt)
+    return AuditStats(len(x), tensors, mac)
+
+
+def _mac_bounds(node, x_range, fmt_in: Format):
+    """(static bits, weight-bound bits) of a MAC layer whose MACs read values in ``x_range``."""
     p = node.params
-    q_in, fmt_in = source
-    x_reg = out.trace.get("input", q_in)
     fx = p.input_register.frac_bits if p.input_register is not None else fmt_in.frac_bits
     reg_fmt = p.input_register or fmt_in
     w = node.arrays["weight"]
@@ -159,55 +328,59 @@ def _mac_bounds(node, out, source):
     fb = p.bias_fmt.frac_bits if has_bias else None
     base = max(fx, fw) if node.op == "adder2d" else fx + fw
     frac = base if fb is None else max(base, fb)  # the accumulator's grid (docs §9)
-    b_x = reg_fmt.bits if reg_fmt.bounded else needed_bits(x_reg)
+    x_lo, x_hi = x_range if x_range[0] is not None else (0, 0)
+    b_x = reg_fmt.bits if reg_fmt.bounded else bits_needed(x_lo, x_hi)
     b_w = p.weight_fmt.bits or needed_bits(w)
     static = b_x + b_w + math.ceil(math.log2(max(k, 1))) + int(has_bias) + (frac - base)
-    x_max = int(np.abs(x_reg).max(initial=0))
+    x_max = max(abs(x_lo), abs(x_hi))
     if node.op == "adder2d":
         term = k * ((x_max << (frac - fx)) + (int(np.abs(w).max(initial=0)) << (frac - fw)))
     else:
         term = int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max(initial=0)) * x_max << (frac - base)
     if has_bias:
         term += int(np.abs(node.arrays["bias"]).max(initial=0)) << (frac - fb)
-    return static, _bits_for(term), Format(p.accumulator.bits, frac)
+    return static, _bits_for(term)
 
 
-def audit(graph: Graph, x, bins: int = 40) -> AuditReport:
-    """Run ``graph`` on ``x`` (one batch, traced) and audit every layer."""
-    result = graph.run(x, trace=True)
-    values = {graph.inputs[0].name: (graph.quantize_input(x), graph.inputs[0].fmt)}
+def audit_report(graph: Graph, stats: AuditStats) -> AuditReport:
+    """The audit's rows and histograms from (merged) statistics."""
+    fmts = {graph.inputs[0].name: graph.inputs[0].fmt}
+    fmts.update({n.name: n.out_fmt for n in graph.nodes})
     rows, hists = [], {}
     for node in graph.nodes:
-        out = result.layers[node.name]
-        tensors = [("output", out.q, out.fmt)]
         static = bound = None
         if node.op in MAC_OPS:
-            static, bound, acc_fmt = _mac_bounds(node, out, values[node.inputs[0]])
-            acc_row = ("accumulator", out.trace["accumulator"], acc_fmt)
-            tensors = [acc_row] if node.params.out_fmt is None else [acc_row] + tensors
-            if node.op == "conv2d_bn":  # the folded BatchNorm's product register, acc * m + o
-                scaled_fmt = Format(None, acc_fmt.frac_bits + node.params.multiplier_frac)
-                tensors.insert(1, ("scaled", out.trace["scaled"], scaled_fmt))
-        if node.op == "batchnorm2d":  # the normalised value's register
-            tensors.insert(0, ("xhat", out.trace["xhat"], node.params.xhat_fmt))
-        register = getattr(node.params, "input_register", None)
-        if register is not None:  # iostrict: the input held in a register first
-            tensors.insert(0, ("input", out.trace["input"], register))
-        for name, q, fmt in tensors:
-            lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
+            static, bound = _mac_bounds(node, stats.mac_inputs[node.name], fmts[node.inputs[0]])
+        for (layer, name), t in stats.tensors.items():
+            if layer != node.name:
+                continue
+            fmt = t.fmt
+            lo, hi = (t.lo, t.hi) if t.lo is not None else (0, 0)
             unsigned = not fmt.signed and lo >= 0  # an unsigned register: widths in unsigned bits
-            needed = bits_needed(lo, hi, signed=not unsigned) if q.size else needed_bits(q)
-            ev = out.events_at(name)
+            needed = bits_needed(lo, hi, signed=not unsigned)
             proposed_bits = min(62 - unsigned, max(needed, bound) if name == "accumulator" else needed + 1)
             rows.append(TensorAudit(
                 node.name, node.op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed,
                 static if name == "accumulator" else None, bound if name == "accumulator" else None,
-                (fmt.bits - needed) if fmt.bounded else None, ev.wraps, ev.saturations, ev.ties,
-                ev.underflows, Format(proposed_bits, fmt.frac_bits, not unsigned).describe()))
-            counts, edges = np.histogram(q, bins=bins) if q.size else (np.zeros(1), np.array([0, 1]))
+                (fmt.bits - needed) if fmt.bounded else None, *t.events,
+                Format(proposed_bits, fmt.frac_bits, not unsigned).describe()))
             shown = fmt if fmt.bounded else Format(proposed_bits, fmt.frac_bits, not unsigned)
             label = (f"declared {fmt.describe()}" if fmt.bounded
                      else f"unbounded; proposed {shown.describe()}") + " range in red"
-            hists[(node.name, name)] = (counts, edges, ((shown.min_int, shown.max_int), label))
-        values[node.name] = (out.q, out.fmt)
-    return AuditReport(rows, hists)
+            hists[(node.name, name)] = (t.counts, histogram_edges(fmt), ((shown.min_int, shown.max_int), label))
+    return AuditReport(rows, hists, stats.samples)
+
+
+def audit(graph: Graph, data, client=None, batch: int | None = None, shard_size: int | None = None,
+          progress=None, labels=None) -> AuditReport:
+    """Audit every register of ``graph`` over ``data``: an array (N first), an iterable of
+    batches, a path or a `data.DataSource` (`data.open_data`). Streamed in batches; with a
+    Dask ``client``, one task per shard. The result does not depend on batch, shard or client."""
+    from ..data.shards import DEFAULT_BATCH, DEFAULT_SHARD, map_reduce
+    from ..data.sources import open_data
+    source = open_data(data, graph.inputs[0].shape, labels=labels)
+    stats = map_reduce(audit_batch, graph, source, batch or DEFAULT_BATCH, shard_size or DEFAULT_SHARD,
+                       client, progress)
+    if stats is None:
+        raise ValueError("the data holds no samples")
+    return audit_report(graph, stats)

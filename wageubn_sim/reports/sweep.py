@@ -1,0 +1,414 @@
+"""The width sweep: the narrowest accumulator and output registers, layer by layer, that keep
+a network's outputs within a criterion on a dataset.
+
+1. The audit (`audit.AuditStats`) gives each register's needed width on the data: at that width
+   nothing overflows, so the outputs are bit-identical.
+2. Per register, with every other register at the graph's own, a bisection between a minimum
+   width and the needed one finds the narrowest width (per overflow mode) that meets the
+   criterion; all registers bisect together, one pass over the data per step (assumed: a wider
+   register is never worse, which saturation gives; a wrap can be right by chance).
+3. The narrowest choices are checked together; while they fail, every proposed register widens
+   by one bit (at most `MAX_WIDENINGS` times).
+
+A pass over the data computes, per candidate, exact integer metrics against the graph's own
+output: differing output elements, the largest difference in output LSBs, samples whose top-1
+class changed, and with labels the samples classified correctly. They are sums and maxima, so
+a sweep on shards, serial or on Dask, gives the same bytes (`data.shards.map_reduce`).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+
+import numpy as np
+
+from ..engine.registers import Accumulator
+from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
+from ..fixedpoint.modes import Overflow
+from ..graph.ir import Graph, Node
+from ..graph.ops import MAC_OPS
+from ..graph.ranges import bits_needed
+from .audit import AuditStats, audit_batch
+
+MAX_WIDENINGS = 4
+REGISTERS = ("accumulator", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """``exact`` (bit-identical outputs), ``lsb:N`` (within N output LSBs), ``top1[:F]`` (the
+    same top-1 class on at least a fraction F of the samples, default 1) or ``accuracy[:D]``
+    (top-1 accuracy on the labels at most D below the graph's own, default 0)."""
+    kind: str
+    value: float = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Criterion":
+        kind, _, arg = text.partition(":")
+        try:
+            if kind == "exact" and not arg:
+                return cls("exact")
+            if kind == "lsb":
+                value = int(arg)
+                if value >= 0:
+                    return cls("lsb", value)
+            if kind == "top1":
+                value = float(arg) if arg else 1.0
+                if 0 <= value <= 1:
+                    return cls("top1", value)
+            if kind == "accuracy":
+                value = float(arg) if arg else 0.0
+                if 0 <= value <= 1:
+                    return cls("accuracy", value)
+        except ValueError:
+            pass
+        raise ValueError(f"criterion {text!r}: write exact, lsb:N (N >= 0), top1[:FRACTION] or "
+                         "accuracy[:DROP] (fractions in 0..1)")
+
+    def __str__(self):
+        return self.kind if self.kind == "exact" else f"{self.kind}:{self.value:g}"
+
+    def holds(self, m: "Metrics") -> bool:
+        if m.refused:
+            return False
+        if self.kind == "exact":
+            return m.mismatches == 0
+        if self.kind == "lsb":
+            return m.max_lsb <= self.value
+        if self.kind == "top1":
+            return m.samples - m.top1_changes >= self.value * m.samples
+        return m.correct >= m.reference_correct - self.value * m.samples
+
+
+@dataclasses.dataclass
+class Metrics:
+    """A candidate against the graph's own output over some samples: sums and maxima."""
+    samples: int = 0
+    mismatches: int = 0  # output elements that differ
+    max_lsb: int = 0  # the largest difference, in output LSBs
+    top1_changes: int = 0  # samples whose top-1 class differs
+    correct: int = 0  # with labels: samples the candidate classifies correctly
+    reference_correct: int = 0  # ... and the graph itself
+    refused: str = ""  # the candidate cannot run (e.g. a bias its saturating accumulator cannot hold)
+
+    def merge(self, other: "Metrics") -> "Metrics":
+        return Metrics(self.samples + other.samples, self.mismatches + other.mismatches,
+                       max(self.max_lsb, other.max_lsb), self.top1_changes + other.top1_changes,
+                       self.correct + other.correct, self.reference_correct + other.reference_correct,
+                       self.refused or other.refused)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    layer: str
+    register: str  # "accumulator" or "output"
+    bits: int
+    overflow: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}/{self.register}/{self.bits}/{self.overflow}"
+
+
+@dataclasses.dataclass
+class PassStats:
+    """One pass over the data: per candidate key, its Metrics (merged by key)."""
+    metrics: dict
+
+    def merge(self, other: "PassStats") -> "PassStats":
+        return PassStats({k: v.merge(other.metrics[k]) for k, v in self.metrics.items()})
+
+
+def apply(graph: Graph, choices) -> Graph:
+    """A copy of ``graph`` with candidates applied (formats derived again by `Graph.check`)."""
+    by_layer = {}
+    for c in choices:
+        by_layer.setdefault(c.layer, []).append(c)
+    nodes = [_applied(n, by_layer[n.name]) if n.name in by_layer else n for n in graph.nodes]
+    meta = dict(graph.meta, sweep=[dataclasses.asdict(c) for c in choices])
+    return Graph(graph.inputs, nodes, graph.outputs, meta).check()
+
+
+def _applied(node: Node, choices) -> Node:
+    params = node.params
+    for c in choices:
+        if c.register == "accumulator":
+            params = dataclasses.replace(params, accumulator=dataclasses.replace(
+                params.accumulator, bits=c.bits, overflow=Overflow[c.overflow]))
+        else:
+            slot = "out_overflow" if hasattr(params, "out_overflow") else "overflow"
+            fmt = params.out_fmt
+            params = dataclasses.replace(params, out_fmt=Format(c.bits, fmt.frac_bits, fmt.signed),
+                                         **{slot: Overflow[c.overflow]})
+    return dataclasses.replace(node, params=params, out_fmt=None, out_shape=None)
+
+
+def _compare(out, ref, labels, ref_correct) -> Metrics:
+    diff = np.abs(out.astype(np.int64) - ref) if out.shape == ref.shape else None
+    m = Metrics(samples=len(ref))
+    if diff is None:
+        return dataclasses.replace(m, refused="its output has another shape")
+    m.mismatches = int(np.count_nonzero(diff))
+    m.max_lsb = int(diff.max(initial=0))
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        top = np.argmax(out, axis=1)
+        m.top1_changes = int(np.count_nonzero(top != np.argmax(ref, axis=1)))
+        if labels is not None:
+            m.correct, m.reference_correct = int(np.count_nonzero(top == labels)), ref_correct
+    return m
+
+
+def sweep_batch(payload, x, labels=None) -> PassStats:
+    """One batch of a pass: every candidate against the graph's own output (a shard task)."""
+    graph, candidates = payload
+    traced = graph.run(x, trace=True)
+    values = {graph.inputs[0].name: (graph.quantize_input(x), graph.inputs[0].fmt.frac_bits)}
+    values.update({name: (out.q, out.fmt.frac_bits) for name, out in traced.layers.items()})
+    ref = traced.q
+    ref_correct = int(np.count_nonzero(np.argmax(ref, axis=1) == labels)) \
+        if labels is not None and ref.ndim == 2 else 0
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    metrics = {}
+    for c in candidates:
+        i = index[c.layer]
+        try:
+            out, _ = graph.run_from(values, i, _applied(graph.nodes[i], [c]))
+            metrics[c.key] = _compare(out, ref, labels, ref_correct)
+        except (ValueError, OverflowError) as err:
+            metrics[c.key] = Metrics(len(ref), refused=str(err).splitlines()[0][:200])
+    return PassStats(metrics)
+
+
+@dataclasses.dataclass
+class RegisterSweep:
+    layer: str
+    register: str
+    reference: str  # the graph's own register
+    needed_bits: int  # on the data: nothing overflows at this width
+    tried: list  # [(Candidate, Metrics)]
+    chosen: Candidate | None  # the narrowest that met the criterion
+
+
+@dataclasses.dataclass
+class SweepReport:
+    criterion: str
+    samples: int
+    registers: list  # RegisterSweep
+    combined: Metrics | None
+    combined_passes: bool
+    widened: int | None  # bits added to every proposal for the combined check (None: the safe widths)
+    proposal: list  # the Candidates applied to the proposed graph
+
+    def to_dict(self) -> dict:
+        def metrics(m):
+            return dataclasses.asdict(m) if m is not None else None
+        return {"criterion": self.criterion, "samples": self.samples,
+                "registers": [{"layer": r.layer, "register": r.register, "reference": r.reference,
+                               "needed_bits": r.needed_bits,
+                               "tried": [dict(dataclasses.asdict(c), metrics=metrics(m)) for c, m in r.tried],
+                               "chosen": dataclasses.asdict(r.chosen) if r.chosen else None}
+                              for r in self.registers],
+                "combined": {"passes": self.combined_passes, "widened_bits": self.widened,
+                             "metrics": metrics(self.combined)},
+                "proposal": [dataclasses.asdict(c) for c in self.proposal]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+    def _cells(self):
+        head = ["layer", "register", "reference", "needed", "chosen", "overflow", "saved bits"]
+        chosen = {(c.layer, c.register): c for c in self.proposal}
+        body = []
+        for r in self.registers:
+            c = chosen.get((r.layer, r.register))
+            body.append([r.layer, r.register, r.reference, str(r.needed_bits),
+                         str(c.bits) if c else "-", c.overflow if c else "-",
+                         str(r.needed_bits - c.bits) if c else "-"])
+        return head, body
+
+    def to_table(self) -> str:
+        head, body = self._cells()
+        widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+        verdict = (f"combined ({self.criterion}, {self.samples} samples): "
+                   + ("met" if self.combined_passes else "NOT met")
+                   + (f" after widening every proposal by {self.widened} bit(s)" if self.widened
+                      else " with every register at its safe width" if self.widened is None else ""))
+        return "\n".join(lines + [verdict]) + "\n"
+
+    def to_html(self) -> str:
+        """The table, and per register a plot of its error against its width."""
+        head, body = self._cells()
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+        figures = "".join(f"<h3>{html.escape(r.layer)} / {r.register}</h3>"
+                          f'<img alt="error against width" src="data:image/png;base64,{png}">'
+                          for r, png in self._plots())
+        return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>wageubn-sim width sweep</title>"
+                "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+                "td,th{border:1px solid #999;padding:2px 6px}</style></head><body>"
+                f"<h1>Width sweep ({html.escape(self.criterion)}, {self.samples} samples)</h1>"
+                "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + rows + "</table>"
+                f"<p>{html.escape(self.to_table().splitlines()[-1])}</p>"
+                "<h2>Error against width, per register (others at the graph's own)</h2>"
+                + figures + "</body></html>\n")
+
+    def _plots(self):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        for r in self.registers:
+            fig, ax = plt.subplots(figsize=(5, 2.2), dpi=80)
+            for mode in sorted({c.overflow for c, _ in r.tried}):
+                points = sorted((c.bits, m.max_lsb if not m.refused else np.nan) for c, m in r.tried
+                                if c.overflow == mode)
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=mode)
+            ax.axvline(r.needed_bits, color="gray", linestyle=":", linewidth=1)
+            if r.chosen is not None:
+                ax.axvline(r.chosen.bits, color="green", linestyle="--", linewidth=1)
+            ax.set_xlabel("bits (dotted: needed on the data; dashed: chosen)")
+            ax.set_ylabel("max |error| (output LSB)")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", metadata={"Software": None})
+            plt.close(fig)
+            yield r, base64.b64encode(buf.getvalue()).decode()
+
+
+def combined_batch(payload, x, labels=None) -> PassStats:
+    """One batch of the combined check: the proposed graph against the graph itself."""
+    reference, proposed = payload
+    ref = reference.run(x).q
+    ref_correct = int(np.count_nonzero(np.argmax(ref, axis=1) == labels)) \
+        if labels is not None and ref.ndim == 2 else 0
+    try:
+        metrics = _compare(proposed.run(x).q, ref, labels, ref_correct)
+    except (ValueError, OverflowError) as err:
+        metrics = Metrics(len(ref), refused=str(err).splitlines()[0][:200])
+    return PassStats({"combined": metrics})
+
+
+@dataclasses.dataclass
+class _Target:
+    node: Node
+    register: str
+    needed: int  # the observed values' width
+    safe: dict  # overflow mode -> a width at which the outputs cannot change on this data
+    reference: str
+
+
+def _targets(graph: Graph, stats: AuditStats, registers, layers, overflows) -> list:
+    """The registers the sweep sizes, with the widths known to keep the outputs: an output
+    register holds its observed values (nothing saturates; SAT_SYM needs the symmetric
+    width); a wrapping accumulator holds the final sums (a wrap is exact modulo 2**bits); a
+    saturating one must hold every partial sum: the audit's weight bound (|b| + sum |w| max|x|
+    over the observed inputs)."""
+    from .audit import audit_report
+    rows = {(r.layer, r.tensor): r for r in audit_report(graph, stats).rows}
+    out = []
+    for node in graph.nodes:
+        if layers is not None and node.name not in layers:
+            continue
+        for register in registers:
+            if register == "accumulator" and node.op in MAC_OPS and node.op != "adder2d":
+                acc = node.params.accumulator
+                reference = f"{acc.bits} bits {acc.overflow.name}" if acc.bits else "exact"
+                signed = True
+            elif register == "output" and getattr(node.params, "out_fmt", None) is not None:
+                reference, signed = node.params.out_fmt.describe(), node.params.out_fmt.signed
+            else:
+                continue
+            t = stats.tensors[(node.name, register)]
+            lo, hi = (t.lo, t.hi) if t.lo is not None else (0, 0)
+            needed = bits_needed(lo, hi, signed)
+            safe = {}
+            for mode in overflows:
+                if register == "accumulator":
+                    safe[mode] = needed if mode == "WRAP" else max(needed, rows[(node.name, register)].bound_bits)
+                else:
+                    safe[mode] = bits_needed(lo, hi, signed, narrow=mode == "SAT_SYM" and signed)
+            out.append(_Target(node, register, needed, safe, reference))
+    return out
+
+
+def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=None,
+          overflows=("SAT",), min_bits: int = 2, client=None, batch=None, shard_size=None,
+          progress=None, labels=None):
+    """Size the registers of ``graph`` on ``data`` (as `audit` takes it); returns (SweepReport,
+    the proposed Graph). ``progress(label)`` gives a `data.shards.Progress` per pass."""
+    from ..data.shards import DEFAULT_BATCH, DEFAULT_SHARD, Progress, map_reduce
+    from ..data.sources import open_data
+    criterion = Criterion.parse(criterion) if isinstance(criterion, str) else criterion
+    for mode in overflows:
+        if mode not in ("SAT", "SAT_SYM", "WRAP"):
+            raise ValueError(f"overflow mode {mode!r}: choose from SAT, SAT_SYM, WRAP")
+    unknown = sorted(set(registers) - set(REGISTERS))
+    if unknown or not registers:
+        raise ValueError(f"registers {unknown or list(registers)}: choose from {list(REGISTERS)}")
+    if layers is not None:
+        missing = sorted(set(layers) - {n.name for n in graph.nodes})
+        if missing:
+            raise ValueError(f"layers {missing} are not in the graph")
+    source = open_data(data, graph.inputs[0].shape, labels=labels)
+    if criterion.kind == "accuracy" and not getattr(source, "has_labels", True):
+        raise ValueError("the accuracy criterion needs labels (an ImageFolder, an .npz with 'labels', "
+                         "or --labels)")
+    batch, shard_size = batch or DEFAULT_BATCH, shard_size or DEFAULT_SHARD
+
+    def run_pass(task, payload, label):
+        return map_reduce(task, payload, source, batch, shard_size, client,
+                          progress(label) if progress else Progress(None))
+
+    stats = run_pass(audit_batch, graph, "audit")
+    if stats is None:
+        raise ValueError("the data holds no samples")
+    targets = _targets(graph, stats, registers, layers, overflows)
+    # a bisection per (register, mode): `lo` fails (or lies below the floor), `hi` keeps the
+    # outputs (the safe width; then each width the criterion accepted)
+    state = {}
+    for t in targets:
+        floor = max(min_bits, 1 if t.register == "output" and not t.node.params.out_fmt.signed else 2)
+        for mode, safe in t.safe.items():
+            state[(t.node.name, t.register, mode)] = [min(floor, safe) - 1, safe]
+    tried: dict = {}
+    while True:
+        candidates = [Candidate(layer, register, (lo + hi) // 2, mode)
+                      for (layer, register, mode), (lo, hi) in state.items() if hi - lo > 1]
+        if not candidates:
+            break
+        result = run_pass(sweep_batch, (graph, candidates), f"sweep ({len(candidates)} candidates)")
+        for c in candidates:
+            m = tried[c] = result.metrics[c.key]
+            state[(c.layer, c.register, c.overflow)][1 if criterion.holds(m) else 0] = c.bits
+    sweeps, narrowest, safest = [], [], []
+    for t in targets:
+        name = t.node.name
+        best = min((Candidate(name, t.register, state[(name, t.register, mode)][1], mode) for mode in t.safe),
+                   key=lambda c: (c.bits, list(t.safe).index(c.overflow)))
+        mine = sorted(((c, m) for c, m in tried.items() if (c.layer, c.register) == (name, t.register)),
+                      key=lambda cm: (cm[0].overflow, cm[0].bits))
+        sweeps.append(RegisterSweep(name, t.register, t.reference, t.needed, mine, best))
+        narrowest.append(best)
+        safest.append(dataclasses.replace(best, bits=t.safe[best.overflow]))
+    # the narrowest choices together; widened a bit at a time (never beyond the safe widths)
+    combined, passes, widened, proposal = None, not narrowest, 0, narrowest
+    for widened in range(MAX_WIDENINGS + 1):
+        if not narrowest:
+            break
+        proposal = [dataclasses.replace(c, bits=min(c.bits + widened, s.bits)) for c, s in zip(narrowest, safest)]
+        check = run_pass(combined_batch, (graph, apply(graph, proposal)), "combined check")
+        combined = check.metrics["combined"]
+        passes = criterion.holds(combined)
+        if passes or proposal == safest:
+            break
+    if narrowest and not passes:  # the safe widths keep the outputs on this data
+        proposal, widened = safest, None
+        combined = run_pass(combined_batch, (graph, apply(graph, proposal)), "combined check").metrics["combined"]
+        passes = criterion.holds(combined)
+    report = SweepReport(str(criterion), stats.samples, sweeps, combined, passes, widened, proposal)
+    return report, apply(graph, proposal) if proposal else graph
