@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import strategies as st
+from hypothesis import reject, strategies as st
 
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding
 
@@ -73,6 +73,25 @@ def _ints(draw, shape, fmt):
                                   max_size=int(np.prod(shape)))), np.int64).reshape(shape)
 
 
+class _Chain:
+    """A graph built node by node, each node checked (shapes, formats) as it is added."""
+
+    def __init__(self, spec):
+        self.spec, self.nodes, self.value = spec, [], spec.name
+
+    def add(self, op, params, arrays=None, inputs=None):
+        from wageubn_sim.graph.ir import Node
+        node = Node(f"n{len(self.nodes)}", op, inputs or [self.value], params, arrays or {})
+        self.nodes.append(node)
+        self.value = node.name
+        self.graph()
+        return node
+
+    def graph(self):
+        from wageubn_sim.graph.ir import Graph
+        return Graph([self.spec], self.nodes, [self.value]).check()
+
+
 @st.composite
 def qonnx_graphs(draw):
     """A graph of conv, ReLU/ReLU6, pooling, requantize, upsample, concat, add, flatten and
@@ -84,22 +103,15 @@ def qonnx_graphs(draw):
     from wageubn_sim.engine.pool import PoolParams
     from wageubn_sim.engine.requantize import RequantizeParams
     from wageubn_sim.engine.upsample import UpsampleParams
-    from wageubn_sim.graph.ir import Graph, GraphInput, Node
+    from wageubn_sim.graph.ir import GraphInput
     from wageubn_sim.graph.ops import FlattenParams
 
     c, h = draw(st.integers(1, 3)), draw(st.integers(3, 6))
     signed = draw(st.booleans())
     spec = GraphInput("input", (c, h, h), Format(draw(st.integers(2 if signed else 1, 8)),
                                                  draw(st.integers(0, 5)), signed))
-    nodes, value = [], "input"
-
-    def add(op, params, arrays=None, inputs=None):
-        nonlocal value
-        node = Node(f"n{len(nodes)}", op, inputs or [value], params, arrays or {})
-        nodes.append(node)
-        value = node.name
-        Graph([spec], nodes, [value]).check()  # shapes and formats of the graph so far
-        return node
+    chain = _Chain(spec)
+    add, nodes = chain.add, chain.nodes
 
     o, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     w_fmt = Format(draw(st.integers(2, 6)), draw(st.integers(0, 6)))
@@ -127,12 +139,12 @@ def qonnx_graphs(draw):
     if draw(st.booleans()):
         add("upsample", UpsampleParams((draw(st.integers(1, 2)), draw(st.integers(1, 2)))))
     if draw(st.booleans()):
-        first = value
+        first = chain.value
         reg = draw(_register())
         add("activation", ActivationParams(reg[0], None, None, reg[1], reg[2]))
         reg = draw(_register())
         op, params = draw(st.sampled_from([("concat", ConcatParams), ("add", AddParams)]))
-        add(op, params(*reg), inputs=[first, value])
+        add(op, params(*reg), inputs=[first, chain.value])
     if draw(st.booleans()):
         add("flatten", FlattenParams())
         k = int(np.prod(nodes[-1].out_shape))
@@ -140,4 +152,90 @@ def qonnx_graphs(draw):
         reg = draw(_register())
         add("linear", Conv2dParams(w_fmt, out_fmt=reg[0], rounding=reg[1], out_overflow=reg[2]),
             {"weight": _ints(draw, (draw(st.integers(1, 3)), k), w_fmt)})
-    return Graph([spec], nodes, [value]).check()
+    return chain.graph()
+
+
+# ---- small graphs of the ops an execution plan runs -----------------------------------------
+@st.composite
+def _any_register(draw, optional=True):
+    """(format or None, rounding, overflow): every deterministic rounding and overflow mode."""
+    if optional and draw(st.booleans()):
+        return None, Rounding.HALF_EVEN, Overflow.SAT_SYM
+    frac = draw(st.integers(-3, 12))
+    if draw(st.booleans()):
+        fmt = Format(None, frac)
+    else:
+        signed = draw(st.booleans())
+        fmt = Format(draw(st.integers(2 if signed else 1, 14)), frac, signed)
+    rounding = draw(st.sampled_from([r for r in Rounding if r != Rounding.STOCHASTIC]))
+    return fmt, rounding, draw(overflows)
+
+
+@st.composite
+def plan_graphs(draw):
+    """A small graph of conv (strides, padding, dilation, groups, input registers, exact, wrapping
+    and saturating accumulators), ReLU/ReLU6, max pooling, residual add, requantize, flatten and
+    linear, with random formats and registers: what `engine.plan` compiles, and now and then an
+    accumulator it leaves to the layer-by-layer path."""
+    from wageubn_sim.engine.activation import ActivationParams
+    from wageubn_sim.engine.add import AddParams
+    from wageubn_sim.engine.conv2d import Conv2dParams
+    from wageubn_sim.engine.pool import PoolParams
+    from wageubn_sim.engine.registers import Accumulator
+    from wageubn_sim.engine.requantize import RequantizeParams
+    from wageubn_sim.graph.ir import GraphInput
+    from wageubn_sim.graph.ops import FlattenParams
+
+    groups = draw(st.integers(1, 2))
+    c, h = groups * draw(st.integers(1, 2)), draw(st.integers(3, 7))
+    signed = draw(st.booleans())
+    spec = GraphInput("input", (c, h, h), Format(draw(st.integers(2 if signed else 1, 9)),
+                                                 draw(st.integers(-2, 6)), signed))
+    chain = _Chain(spec)
+    nodes = chain.nodes
+
+    def add(op, params, arrays=None, inputs=None):
+        try:
+            return chain.add(op, params, arrays, inputs)
+        except ValueError:  # a bias its saturating accumulator cannot preload: refused
+            reject()
+
+    def conv(channels_in, o, k, stride, pad, dilation, g, linear=False):
+        w_fmt = Format(draw(st.integers(2, 8)), draw(st.integers(-2, 7)))
+        b_fmt = draw(st.one_of(st.none(), st.builds(Format, st.integers(2, 16), st.integers(-2, 14))))
+        in_reg = draw(st.one_of(st.none(), st.builds(Format, st.integers(2, 10), st.integers(-2, 8))))
+        acc = draw(st.one_of(st.just(Accumulator()),
+                             st.builds(Accumulator, st.integers(4, 40), st.just(Overflow.WRAP)),
+                             st.builds(Accumulator, st.integers(12, 48), st.sampled_from([Overflow.SAT, Overflow.SAT_SYM]))))
+        out_fmt, rounding, overflow = draw(_any_register())
+        shape = (o, channels_in) if linear else (o, channels_in // g, k, k)
+        arrays = {"weight": _ints(draw, shape, w_fmt)}
+        if b_fmt is not None:
+            arrays["bias"] = _ints(draw, (o,), b_fmt)
+        params = Conv2dParams(w_fmt, b_fmt, (stride,) * 2, (pad,) * 2, (dilation,) * 2, g, in_reg, acc,
+                              out_fmt, rounding, overflow)
+        add("linear" if linear else "conv2d", params, arrays)
+
+    k = draw(st.integers(1, 3))
+    dilation = draw(st.integers(1, 2)) if k > 1 and h >= 5 else 1
+    conv(c, groups * draw(st.integers(1, 3)), k, draw(st.integers(1, 2)), draw(st.integers(0, k)), dilation, groups)
+    reg = draw(_any_register())
+    act_in = draw(st.one_of(st.none(), st.builds(Format, st.integers(2, 10), st.integers(-2, 8))))
+    add("activation", ActivationParams(reg[0], draw(st.sampled_from([None, 6])), act_in, reg[1], reg[2]))
+    side = nodes[-1].out_shape[1]
+    if side >= 2 and draw(st.booleans()):
+        kp = draw(st.integers(2, min(3, side)))
+        add("max_pool2d", PoolParams((kp, kp), (draw(st.integers(1, 2)),) * 2, (draw(st.integers(0, kp // 2)),) * 2))
+    if draw(st.booleans()):
+        fmt, r, ov = draw(_any_register(optional=False))
+        add("requantize", RequantizeParams(fmt, r, ov))
+    if draw(st.booleans()):  # a residual branch: conv 3x3 same padding, then add
+        first = chain.value
+        channels = nodes[-1].out_shape[0]
+        conv(channels, channels, 3, 1, 1, 1, 1)
+        reg = draw(_any_register())
+        add("add", AddParams(*reg), inputs=[first, chain.value])
+    if draw(st.booleans()):
+        add("flatten", FlattenParams())
+        conv(int(np.prod(nodes[-1].out_shape)), draw(st.integers(1, 4)), 1, 1, 0, 1, 1, linear=True)
+    return chain.graph()

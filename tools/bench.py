@@ -3,6 +3,7 @@
     python tools/bench.py [--batch N] [--rounds R] [--layers]
     python tools/bench.py --training [--batch N] [--rounds R]
     python tools/bench.py --data-parallel [--samples N] [--rounds R]
+    python tools/bench.py --small [--rounds R]
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
@@ -12,7 +13,11 @@ with a narrow saturating accumulator modelled MAC by MAC, and the bare GEMMs the
 builds on. Nothing is asserted. ``--data-parallel`` times the dataset audit of ResNet-18 CIFAR
 (`wageubn_sim.reports.audit` over an .npy of random inputs) serially and on local Dask clusters
 of 1, 2, ... workers (up to the cores), in images/s; each cluster is started, warmed up (its
-workers compile), then timed.
+workers compile), then timed. ``--small`` times the small CNN of `models.small_cnn` (76,288
+MACs an image) in one batch of 200, image by image and in a batch of 4096: the engine (its
+compiled plan), the engine on one thread, the layer-by-layer path and torch float32, each as a
+multiple of torch float32; then the image-by-image loop while a second engine process that the
+bench starts and kills runs its own loop beside it.
 
 The machine's speed is printed next to each figure: torch's float32 conv2d on the same layers,
 timed in the same rounds, with the engine's figure as a multiple of it (the goals were set on a
@@ -313,6 +318,95 @@ def bench_data_parallel(samples, rounds):
             print(f"  {label:<22}{summary(rates, higher_is_better=True, fmt='{:.0f}')}")
 
 
+def _small_cnn_graph():
+    """The small CNN (`models.small_cnn`), quantized and compiled, and its float32 twin."""
+    from wageubn_sim.models import small_cnn
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(small_cnn()).eval()
+    graph = wageubn_sim.compile(model, np.random.default_rng(0).standard_normal((1, 3, 16, 16)))
+    torch.manual_seed(0)
+    return graph, small_cnn().eval()
+
+
+def _images_per_second(run, x, per_image, seconds=0.5):
+    """Images/s of ``run`` over x: one call for the batch, or (per_image) one call per image,
+    repeated for at least ``seconds``."""
+    done, start = 0, time.perf_counter()
+    while True:
+        if per_image:
+            for i in range(len(x)):
+                run(x[i:i + 1])
+        else:
+            run(x)
+        done += len(x)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def busy_engine_loop():
+    """What a second engine process does (the bench's load): the small CNN, image by image,
+    until it is killed."""
+    graph, _ = _small_cnn_graph()
+    x = np.random.default_rng(1).standard_normal((64, 3, 16, 16))
+    while True:
+        for i in range(len(x)):
+            graph.run(x[i:i + 1])
+
+
+def bench_small(rounds):
+    import subprocess
+    import sys
+
+    import numba
+    graph, float_model = _small_cnn_graph()
+    x = np.random.default_rng(0).standard_normal((4096, 3, 16, 16))
+    xt = torch.from_numpy(x).float()
+    plan = graph.plan()
+    exact = np.array_equal(graph.run(x).q, graph.run(x, plan=False).q)
+    print(f"small CNN 16x16x3 (76,288 MACs an image), plan: {'yes' if plan else 'no'} "
+          f"({plan.dtype.name if plan else '-'} arena), bit-exact to the layer-by-layer path: "
+          f"{'yes' if exact else 'NO'}; images/s, {rounds} rounds, median (best)")
+    cases = [("one batch of 200", 200, False), ("one image at a time", 200, True),
+             ("a batch of 4096", 4096, False)]
+    with torch.no_grad():
+        float_model(xt[:200]), graph.run(x[:200]), graph.run(x[:1]), graph.run(x[:200], plan=False)
+        for label, n, per_image in cases:
+            figures = {"engine": [], "engine, one thread": [], "layer by layer": [], "torch float32": []}
+            for _ in range(rounds):
+                figures["torch float32"].append(_images_per_second(lambda v: float_model(v), xt[:n], per_image))
+                figures["engine"].append(_images_per_second(graph.run, x[:n], per_image))
+                figures["layer by layer"].append(_images_per_second(
+                    lambda v: graph.run(v, plan=False), x[:n], per_image))
+                threads = numba.get_num_threads()
+                numba.set_num_threads(1)
+                figures["engine, one thread"].append(_images_per_second(graph.run, x[:n], per_image))
+                numba.set_num_threads(threads)
+            print(f"  {label}:")
+            for name, values in figures.items():
+                ratio = statistics.median(values) / statistics.median(figures["torch float32"])
+                print(f"    {name:<22}{summary(values, True, fmt='{:.0f}'):>18}   {ratio:5.2f}x torch float32")
+        # the same per-image loop with a second engine process running its own beside it
+        quiet = [_images_per_second(graph.run, x[:200], True) for _ in range(rounds)]
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        one_thread = [_images_per_second(graph.run, x[:200], True) for _ in range(rounds)]
+        numba.set_num_threads(threads)
+        other = subprocess.Popen([sys.executable, __file__, "--busy-engine"])
+        try:
+            time.sleep(5)  # it imports and compiles (from the cache) before it loads the cores
+            loaded = [_images_per_second(graph.run, x[:200], True) for _ in range(rounds)]
+        finally:
+            other.kill()
+            other.wait()
+    print("  one image at a time with a second engine process looping beside it:")
+    print(f"    quiet                 {summary(quiet, True, fmt='{:.0f}'):>18}")
+    print(f"    quiet, one thread     {summary(one_thread, True, fmt='{:.0f}'):>18}")
+    print(f"    loaded                {summary(loaded, True, fmt='{:.0f}'):>18}   "
+          f"{statistics.median(loaded) / statistics.median(quiet):.2f}x quiet, "
+          f"{statistics.median(loaded) / statistics.median(one_thread):.2f}x one thread quiet")
+
+
 def _torch_step(net, opt, x, y):
     def step():
         opt.zero_grad()
@@ -333,9 +427,19 @@ def main():
     parser.add_argument("--data-parallel", action="store_true",
                         help="benchmark the dataset audit, serial and on 1, 2, ... Dask workers")
     parser.add_argument("--samples", type=int, default=512, help="images for --data-parallel (default 512)")
+    parser.add_argument("--small", action="store_true",
+                        help="benchmark the small CNN: batch 200, image by image, 4096, and beside "
+                             "a second engine process")
+    parser.add_argument("--busy-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.busy_engine:
+        busy_engine_loop()
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
+    if args.small:
+        bench_small(args.rounds if "--rounds" in os.sys.argv else 3)
+        return
     if args.data_parallel:
         bench_data_parallel(args.samples, args.rounds if "--rounds" in os.sys.argv else 3)
         return

@@ -59,3 +59,12 @@ class ResNet(nn.Module):
 
 def resnet18(num_classes=1000, cifar=False) -> ResNet:
     return ResNet((2, 2, 2, 2), num_classes, cifar)
+
+
+def small_cnn(num_classes=10) -> nn.Sequential:
+    """A small power-of-two CNN, the size of many FPGA networks (76,288 MACs an image): 16x16x3
+    -> conv 3->8 3x3 pad 1 -> ReLU -> max-pool 2 -> conv 8->16 3x3 stride 2 pad 1 -> ReLU ->
+    flatten -> linear 256->num_classes."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(256, num_classes))

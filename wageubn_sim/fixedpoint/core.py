@@ -120,6 +120,16 @@ def rounds_up(q, floor, remainder, half, rounding):
             | ((rounding == _TOWARD_ZERO) & (remainder != 0) & (q < 0)))
 
 
+@njit(cache=True, inline="always")
+def shift_right_rounded_tie(q, shift, mask, half, rounding):
+    """(`shift_right_rounded`, whether the dropped bits were one half) for 0 < shift <= MAX_BITS
+    and a deterministic rounding, given mask = low_mask(shift), half = 2**(shift-1):
+    branch-free, for the loops that vectorize."""
+    floor = q >> shift
+    remainder = q & mask
+    return floor + rounds_up(q, floor, remainder, half, rounding), remainder == half
+
+
 @njit(cache=True)
 def format_range(bits, signed, overflow):
     """(lo, hi) that saturation clamps to; SAT_SYM drops the most negative value."""
@@ -189,6 +199,22 @@ def requantize_scalar(q, shift, bits, signed, rounding, overflow, u):
     return shift_left_fitted(q, -shift, bits, signed, overflow)
 
 
+@njit(cache=True, inline="always")
+def requantize_scalar_flagged(q, shift, bits, signed, rounding, overflow, u):
+    """`requantize_scalar` and its flags (TIE: the dropped bits were one half; OVERFLOWED: the
+    value was wrapped or saturated). q lies in the domain; with ``bits == 0`` a left shift must
+    stay in it (`left_shift_overflows` tells, before)."""
+    if shift >= 0:
+        rounded = shift_right_rounded(q, shift, rounding, u)
+        r = fit_overflow(rounded, bits, signed, overflow)
+        flag = TIE if is_exact_tie(q, shift) else 0
+        if r != rounded:
+            flag |= OVERFLOWED
+        return r, flag
+    r = shift_left_fitted(q, -shift, bits, signed, overflow)
+    return r, OVERFLOWED if left_shift_overflows(q, -shift, bits, signed, overflow) else 0
+
+
 @njit(cache=True)
 def is_exact_tie(q, shift):
     """Whether q / 2**shift lies exactly halfway between two integers (shift >= 1)."""
@@ -217,11 +243,8 @@ def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
         for i in prange(q.size):
             v = q[i]
             outside += (v >= DOMAIN_LIMIT) | (v < -DOMAIN_LIMIT)
-            floor = v >> shift
-            remainder = v & mask
-            rounded = floor + rounds_up(v, floor, remainder, half, rounding)
+            rounded, tie = shift_right_rounded_tie(v, shift, mask, half, rounding)
             r = fit_overflow(rounded, bits, signed, overflow)
-            tie = remainder == half
             over = r != rounded
             out[i] = r
             flags[i] = tie | (over << 1)  # TIE | OVERFLOWED
@@ -235,19 +258,12 @@ def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
         if v >= DOMAIN_LIMIT or v < -DOMAIN_LIMIT:
             outside += 1
             v = np.int64(0)
-        if shift >= 0:
-            rounded = shift_right_rounded(v, shift, rounding, ui)
-            r = fit_overflow(rounded, bits, signed, overflow)
-            flag = TIE if is_exact_tie(v, shift) else 0
-            if r != rounded:
-                flag |= OVERFLOWED
-        elif bits == 0 and left_shift_overflows(v, -shift, bits, signed, overflow):
+        if shift < 0 and bits == 0 and left_shift_overflows(v, -shift, bits, signed, overflow):
             unbounded_overflows += 1
             r = np.int64(0)
             flag = 0
         else:
-            r = shift_left_fitted(v, -shift, bits, signed, overflow)
-            flag = OVERFLOWED if left_shift_overflows(v, -shift, bits, signed, overflow) else 0
+            r, flag = requantize_scalar_flagged(v, shift, bits, signed, rounding, overflow, ui)
         out[i] = r
         flags[i] = flag
         ties += flag & TIE

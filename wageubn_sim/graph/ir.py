@@ -65,6 +65,7 @@ class RunResult:
     q: np.ndarray  # the output integers
     fmt: Format
     layers: dict  # node name -> engine Output (with trace stages when traced)
+    events: dict = dataclasses.field(default_factory=dict)  # node name -> {register: Events}
 
     @property
     def values(self) -> np.ndarray:
@@ -98,19 +99,32 @@ class Graph:
     def quantize_input(self, x) -> np.ndarray:
         return self.inputs[0].quantize(x)
 
-    def run(self, x, trace: bool = False, timings: dict | None = None) -> RunResult:
+    def run(self, x, trace: bool = False, timings: dict | None = None, plan: bool | None = None,
+            threads: int | None = None) -> RunResult:
         """Run the engine. ``trace`` keeps every node's Output with its stages; ``timings``,
         if given, receives each node's seconds. Without trace, each value is freed after
-        its last reader."""
-        values = {self.inputs[0].name: (self.quantize_input(x), self.inputs[0].fmt.frac_bits)}
+        its last reader.
+
+        ``plan``: None runs a small graph through its compiled plan (`engine.plan`: one call
+        for the whole batch, image by image) and any other layer by layer; False always
+        layer by layer; True requires the plan (NotPlannable says why not). Both give the
+        same integers and events. ``threads`` bounds the plan's threads."""
+        q = self.quantize_input(x)
+        if not trace and timings is None and plan is not False:
+            compiled = self.plan(required=bool(plan))
+            if compiled is not None:
+                out, events = compiled.run(q, threads)
+                return RunResult(out, compiled.output_fmt, {}, events)
+        values = {self.inputs[0].name: (q, self.inputs[0].fmt.frac_bits)}
         last_use = {name: i for i, node in enumerate(self.nodes) for name in node.inputs}
-        layers, out = {}, None
+        layers, events, out = {}, {}, None
         for i, node in enumerate(self.nodes):
             ins = [values[name] for name in node.inputs]
             start = time.perf_counter()
             out = _run_node(node, ins, trace)
             if timings is not None:
                 timings[node.name] = time.perf_counter() - start
+            events[node.name] = dict(out.register_events) or {"output": out.events}
             values[node.name] = (out.q, out.fmt.frac_bits)
             if trace:
                 layers[node.name] = out
@@ -122,7 +136,34 @@ class Graph:
                 result = out
         if not self.nodes or self.outputs[0] not in values:
             raise ValueError("the graph computes no output")
-        return RunResult(result.q, result.fmt, layers)
+        return RunResult(result.q, result.fmt, layers, events)
+
+    def plan(self, required: bool = False):
+        """The compiled plan of this graph as it is now (`engine.plan.build_plan`), built once
+        and kept while the nodes, their params and arrays (read-only) are the same objects;
+        None when the graph runs layer by layer (``required``: raise NotPlannable instead)."""
+        from ..engine.plan import NotPlannable, build_plan
+        spec = self.inputs[0]
+        key = [spec, spec.shape, spec.fmt, *self.outputs]
+        for n in self.nodes:
+            key += (n, n.params, *n.arrays.values(), *n.inputs)
+        cached = getattr(self, "_plan", None)
+        if cached is None or len(cached[0]) != len(key) or any(
+                a is not b for a, b in zip(cached[0], key)):
+            try:
+                if any(n.out_shape is None or n.out_fmt is None for n in self.nodes):
+                    self.check()
+                built = build_plan(self)
+            except NotPlannable as err:
+                built = err
+            except (ValueError, OverflowError) as err:  # the layer-by-layer path will say it
+                built = NotPlannable(str(err))
+            cached = self._plan = (key, built)
+        if isinstance(cached[1], NotPlannable):
+            if required:
+                raise cached[1]
+            return None
+        return cached[1]
 
     __call__ = run
 

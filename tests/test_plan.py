@@ -1,0 +1,121 @@
+"""The execution plan (`engine.plan`) against the layer-by-layer path: the same integers and
+the same events on random graphs, whatever the thread count, the chunking or the batch."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import wageubn_sim
+from wageubn_sim.engine.plan import NotPlannable
+from wageubn_sim.models import small_cnn
+
+from strategies import plan_graphs, qonnx_graphs
+from test_qonnx import grid_inputs
+
+
+def assert_same_run(got, want):
+    assert got.fmt == want.fmt
+    assert got.q.dtype == want.q.dtype == np.int64 and got.q.shape == want.q.shape
+    assert np.array_equal(got.q, want.q)
+    assert got.events == want.events
+
+
+def _reason(graph):
+    try:
+        graph.plan(required=True)
+        return None
+    except NotPlannable as err:
+        return str(err)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan_graphs(), st.integers(0, 2**32 - 1), st.integers(0, 9))
+def test_the_plan_equals_the_layer_by_layer_path(graph, seed, n):
+    x = grid_inputs(graph, n, seed)
+    reason = _reason(graph)
+    # the strategy's graphs are plannable but for an accumulator that may saturate MAC by MAC
+    assert reason is None or "saturating accumulator" in reason, reason
+    assert_same_run(graph.run(x), graph.run(x, plan=False))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=30)
+@given(qonnx_graphs(), st.integers(0, 2**32 - 1))
+def test_graphs_the_plan_leaves_alone_run_as_before(graph, seed):
+    x = grid_inputs(graph, 5, seed)
+    assert_same_run(graph.run(x), graph.run(x, plan=False))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=25)
+@given(plan_graphs(), st.integers(0, 2**32 - 1), st.integers(1, 40), st.data())
+def test_threads_chunks_and_batch_splits_change_no_byte(graph, seed, n, data):
+    if _reason(graph) is not None:
+        return
+    plan = graph.plan()
+    q = graph.quantize_input(grid_inputs(graph, n, seed))
+    out, events = plan.run(q, threads=1)
+    for threads in (2, numba.config.NUMBA_NUM_THREADS, 64):
+        got, got_events = plan.run(q, threads=threads)
+        assert got.tobytes() == out.tobytes() and got_events == events
+    cut = data.draw(st.integers(0, n))
+    first, e1 = plan.run(q[:cut])
+    second, e2 = plan.run(q[cut:], threads=2)
+    assert np.concatenate([first, second]).tobytes() == out.tobytes()
+    for name, registers in e1.items():
+        for register, ev in registers.items():
+            ev.add(e2[name][register])
+    assert e1 == events
+
+
+def test_the_small_cnn_runs_planned_at_every_batch_size():
+    torch.manual_seed(0)
+    model = wageubn_sim.quantize_model(small_cnn()).eval()
+    x = np.random.default_rng(1).standard_normal((300, 3, 16, 16))
+    graph = wageubn_sim.compile(model, x[:1])
+    assert graph.plan() is not None and graph.plan().macs == 76288
+    want = graph.run(x, plan=False)
+    assert_same_run(graph.run(x), want)
+    one = [graph.run(x[i:i + 1]).q for i in range(0, 300, 37)]
+    assert np.array_equal(np.concatenate(one), want.q[::37])
+    empty = graph.run(x[:0])
+    assert empty.q.shape == (0, 10) and empty.events == graph.run(x[:0], plan=False).events
+
+
+def test_a_plan_is_rebuilt_when_a_node_changes_and_required_says_why_not():
+    torch.manual_seed(0)
+    graph = wageubn_sim.compile(wageubn_sim.quantize_model(small_cnn()).eval(),
+                                np.zeros((1, 3, 16, 16)))
+    plan = graph.plan()
+    assert graph.plan() is plan  # kept
+    node = graph.nodes[0]
+    weight = node.arrays["weight"].copy()
+    weight[0, 0, 0, 0] = -weight[0, 0, 0, 0] or 1
+    weight.flags.writeable = False
+    node.arrays["weight"] = weight
+    assert graph.plan() is not plan
+    x = np.random.default_rng(2).standard_normal((7, 3, 16, 16))
+    assert_same_run(graph.run(x), graph.run(x, plan=False))
+    from wageubn_sim.engine.registers import Accumulator
+    import dataclasses
+    node.params = dataclasses.replace(node.params, accumulator=Accumulator(16, "SAT"))
+    with pytest.raises(NotPlannable, match="saturating accumulator may saturate MAC by MAC"):
+        graph.run(x, plan=True)
+    assert_same_run(graph.run(x), graph.run(x, plan=False))  # None: layer by layer
+
+
+def test_values_beyond_2_53_run_planned_in_int64():
+    from wageubn_sim.engine.requantize import RequantizeParams
+    from wageubn_sim.fixedpoint import Format
+    from wageubn_sim.graph.ir import Graph, Node
+    torch.manual_seed(0)
+    graph = wageubn_sim.compile(wageubn_sim.quantize_model(small_cnn()).eval(), np.zeros((1, 3, 16, 16)))
+    last = graph.nodes[-1]
+    shifted = Node("shifted", "requantize", [last.name], RequantizeParams(Format(None, last.out_fmt.frac_bits + 30)))
+    wide = Graph(graph.inputs, [*graph.nodes, shifted], ["shifted"]).check()
+    assert wide.plan().dtype == np.int64
+    x = np.random.default_rng(3).standard_normal((9, 3, 16, 16)) * 4
+    got = wide.run(x)
+    assert np.abs(got.q).max() >= 2**40  # beyond float32 and float64 arenas of this bound
+    assert_same_run(got, wide.run(x, plan=False))

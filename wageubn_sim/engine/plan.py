@@ -1,0 +1,502 @@
+"""The execution plan: a whole small graph run image by image in one compiled call.
+
+Why: on a small network the layer-by-layer path (`Graph.run(plan=False)`) spends its time in
+Python between kernels, tens of microseconds per layer per call, and holds every layer's
+output for the whole batch (a batch of 4096 outgrows the caches). The plan is built once per
+graph: each node becomes a row of integers (`Step`), every value a slot in a per-image arena,
+and `_run_plan` runs the rows over one image after another, so the arena stays in cache
+whatever the batch. Threads take contiguous chunks of the batch; each image's arithmetic is
+the same whoever runs it, and the event counts are integer sums per chunk, so the thread
+count and the chunking never change a byte.
+
+Exactness: the plan is built only when the graph's static ranges (`graph.ranges`) bound every
+value and every partial sum of every layer for every input the input format admits. The arena
+dtype is the narrowest that holds them exactly: float32 below 2**24, float64 below 2**53, else
+int64 (below 2**61, the domain). Floats hold integers there, and every partial sum of a MAC is
+bounded by |b| + sum |w| * max|x| in any order, so float adds are exact (as in `mac.py`). Each
+register moves values through `requantize_scalar_flagged`, the engine's scalar primitive, in
+int64.
+
+What it covers: conv2d and linear (any accumulator that the static bound shows cannot
+saturate; WRAP by its definition, the exact sum mod 2**bits), ReLU/ReLU6, max pooling,
+residual add, requantize and flatten, with input registers (iostrict). Anything else, or a
+graph too large to gain (`PLAN_MAX_MACS`), runs layer by layer: `build_plan` says why.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..fixedpoint.core import (OVERFLOWED, TIE, fit_overflow, low_mask, requantize_scalar_flagged,
+                               shift_right_rounded_tie)
+from ..fixedpoint.format import MAX_BITS, Format
+from ..fixedpoint.modes import Overflow, Rounding
+from .mac import FLOAT32_EXACT
+from .registers import Events
+
+PLANNED_OPS = ("conv2d", "linear", "activation", "max_pool2d", "add", "requantize", "flatten")
+PLAN_MAX_MACS = 1 << 23  # MACs per image above which the layer-by-layer GEMMs are faster
+PLAN_MAX_ARENA = 1 << 21  # values per image in the arena (16 MiB per thread in int64)
+PARALLEL_MIN_MACS = 1 << 20  # a call below this many MACs runs on one thread: waking a pool costs more
+FLOAT64_EXACT = 1 << 53
+
+# the rows of the step table: one field per column
+(OP, SRC, SRC2, DST, C, H, W, O, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, GROUPS, WOFF, BOFF,
+ REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, FIELDS) = range(31)
+# the ops
+MAC, MAX_POOL, ACTIVATION, ADD, REGISTER = range(5)
+# a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow
+R_SHIFT, R_BITS, R_SIGNED, R_ROUNDING, R_OVERFLOW, R_FIELDS = range(6)
+# the event counts of a register, in `Events`' order
+WRAPS, SATURATIONS, TIES, UNDERFLOWS = range(4)
+_WRAP = int(Overflow.WRAP)
+
+
+class NotPlannable(ValueError):
+    """The graph runs layer by layer (the message says why)."""
+
+
+@dataclasses.dataclass
+class Plan:
+    steps: np.ndarray  # (steps, FIELDS) int64
+    registers: np.ndarray  # (registers, R_FIELDS) int64
+    constants: np.ndarray  # weights and aligned biases, in the arena dtype
+    arena: int  # values per image
+    input_size: int
+    output_offset: int
+    output_shape: tuple
+    output_fmt: Format
+    macs: int  # per image
+    register_names: list  # [(node, register)] per register row
+    node_registers: dict  # {node: [register, ...]} as the layer-by-layer path reports them
+
+    @property
+    def dtype(self):
+        return self.constants.dtype
+
+    def run(self, q: np.ndarray, threads: int | None = None) -> tuple:
+        """(output integers (N, *shape) int64, {node: {register: Events}}) of the quantized input
+        q (N, ...) int64. ``threads``: at most this many (default: Numba's current count; one
+        below `PARALLEL_MIN_MACS`)."""
+        n = q.shape[0]
+        available = numba.get_num_threads()
+        if threads is None:
+            threads = available if n * self.macs >= PARALLEL_MIN_MACS else 1
+        chunks = max(1, min(threads, available, n))
+        x = np.ascontiguousarray(q.reshape(n, self.input_size)).astype(self.dtype, copy=False)
+        out = np.empty((n, int(np.prod(self.output_shape, dtype=np.int64))), self.dtype)
+        counts = np.zeros((chunks, len(self.registers), 4), np.int64)
+        if n:
+            if chunks == 1:  # no pool to wake
+                _run_serial(x, out, self.steps, self.registers, self.constants, self.arena,
+                            self.output_offset, counts)
+            else:
+                previous = numba.get_num_threads()
+                numba.set_num_threads(chunks)
+                try:
+                    _run_parallel(x, out, self.steps, self.registers, self.constants, self.arena,
+                                  self.output_offset, counts)
+                finally:
+                    numba.set_num_threads(previous)
+        totals = counts.sum(axis=0).tolist()
+        events = {name: {reg: Events() for reg in regs} for name, regs in self.node_registers.items()}
+        for (name, reg), row in zip(self.register_names, totals):
+            events[name][reg] = Events(*row)
+        return out.astype(np.int64).reshape(n, *self.output_shape), events
+
+
+# ---- building ----------------------------------------------------------------------------------
+
+def build_plan(graph) -> Plan:
+    """The plan of ``graph`` (checked: `Graph.check` has recorded shapes and formats), or
+    NotPlannable with the reason."""
+    from ..graph.ranges import value_ranges
+    spec = graph.inputs[0]
+    if not spec.fmt.bounded:
+        raise NotPlannable("the input format is unbounded: no static range bounds the values")
+    if len(graph.outputs) != 1:
+        raise NotPlannable("the plan computes one output")
+    macs = 0  # decided before the static ranges, which take a while on a large network
+    for node in graph.nodes:
+        if node.op not in PLANNED_OPS:
+            raise NotPlannable(f"node {node.name}: op {node.op} runs layer by layer")
+        if node.op in ("conv2d", "linear"):
+            macs += node.arrays["weight"].size * int(np.prod(node.out_shape[1:]))
+    if macs > PLAN_MAX_MACS:
+        raise NotPlannable(f"{macs} MACs per image: the layer-by-layer GEMMs are faster")
+    ranges = value_ranges(graph)
+    builder = _Builder(graph, ranges)
+    for node in graph.nodes:
+        builder.add(node)
+    return builder.finish()
+
+
+class _Builder:
+    def __init__(self, graph, ranges):
+        self.graph, self.ranges = graph, ranges
+        spec = graph.inputs[0]
+        size = int(np.prod(spec.shape))
+        self.slots = {spec.name: (0, tuple(spec.shape), spec.fmt.frac_bits)}  # name -> offset, shape, frac
+        self.arena = size
+        self.magnitude = max(-spec.fmt.min_int, spec.fmt.max_int)  # the largest |value| met
+        self.steps, self.registers, self.register_names = [], [], []
+        self.node_registers, self.constants, self.macs = {}, [], 0
+
+    # slots and constants
+    def _slot(self, name, shape, frac) -> int:
+        offset = self.arena
+        self.arena += int(np.prod(shape))
+        if self.arena > PLAN_MAX_ARENA:
+            raise NotPlannable(f"the values of one image exceed {PLAN_MAX_ARENA} integers")
+        self.slots[name] = (offset, tuple(shape), frac)
+        return offset
+
+    def _constant(self, values) -> int:
+        offset = sum(len(c) for c in self.constants)
+        self.constants.append(np.asarray(values, dtype=np.int64).ravel())
+        return offset
+
+    def _bound(self, *magnitudes) -> None:
+        self.magnitude = max(self.magnitude, *(int(m) for m in magnitudes))
+
+    def _register(self, node, register, fmt, frac_in, rounding, overflow) -> int:
+        """A register row moving values at 2**-frac_in into ``fmt``; -1 for none."""
+        self.node_registers.setdefault(node.name, [])
+        if register not in self.node_registers[node.name]:
+            self.node_registers[node.name].append(register)
+        if fmt is None:
+            return -1
+        self.registers.append([frac_in - fmt.frac_bits, 0 if fmt.bits is None else fmt.bits,
+                               int(fmt.signed), int(Rounding(rounding)), int(Overflow(overflow))])
+        self.register_names.append((node.name, register))
+        return len(self.registers) - 1
+
+    def _row(self, op, node, **fields) -> None:
+        row = np.full(FIELDS, -1, np.int64)
+        row[OP] = op
+        for key, value in fields.items():
+            row[globals()[key]] = value
+        self.steps.append(row)
+
+    def _range_magnitude(self, name) -> int:
+        lo, hi = self.ranges[name]
+        return max(-lo, hi)
+
+    # nodes
+    def add(self, node) -> None:
+        ins = [self.slots[i] for i in node.inputs]
+        kind = node.op
+        if kind in ("conv2d", "linear"):
+            self._mac(node, ins[0])
+        elif kind == "activation":
+            self._activation(node, ins[0])
+        elif kind == "max_pool2d":
+            self._max_pool(node, ins[0])
+        elif kind == "add":
+            self._add(node, ins)
+        elif kind == "requantize":
+            src, shape, frac = ins[0]
+            p = node.params
+            dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
+            reg = self._register(node, "output", p.out_fmt, frac, p.rounding, p.overflow)
+            self._row(REGISTER, node, SRC=src, DST=dst, C=int(np.prod(shape)), REG_OUT=reg)
+            self.node_registers[node.name] = ["output"]
+        else:  # flatten: the arena holds C, H, W in order already
+            src, shape, frac = ins[0]
+            self.slots[node.name] = (src, tuple(node.out_shape), frac)
+            self.node_registers[node.name] = ["output"]
+        self._bound(self._range_magnitude(node.name))
+
+    def _input_register(self, node, src, shape, frac):
+        """A REGISTER step for the layer's input register (iostrict) into a slot of its own;
+        returns (the slot the layer reads, its frac, the largest |value| there)."""
+        from ..graph.ranges import _register as after_input_register
+        p = node.params
+        (lo, hi), _ = after_input_register(self.ranges[node.inputs[0]], frac, p.input_register,
+                                          p.rounding)
+        magnitude = max(-lo, hi, 0)
+        self._bound(magnitude)
+        if p.input_register is None:
+            return src, frac, magnitude
+        reg = self._register(node, "input", p.input_register, frac, p.rounding, Overflow.SAT_SYM)
+        tmp = self._slot(f"{node.name}/input", shape, p.input_register.frac_bits)
+        self._row(REGISTER, node, SRC=src, DST=tmp, C=int(np.prod(shape)), REG_OUT=reg)
+        return tmp, p.input_register.frac_bits, magnitude
+
+    def _mac(self, node, slot):
+        p = node.params
+        src, shape, frac = slot
+        weight, bias = node.arrays["weight"], node.arrays.get("bias")
+        if node.op == "linear":
+            shape, weight = (shape[0], 1, 1), weight[:, :, None, None]
+        src, fx, x_max = self._input_register(node, src, shape, frac)
+        o, cg, kh, kw = weight.shape
+        fw = p.weight_fmt.frac_bits
+        acc_frac = max(fx + fw, p.bias_fmt.frac_bits if bias is not None else fx + fw)
+        prod_shift = acc_frac - fx - fw
+        w = weight.astype(object) * (1 << prod_shift)
+        b = (bias.astype(object) * (1 << (acc_frac - p.bias_fmt.frac_bits)) if bias is not None
+             else np.zeros(o, object))
+        # every partial sum, in any order, of output o: |b_o| + sum_k |w_ok| * max|x|
+        bound = int(max(abs(bo) + int(np.abs(wo).sum()) * x_max for bo, wo in zip(b, w.reshape(o, -1))))
+        acc = p.accumulator
+        if acc.bits is not None and acc.overflow != Overflow.WRAP and bound > (1 << (acc.bits - 1)) - 1:
+            raise NotPlannable(f"node {node.name}: its {acc.bits}-bit saturating accumulator may "
+                               "saturate MAC by MAC; that order runs layer by layer")
+        self._bound(bound, int(np.abs(w).max(initial=0)) * max(x_max, 1))
+        (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+        oh, ow = node.out_shape[1:] if node.op == "conv2d" else (1, 1)
+        # the input's stride phase planes (zero padded), each ROWS x PITCH, and the sums at
+        # that pitch: every tap is then one contiguous run over the plane (`_mac`)
+        rows, pitch = -(-(shape[1] + 2 * ph) // sh), -(-(shape[2] + 2 * pw) // sw)
+        planes = self._slot(f"{node.name}/planes", (shape[0] * sh * sw * rows * pitch + pitch,), 0)
+        sums = self._slot(f"{node.name}/sums", (o * oh * pitch,), 0)
+        dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
+        reg_acc = self._register(node, "accumulator", Format(acc.bits, acc_frac) if acc.bits else None,
+                                 acc_frac, Rounding.FLOOR, acc.overflow)
+        reg_out = self._register(node, "output", p.out_fmt, acc_frac, p.rounding, p.out_overflow)
+        self._row(MAC, node, SRC=src, DST=dst, C=shape[0], H=shape[1], W=shape[2], O=o, OH=oh, OW=ow,
+                  KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw, GROUPS=p.groups,
+                  WOFF=self._constant(w), BOFF=self._constant(b), REG_ACC=reg_acc,
+                  REG_OUT=reg_out, PLANES=planes, SUMS=sums, ROWS=rows, PITCH=pitch)
+        self.macs += o * cg * kh * kw * oh * ow
+
+    def _activation(self, node, slot):
+        p = node.params
+        src, shape, frac = slot
+        src, frac, _ = self._input_register(node, src, shape, frac)
+        shift, ceiling = 0, -1
+        if p.ceiling is not None:
+            shift = max(frac, 0) - frac
+            frac, ceiling = frac + shift, p.ceiling << (frac + shift)
+            self._bound(ceiling)
+        dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
+        reg_out = self._register(node, "output", p.out_fmt, frac, p.rounding, p.overflow)
+        self._row(ACTIVATION, node, SRC=src, DST=dst, C=int(np.prod(shape)), SHIFT_A=shift,
+                  CEILING=ceiling, REG_OUT=reg_out)
+
+    def _max_pool(self, node, slot):
+        p = node.params
+        src, shape, frac = slot
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+        c, h, w = shape
+        _, oh, ow = node.out_shape
+        for size, k, s, pad, d, out in ((h, kh, sh, ph, dh, oh), (w, kw, sw, pw, dw, ow)):
+            for y in range(out):  # every window must hold a cell of the input
+                if not any(0 <= y * s + i * d - pad < size for i in range(k)):
+                    raise NotPlannable(f"node {node.name}: a window lies wholly in the padding")
+        dst = self._slot(node.name, node.out_shape, frac)
+        self._row(MAX_POOL, node, SRC=src, DST=dst, C=c, H=h, W=w, OH=oh, OW=ow, KH=kh, KW=kw,
+                  SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw)
+        self.node_registers[node.name] = ["output"]
+
+    def _add(self, node, slots):
+        p = node.params
+        (a, shape, fa), (b, shape_b, fb) = slots
+        if shape != shape_b:
+            raise NotPlannable(f"node {node.name}: operand shapes {shape} and {shape_b} differ")
+        frac = max(fa, fb)
+        for name, f in zip(node.inputs, (fa, fb)):
+            self._bound(self._range_magnitude(name) << (frac - f))
+        dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
+        reg_out = self._register(node, "output", p.out_fmt, frac, p.rounding, p.overflow)
+        self._row(ADD, node, SRC=a, SRC2=b, DST=dst, C=int(np.prod(shape)), SHIFT_A=frac - fa,
+                  SHIFT_B=frac - fb, REG_OUT=reg_out)
+        self.node_registers[node.name] = ["output"]
+
+    def finish(self) -> Plan:
+        from ..fixedpoint.core import DOMAIN_LIMIT
+        if self.magnitude >= DOMAIN_LIMIT:
+            raise NotPlannable("a static bound leaves the 62-bit domain")
+        dtype = (np.float32 if self.magnitude < FLOAT32_EXACT else
+                 np.float64 if self.magnitude < FLOAT64_EXACT else np.int64)
+        out = self.graph.outputs[0]
+        offset, shape, _ = self.slots[out]
+        constants = np.concatenate(self.constants) if self.constants else np.zeros(0, np.int64)
+        return Plan(np.array(self.steps, np.int64).reshape(-1, FIELDS),
+                    np.array(self.registers, np.int64).reshape(-1, R_FIELDS),
+                    constants.astype(dtype), self.arena, int(np.prod(self.graph.inputs[0].shape)),
+                    offset, shape, self.graph.nodes[[n.name for n in self.graph.nodes].index(out)].out_fmt,
+                    self.macs, self.register_names, self.node_registers)
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _apply_register(buf, src, dst, size, registers, reg, counts):
+    """buf[dst + i] = the register ``reg`` applied to buf[src + i] (in place when equal), its
+    events added to counts[reg]."""
+    shift, bits, signed = registers[reg, R_SHIFT], registers[reg, R_BITS], registers[reg, R_SIGNED]
+    rounding, overflow = registers[reg, R_ROUNDING], registers[reg, R_OVERFLOW]
+    over_index = WRAPS if overflow == _WRAP else SATURATIONS
+    ties, overflowed, underflows = 0, 0, 0
+    values, results = buf[src:src + size], buf[dst:dst + size]
+    if 0 < shift <= MAX_BITS:  # the common case, branch-free (plans hold no STOCHASTIC)
+        mask, half = low_mask(shift), np.int64(1) << (shift - 1)
+        for i in range(size):
+            v = np.int64(values[i])
+            rounded, tie = shift_right_rounded_tie(v, shift, mask, half, rounding)
+            r = fit_overflow(rounded, bits, signed, overflow)
+            results[i] = r
+            over = r != rounded
+            ties += tie
+            overflowed += over
+            underflows += (r == 0) & (v != 0) & (not over)
+    else:
+        for i in range(size):
+            v = np.int64(values[i])
+            r, flag = requantize_scalar_flagged(v, shift, bits, signed, rounding, overflow, np.int64(0))
+            results[i] = r
+            over = (flag & OVERFLOWED) != 0
+            ties += (flag & TIE) != 0
+            overflowed += over
+            underflows += (r == 0) & (v != 0) & (not over)
+    counts[reg, over_index] += overflowed
+    counts[reg, TIES] += ties
+    counts[reg, UNDERFLOWS] += underflows
+
+
+@njit(cache=True)
+def _mac(buf, s, constants, registers, counts):
+    """Conv2d (and Linear, a dot product per output) of one image. The input is first laid out
+    as stride phase planes: phase (a, b) of channel c holds the zero-padded input's rows
+    a, a + SH, ... and columns b, b + SW, ..., so that tap (i, j) reads phase
+    (i*DH mod SH, j*DW mod SW) from row i*DH // SH and column j*DW // SW on. Output (y, x) sits
+    at y * PITCH + x of a plane as wide as the phases: each tap adds its weight times one
+    contiguous run of OH * PITCH values (it vectorizes), the columns from OW on are discarded.
+    They stay inside the planes (one PITCH of slack) and, as sums of as many products of the
+    same operands' bounds, inside the exactness bound. Then the accumulator and output
+    registers."""
+    c_in, h, w = s[C], s[H], s[W]
+    o_count, oh, ow, kh, kw = s[O], s[OH], s[OW], s[KH], s[KW]
+    sh, sw, ph, pw, dh, dw = s[SH], s[SW], s[PH], s[PW], s[DH], s[DW]
+    src, dst, woff, boff = s[SRC], s[DST], s[WOFF], s[BOFF]
+    cg = c_in // s[GROUPS]
+    og = o_count // s[GROUPS]
+    if kh == 1 and kw == 1 and h == 1 and w == 1:  # Linear
+        for o in range(o_count):
+            acc = constants[boff + o]
+            cin0 = (o // og) * cg
+            for c in range(cg):
+                acc += constants[woff + o * cg + c] * buf[src + cin0 + c]
+            buf[dst + o] = acc
+    else:
+        planes, sums, rows, pitch = s[PLANES], s[SUMS], s[ROWS], s[PITCH]
+        plane = rows * pitch
+        buf[planes:planes + c_in * sh * sw * plane + pitch] = 0
+        for c in range(c_in):
+            for y in range(h):
+                py = y + ph
+                for x in range(w):
+                    px = x + pw
+                    phase = (c * sh + py % sh) * sw + px % sw
+                    buf[planes + phase * plane + (py // sh) * pitch + px // sw] = buf[src + (c * h + y) * w + x]
+        run = oh * pitch
+        for o in range(o_count):
+            out = sums + o * run
+            acc = buf[out:out + run]  # views: runs on views vectorize, offsets into buf do not
+            acc[:] = constants[boff + o]
+            cin0 = (o // og) * cg
+            for c in range(cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = constants[woff + ((o * cg + c) * kh + i) * kw + j]
+                        if wv == 0:
+                            continue
+                        phase = ((cin0 + c) * sh + (i * dh) % sh) * sw + (j * dw) % sw
+                        first = planes + phase * plane + ((i * dh) // sh) * pitch + (j * dw) // sw
+                        tap = buf[first:first + run]
+                        for q in range(run):
+                            acc[q] += wv * tap[q]
+            for y in range(oh):
+                for x in range(ow):
+                    buf[dst + (o * oh + y) * ow + x] = buf[out + y * pitch + x]
+    size = o_count * oh * ow
+    if s[REG_ACC] >= 0:
+        _apply_register(buf, dst, dst, size, registers, s[REG_ACC], counts)
+    if s[REG_OUT] >= 0:
+        _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
+
+
+@njit(cache=True)
+def _max_pool(buf, s):
+    c_in, h, w, oh, ow, kh, kw = s[C], s[H], s[W], s[OH], s[OW], s[KH], s[KW]
+    sh, sw, ph, pw, dh, dw = s[SH], s[SW], s[PH], s[PW], s[DH], s[DW]
+    src, dst = s[SRC], s[DST]
+    for c in range(c_in):
+        for y in range(oh):
+            for x in range(ow):
+                best = buf[src]  # replaced by the first cell inside (every window has one)
+                first = True
+                for i in range(kh):
+                    yi = y * sh + i * dh - ph
+                    if yi < 0 or yi >= h:
+                        continue
+                    for j in range(kw):
+                        xi = x * sw + j * dw - pw
+                        if 0 <= xi < w:
+                            v = buf[src + (c * h + yi) * w + xi]
+                            if first or v > best:
+                                best, first = v, False
+                buf[dst + (c * oh + y) * ow + x] = best
+
+
+@njit(cache=True)
+def _step(buf, s, constants, registers, counts):
+    op = s[OP]
+    if op == MAC:  # an input register is a REGISTER step before it, into the slot it reads
+        _mac(buf, s, constants, registers, counts)
+    elif op == MAX_POOL:
+        _max_pool(buf, s)
+    elif op == ACTIVATION:
+        src, dst, size, shift, ceiling = s[SRC], s[DST], s[C], s[SHIFT_A], s[CEILING]
+        values, results = buf[src:src + size], buf[dst:dst + size]
+        scale = 1 << shift
+        if ceiling >= 0:
+            for i in range(size):
+                results[i] = min(max(values[i], 0) * scale, ceiling)
+        else:
+            for i in range(size):
+                results[i] = max(values[i], 0)
+        if s[REG_OUT] >= 0:
+            _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
+    elif op == ADD:
+        a, b, dst, size = s[SRC], s[SRC2], s[DST], s[C]
+        scale_a, scale_b = 1 << s[SHIFT_A], 1 << s[SHIFT_B]
+        first, second, results = buf[a:a + size], buf[b:b + size], buf[dst:dst + size]
+        for i in range(size):
+            results[i] = first[i] * scale_a + second[i] * scale_b
+        if s[REG_OUT] >= 0:
+            _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
+    else:  # REGISTER
+        _apply_register(buf, s[SRC], s[DST], s[C], registers, s[REG_OUT], counts)
+
+
+@njit(cache=True)
+def _run_chunk(k, x, out, steps, registers, constants, arena, output_offset, counts):
+    """Chunk k of the batch (images k*per.. of counts.shape[0] chunks), image by image through
+    every step in its own arena; its events go to counts[k]."""
+    n, size = x.shape
+    per = (n + counts.shape[0] - 1) // counts.shape[0]
+    buf = np.zeros(arena, dtype=constants.dtype)
+    for b in range(k * per, min(n, (k + 1) * per)):
+        for i in range(size):
+            buf[i] = x[b, i]
+        for t in range(steps.shape[0]):
+            _step(buf, steps[t], constants, registers, counts[k])
+        for i in range(out.shape[1]):
+            out[b, i] = buf[output_offset + i]
+
+
+@njit(cache=True)
+def _run_serial(x, out, steps, registers, constants, arena, output_offset, counts):
+    _run_chunk(0, x, out, steps, registers, constants, arena, output_offset, counts)
+
+
+@njit(cache=True, parallel=True)
+def _run_parallel(x, out, steps, registers, constants, arena, output_offset, counts):
+    for k in prange(counts.shape[0]):
+        _run_chunk(k, x, out, steps, registers, constants, arena, output_offset, counts)
