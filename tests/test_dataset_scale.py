@@ -103,6 +103,27 @@ def test_an_npz_member_bomb_is_refused(tmp_path):
         NpzArraySource(tmp_path / "bomb.npz")
 
 
+def test_a_damaged_compressed_member_is_refused_when_a_batch_is_read(demo, tmp_path):
+    """The header decompresses cleanly, the data further on does not: exit 2, named."""
+    graph, x, _, _ = demo
+    np.savez_compressed(tmp_path / "z.npz", x=x)
+    with zipfile.ZipFile(tmp_path / "z.npz") as zf:
+        info = zf.getinfo("x.npy")
+    data = bytearray((tmp_path / "z.npz").read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for k in range(start + info.compress_size // 2, start + info.compress_size - 8):
+        data[k] ^= 0x5A  # the second half of the deflate stream
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    source = NpzArraySource(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="is damaged|is truncated"):
+        source.read(0, len(source))
+    result = CliRunner().invoke(main, ["audit", str(demo[3] / "g"), "--data", str(tmp_path / "bad.npz"),
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "bad.npz, array 'x'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_image_folders_are_preprocessed_as_torchvision_does(tmp_path):
     from PIL import Image
     rng = np.random.default_rng(0)

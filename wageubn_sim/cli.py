@@ -581,10 +581,7 @@ def _dataset(g, data, labels, resize, crop, mean, std, input_path=None, random=N
         if preprocess.shape != tuple(g.inputs[0].shape):
             raise BadInput(f"--crop {crop} gives images of {preprocess.shape}, the graph's input is "
                            f"{tuple(g.inputs[0].shape)}")
-    try:
-        source = open_data(data, g.inputs[0].shape, preprocess, labels)
-    except (UnreadableFile, FileNotFoundError, ValueError) as err:
-        raise BadInput(str(err)) from None
+    source = _guard(open_data, data, g.inputs[0].shape, preprocess, labels)
     if source.sample_shape != tuple(g.inputs[0].shape):
         raise BadInput(f"--data {data} holds samples of shape {source.sample_shape}, the graph's input "
                        f"is {tuple(g.inputs[0].shape)}")
@@ -604,17 +601,11 @@ def _progress_line(label: str):
     return lambda total=None: Progress(total, report)
 
 
-def _run_on_data(fn, source, workers, scheduler):
-    """fn(client) with the Dask client --workers/--scheduler ask for (None: serial); the
-    library's input errors as exit 2."""
+def _on_cluster(fn, workers, scheduler):
+    """fn(client) with the Dask client --workers/--scheduler ask for (None: serial)."""
     from .data.shards import dask_client
-    try:
-        with dask_client(workers, scheduler) as client:
-            return fn(client)
-    except UnreadableFile as err:
-        raise BadInput(str(err)) from None
-    except (FileNotFoundError, ValueError, OverflowError) as err:
-        raise BadInput(str(err)) from None
+    with dask_client(workers, scheduler) as client:
+        return fn(client)
 
 
 @main.command()
@@ -635,8 +626,8 @@ def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, me
     g = _guard(load_graph, graph)
     source = _dataset(g, data, labels, resize, crop, mean, std, input_path, random, shape, seed)
     total = len(source) if hasattr(source, "__len__") else None
-    report = _run_on_data(lambda client: run_audit(g, source, client, batch, shard_size,
-                                                   _progress_line("audit")(total)), source, workers, scheduler)
+    report = _guard(_on_cluster, lambda client: run_audit(g, source, client, batch, shard_size,
+                                                          _progress_line("audit")(total)), workers, scheduler)
     click.echo(report.to_table().rstrip())
     if out:
         files = {"audit.json": report.to_json(), "audit.csv": report.to_csv(),
@@ -676,12 +667,11 @@ def sweep(graph, data, labels, resize, crop, mean, std, batch, shard_size, worke
     crit = _guard(Criterion.parse, criterion)
     g = _guard(load_graph, graph)
     source = _dataset(g, data, labels, resize, crop, mean, std)
-    progress = _progress_line("sweep")
-    report, proposed = _run_on_data(lambda client: run_sweep(
+    report, proposed = _guard(_on_cluster, lambda client: run_sweep(
         g, source, crit, [r.strip() for r in registers.split(",")],
         [n.strip() for n in layers.split(",")] if layers else None,
         [m.strip().upper() for m in overflow.split(",")], min_bits, client, batch, shard_size,
-        lambda label: progress(len(source))), source, workers, scheduler)
+        lambda label: _progress_line(label)(len(source))), workers, scheduler)
     click.echo(report.to_table().rstrip())
     files = {"sweep.json": report.to_json(), "sweep.txt": report.to_table(), "sweep.html": report.to_html()}
     files = {k: v.encode() for k, v in files.items()}

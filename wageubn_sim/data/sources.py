@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..files.read import (DEFLATE_MAX_RATIO, UnreadableFile, _npy_header, _open_regular, _open_zip,
-                          read_npy)
+from ..files.read import (UnreadableFile, _open_regular, _open_zip, npy_layout, npz_member_layout,
+                          read_npy, read_npz, read_npz_member_bytes)
 
 INPUT_KINDS = "iuf"  # inputs: floats, or integers of the graph's input format
 LABEL_KINDS = "iu"
@@ -62,14 +61,14 @@ class ArraySource(DataSource):
         return f"an array of {len(self)} samples"
 
 
-def _npy_layout(fh, what, kinds):
-    dtype, shape, fortran, nbytes = _npy_header(fh, what, kinds)
-    if fortran and len(shape) > 1:
+def _sliceable(layout, what):
+    """A layout whose samples (N first) are consecutive slices."""
+    if layout.fortran and len(layout.shape) > 1:
         raise UnreadableFile(f"{what} is stored in Fortran order; save it in C order "
                              "(np.save(path, np.ascontiguousarray(x)))")
-    if not shape:
+    if not layout.shape:
         raise UnreadableFile(f"{what} holds a scalar, not samples (N first)")
-    return dtype, shape, nbytes
+    return layout
 
 
 class NpyFileSource(DataSource):
@@ -77,14 +76,9 @@ class NpyFileSource(DataSource):
 
     def __init__(self, path, labels=None, kinds=INPUT_KINDS):
         self.path = Path(path)
-        with _open_regular(self.path, "data file") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            self.dtype, shape, nbytes = _npy_layout(fh, f"data file {self.path}", kinds)
-            self.offset = fh.tell()
-        if size - self.offset != nbytes:
-            raise UnreadableFile(f"data file {self.path} declares {shape} {self.dtype} ({nbytes} bytes) "
-                                 f"but holds {size - self.offset} bytes of data: truncated or padded")
-        self.count, self.sample_shape = shape[0], tuple(shape[1:])
+        layout = _sliceable(npy_layout(self.path, "data file", kinds), f"data file {self.path}")
+        self.dtype, self.offset = layout.dtype, layout.offset
+        self.count, self.sample_shape = layout.shape[0], tuple(layout.shape[1:])
         self.labels = None
         if labels is not None:
             self.labels = read_npy(labels, "labels file", LABEL_KINDS, expect_shape=(self.count,))
@@ -120,49 +114,26 @@ class NpzArraySource(DataSource):
                 member = candidates[0]
                 labels = labels or next((n for n in ("labels", "y") if n in arrays), None)
             self.member, self.label_member = member, labels
-            self.dtype, shape, self.offset = self._layout(zf, member, INPUT_KINDS)
-            self.count, self.sample_shape = shape[0], tuple(shape[1:])
+            layout = _sliceable(npz_member_layout(zf, self.path, "data file", member, INPUT_KINDS),
+                                f"data file {self.path}, array {member!r}")
+            self.dtype, self.offset = layout.dtype, layout.offset
+            self.count, self.sample_shape = layout.shape[0], tuple(layout.shape[1:])
             self.labels = None
             if labels is not None:
-                dtype, lshape, offset = self._layout(zf, labels, LABEL_KINDS)
-                if lshape != (self.count,):
-                    raise UnreadableFile(f"data file {self.path}: labels of shape {lshape} for "
-                                         f"{self.count} samples")
-                with zf.open(f"{labels}.npy") as fh:
-                    fh.seek(offset)
-                    data = fh.read(self.count * dtype.itemsize)
-                self.labels = np.frombuffer(data, dtype).astype(np.int64)
+                self.labels = read_npz(self.path, "data file", [labels], LABEL_KINDS)[labels].astype(np.int64)
+                if self.labels.shape != (self.count,):
+                    raise UnreadableFile(f"data file {self.path}: labels of shape {self.labels.shape} "
+                                         f"for {self.count} samples")
         self.has_labels = self.labels is not None
-
-    def _layout(self, zf, name, kinds):
-        label = f"data file {self.path}, array {name!r}"
-        try:
-            info = zf.getinfo(f"{name}.npy")
-        except KeyError:
-            raise UnreadableFile(f"data file {self.path} has no array {name!r}") from None
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise UnreadableFile(f"{label} uses zip compression {info.compress_type}")
-        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 64:
-            raise UnreadableFile(f"{label} declares {info.file_size} bytes from {info.compress_size} "
-                                 "stored: a forged archive")
-        with zf.open(info) as fh:
-            dtype, shape, nbytes = _npy_layout(fh, label, kinds)
-            offset = fh.tell()
-        if offset + nbytes != info.file_size:
-            raise UnreadableFile(f"{label} declares {shape} {dtype} ({nbytes} bytes) but the archive "
-                                 f"holds {info.file_size - offset}: truncated or padded")
-        return dtype, shape, offset
 
     def __len__(self):
         return self.count
 
     def read(self, start, stop):
         row = math.prod(self.sample_shape) * self.dtype.itemsize
-        with _open_zip(self.path, "data file") as zf, zf.open(f"{self.member}.npy") as fh:
-            fh.seek(self.offset + start * row)  # a compressed member decompresses up to here
-            data = fh.read((stop - start) * row)
-        if len(data) != (stop - start) * row:
-            raise UnreadableFile(f"data file {self.path} changed while it was read")
+        with _open_zip(self.path, "data file") as zf:
+            data = read_npz_member_bytes(zf, self.path, "data file", self.member,
+                                         self.offset + start * row, (stop - start) * row)
         x = np.frombuffer(data, self.dtype).reshape(stop - start, *self.sample_shape)
         return x.astype(self.dtype.newbyteorder("=")), \
             None if self.labels is None else self.labels[start:stop]

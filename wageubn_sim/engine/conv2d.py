@@ -117,7 +117,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
     if op == OP_ADDER:
         bound = b_max + cg * kh * kw * (x_max + cache["abs_max"])
     else:
-        bound = b_max + (cache["row_abs_max"] * x_max << prod_shift)
+        bound = multiply_bound(cache, b_max, x_max, prod_shift)
     if bound >= DOMAIN_LIMIT:
         raise OverflowError(f"{what}: a partial sum may reach 2**{bound.bit_length() - 1}, beyond "
                             "the 62-bit domain; give the input a narrower format or the "
@@ -162,6 +162,13 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         fmt = acc_fmt
     registers["output"] = out_events
     return Output(q, fmt, Events.total(registers.values()), stages, flags, registers, acc_fmt)
+
+
+def multiply_bound(summary: dict, b_max: int, x_max: int, prod_shift: int) -> int:
+    """The largest |partial sum| a multiply layer can form, in any MAC order, on the
+    accumulator's grid: max|b| + max_o sum_k |w[o, k]| * max|x| * 2**prod_shift (``summary``:
+    `mac.weight_summary` of the weights)."""
+    return b_max + (summary["row_abs_max"] * x_max << prod_shift)
 
 
 def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, bound, x_max,

@@ -786,29 +786,45 @@ def _narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias,
             acc_events[b, o0 + q] = events[q]
 
 
+@njit(cache=True)
+def fill_stride_phases(x, ph, pw, sh, sw, pitch, out):
+    """One channel: out[r*sw + s, (Y//sh)*pitch + X//sw] = x[Y - ph, X - pw] for the padded
+    coordinates Y = r (mod sh), X = s (mod sw); the rest of ``out`` is left as it is (zero)."""
+    h, w = x.shape
+    for y in range(h):
+        yp = y + ph
+        row = (yp % sh) * sw
+        base = (yp // sh) * pitch
+        for col in range(w):
+            xp = col + pw
+            out[row + xp % sw, base + xp // sw] = x[y, col]
+
+
 @njit(cache=True, parallel=True)
 def _fill_stride_phases(x, ph, pw, sh, sw, pitch, out):
-    """out[n, c*sh*sw + r*sw + s, (Y//sh)*pitch + X//sw] = x[n, c, Y - ph, X - pw] for the
-    padded coordinates Y = r (mod sh), X = s (mod sw); the rest of ``out`` stays zero."""
-    n, c, h, w = x.shape
+    """`fill_stride_phases` of every channel of every image, in parallel."""
+    n, c = x.shape[:2]
+    phases = sh * sw
     for job in prange(n * c):
         b, ch = job // c, job % c
-        for y in range(h):
-            yp = y + ph
-            row = ch * sh * sw + (yp % sh) * sw
-            base = (yp // sh) * pitch
-            for col in range(w):
-                xp = col + pw
-                out[b, row + xp % sw, base + xp // sw] = x[b, ch, y, col]
+        fill_stride_phases(x[b, ch], ph, pw, sh, sw, pitch, out[b, ch * phases:(ch + 1) * phases])
+
+
+def stride_phase_geometry(h, w, padding, stride) -> tuple:
+    """(rows, pitch) of a stride phase plane of an h x w input: the padded input's rows and
+    columns per phase, Hq = ceil(Hp/sh) and Wq = ceil(Wp/sw). A plane holds (Hq + 1) * Wq
+    values: one zero row more, so that a tap's run may pass the last row's end."""
+    (ph, pw), (sh, sw) = padding, stride
+    return -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
 
 
 def stride_phase_planes(x, padding, stride, dtype):
     """The input x (N, C, H, W), zero-padded, as (N, C*sh*sw, (Hq+1)*Wq) stride phases: plane
-    c*sh*sw + r*sw + s holds the padded x[:, c, r::sh, s::sw] flat at pitch Wq = ceil(Wp/sw),
-    plus one zero row so a tap's run may pass the last row's end. Returns (planes, Wq)."""
+    c*sh*sw + r*sw + s holds the padded x[:, c, r::sh, s::sw] flat at pitch Wq = ceil(Wp/sw)
+    (`stride_phase_geometry`). Returns (planes, Wq)."""
     (ph, pw), (sh, sw) = padding, stride
     n, c, h, w = x.shape
-    hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+    hq, wq = stride_phase_geometry(h, w, padding, stride)
     planes = np.zeros((n, c * sh * sw, (hq + 1) * wq), dtype)
     _fill_stride_phases(x, ph, pw, sh, sw, wq, planes)
     return planes, wq

@@ -33,9 +33,12 @@ from numba import njit, prange
 from ..fixedpoint.core import (OVERFLOWED, TIE, fit_overflow, low_mask, requantize_scalar_flagged,
                                shift_right_rounded_tie)
 from ..fixedpoint.format import MAX_BITS, Format
+from ..graph.ranges import input_register_range, value_ranges
 from ..fixedpoint.modes import Overflow, Rounding
-from .mac import FLOAT32_EXACT
-from .registers import Events
+from .conv2d import multiply_bound
+from .mac import (FLOAT32_EXACT, fill_stride_phases, mac_taps, stride_phase_geometry,
+                  weight_summary)
+from .registers import Events, align
 
 PLANNED_OPS = ("conv2d", "linear", "activation", "max_pool2d", "add", "requantize", "flatten")
 PLAN_MAX_MACS = 1 << 23  # MACs per image above which the layer-by-layer GEMMs are faster
@@ -45,7 +48,7 @@ FLOAT64_EXACT = 1 << 53
 
 # the rows of the step table: one field per column
 (OP, SRC, SRC2, DST, C, H, W, O, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, GROUPS, WOFF, BOFF,
- REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, FIELDS) = range(31)
+ TAPS, REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, FIELDS) = range(32)
 # the ops
 MAC, MAX_POOL, ACTIVATION, ADD, REGISTER = range(5)
 # a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow
@@ -64,6 +67,7 @@ class Plan:
     steps: np.ndarray  # (steps, FIELDS) int64
     registers: np.ndarray  # (registers, R_FIELDS) int64
     constants: np.ndarray  # weights and aligned biases, in the arena dtype
+    indices: np.ndarray  # int64: each conv's taps (plane, then offset)
     arena: int  # values per image
     input_size: int
     output_offset: int
@@ -91,14 +95,14 @@ class Plan:
         counts = np.zeros((chunks, len(self.registers), 4), np.int64)
         if n:
             if chunks == 1:  # no pool to wake
-                _run_serial(x, out, self.steps, self.registers, self.constants, self.arena,
-                            self.output_offset, counts)
+                _run_serial(x, out, self.steps, self.registers, self.constants, self.indices,
+                            self.arena, self.output_offset, counts)
             else:
                 previous = numba.get_num_threads()
                 numba.set_num_threads(chunks)
                 try:
-                    _run_parallel(x, out, self.steps, self.registers, self.constants, self.arena,
-                                  self.output_offset, counts)
+                    _run_parallel(x, out, self.steps, self.registers, self.constants, self.indices,
+                                  self.arena, self.output_offset, counts)
                 finally:
                     numba.set_num_threads(previous)
         totals = counts.sum(axis=0).tolist()
@@ -113,7 +117,6 @@ class Plan:
 def build_plan(graph) -> Plan:
     """The plan of ``graph`` (checked: `Graph.check` has recorded shapes and formats), or
     NotPlannable with the reason."""
-    from ..graph.ranges import value_ranges
     spec = graph.inputs[0]
     if not spec.fmt.bounded:
         raise NotPlannable("the input format is unbounded: no static range bounds the values")
@@ -143,7 +146,7 @@ class _Builder:
         self.arena = size
         self.magnitude = max(-spec.fmt.min_int, spec.fmt.max_int)  # the largest |value| met
         self.steps, self.registers, self.register_names = [], [], []
-        self.node_registers, self.constants, self.macs = {}, [], 0
+        self.node_registers, self.constants, self.indices, self.macs = {}, [], [], 0
 
     # slots and constants
     def _slot(self, name, shape, frac) -> int:
@@ -154,10 +157,18 @@ class _Builder:
         self.slots[name] = (offset, tuple(shape), frac)
         return offset
 
-    def _constant(self, values) -> int:
-        offset = sum(len(c) for c in self.constants)
-        self.constants.append(np.asarray(values, dtype=np.int64).ravel())
+    @staticmethod
+    def _append(table, values) -> int:
+        """Append ``values`` (integers) to ``table``; returns where they start."""
+        offset = sum(len(c) for c in table)
+        table.append(np.asarray(values, dtype=np.int64).ravel())
         return offset
+
+    def _constant(self, values) -> int:
+        return self._append(self.constants, values)
+
+    def _index(self, values) -> int:
+        return self._append(self.indices, values)
 
     def _bound(self, *magnitudes) -> None:
         self.magnitude = max(self.magnitude, *(int(m) for m in magnitudes))
@@ -203,7 +214,6 @@ class _Builder:
             dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
             reg = self._register(node, "output", p.out_fmt, frac, p.rounding, p.overflow)
             self._row(REGISTER, node, SRC=src, DST=dst, C=int(np.prod(shape)), REG_OUT=reg)
-            self.node_registers[node.name] = ["output"]
         else:  # flatten: the arena holds C, H, W in order already
             src, shape, frac = ins[0]
             self.slots[node.name] = (src, tuple(node.out_shape), frac)
@@ -213,10 +223,9 @@ class _Builder:
     def _input_register(self, node, src, shape, frac):
         """A REGISTER step for the layer's input register (iostrict) into a slot of its own;
         returns (the slot the layer reads, its frac, the largest |value| there)."""
-        from ..graph.ranges import _register as after_input_register
         p = node.params
-        (lo, hi), _ = after_input_register(self.ranges[node.inputs[0]], frac, p.input_register,
-                                          p.rounding)
+        (lo, hi), _ = input_register_range(self.ranges[node.inputs[0]], frac, p.input_register,
+                                           p.rounding)
         magnitude = max(-lo, hi, 0)
         self._bound(magnitude)
         if p.input_register is None:
@@ -237,31 +246,33 @@ class _Builder:
         fw = p.weight_fmt.frac_bits
         acc_frac = max(fx + fw, p.bias_fmt.frac_bits if bias is not None else fx + fw)
         prod_shift = acc_frac - fx - fw
-        w = weight.astype(object) * (1 << prod_shift)
-        b = (bias.astype(object) * (1 << (acc_frac - p.bias_fmt.frac_bits)) if bias is not None
-             else np.zeros(o, object))
-        # every partial sum, in any order, of output o: |b_o| + sum_k |w_ok| * max|x|
-        bound = int(max(abs(bo) + int(np.abs(wo).sum()) * x_max for bo, wo in zip(b, w.reshape(o, -1))))
+        w = align(weight, fw, acc_frac - fx)  # products land on the accumulator's grid
+        b = align(bias, p.bias_fmt.frac_bits, acc_frac) if bias is not None else np.zeros(o, np.int64)
+        summary = weight_summary(weight.reshape(o, -1))
+        bound = multiply_bound(summary, int(np.abs(b).max(initial=0)), x_max, prod_shift)
         acc = p.accumulator
         if acc.bits is not None and acc.overflow != Overflow.WRAP and bound > (1 << (acc.bits - 1)) - 1:
             raise NotPlannable(f"node {node.name}: its {acc.bits}-bit saturating accumulator may "
                                "saturate MAC by MAC; that order runs layer by layer")
-        self._bound(bound, int(np.abs(w).max(initial=0)) * max(x_max, 1))
-        (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+        self._bound(bound, summary["abs_max"] << prod_shift)  # the sums, and the weights themselves
         oh, ow = node.out_shape[1:] if node.op == "conv2d" else (1, 1)
-        # the input's stride phase planes (zero padded), each ROWS x PITCH, and the sums at
-        # that pitch: every tap is then one contiguous run over the plane (`_mac`)
-        rows, pitch = -(-(shape[1] + 2 * ph) // sh), -(-(shape[2] + 2 * pw) // sw)
-        planes = self._slot(f"{node.name}/planes", (shape[0] * sh * sw * rows * pitch + pitch,), 0)
+        # the input as stride phase planes (`mac.stride_phase_planes`' layout, per image), the
+        # sums at their pitch, and each tap's plane and offset (`mac.mac_taps`, channel-major,
+        # the weights' order): every tap is one contiguous run (`_mac`)
+        rows, pitch = stride_phase_geometry(shape[1], shape[2], p.padding, p.stride)
+        phases = p.stride[0] * p.stride[1]
+        planes = self._slot(f"{node.name}/planes", (shape[0] * phases * (rows + 1) * pitch,), 0)
         sums = self._slot(f"{node.name}/sums", (o * oh * pitch,), 0)
+        _, tap_plane, tap_offset = mac_taps(cg, kh, kw, *p.stride, *p.dilation, pitch, False)
+        taps = self._index(np.concatenate([tap_plane, tap_offset]))
         dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
         reg_acc = self._register(node, "accumulator", Format(acc.bits, acc_frac) if acc.bits else None,
                                  acc_frac, Rounding.FLOOR, acc.overflow)
         reg_out = self._register(node, "output", p.out_fmt, acc_frac, p.rounding, p.out_overflow)
         self._row(MAC, node, SRC=src, DST=dst, C=shape[0], H=shape[1], W=shape[2], O=o, OH=oh, OW=ow,
-                  KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw, GROUPS=p.groups,
-                  WOFF=self._constant(w), BOFF=self._constant(b), REG_ACC=reg_acc,
-                  REG_OUT=reg_out, PLANES=planes, SUMS=sums, ROWS=rows, PITCH=pitch)
+                  KH=kh, KW=kw, SH=p.stride[0], SW=p.stride[1], PH=p.padding[0], PW=p.padding[1],
+                  GROUPS=p.groups, WOFF=self._constant(w), BOFF=self._constant(b), TAPS=taps,
+                  REG_ACC=reg_acc, REG_OUT=reg_out, PLANES=planes, SUMS=sums, ROWS=rows, PITCH=pitch)
         self.macs += o * cg * kh * kw * oh * ow
 
     def _activation(self, node, slot):
@@ -305,7 +316,6 @@ class _Builder:
         reg_out = self._register(node, "output", p.out_fmt, frac, p.rounding, p.overflow)
         self._row(ADD, node, SRC=a, SRC2=b, DST=dst, C=int(np.prod(shape)), SHIFT_A=frac - fa,
                   SHIFT_B=frac - fb, REG_OUT=reg_out)
-        self.node_registers[node.name] = ["output"]
 
     def finish(self) -> Plan:
         from ..fixedpoint.core import DOMAIN_LIMIT
@@ -316,10 +326,11 @@ class _Builder:
         out = self.graph.outputs[0]
         offset, shape, _ = self.slots[out]
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, np.int64)
+        indices = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int64)
         return Plan(np.array(self.steps, np.int64).reshape(-1, FIELDS),
                     np.array(self.registers, np.int64).reshape(-1, R_FIELDS),
-                    constants.astype(dtype), self.arena, int(np.prod(self.graph.inputs[0].shape)),
-                    offset, shape, self.graph.nodes[[n.name for n in self.graph.nodes].index(out)].out_fmt,
+                    constants.astype(dtype), indices, self.arena, int(np.prod(self.graph.inputs[0].shape)),
+                    offset, shape, next(n.out_fmt for n in self.graph.nodes if n.name == out),
                     self.macs, self.register_names, self.node_registers)
 
 
@@ -360,23 +371,21 @@ def _apply_register(buf, src, dst, size, registers, reg, counts):
 
 
 @njit(cache=True)
-def _mac(buf, s, constants, registers, counts):
-    """Conv2d (and Linear, a dot product per output) of one image. The input is first laid out
-    as stride phase planes: phase (a, b) of channel c holds the zero-padded input's rows
-    a, a + SH, ... and columns b, b + SW, ..., so that tap (i, j) reads phase
-    (i*DH mod SH, j*DW mod SW) from row i*DH // SH and column j*DW // SW on. Output (y, x) sits
-    at y * PITCH + x of a plane as wide as the phases: each tap adds its weight times one
-    contiguous run of OH * PITCH values (it vectorizes), the columns from OW on are discarded.
-    They stay inside the planes (one PITCH of slack) and, as sums of as many products of the
-    same operands' bounds, inside the exactness bound. Then the accumulator and output
-    registers."""
+def _mac(buf, s, constants, indices, registers, counts):
+    """Conv2d (and Linear, a dot product per output) of one image. The input is laid out as
+    `mac.stride_phase_planes` does (`mac.fill_stride_phases`, channel by channel), so that
+    each tap (`mac.mac_taps`) reads one contiguous run of OH * PITCH values from its plane:
+    output (y, x) sits at y * PITCH + x, each tap adds its weight times its run (it
+    vectorizes), and the columns from OW on are discarded. They stay inside the planes (each
+    has a zero row more) and, as sums of as many products of the same operands' bounds, inside
+    the exactness bound. Then the accumulator and output registers."""
     c_in, h, w = s[C], s[H], s[W]
-    o_count, oh, ow, kh, kw = s[O], s[OH], s[OW], s[KH], s[KW]
-    sh, sw, ph, pw, dh, dw = s[SH], s[SW], s[PH], s[PW], s[DH], s[DW]
+    o_count, oh, ow = s[O], s[OH], s[OW]
     src, dst, woff, boff = s[SRC], s[DST], s[WOFF], s[BOFF]
     cg = c_in // s[GROUPS]
     og = o_count // s[GROUPS]
-    if kh == 1 and kw == 1 and h == 1 and w == 1:  # Linear
+    k = cg * s[KH] * s[KW]
+    if k == cg and h == 1 and w == 1:  # Linear
         for o in range(o_count):
             acc = constants[boff + o]
             cin0 = (o // og) * cg
@@ -384,36 +393,30 @@ def _mac(buf, s, constants, registers, counts):
                 acc += constants[woff + o * cg + c] * buf[src + cin0 + c]
             buf[dst + o] = acc
     else:
-        planes, sums, rows, pitch = s[PLANES], s[SUMS], s[ROWS], s[PITCH]
-        plane = rows * pitch
-        buf[planes:planes + c_in * sh * sw * plane + pitch] = 0
+        sh, sw, pitch = s[SH], s[SW], s[PITCH]
+        phases = sh * sw
+        plane = (s[ROWS] + 1) * pitch
+        planes = buf[s[PLANES]:s[PLANES] + c_in * phases * plane]
+        planes[:] = 0
         for c in range(c_in):
-            for y in range(h):
-                py = y + ph
-                for x in range(w):
-                    px = x + pw
-                    phase = (c * sh + py % sh) * sw + px % sw
-                    buf[planes + phase * plane + (py // sh) * pitch + px // sw] = buf[src + (c * h + y) * w + x]
+            fill_stride_phases(buf[src + c * h * w:src + (c + 1) * h * w].reshape(h, w), s[PH], s[PW],
+                               sh, sw, pitch, planes[c * phases * plane:(c + 1) * phases * plane].reshape(phases, plane))
+        tap_plane, tap_offset = indices[s[TAPS]:s[TAPS] + k], indices[s[TAPS] + k:s[TAPS] + 2 * k]
         run = oh * pitch
         for o in range(o_count):
-            out = sums + o * run
-            acc = buf[out:out + run]  # views: runs on views vectorize, offsets into buf do not
+            acc = buf[s[SUMS] + o * run:s[SUMS] + (o + 1) * run]  # views: runs on views vectorize
             acc[:] = constants[boff + o]
-            cin0 = (o // og) * cg
-            for c in range(cg):
-                for i in range(kh):
-                    for j in range(kw):
-                        wv = constants[woff + ((o * cg + c) * kh + i) * kw + j]
-                        if wv == 0:
-                            continue
-                        phase = ((cin0 + c) * sh + (i * dh) % sh) * sw + (j * dw) % sw
-                        first = planes + phase * plane + ((i * dh) // sh) * pitch + (j * dw) // sw
-                        tap = buf[first:first + run]
-                        for q in range(run):
-                            acc[q] += wv * tap[q]
+            group = (o // og) * cg * phases
+            for t in range(k):
+                wv = constants[woff + o * k + t]
+                if wv != 0:
+                    first = (group + tap_plane[t]) * plane + tap_offset[t]
+                    tap = planes[first:first + run]
+                    for q in range(run):
+                        acc[q] += wv * tap[q]
             for y in range(oh):
                 for x in range(ow):
-                    buf[dst + (o * oh + y) * ow + x] = buf[out + y * pitch + x]
+                    buf[dst + (o * oh + y) * ow + x] = acc[y * pitch + x]
     size = o_count * oh * ow
     if s[REG_ACC] >= 0:
         _apply_register(buf, dst, dst, size, registers, s[REG_ACC], counts)
@@ -445,10 +448,10 @@ def _max_pool(buf, s):
 
 
 @njit(cache=True)
-def _step(buf, s, constants, registers, counts):
+def _step(buf, s, constants, indices, registers, counts):
     op = s[OP]
     if op == MAC:  # an input register is a REGISTER step before it, into the slot it reads
-        _mac(buf, s, constants, registers, counts)
+        _mac(buf, s, constants, indices, registers, counts)
     elif op == MAX_POOL:
         _max_pool(buf, s)
     elif op == ACTIVATION:
@@ -476,7 +479,7 @@ def _step(buf, s, constants, registers, counts):
 
 
 @njit(cache=True)
-def _run_chunk(k, x, out, steps, registers, constants, arena, output_offset, counts):
+def _run_chunk(k, x, out, steps, registers, constants, indices, arena, output_offset, counts):
     """Chunk k of the batch (images k*per.. of counts.shape[0] chunks), image by image through
     every step in its own arena; its events go to counts[k]."""
     n, size = x.shape
@@ -486,17 +489,17 @@ def _run_chunk(k, x, out, steps, registers, constants, arena, output_offset, cou
         for i in range(size):
             buf[i] = x[b, i]
         for t in range(steps.shape[0]):
-            _step(buf, steps[t], constants, registers, counts[k])
+            _step(buf, steps[t], constants, indices, registers, counts[k])
         for i in range(out.shape[1]):
             out[b, i] = buf[output_offset + i]
 
 
 @njit(cache=True)
-def _run_serial(x, out, steps, registers, constants, arena, output_offset, counts):
-    _run_chunk(0, x, out, steps, registers, constants, arena, output_offset, counts)
+def _run_serial(x, out, steps, registers, constants, indices, arena, output_offset, counts):
+    _run_chunk(0, x, out, steps, registers, constants, indices, arena, output_offset, counts)
 
 
 @njit(cache=True, parallel=True)
-def _run_parallel(x, out, steps, registers, constants, arena, output_offset, counts):
+def _run_parallel(x, out, steps, registers, constants, indices, arena, output_offset, counts):
     for k in prange(counts.shape[0]):
-        _run_chunk(k, x, out, steps, registers, constants, arena, output_offset, counts)
+        _run_chunk(k, x, out, steps, registers, constants, indices, arena, output_offset, counts)

@@ -11,11 +11,13 @@ Every file may be truncated, huge, forged or made to hang a parser, so each read
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -137,31 +139,48 @@ def _array_from(buffer, dtype, shape, fortran) -> np.ndarray:
 def parse_npy(data: bytes, what: str, kinds: str = INTEGER_KINDS, expect_shape=None) -> np.ndarray:
     """An array from .npy bytes; the header's size must equal the bytes that follow it."""
     import io
-    fh = io.BytesIO(data)
-    dtype, shape, fortran, nbytes = _npy_header(fh, what, kinds)
-    _check_shape(what, shape, expect_shape)
-    rest = len(data) - fh.tell()
-    if rest != nbytes:
-        raise UnreadableFile(f"{what} declares {shape} {dtype} ({nbytes} bytes) but holds "
-                             f"{rest} bytes of data: truncated or padded")
-    return _array_from(memoryview(data)[fh.tell():], dtype, shape, fortran)
+    layout = _checked_layout(io.BytesIO(data), len(data), what, kinds, expect_shape)
+    return _array_from(memoryview(data)[layout.offset:], layout.dtype, layout.shape, layout.fortran)
+
+
+@dataclasses.dataclass(frozen=True)
+class NpyLayout:
+    """What an .npy header declares, checked against the bytes that hold the data."""
+    dtype: np.dtype
+    shape: tuple
+    fortran: bool
+    nbytes: int  # the data's bytes
+    offset: int  # where the data starts (in the file, or in the archive member)
+
+
+def _checked_layout(fh, size: int, label: str, kinds: str, expect_shape=None) -> NpyLayout:
+    """The header of the .npy stream ``fh`` (at its start) of ``size`` bytes in all; ``fh`` is
+    left where the data starts."""
+    dtype, shape, fortran, nbytes = _npy_header(fh, label, kinds)
+    _check_shape(label, shape, expect_shape)
+    offset = fh.tell()
+    if size - offset != nbytes:
+        raise UnreadableFile(f"{label} declares {shape} {dtype} ({nbytes} bytes) but holds "
+                             f"{size - offset} bytes of data: truncated or padded")
+    return NpyLayout(dtype, shape, fortran, nbytes, offset)
+
+
+def npy_layout(path, what: str, kinds: str = INTEGER_KINDS, expect_shape=None) -> NpyLayout:
+    """The layout of the .npy file ``path``, its header checked against the file's size; no
+    data is read (`numpy.memmap` can map it from ``offset``)."""
+    with _open_regular(path, what) as fh:
+        return _checked_layout(fh, os.fstat(fh.fileno()).st_size, f"{what} {path}", kinds, expect_shape)
 
 
 def read_npy(path, what: str, kinds: str = INTEGER_KINDS, expect_shape=None) -> np.ndarray:
     """An array from the .npy file ``path``, its header checked against the file's size
     before the data is read."""
     with _open_regular(path, what) as fh:
-        info = os.fstat(fh.fileno())
-        dtype, shape, fortran, nbytes = _npy_header(fh, f"{what} {path}", kinds)
-        _check_shape(f"{what} {path}", shape, expect_shape)
-        rest = info.st_size - fh.tell()
-        if rest != nbytes:
-            raise UnreadableFile(f"{what} {path} declares {shape} {dtype} ({nbytes} bytes) but "
-                                 f"holds {rest} bytes of data: truncated or padded")
-        buffer = bytearray(nbytes)
-        if fh.readinto(buffer) != nbytes:
+        layout = _checked_layout(fh, os.fstat(fh.fileno()).st_size, f"{what} {path}", kinds, expect_shape)
+        buffer = bytearray(layout.nbytes)
+        if fh.readinto(buffer) != layout.nbytes:
             raise UnreadableFile(f"{what} {path} changed while it was read")
-    return _array_from(buffer, dtype, shape, fortran)
+    return _array_from(buffer, layout.dtype, layout.shape, layout.fortran)
 
 
 # ---- .npz -------------------------------------------------------------------------------
@@ -172,40 +191,60 @@ def npz_members(path, what: str) -> list:
         return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
 
 
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, zlib.error)
+
+
+def npz_member_layout(zf, path, what: str, name: str, kinds: str = INTEGER_KINDS) -> NpyLayout:
+    """The layout of array ``name`` in the open .npz ``zf``: the zip's sizes honest (stored, or
+    deflated within deflate's largest ratio) and the .npy header's size equal to the member's.
+    ``offset`` counts from the member's start."""
+    label = f"{what} {path}, array {name!r}"
+    try:
+        info = zf.getinfo(f"{name}.npy")
+    except KeyError:
+        raise UnreadableFile(f"{what} {path} has no array {name!r}") from None
+    if info.compress_type == zipfile.ZIP_STORED:
+        honest = info.file_size == info.compress_size
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        honest = info.file_size <= DEFLATE_MAX_RATIO * info.compress_size + 64
+    else:
+        raise UnreadableFile(f"{label} uses zip compression {info.compress_type}; "
+                             "save it with np.savez or np.savez_compressed")
+    if not honest:
+        raise UnreadableFile(f"{label} declares {info.file_size} bytes from "
+                             f"{info.compress_size} stored: a forged archive")
+    try:
+        with zf.open(info) as fh:
+            return _checked_layout(fh, info.file_size, label, kinds)
+    except _ZIP_ERRORS as err:
+        raise UnreadableFile(f"{label} is damaged ({their_reason(err)})") from None
+
+
+def read_npz_member_bytes(zf, path, what: str, name: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of array ``name``'s member (a compressed member is
+    decompressed up to there); a short or damaged member is refused."""
+    label = f"{what} {path}, array {name!r}"
+    try:
+        with zf.open(f"{name}.npy") as fh:
+            fh.seek(offset)
+            data = fh.read(size)
+    except _ZIP_ERRORS as err:
+        raise UnreadableFile(f"{label} is damaged ({their_reason(err)})") from None
+    if len(data) != size:
+        raise UnreadableFile(f"{label} is truncated")
+    return data
+
+
 def read_npz(path, what: str, names=None, kinds: str = INTEGER_KINDS) -> dict:
     """{name: array} for ``names`` (default: every array) of the .npz ``path``. Only those
     members are read, each after its sizes (the zip's and the .npy header's) agree."""
     out = {}
     with _open_zip(path, what) as zf:
-        members = {info.filename: info for info in zf.infolist()}
-        for name in (names if names is not None else [n[:-4] for n in members if n.endswith(".npy")]):
-            info = members.get(f"{name}.npy")
-            label = f"{what} {path}, array {name!r}"
-            if info is None:
-                raise UnreadableFile(f"{what} {path} has no array {name!r}")
-            if info.compress_type == zipfile.ZIP_STORED:
-                honest = info.file_size == info.compress_size
-            elif info.compress_type == zipfile.ZIP_DEFLATED:
-                honest = info.file_size <= DEFLATE_MAX_RATIO * info.compress_size + 64
-            else:
-                raise UnreadableFile(f"{label} uses zip compression {info.compress_type}; "
-                                     "save it with np.savez or np.savez_compressed")
-            if not honest:
-                raise UnreadableFile(f"{label} declares {info.file_size} bytes from "
-                                     f"{info.compress_size} stored: a forged archive")
-            try:
-                with zf.open(info) as fh:
-                    dtype, shape, fortran, nbytes = _npy_header(fh, label, kinds)
-                    header = fh.tell()
-                    if header + nbytes != info.file_size:
-                        raise UnreadableFile(f"{label} declares {shape} {dtype} ({nbytes} bytes) "
-                                             f"in a member of {info.file_size - header}: truncated or padded")
-                    buffer = fh.read(nbytes)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as err:
-                raise UnreadableFile(f"{label} is damaged ({their_reason(err)})") from None
-            if len(buffer) != nbytes:
-                raise UnreadableFile(f"{label} is truncated")
-            out[name] = _array_from(buffer, dtype, shape, fortran)
+        for name in (names if names is not None else
+                     [n[:-4] for n in zf.namelist() if n.endswith(".npy")]):
+            layout = npz_member_layout(zf, path, what, name, kinds)
+            buffer = read_npz_member_bytes(zf, path, what, name, layout.offset, layout.nbytes)
+            out[name] = _array_from(buffer, layout.dtype, layout.shape, layout.fortran)
     return out
 
 

@@ -109,6 +109,9 @@ class Graph:
         for the whole batch, image by image) and any other layer by layer; False always
         layer by layer; True requires the plan (NotPlannable says why not). Both give the
         same integers and events. ``threads`` bounds the plan's threads."""
+        if plan and (trace or timings is not None):
+            raise ValueError("the plan runs the graph in one call: it keeps no trace or timings; "
+                             "run with plan=False (or None) for them")
         q = self.quantize_input(x)
         if not trace and timings is None and plan is not False:
             compiled = self.plan(required=bool(plan))

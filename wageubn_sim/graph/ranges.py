@@ -62,7 +62,7 @@ def fit_range(lo, hi, frac, fmt: Format | None, rounding, overflow) -> tuple:
             requantize(int(hi), frac, fmt, Rounding(rounding), Overflow(overflow)))
 
 
-def _register(rng, frac, fmt, rounding):
+def input_register_range(rng, frac, fmt, rounding):
     """The input register of iostrict layers (SAT_SYM)."""
     if fmt is None:
         return rng, frac
@@ -71,7 +71,7 @@ def _register(rng, frac, fmt, rounding):
 
 def _mac(node, ins):
     p = node.params
-    (x_lo, x_hi), fx = _register(*ins[0], p.input_register, p.rounding)
+    (x_lo, x_hi), fx = input_register_range(*ins[0], p.input_register, p.rounding)
     x_lo, x_hi = min(x_lo, 0), max(x_hi, 0)  # padding reads 0
     w = node.arrays["weight"].reshape(node.arrays["weight"].shape[0], -1).astype(object)
     fw = p.weight_fmt.frac_bits
@@ -104,7 +104,7 @@ def _mac(node, ins):
 
 def _batchnorm(node, ins):
     p = node.params
-    (x_lo, x_hi), fx = _register(*ins[0], p.input_register, p.rounding)
+    (x_lo, x_hi), fx = input_register_range(*ins[0], p.input_register, p.rounding)
     frac = max(fx, p.mean_fmt.frac_bits)
     mean = node.arrays["mean"].astype(object) * (1 << (frac - p.mean_fmt.frac_bits))
     d_lo, d_hi = (x_lo << (frac - fx)) - mean, (x_hi << (frac - fx)) - mean
@@ -135,7 +135,7 @@ def _batchnorm(node, ins):
 
 def _activation(node, ins):
     p = node.params
-    (lo, hi), frac = _register(*ins[0], p.input_register, p.rounding)
+    (lo, hi), frac = input_register_range(*ins[0], p.input_register, p.rounding)
     lo, hi = max(lo, 0), max(hi, 0)
     if p.ceiling is not None:
         f = max(frac, 0)

@@ -298,8 +298,9 @@ def _registers(node, out):
 
 def audit_batch(graph: Graph, x, labels=None) -> AuditStats:
     """The statistics of one batch (traced run); a shard task of `audit`."""
-    result = graph.run(x, trace=True)
-    values = {graph.inputs[0].name: (graph.quantize_input(x), graph.inputs[0].fmt)}
+    q = graph.quantize_input(x)
+    result = graph.run(q, trace=True)
+    values = {graph.inputs[0].name: (q, graph.inputs[0].fmt)}
     tensors, mac = {}, {}
     for node in graph.nodes:
         out = result.layers[node.name]

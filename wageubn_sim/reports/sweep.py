@@ -164,8 +164,9 @@ def _compare(out, ref, labels, ref_correct) -> Metrics:
 def sweep_batch(payload, x, labels=None) -> PassStats:
     """One batch of a pass: every candidate against the graph's own output (a shard task)."""
     graph, candidates = payload
-    traced = graph.run(x, trace=True)
-    values = {graph.inputs[0].name: (graph.quantize_input(x), graph.inputs[0].fmt.frac_bits)}
+    q = graph.quantize_input(x)
+    traced = graph.run(q, trace=True)
+    values = {graph.inputs[0].name: (q, graph.inputs[0].fmt.frac_bits)}
     values.update({name: (out.q, out.fmt.frac_bits) for name, out in traced.layers.items()})
     ref = traced.q
     ref_correct = int(np.count_nonzero(np.argmax(ref, axis=1) == labels)) \
@@ -396,19 +397,21 @@ def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=Non
         narrowest.append(best)
         safest.append(dataclasses.replace(best, bits=t.safe[best.overflow]))
     # the narrowest choices together; widened a bit at a time (never beyond the safe widths)
-    combined, passes, widened, proposal = None, not narrowest, 0, narrowest
+    def check(proposal):
+        proposed = apply(graph, proposal)
+        metrics = run_pass(combined_batch, (graph, proposed), "combined check").metrics["combined"]
+        return proposed, metrics, criterion.holds(metrics)
+
+    combined, passes, widened, proposal, proposed = None, not narrowest, 0, narrowest, graph
     for widened in range(MAX_WIDENINGS + 1):
         if not narrowest:
             break
         proposal = [dataclasses.replace(c, bits=min(c.bits + widened, s.bits)) for c, s in zip(narrowest, safest)]
-        check = run_pass(combined_batch, (graph, apply(graph, proposal)), "combined check")
-        combined = check.metrics["combined"]
-        passes = criterion.holds(combined)
+        proposed, combined, passes = check(proposal)
         if passes or proposal == safest:
             break
     if narrowest and not passes:  # the safe widths keep the outputs on this data
         proposal, widened = safest, None
-        combined = run_pass(combined_batch, (graph, apply(graph, proposal)), "combined check").metrics["combined"]
-        passes = criterion.holds(combined)
+        proposed, combined, passes = check(proposal)
     report = SweepReport(str(criterion), stats.samples, sweeps, combined, passes, widened, proposal)
-    return report, apply(graph, proposal) if proposal else graph
+    return report, proposed
