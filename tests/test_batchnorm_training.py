@@ -161,14 +161,53 @@ def _coarsest_grid(v):
 
 
 @given(q=st.lists(st.integers(-2**40, 2**40), min_size=1, max_size=20), shift=st.integers(-10, 70),
-       odd=st.sampled_from([None, 2.0**-1074, 2.0**60, float("nan")]))
-def test_grid_integers_finds_the_coarsest_grid(q, shift, odd):
+       odd=st.sampled_from([None, 2.0**-1074, 2.0**60, float("nan")]),
+       dtype=st.sampled_from([np.float64, np.float32]))
+def test_grid_integers_finds_the_coarsest_grid(q, shift, odd, dtype):
     from wageubn_sim.function.batchnorm import grid_integers
     v = np.array(q, np.float64) * 2.0 ** -shift
     if odd is not None:
         v[0] = odd
-    got, want = grid_integers(torch.from_numpy(v)), _coarsest_grid(v)
+    v = v.astype(dtype).astype(np.float64)  # a float32 tensor holds the float32 values
+    got, want = grid_integers(torch.from_numpy(v.astype(dtype))), _coarsest_grid(v)
     assert (got is None) == (want is None)
     if got is not None:
         ints, f = got
         assert f == want and ints.dtype == np.int64 and np.array_equal(ints * 2.0 ** -f, v)
+
+
+@pytest.mark.parametrize("bits", [3, 31, 32, 40, 53, 61, 62])
+def test_channel_sums_equal_python_integers_at_every_width(bits):
+    """Sums and sums of products per channel, 128-bit or from 31-bit limbs where a product may
+    leave int64, against Python integers; the rails of each width and the most negative value."""
+    from wageubn_sim.engine.batchnorm import channel_sums
+    rng = np.random.default_rng(bits)
+    limit = (1 << bits) - 1
+    a = rng.integers(-limit, limit, (3, 4, 5, 6), dtype=np.int64, endpoint=True)
+    b = rng.integers(-limit, limit, (3, 4, 5, 6), dtype=np.int64, endpoint=True)
+    a[0, 0], b[0, 0] = -limit, -limit  # a channel of rails: the largest products
+    a[0, 1], b[0, 1] = limit, -limit
+    if bits >= 62:
+        a[1, 2], b[1, 2] = -(1 << 61), -(1 << 61)
+    sums, products = channel_sums(a, b)
+    ao, bo = a.astype(object), b.astype(object)
+    assert sums == [int(v) for v in ao.sum(axis=(0, 2, 3))]
+    assert products == [int(v) for v in (ao * bo).sum(axis=(0, 2, 3))]
+
+
+def test_channel_sums_refuse_values_beyond_two_limbs():
+    from wageubn_sim.engine.batchnorm import channel_sums
+    a = np.zeros((1, 2, 1, 1), np.int64)
+    a[0, 1] = 1 << 62
+    with pytest.raises(OverflowError, match="2\\*\\*62"):
+        channel_sums(a, a)
+    assert channel_sums(np.zeros((0, 3, 2, 2), np.int64), np.zeros((0, 3, 2, 2), np.int64)) == ([0] * 3, [0] * 3)
+
+
+def test_batchnorm_backward_of_an_empty_batch_is_empty():
+    from wageubn_sim.engine.batchnorm_backward import batchnorm2d_backward
+    from wageubn_sim.fixedpoint import FixedArray
+    empty = FixedArray(np.zeros((0, 3, 4, 4), np.int64), 7)
+    per_channel = FixedArray(np.ones(3, np.int64), 15)
+    dx, d_gamma, d_beta = batchnorm2d_backward(empty, empty, per_channel, per_channel, empty, per_channel)
+    assert dx.q.shape == (0, 3, 4, 4) and d_gamma.q.tolist() == d_beta.q.tolist() == [0, 0, 0]

@@ -139,3 +139,39 @@ def test_zero_and_empty_inputs():
         with int8_gemm(enabled):
             assert not conv2d(np.zeros((2, 1, 4, 4), np.int64), 0, w, None, p).q.any()
             assert conv2d(np.zeros((0, 1, 4, 4), np.int64), 0, w, None, p).q.shape == (0, 1, 4, 4)
+
+
+def test_python_threads_sharing_the_scratch_buffer_get_their_own_sums():
+    """exact_matmul's parts live in a per-thread scratch buffer: convs run from several Python
+    threads at once (as Dask's threaded workers do) give the serial result."""
+    import concurrent.futures
+    rng = np.random.default_rng(7)
+    cases = []
+    for size in (9, 14, 20, 27):
+        x = rng.integers(-300, 300, (2, 8, size, size))
+        w = rng.integers(-127, 128, (16, 8, 3, 3))
+        cases.append((x, w))
+    p = Conv2dParams(Format(8, 7), padding=(1, 1))
+    serial = [conv2d(x, 0, w, None, p).q for x, w in cases]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            parallel = list(pool.map(lambda case: conv2d(case[0], 0, case[1], None, p).q, cases))
+            assert all(np.array_equal(a, b) for a, b in zip(serial, parallel))
+
+
+def test_kernel_major_sums_land_in_channel_major_columns():
+    """exact_matmul(columns=...) puts window column p at columns[p], in every method."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (5, 12))
+    cols = rng.integers(-1000, 1000, (12, 7))
+    perm = rng.permutation(7)
+    want = np.empty((1, 5, 7), np.int64)
+    want[0][:, perm] = w @ cols
+    for enabled in (True, False):
+        with int8_gemm(enabled):
+            got = mac.exact_matmul(w, lambda dtype: cols.astype(dtype), (-1000, 999), 1, columns=perm)
+            assert np.array_equal(got, want)
+    big = rng.integers(-2**40, 2**40, (12, 7))  # beyond every float: the int64 loop
+    want[0][:, perm] = w @ big
+    got = mac.exact_matmul(w, lambda dtype: big.astype(dtype), (-2**40, 2**40), 1, columns=perm)
+    assert np.array_equal(got, want)

@@ -108,6 +108,42 @@ def test_float_grid_equals_integer_requantize(q, frac_in, fmt, rounding, overflo
     assert grid.tolist() == requantize(q, frac_in, fmt, rounding, overflow, u).tolist()
 
 
+@given(q=int_arrays(limit_bits=52), frac_in=st.integers(-8, 40), fmt=formats(),
+       rounding=roundings, overflow=overflows, out_frac=st.integers(-4, 40),
+       clip=st.sampled_from([None, (-128, 128), (-3, 0)]),
+       dtype=st.sampled_from([np.float64, np.float32]), on_torch=st.booleans(), data=st.data())
+def test_fake_quantize_equals_the_float_path(q, frac_in, fmt, rounding, overflow, out_frac, clip,
+                                             dtype, on_torch, data):
+    """The fused pass (numpy or torch, float32 or float64) equals quantize_to_grid, clamped,
+    scaled by 2**-out_frac and cast to the input's dtype, value for value."""
+    import torch
+    from wageubn_sim.fixedpoint.core import fake_quantize
+    u = data.draw(u32_words(len(q))) if rounding == Rounding.STOCHASTIC else None
+    x = (q.astype(np.float64) * 2.0 ** -frac_in).astype(dtype)
+    if len(x) > 2:  # the values the fused pass hands to the general path: inf and huge ones
+        x[0], x[1] = data.draw(st.sampled_from([np.inf, -np.inf, np.finfo(dtype).max, x[0]])), -x[1]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - floor(inf) in the float path
+        n = quantize_to_grid(x, fmt, rounding, overflow, u)
+        if clip is not None:
+            n = np.clip(n, *clip)
+        want = (n * 2.0 ** -out_frac).astype(dtype)
+        got = fake_quantize(torch.from_numpy(x) if on_torch else x, fmt, rounding, overflow, u,
+                            out_frac=out_frac, clip=clip)
+    got = got.numpy() if on_torch else got
+    assert got.dtype == dtype and got.shape == x.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fake_quantize_refuses_what_the_float_path_refuses():
+    from wageubn_sim.fixedpoint.core import fake_quantize
+    tiny = np.array([0.0, 2.0 ** -1000], np.float64)  # scaled by 2**-40: below the normal range
+    for fn in (quantize_to_grid, fake_quantize):
+        with pytest.raises(ValueError, match="normal range"):
+            fn(tiny, Format(None, -40))
+    with pytest.raises(ValueError, match="random words"):
+        fake_quantize(np.ones(2), Format(8, 2), "STOCHASTIC")
+
+
 def test_stochastic_rounding_frequency_tracks_fraction():
     from wageubn_sim.fixedpoint import random_u32
     n = 40000

@@ -76,3 +76,27 @@ def test_gwquant_adds_the_weight_decay_before_g():
     for bad in (-1, 63, 2.5, True):
         with pytest.raises(ValueError, match="decay_shift"):
             F.gwquant(w, decay_shift=bad)
+
+
+@given(q=int_arrays(limit_bits=50), frac_in=st.integers(-20, 60), k=st.integers(2, 10),
+       dtype=st.sampled_from([torch.float32, torch.float64]), odd=st.sampled_from([None, "tiny", "huge"]))
+def test_e2_one_pass_equals_its_torch_operations(q, frac_in, k, dtype, odd):
+    """E2's fused CPU pass (flag_values) equals the same formula in torch operations, value
+    for value, float32 and float64, with values the pass hands back to the general path."""
+    from wageubn_sim.fixedpoint.scale import scale_exponent_of_floats
+    from wageubn_sim.function.number import _flag_values_general, flag_values
+    x = torch.from_numpy(q.astype(np.float64) * 2.0 ** -frac_in).to(dtype)
+    if odd is not None and len(q) > 1:  # the smallest subnormal, the largest finite value
+        x[0] = torch.finfo(dtype).tiny * torch.finfo(dtype).eps if odd == "tiny" else torch.finfo(dtype).max
+    if not torch.isfinite(x).all():  # float32 overflowed: R(x) is undefined
+        return
+    frac = 2 * (k - 1) - scale_exponent_of_floats(x)
+    try:  # both grids must be formats (flag_values checks them first)
+        Format(None, frac), Format(None, frac - (k - 1))
+        want = _flag_values_general(x, k, frac)
+    except ValueError as err:  # the general path refuses: so must the fused one
+        with pytest.raises(ValueError, match=str(err)[:20]):
+            flag_values(x, k)
+        return
+    got = flag_values(x, k)
+    assert got.dtype == dtype and torch.equal(got, want)

@@ -24,14 +24,15 @@ def conv_backward_cases(draw):
     d = draw(st.integers(1, 2))
     return dict(groups=groups, cin=groups * draw(st.integers(1, 3)), cout=groups * draw(st.integers(1, 3)),
                 k=k, d=d, s=draw(st.integers(1, 2)), p=draw(st.integers(0, 2)),
-                size=draw(st.integers(d * (k - 1) + 1, 8)), n=draw(st.integers(1, 3)),
+                size=draw(st.integers(d * (k - 1) + 1, 8)), width=draw(st.integers(d * (k - 1) + 1, 8)),
+                n=draw(st.integers(0, 3)),
                 seed=draw(st.integers(0, 2**31)))
 
 
 @given(c=conv_backward_cases())
 def test_conv_backward_equals_torch_autograd_and_int64(c):
     rng = np.random.default_rng(c["seed"])
-    x = rng.integers(-2**10, 2**10, (c["n"], c["cin"], c["size"], c["size"]))
+    x = rng.integers(-2**10, 2**10, (c["n"], c["cin"], c["size"], c["width"]))
     w = rng.integers(-127, 128, (c["cout"], c["cin"] // c["groups"], c["k"], c["k"]))
     p = Conv2dParams(Format(8, 7), stride=(c["s"],) * 2, padding=(c["p"],) * 2,
                      dilation=(c["d"],) * 2, groups=c["groups"])
@@ -145,3 +146,66 @@ def test_aligned_sum_is_exact_and_guards_the_domain():
     assert aligned_sum(FixedArray(np.zeros(0, np.int64), 1), FixedArray(np.zeros(0, np.int64), 61)).q.size == 0
     with pytest.raises(OverflowError, match="62-bit domain"):
         aligned_sum(FixedArray(np.array([2**20]), 10), FixedArray(np.array([1]), 60))
+
+
+def _update_by_definition(w, acc, g, lr, p):
+    """The update unit on Python integers and Fractions, step by step as the docs state it."""
+    from fractions import Fraction
+
+    from wageubn_sim.fixedpoint import reference as ref
+    from wageubn_sim.fixedpoint.modes import Overflow, Rounding
+
+    def store(v, fmt):
+        return ref.round_fraction(v * 2 ** fmt.frac_bits, Rounding.HALF_EVEN), fmt
+
+    def fit(n, fmt):
+        if fmt.bits is None:
+            return n
+        hi = fmt.max_int
+        return max(-hi, min(hi, n))
+
+    def value(q, f):
+        return Fraction(int(q)) / 2 ** f
+
+    a = value(acc, p.acc_k - 1) / 2 ** p.momentum_shift + value(g[0], g[1])
+    if p.order == "quantize_before":
+        a = value(fit(store(a, p.acc_fmt)[0], p.acc_fmt), p.acc_fmt.frac_bits)
+    new_w = fit(store(value(w, p.weight_k - 1) - value(lr.q, lr.frac_bits) * a, p.weight_fmt)[0],
+                p.weight_fmt)
+    new_acc = (a * 2 ** p.acc_fmt.frac_bits if p.order == "quantize_before"
+               else fit(store(a, p.acc_fmt)[0], p.acc_fmt))
+    return new_w, int(new_acc)
+
+
+@given(seed=st.integers(0, 2**31), order=st.sampled_from(["quantize_after", "quantize_before"]),
+       g_frac=st.integers(0, 30), shift=st.integers(0, 4), bits=st.sampled_from([None, 12, 30]),
+       register=st.sampled_from([Format(8, 7), Format(None, 5), Format(6, 9), Format(8, 7, signed=False)]))
+def test_update_unit_equals_its_definition(seed, order, g_frac, shift, bits, register):
+    """The fused update against the definition on Fractions, element by element, and the
+    register it writes against requantize of the new master weights."""
+    from wageubn_sim.fixedpoint import requantize
+    rng = np.random.default_rng(seed)
+    p = UpdateParams(momentum_shift=shift, order=order, acc_bits=bits, weight_bits=bits and bits + 10)
+    w = FixedArray(rng.integers(-2**24, 2**24, 40), 23)
+    acc = FixedArray(rng.integers(-2**14, 2**14, 40), 12)
+    g = FixedArray(rng.integers(-2**12, 2**12, 40), g_frac)
+    lr = lr_quantize(float(rng.choice([0.25, 0.05, 1.0])))
+    new_w, new_acc, held = momentum_update(w, acc, g, lr, p, register=register)
+    for i in range(40):
+        assert (new_w.q[i], new_acc.q[i]) == _update_by_definition(w.q[i], acc.q[i], (g.q[i], g_frac), lr, p)
+    assert held.tolist() == requantize(new_w.q, 23, register, "HALF_EVEN", "SAT_SYM").tolist()
+    two = momentum_update(w, acc, g, lr, p)
+    assert len(two) == 2 and np.array_equal(two[0].q, new_w.q) and np.array_equal(two[1].q, new_acc.q)
+
+
+def test_update_unit_refuses_to_leave_the_domain():
+    lr = lr_quantize(0.25)
+    w = FixedArray(np.array([0, 2**60]), 23)
+    zeros = FixedArray(np.zeros(2, np.int64), 12)
+    g = FixedArray(np.array([0, -2**60]), 23)  # lr * a alone leaves the domain
+    with pytest.raises(OverflowError, match="leave the 62-bit domain"):
+        momentum_update(w, zeros, FixedArray(np.array([0, -2**61]), 60), lr)
+    with pytest.raises(OverflowError, match="leave the 62-bit domain"):
+        momentum_update(w, zeros, g, lr, UpdateParams(weight_k=24))
+    empty = FixedArray(np.zeros(0, np.int64), 23)
+    assert momentum_update(empty, FixedArray(np.zeros(0, np.int64), 12), empty, lr)[0].q.size == 0

@@ -6,6 +6,8 @@ the seed's API corrected), `convert` (float model -> WAGEUBN modules), `engine` 
 integer kernels, one op per file), `graph` (the integer graph, its torch and QONNX importers,
 the QONNX exporter, the layer-by-layer comparisons).
 """
+from . import memory as _memory  # noqa: F401  (the freed-memory policy, applied at import)
+
 __version__ = "0.1.0"
 
 

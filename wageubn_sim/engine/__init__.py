@@ -28,3 +28,4 @@ def _threading_layer() -> str:
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = _threading_layer()
+

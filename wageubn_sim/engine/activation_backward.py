@@ -17,10 +17,22 @@ def activation_backward(x: np.ndarray, x_frac: int, error: np.ndarray, ceiling: 
     """The error where the forward input x (at 2**-x_frac) was inside the active range."""
     if x.shape != error.shape:
         raise ValueError(f"activation backward: input {x.shape} and error {error.shape} differ")
-    active = x > 0
-    if ceiling is not None:  # x < 6 on x's grid: x * 2**-f < 6  <=>  x < 6 * 2**f
-        active &= (x < (ceiling << x_frac)) if x_frac >= 0 else (x < -(-ceiling >> -x_frac))
-    return np.where(active, error, 0)
+    limit = None  # x < 6 on x's grid: x * 2**-f < 6  <=>  x < 6 * 2**f (rounded up)
+    if ceiling is not None:
+        limit = (ceiling << x_frac) if x_frac >= 0 else -(-ceiling >> -x_frac)
+    x64, e64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (x, error))
+    out = np.empty(x64.shape, np.int64)
+    bounded = limit is not None and limit <= np.iinfo(np.int64).max  # else no int64 reaches it
+    _masked_error(x64.reshape(-1), e64.reshape(-1), limit if bounded else 0, bounded, out.reshape(-1))
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _masked_error(x, error, limit, bounded, out):
+    """out = error where 0 < x (and x < limit when ``bounded``), else 0: one pass."""
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = error[i] if (v > 0) & ((not bounded) | (v < limit)) else 0
 
 
 @njit(cache=True, parallel=True)

@@ -131,53 +131,101 @@ def batchnorm2d(x, x_frac, mean, std, gamma, beta, p: BatchNormParams, trace=Fal
     return Output(q, fmt, Events.total(registers.values()), stages, flags, registers)
 
 
+@njit(cache=True, inline="always")
+def _add128(high, low, v):
+    """(high, low) + v for a 128-bit sum high * 2**64 + low (low unsigned) and an int64 v:
+    v's two's complement bits added to low, the carry and v's sign extension to high."""
+    new = low + np.uint64(v)
+    return high + np.int64(new < low) - np.int64(v < 0), new
+
+
+_LIMB = 31  # a = a1 * 2**31 + a0, 0 <= a0 < 2**31: limb products of domain values fit int64
+
+
+@njit(cache=True, inline="always")
+def _narrow_sums(a, b, ch, out):
+    high, low, high_ab, low_ab = np.int64(0), np.uint64(0), np.int64(0), np.uint64(0)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[2]):
+            u = a[i, ch, j]
+            high, low = _add128(high, low, u)
+            high_ab, low_ab = _add128(high_ab, low_ab, u * b[i, ch, j])
+    out[ch, 0], out[ch, 1], out[ch, 2], out[ch, 3] = high, np.int64(low), high_ab, np.int64(low_ab)
+
+
+@njit(cache=True, inline="always")
+def _wide_sums(a, b, ch, out):
+    mask = np.int64((1 << _LIMB) - 1)
+    h0, l0, h1, l1 = np.int64(0), np.uint64(0), np.int64(0), np.uint64(0)
+    h2, l2, h3, l3 = np.int64(0), np.uint64(0), np.int64(0), np.uint64(0)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[2]):
+            u, v = a[i, ch, j], b[i, ch, j]
+            u1, u0, v1, v0 = u >> _LIMB, u & mask, v >> _LIMB, v & mask
+            h0, l0 = _add128(h0, l0, u)
+            h1, l1 = _add128(h1, l1, u1 * v1)
+            h2, l2 = _add128(h2, l2, u1 * v0 + u0 * v1)
+            h3, l3 = _add128(h3, l3, u0 * v0)
+    out[ch, 0], out[ch, 1], out[ch, 2], out[ch, 3] = h0, np.int64(l0), h1, np.int64(l1)
+    out[ch, 4], out[ch, 5], out[ch, 6], out[ch, 7] = h2, np.int64(l2), h3, np.int64(l3)
+
+
 @njit(cache=True, parallel=True)
-def _channel_sums(a, b, sums, hi, lo):
-    """Per channel of a, b (N, C, P int64): sums[c] = sum a (int64), and sum a*b in 128 bits
-    as hi[c] * 2**64 + lo[c] (lo unsigned). Every product must fit int64 (the caller checks)."""
-    n, c, p = a.shape
-    for ch in prange(c):
-        total = np.int64(0)
-        high = np.int64(0)
-        low = np.uint64(0)
-        for i in range(n):
-            for j in range(p):
-                total += a[i, ch, j]
-                product = a[i, ch, j] * b[i, ch, j]
-                new = low + np.uint64(product)  # the product's two's complement bits
-                high += np.int64(new < low) - np.int64(product < 0)  # carry, sign extension
-                low = new
-        sums[ch] = total
-        hi[ch] = high
-        lo[ch] = low
+def _channel_sums(a, b, wide, out):
+    """Per channel of a, b (N, C, P int64), 128-bit sums as out[c, 2 s] * 2**64 + out[c, 2 s + 1]
+    (the low word's bits as unsigned): s = 0, sum a; s = 1, sum a*b when every product fits
+    int64 (``wide`` False). ``wide``: |values| < 2**62, products split in 31-bit limbs,
+    a*b = a1 b1 2**62 + (a1 b0 + a0 b1) 2**31 + a0 b0 with every limb product below
+    2**62 in magnitude (|a1|, |b1| < 2**31, 0 <= a0, b0 < 2**31): s = 1, 2, 3 sum those three."""
+    for ch in prange(a.shape[1]):
+        if wide:
+            _wide_sums(a, b, ch, out)
+        else:
+            _narrow_sums(a, b, ch, out)
+
+
+def _ints128(high: np.ndarray, low: np.ndarray) -> list:
+    """The 128-bit values high * 2**64 + low (low's bits unsigned) as Python ints; those whose
+    high word only extends the low one's sign are the low word itself (no big-int work)."""
+    values = low.tolist()
+    for i in np.flatnonzero(high != low >> 63).tolist():
+        values[i] = int(high[i]) * (1 << 64) + (values[i] & ((1 << 64) - 1))
+    return values
 
 
 def channel_sums(a: np.ndarray, b: np.ndarray) -> tuple[list, list]:
-    """(sum a, sum a * b) per channel of two (N, C, H, W) integer arrays, exact, as Python ints:
-    products in int64 (bounds checked), sums in 128 bits. Falls back to Python integers where a
-    product could leave int64."""
+    """(sum a, sum a * b) per channel of two (N, C, H, W) integer arrays below 2**62,
+    exact, as Python ints: sums in 128 bits, products in int64 where they fit (bounds
+    checked), else from 31-bit limbs (`_channel_sums`)."""
     n, c = a.shape[:2]
-    a3 = np.ascontiguousarray(a, dtype=np.int64).reshape(n, c, -1)
-    b3 = np.ascontiguousarray(b, dtype=np.int64).reshape(n, c, -1)
+    pixels = int(np.prod(a.shape[2:]))  # not -1: an empty batch has no size to divide
+    a3 = np.ascontiguousarray(a, dtype=np.int64).reshape(n, c, pixels)
+    b3 = np.ascontiguousarray(b, dtype=np.int64).reshape(n, c, pixels)
     if a3.size == 0:
         return [0] * c, [0] * c
-    if magnitude_max(a3) * magnitude_max(b3) >= 1 << 63 or a3.shape[0] * a3.shape[2] >= 1 << 62:
-        ao, bo = a3.astype(object), b3.astype(object)
-        return ([int(v) for v in ao.sum(axis=(0, 2))], [int(v) for v in (ao * bo).sum(axis=(0, 2))])
-    sums, hi, lo = np.empty(c, np.int64), np.empty(c, np.int64), np.empty(c, np.uint64)
-    _channel_sums(a3, b3, sums, hi, lo)
-    return [int(v) for v in sums], [int(h) * (1 << 64) + int(l) for h, l in zip(hi, lo)]
+    a_max, b_max = magnitude_max(a3), magnitude_max(b3)
+    if max(a_max, b_max) >= 1 << 2 * _LIMB:  # beyond what two limbs hold
+        raise OverflowError("BatchNorm sums: a value reaches 2**62, beyond the domain")
+    wide = a_max * b_max >= 1 << 63
+    out = np.empty((c, 8), np.int64)
+    _channel_sums(a3, b3, wide, out)
+    sums, products = _ints128(out[:, 0], out[:, 1]), _ints128(out[:, 2], out[:, 3])
+    if wide:
+        middle, low = _ints128(out[:, 4], out[:, 5]), _ints128(out[:, 6], out[:, 7])
+        products = [(p << 2 * _LIMB) + (m << _LIMB) + q for p, m, q in zip(products, middle, low)]
+    return sums, products
 
 
 def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Format,
-                     eps_lsbs: int, overflow=Overflow.SAT_SYM) -> tuple[np.ndarray, np.ndarray]:
+                     eps_lsbs: int, overflow=Overflow.SAT_SYM, sums=None) -> tuple[np.ndarray, np.ndarray]:
     """The training-mode statistics registers of one batch, per channel (docs §8):
 
         mean_q = round(S1 / M)                  on mean_fmt's grid, then its overflow
         std_q  = round(sqrt(S2/M - (S1/M)**2))  on std_fmt's grid, then its overflow, + eps_lsbs
 
     with S1 = sum x, S2 = sum x*x over N, H, W (M values; biased variance), summed exactly
-    (`channel_sums`) and rounded half to even once each on Python integers.
+    (`channel_sums`, or ``sums`` = its (S1, S2) when the caller has them) and rounded half to
+    even once each on Python integers.
     """
     if x.ndim != 4:
         raise ValueError(f"batch statistics need an N,C,H,W input, got {x.shape}")
@@ -186,7 +234,7 @@ def batch_statistics(x: np.ndarray, x_frac: int, mean_fmt: Format, std_fmt: Form
         raise ValueError("batch statistics of an empty batch are undefined")
     fm, fs = mean_fmt.frac_bits, std_fmt.frac_bits
     means, stds = [], []
-    for s1, s2 in zip(*channel_sums(x, x)):
+    for s1, s2 in zip(*(channel_sums(x, x) if sums is None else sums)):
         # mean = s1 / (m * 2**fx); on 2**-fm: round(s1 * 2**fm / (m * 2**fx))
         num, den = s1 << max(fm - x_frac, 0), m << max(x_frac - fm, 0)
         means.append(ratio_rounded(num, den))  # exact, any size

@@ -19,6 +19,7 @@ the layer below. All sums are exact (Python integers).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from ..fixedpoint.core import DOMAIN_LIMIT, magnitude_max, ratio_rounded
 from ..fixedpoint.format import FixedArray
@@ -48,29 +49,69 @@ def batchnorm2d_backward(x: FixedArray, error: FixedArray, mean_q: FixedArray, s
     fd = max(x.frac_bits, mean_q.frac_bits)
     f_dx = f_gamma + DX_BITS - scale_exponent_of_ints(error.q, error.frac_bits)
     gamma = gamma_q.q if gamma_q is not None else np.ones(c, np.int64)
-    if magnitude_max(error.q) * magnitude_max(gamma) >= DOMAIN_LIMIT:
+    if m == 0:  # an empty batch: no error to pass on, nothing summed
+        zeros = np.zeros(c, np.int64)
+        return (FixedArray(np.zeros(x.q.shape, np.int64), f_dx),
+                FixedArray(zeros, fe + xhat_q.frac_bits), FixedArray(zeros.copy(), fe))
+    g_max = magnitude_max(error.q) * magnitude_max(gamma)  # bounds |g| = |e gamma|
+    if g_max >= DOMAIN_LIMIT:
         raise OverflowError("BatchNorm backward: error x gamma leaves the 62-bit domain")
-    g = error.q * gamma[None, :, None, None]
-    d = align(x.q, x.frac_bits, fd) - align(mean_q.q, mean_q.frac_bits, fd)[None, :, None, None]
+    # d = x - mean_q on 2**-fd, formed element by element in the kernels: x << x_up - mean_al
+    x_up = fd - x.frac_bits
+    if x_up and magnitude_max(x.q) >= (1 << max(0, 61 - x_up)):
+        raise OverflowError(f"aligning to {fd} fractional bits leaves the 62-bit domain")
+    mean_al = [int(v) for v in align(mean_q.q, mean_q.frac_bits, fd)]
+    gammas = [int(v) for v in gamma]
+    # sums per channel, no g or d arrays: sum g = gamma sum e and
+    # sum g d = gamma (sum(e x) 2**x_up - mean_al sum e)
     sum_e, d_gamma = channel_sums(error.q, xhat_q.q)
-    sum_g, sum_gd = channel_sums(g, d)
-    dx = _dx_rounded(g, d, sum_g, sum_gd, [int(v) for v in std_q.q], m, fd, std_q.frac_bits, fg,
-                     f_dx, always_exact)
+    sum_ex = channel_sums(error.q, x.q)[1]
+    sum_g = [gm * se for gm, se in zip(gammas, sum_e)]
+    sum_gd = [gm * ((sex << x_up) - ma * se) for gm, sex, ma, se in zip(gammas, sum_ex, mean_al, sum_e)]
+    dx = _dx_rounded(error.q, x.q, gammas, x_up, mean_al, g_max, sum_g, sum_gd,
+                     [int(v) for v in std_q.q], m, fd, std_q.frac_bits, fg, f_dx, always_exact)
     return (FixedArray(dx, f_dx), FixedArray(np.array(d_gamma, dtype=object).astype(np.int64),
                                              fe + xhat_q.frac_bits),
             FixedArray(np.array(sum_e, dtype=object).astype(np.int64), fe))
 
 
-def _dx_rounded(g, d, sum_g, sum_gd, std, m, fd, fs, fg, f_dx, always_exact):
+@njit(cache=True, parallel=True)
+def _dx_estimated(e, x, gamma, x_up, mean_al, m, sum_g, k1, k2, exact, dx, near_tie):
+    """The float64 pass of `_dx_rounded` over (N, C, P) arrays, with g = e gamma and
+    d = x 2**x_up - mean_al formed per element: dx where the estimate decides the rounding,
+    near_tie = 1 where it does not (the exact way decides there). Returns how many are near
+    a tie."""
+    n, c, p = e.shape
+    count = 0
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        a1, a2, skip, gm, mean = k1[ch], k2[ch], exact[ch], gamma[ch], mean_al[ch]
+        for i in range(p):
+            tf = np.float64(m * (e[b, ch, i] * gm) - sum_g[ch])
+            df = np.float64((x[b, ch, i] << x_up) - mean)
+            estimate = tf * a1 - df * a2
+            bound = 8 * _U * (abs(tf) * abs(a1) + abs(df) * abs(a2))
+            floor = np.floor(estimate)
+            near = skip or abs(estimate - floor - 0.5) <= bound or abs(estimate) >= 2.0 ** 50
+            near_tie[b, ch, i] = near
+            count += near
+            dx[b, ch, i] = 0 if near else np.int64(floor + (estimate - floor > 0.5))
+    return count
+
+
+def _dx_rounded(e, x, gamma, x_up, mean_al, g_max, sum_g, sum_gd, std, m, fd, fs, fg, f_dx,
+                always_exact):
     """dx_i = ((m g_i - sum g) s**2 - d_i sum(g d)) / (m s**3), on 2**-f_dx, rounded half to
-    even (docs §10), per channel. With t_i = m g_i - sum g it is t_i K1 - d_i K2, where
-    K1 = 2**(fs - fg + f_dx) / (m s) and K2 = sum(g d) 2**(3 fs - fg - 2 fd + f_dx) / (m s**3).
-    In float64 (K1, K2 correctly rounded: Python's int division), the estimate is within
-    8u (|t K1| + |d K2|) of the true value (four roundings of at most u relative each, with
-    room); where no half-integer lies within that distance, the float rounding is the true one,
-    and the other elements (near a tie, or too large) are computed on Python integers."""
-    c = g.shape[1]
-    t = m * g - np.array(sum_g, dtype=np.int64)[None, :, None, None]
+    even (docs §10), per channel, with g_i = e_i gamma and d_i = x_i 2**x_up - mean_al (the
+    caller checked that both stay in the domain; |g| <= g_max). With t_i = m g_i - sum g it
+    is t_i K1 - d_i K2, where K1 = 2**(fs - fg + f_dx) / (m s) and
+    K2 = sum(g d) 2**(3 fs - fg - 2 fd + f_dx) / (m s**3). In float64 (K1, K2 correctly
+    rounded: Python's int division), the estimate is within 8u (|t K1| + |d K2|) of the true
+    value (four roundings of at most u relative each, with room); where no half-integer lies
+    within that distance, the float rounding is the true one, and the other elements (near a
+    tie, or too large) are computed on Python integers. t is formed in int64 where
+    m max|g| + |sum g| < 2**63 (else every element goes the exact way)."""
+    n, c = e.shape[:2]
     k1 = np.empty(c)
     k2 = np.empty(c)
     exact = np.zeros(c, bool)
@@ -81,18 +122,21 @@ def _dx_rounded(g, d, sum_g, sum_gd, std, m, fd, fs, fg, f_dx, always_exact):
             k2[ch] = (sum_gd[ch] << max(b, 0)) / ((m * std[ch] ** 3) << max(-b, 0))
         except OverflowError:  # beyond float64: this channel goes the exact way
             k1[ch], k2[ch], exact[ch] = 0.0, 0.0, True
-    tf, df = t.astype(np.float64), d.astype(np.float64)
-    k1b, k2b = k1[None, :, None, None], k2[None, :, None, None]
-    estimate = tf * k1b - df * k2b
-    bound = 8 * _U * (np.abs(tf) * np.abs(k1b) + np.abs(df) * np.abs(k2b))
-    floor = np.floor(estimate)
-    near_tie = np.abs(estimate - floor - 0.5) <= bound
-    near_tie |= exact[None, :, None, None] | (np.abs(estimate) >= 2.0 ** 50) | always_exact
-    dx = np.where(near_tie, 0.0, floor + (estimate - floor > 0.5)).astype(np.int64)
-    for i in zip(*np.nonzero(near_tie)):  # the exact way, on Python integers
+    if always_exact or m * g_max + max(map(abs, sum_g), default=0) >= 1 << 63:
+        exact[:] = True
+    sums = np.array([v if not ex else 0 for v, ex in zip(sum_g, exact)], dtype=np.int64)
+    e3 = np.ascontiguousarray(e, dtype=np.int64).reshape(n, c, int(np.prod(e.shape[2:])))
+    x3 = np.ascontiguousarray(x, dtype=np.int64).reshape(e3.shape)
+    dx = np.empty(e3.shape, np.int64)
+    near_tie = np.empty(e3.shape, np.bool_)
+    near = _dx_estimated(e3, x3, np.array(gamma, np.int64), x_up, np.array(mean_al, np.int64), m,
+                         sums, k1, k2, exact, dx, near_tie)
+    dx, near_tie = dx.reshape(e.shape), near_tie.reshape(e.shape)
+    for i in zip(*np.nonzero(near_tie)) if near else ():  # the exact way, on Python integers
         ch = i[1]
         s = std[ch]
-        numerator = (m * int(g[i]) - sum_g[ch]) * (s * s << (2 * fd)) - int(d[i]) * (sum_gd[ch] << (2 * fs))
+        g_i, d_i = int(e[i]) * gamma[ch], (int(x[i]) << x_up) - mean_al[ch]
+        numerator = (m * g_i - sum_g[ch]) * (s * s << (2 * fd)) - d_i * (sum_gd[ch] << (2 * fs))
         shift = fs - fg - 2 * fd + f_dx  # dx = numerator * 2**shift / (m s**3)
         q = ratio_rounded(numerator << max(shift, 0), (m * s ** 3) << max(-shift, 0))
         if not -DOMAIN_LIMIT <= q < DOMAIN_LIMIT:

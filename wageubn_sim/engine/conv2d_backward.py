@@ -56,17 +56,18 @@ def error_matrix(error: np.ndarray) -> np.ndarray:
 
 class _TransposedWindows:
     """The window matrix read transposed, (N*OH*OW, K): the reduction of dw runs over the
-    pixels. Its int8 digits are the forward's (`WindowMatrix.digit_cols`), transposed as views,
-    which the GEMM reads column-major: no int64 window matrix, no transposed copy."""
+    pixels. Its int8 digits are the forward's window rows (`WindowMatrix.rows`, from padded
+    NHWC digit planes), row-major (N*OH*OW, K) with K kernel-major (i, j, c): no int64 window
+    matrix, no transposed copy; `_weight_gradient` puts K back in channel-major order."""
 
     def __init__(self, windows: WindowMatrix):
         self.windows = windows
 
     def __call__(self, dtype):
-        return self.windows(dtype).T
+        return self.windows.to_kernel_major(self.windows(dtype).T)
 
     def digit_cols(self, count: int, origin: int) -> list:
-        return [cols.T for cols in self.windows.digit_cols(count, origin)]
+        return [self.windows.digit_rows(d, count, origin) for d in range(count)]
 
 
 def _weight_gradient(x, x_range, e_mat, weight_shape, out_size, p: Conv2dParams, g: int):
@@ -75,39 +76,69 @@ def _weight_gradient(x, x_range, e_mat, weight_shape, out_size, p: Conv2dParams,
     cols = WindowMatrix(x, g * cg, (g + 1) * cg, (kh, kw), p.stride, p.padding, p.dilation,
                         out_size)
     e_g = e_mat[g * og:(g + 1) * og]
-    return exact_matmul(e_g, _TransposedWindows(cols), x_range, 1)[0].reshape(og, cg, kh, kw)
+    # the rows' K is kernel-major (i, j, c): each sum goes to its channel-major place (c, i, j)
+    channel_major = np.arange(cg * kh * kw).reshape(cg, kh * kw).T.ravel()
+    sums = exact_matmul(e_g, _TransposedWindows(cols), x_range, 1, columns=channel_major)[0]
+    return sums.reshape(og, cg, kh, kw)
 
 
 def conv2d_weight_gradient(x: np.ndarray, weight_shape, error: np.ndarray, p: Conv2dParams):
     """dw alone (see the module docstring), exact int64."""
+    if x.shape[0] == 0:  # an empty batch: no terms
+        return np.zeros(weight_shape, np.int64)
     x = np.ascontiguousarray(x, dtype=np.int64)
     e_mat, x_range = error_matrix(error), value_range(x)
     return np.concatenate([_weight_gradient(x, x_range, e_mat, weight_shape, error.shape[2:], p, g)
                            for g in range(p.groups)])
 
 
-def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Conv2dParams,
-                    with_bias: bool = False):
-    """(dx, dw, db) as exact int64 arrays; see the module docstring for their grids."""
-    check_shapes(x, weight, error, "conv backward")
+def _spread(count: int, stride: int, start: int, size: int):
+    """Where ``count`` error cells land along one axis of e_pad: cell t at start + t * stride,
+    kept when inside [0, size). Returns (slice into e_pad, slice of the error), or None."""
+    first = max(0, -(-(-start) // stride))  # the first t with start + t * stride >= 0
+    last = min(count - 1, (size - 1 - start) // stride)  # the last inside
+    if last < first:
+        return None
+    return (slice(start + first * stride, start + last * stride + 1, stride), slice(first, last + 1))
+
+
+def conv2d_input_error(x_shape, weight: np.ndarray, error: np.ndarray, p: Conv2dParams) -> np.ndarray:
+    """dx as the forward convolution of the error (the transposed convolution): with e_up the
+    error spread to every s-th cell (zeros between) and padded by (k - 1) d - p on each side
+    (cropped where that is negative; only cells that dx reads are kept),
+
+        dx[n, c, y', x'] = sum_{o, i, j} e_pad[n, o, y' + i d, x' + j d] * w[o, c, kh-1-i, kw-1-j]
+
+    i.e. a stride-1 conv of e_pad with the weights transposed per group and flipped, through
+    the forward's exact sums (`conv2d._exact_sums`). Exact int64, at 2**-(fe + fw)."""
+    from .conv2d import _exact_sums
+    n, c, h, w = x_shape
     o, cg, kh, kw = weight.shape
     og = o // p.groups
     (sh, sw), (ph, pw), (dh, dw_) = p.stride, p.padding, p.dilation
     oh, ow = error.shape[2:]
-    x = np.ascontiguousarray(x, dtype=np.int64)
-    e_mat = error_matrix(error)  # (O, N*OH*OW)
-    e_range = value_range(error)
-    x_range = value_range(x)
-    dx = np.zeros(x.shape, np.int64)
-    grad_w = np.empty(weight.shape, np.int64)
-    for g in range(p.groups):
-        rows = slice(g * og, (g + 1) * og)
-        grad_w[rows] = _weight_gradient(x, x_range, e_mat, weight.shape, (oh, ow), p, g)
-        # dcols (K, NP) = w^T (K, O/g) @ e (O/g, NP), then scattered back onto the input grid
-        w_t = np.ascontiguousarray(weight[rows].reshape(og, -1).T)
-        e_g = e_mat[rows]
-        dcols = exact_matmul(w_t, lambda dtype: e_g.astype(dtype), e_range, 1)[0]
-        col2im(dcols, g * cg, (g + 1) * cg, kh, kw, sh, sw, ph, pw, dh, dw_, oh, ow, dx)
+    e_pad = np.zeros((n, o, h + (kh - 1) * dh, w + (kw - 1) * dw_), np.int64)
+    rows = _spread(oh, sh, (kh - 1) * dh - ph, e_pad.shape[2])
+    cols = _spread(ow, sw, (kw - 1) * dw_ - pw, e_pad.shape[3])
+    if rows and cols:
+        e_pad[:, :, rows[0], cols[0]] = error[:, :, rows[1], cols[1]]
+    # the weights transposed per group and flipped, in the narrowest integer type that holds
+    # them (a fraction of the bytes to permute; the exact sums read any integer type)
+    lo, hi = value_range(weight)
+    narrow = next(t for t in (np.int8, np.int16, np.int32, np.int64)
+                  if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    w_t = np.ascontiguousarray(weight.astype(narrow).reshape(p.groups, og, cg, kh, kw)
+                               .transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]).reshape(c, og, kh, kw)
+    params = Conv2dParams(p.weight_fmt, dilation=p.dilation, groups=p.groups)
+    return _exact_sums(e_pad, w_t, params, h, w, value_range(e_pad), {})
+
+
+def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Conv2dParams,
+                    with_bias: bool = False):
+    """(dx, dw, db) as exact int64 arrays; see the module docstring for their grids."""
+    check_shapes(x, weight, error, "conv backward")
+    grad_w = conv2d_weight_gradient(x, weight.shape, error, p)
+    dx = conv2d_input_error(x.shape, weight, error, p)
     db = error.sum(axis=(0, 2, 3)) if with_bias else None
     return dx, grad_w, db
 

@@ -16,13 +16,14 @@ Two ways to the same sums:
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import magnitude_max, value_range
+from ..fixedpoint.core import value_range
 
 
 FLOAT32_EXACT = 1 << 24
@@ -129,6 +130,7 @@ class WindowMatrix:
 
     def __init__(self, x, c0: int, c1: int, kernel, stride, padding, dilation, out_size):
         self.x, self.c0, self.c1 = x, c0, c1
+        self._memo: dict = {}  # digit planes and rows of this instance
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.dilation, self.out_size = dilation, out_size
         cg, (kh, kw) = c1 - c0, kernel
@@ -172,12 +174,28 @@ class WindowMatrix:
         return cols
 
     def digit_planes(self, count: int, origin: int) -> np.ndarray:
-        """Each int8 digit of x as a padded NHWC plane, (D, N, H + 2ph, W + 2pw, C)."""
-        n, _, h, w = self.x.shape
-        ph, pw = self.padding
-        planes = np.empty((count, n, h + 2 * ph, w + 2 * pw, self.c1 - self.c0), np.int8)
-        _padded_nhwc_digits(self.x, self.c0, self.c1, ph, pw, origin, planes)
-        return planes
+        """Each int8 digit of x as a padded NHWC plane, (D, N, H + 2ph, W + 2pw, C); kept with
+        a read-only x (`weight_cache`)."""
+        cache = weight_cache(self.x) or self._memo  # this call's own, when x may change
+        key = ("planes", self.c0, self.c1, self.padding, count, origin)
+        if key not in cache:
+            n, _, h, w = self.x.shape
+            ph, pw = self.padding
+            planes = np.empty((count, n, h + 2 * ph, w + 2 * pw, self.c1 - self.c0), np.int8)
+            _padded_nhwc_digits(self.x, self.c0, self.c1, ph, pw, origin, planes)
+            cache[key] = planes
+        return cache[key]
+
+    def digit_rows(self, digit: int, count: int, origin: int) -> np.ndarray:
+        """Digit ``digit`` of ``count`` unrolled as the (N*OH*OW, K) matrix, K kernel-major
+        (`rows` of its plane); kept with a read-only x, so that a training step's weight
+        gradient reuses what its forward unrolled."""
+        cache = weight_cache(self.x) or self._memo
+        key = ("rows", self.c0, self.c1, self.kernel, self.stride, self.padding, self.dilation,
+               self.out_size, count, origin, digit)
+        if key not in cache:
+            cache[key] = self.rows(self.digit_planes(count, origin)[digit])
+        return cache[key]
 
     def rows(self, plane: np.ndarray) -> np.ndarray:
         """One digit plane unrolled as the (N*OH*OW, K) matrix, K kernel-major."""
@@ -232,8 +250,9 @@ _PREPARED: dict = {}
 
 
 def weight_cache(weight: np.ndarray) -> dict:
-    """A scratch dict tied to one read-only weight array (a graph's), or a view of one (e.g.
-    Linear's weight seen as 1x1 conv), for what is derived from it once; the entry dies with
+    """A scratch dict tied to one read-only array (a graph's weights, or a view of them, e.g.
+    Linear's weight seen as 1x1 conv; or a training step's activations, which the forward and
+    the weight gradient both unroll), for what is derived from it once; the entry dies with
     the array. A writeable array gets a fresh dict each call, since it may change in place."""
     root = weight
     while isinstance(root.base, np.ndarray):
@@ -369,6 +388,21 @@ def _gemm_operand(a: np.ndarray) -> np.ndarray:
     return a.copy()
 
 
+_WORKSPACE = threading.local()
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """An uninitialised array in this thread's reusable buffer, grown to the largest request
+    and kept: the stacks of digit products are tens of MB, and glibc maps a block that large
+    afresh on every allocation, so that their page faults cost up to half of a training step.
+    Valid until the thread's next call; `exact_matmul` uses it for its parts only."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    buffer = getattr(_WORKSPACE, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _WORKSPACE.buffer = np.empty(max(nbytes, 1), np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
 def use_int8_gemm(enabled: bool) -> None:
     """Turn the int8 GEMM on (when available) or off, e.g. to compare both paths."""
     _INT8_GEMM.clear()
@@ -377,7 +411,7 @@ def use_int8_gemm(enabled: bool) -> None:
 
 
 def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
-                 prepared: dict | None = None) -> np.ndarray:
+                 prepared: dict | None = None, columns: np.ndarray | None = None) -> np.ndarray:
     """Exact sums w (O, K) x windows (K, N*P) as int64 (N, O, P).
 
     ``cols_source(dtype)`` builds the (K, N*P) window matrix in that dtype; ``x_range`` is
@@ -386,7 +420,9 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
     used: the int8 GEMM on base-256 digits (chunks whose partial sums stay below 2**31), else
     BLAS in float32 or float64 (chunks below 2**24 or 2**53), else an int64 loop. Each method
     yields a stack of partial products; one pass adds them (shifted to their digit's weight,
-    plus the input digits' constant) into int64, laid out as N, O, P.
+    plus the input digits' constant) into int64, laid out as N, O, P. ``columns`` (a
+    permutation of P) puts the sums of window column p at column columns[p] instead, in the
+    same pass.
     """
     prepared = {} if prepared is None else prepared
     if "range" not in prepared:
@@ -403,7 +439,8 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
         found = _float_parts(w, cols_source, x_max, prepared)
         if found is None:
             sums = _int_matmul(w, cols_source(np.int64))  # (O, N*P)
-            return np.ascontiguousarray(sums.reshape(w.shape[0], n, -1).transpose(1, 0, 2))
+            return _permuted(np.ascontiguousarray(sums.reshape(w.shape[0], n, -1).transpose(1, 0, 2)),
+                             columns)
         parts, shifts, pixels_first = found
         offsets, sparse_top = np.zeros(w.shape[0], np.int64), None
     pixels = parts.shape[1 if pixels_first else 2] // n
@@ -416,8 +453,19 @@ def exact_matmul(w: np.ndarray, cols_source, x_range: tuple[int, int], n: int,
         top_ptr, top_k, top_v = _nonzero_by_pixel(top.reshape(-1, top.shape[3]), top_shift)
         window = (kh, kw, *cols_source.stride, *cols_source.dilation, cols_source.out_size[1],
                   *top.shape[1:3])
-    _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v, w_top, window)
-    return out
+    in_pass = columns is not None and not pixels_first
+    _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v, w_top, window,
+               columns if in_pass else np.zeros(0, np.int64))
+    return out if in_pass else _permuted(out, columns)
+
+
+def _permuted(out: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
+    """out (N, O, P) with column p moved to columns[p]."""
+    if columns is None:
+        return out
+    moved = np.empty_like(out)
+    moved[:, :, columns] = out
+    return moved
 
 
 @njit(cache=True, parallel=True)
@@ -442,11 +490,11 @@ def weight_summary(w: np.ndarray) -> dict:
     if w.size == 0:
         return {"range": (0, 0), "row_sums": np.zeros(o, np.int64), "row_abs_max": 0, "abs_max": 0}
     w = np.ascontiguousarray(w)
-    if magnitude_max(w) * k >= 1 << 62:
-        raise OverflowError("weight row sums leave int64; the weights are too wide")
     row_sums, row_abs = np.empty(o, np.int64), np.empty(o, np.int64)
     lo, hi, top = np.empty(o, np.int64), np.empty(o, np.int64), np.empty(o, np.int64)
-    _weight_rows(w, row_sums, row_abs, lo, hi, top)
+    _weight_rows(w, row_sums, row_abs, lo, hi, top)  # exact when max|w| * K < 2**62: checked
+    if max(-int(lo.min()), int(hi.max())) * k >= 1 << 62:  # refused, sums or not
+        raise OverflowError("weight row sums leave int64; the weights are too wide")
     return {"range": (int(lo.min()), int(hi.max())), "row_sums": row_sums,
             "row_abs_max": int(row_abs.max()), "abs_max": int(top.max())}
 
@@ -481,7 +529,7 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
                     cols_source.to_kernel_major(w.astype(np.int64, copy=False)).T)
             sparse_top = (planes[-1], DIGIT_BITS * (x_count - 1), prepared["kernel_major"])
             planes = planes[:-1]
-        cols = [cols_source.rows(plane) for plane in planes]
+        cols = [cols_source.digit_rows(d, x_count, x_origin) for d in range(len(planes))]
         if "digits_km" not in prepared:  # permuted as int8 digits: a fraction of the bytes
             prepared["digits_km"] = cols_source.to_kernel_major(split_digits(w, w_count, w_origin))
         w_d = prepared["digits_km"]
@@ -497,7 +545,7 @@ def _int8_parts(w, cols_source, x_digits, w_digits, prepared):
         shape = (w.shape[0], cols[0].shape[1])
     k = w.shape[1]
     starts = range(0, k, DIGIT_CHUNK)  # int32 sums: DIGIT_CHUNK * 128 * 128 < 2**31
-    parts = np.empty((len(starts) * len(cols) * w_count,) + shape, np.int32)
+    parts = scratch((len(starts) * len(cols) * w_count,) + shape, np.int32)
     shifts = np.empty(len(parts), np.int64)
     i = 0
     for a in starts:
@@ -538,7 +586,7 @@ def _float_parts(w, cols_source, x_max, prepared):
     # BLAS is faster with the longer dimension as rows (measured both ways here)
     pixels_first = cols.shape[1] >= w.shape[0]
     shape = (cols.shape[1], w.shape[0]) if pixels_first else (w.shape[0], cols.shape[1])
-    parts = np.empty((len(chunks),) + shape, dtype)
+    parts = scratch((len(chunks),) + shape, dtype)
     for i, (a, b) in enumerate(chunks):
         if pixels_first:
             np.matmul(cols[a:b].T, wf[:, a:b].T, out=parts[i])
@@ -572,11 +620,13 @@ def _nonzero_by_pixel(plane, shift):
 
 
 @njit(cache=True, parallel=True)
-def _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v, w_top, window):
+def _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v, w_top, window,
+               columns):
     """out[n, o, p] = offsets[o] + sum_i parts[i, n * P + p, o] << shifts[i] (pixels_first;
-    else parts[i, o, n * P + p]): exact, every part holding integers. Pixels-first parts are
-    summed row by row (contiguous reads) into a tile of 32 pixels, then transposed out of
-    cache.
+    else parts[i, o, n * P + p], and, when ``columns`` is not empty, at out[n, o, columns[p]]:
+    a row is summed in cache and permuted on its way out): exact, every part holding
+    integers. Pixels-first parts are summed row by row (contiguous reads) into a tile of 32
+    pixels, then transposed out of cache.
 
     A sparse top digit (pixels first only; ``top_ptr`` is empty when there is none): the
     nonzero digits of the input's padded NHWC top plane (N, Hp, Wp, C), by pixel: those of
@@ -590,11 +640,15 @@ def _sum_parts(parts, shifts, offsets, pixels_first, out, top_ptr, top_k, top_v,
     if not pixels_first:
         for job in prange(n_batch * o_total):
             b, o = job // o_total, job % o_total
+            row = out[b, o] if columns.size == 0 else np.empty(pixels, np.int64)
             for p in range(pixels):
-                out[b, o, p] = offsets[o]
+                row[p] = offsets[o]
             for i in range(parts.shape[0]):  # one part at a time: a vectorised pass each
                 for p in range(pixels):
-                    out[b, o, p] += np.int64(parts[i, o, b * pixels + p]) << shifts[i]
+                    row[p] += np.int64(parts[i, o, b * pixels + p]) << shifts[i]
+            if columns.size:
+                for p in range(pixels):
+                    out[b, o, columns[p]] = row[p]
         return
     kh, kw, sh, sw, dh, dw, ow, hp, wp = window
     cg = w_top.shape[0] // max(1, kh * kw)

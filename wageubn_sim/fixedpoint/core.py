@@ -36,6 +36,7 @@ _WRAP = int(Overflow.WRAP)
 _SAT = int(Overflow.SAT)
 _SAT_SYM = int(Overflow.SAT_SYM)
 _INT64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
+_WORD_SCALE = 2.0 ** -U_BITS  # a random word u is the fraction u * 2**-32
 
 
 @njit(cache=True, inline="always")
@@ -130,6 +131,21 @@ def shift_right_rounded_tie(q, shift, mask, half, rounding):
     return floor + rounds_up(q, floor, remainder, half, rounding), remainder == half
 
 
+@njit(cache=True, inline="always")
+def shift_right_stochastic_tie(q, shift, mask, half, u):
+    """(`shift_right_rounded` STOCHASTIC, whether the dropped bits were one half) for
+    0 < shift <= U_BITS, given mask = low_mask(shift), half = 2**(shift-1) and the word u:
+    `stochastic_round_up`'s comparison without branches (remainder * 2**(32 - shift) against
+    u), for the loops that vectorize."""
+    magnitude = -q if q < 0 else q
+    floor = magnitude >> shift
+    remainder = magnitude & mask
+    scaled = remainder << (U_BITS - shift)
+    up = (scaled > u) | ((scaled == u) & (remainder != 0) & ((floor & 1) == 1))
+    rounded = floor + up
+    return -rounded if q < 0 else rounded, remainder == half
+
+
 @njit(cache=True)
 def format_range(bits, signed, overflow):
     """(lo, hi) that saturation clamps to; SAT_SYM drops the most negative value."""
@@ -200,6 +216,19 @@ def requantize_scalar(q, shift, bits, signed, rounding, overflow, u):
 
 
 @njit(cache=True, inline="always")
+def requantize_scalar_vectorizable(q, shift, bits, signed, rounding, overflow):
+    """`requantize_scalar` for a deterministic rounding, shifts of 1..62 through the branch-free
+    `shift_right_rounded_tie`: a loop over it vectorizes when ``shift`` is loop-invariant.
+    Other shifts take `requantize_scalar` (a left shift must stay in an unbounded format's
+    domain, as there)."""
+    if 0 < shift <= MAX_BITS:
+        rounded = shift_right_rounded_tie(q, shift, low_mask(shift), np.int64(1) << (shift - 1),
+                                          rounding)[0]
+        return fit_overflow(rounded, bits, signed, overflow)
+    return requantize_scalar(q, shift, bits, signed, rounding, overflow, np.int64(0))
+
+
+@njit(cache=True, inline="always")
 def requantize_scalar_flagged(q, shift, bits, signed, rounding, overflow, u):
     """`requantize_scalar` and its flags (TIE: the dropped bits were one half; OVERFLOWED: the
     value was wrapped or saturated). q lies in the domain; with ``bits == 0`` a left shift must
@@ -238,12 +267,17 @@ def _requantize_flat(q, shift, bits, signed, rounding, overflow, u):
     underflows = 0
     outside = 0
     unbounded_overflows = 0
-    if 0 < shift <= MAX_BITS and rounding != _STOCHASTIC:  # the common case, vectorized
+    stochastic = rounding == _STOCHASTIC
+    if 0 < shift <= MAX_BITS and (not stochastic or (shift <= U_BITS and has_u)):
+        # the common cases (G's stochastic one too), branch-free: the loop vectorizes
         mask, half = low_mask(shift), np.int64(1) << (shift - 1)
         for i in prange(q.size):
             v = q[i]
             outside += (v >= DOMAIN_LIMIT) | (v < -DOMAIN_LIMIT)
-            rounded, tie = shift_right_rounded_tie(v, shift, mask, half, rounding)
+            if stochastic:
+                rounded, tie = shift_right_stochastic_tie(v, shift, mask, half, u[i])
+            else:
+                rounded, tie = shift_right_rounded_tie(v, shift, mask, half, rounding)
             r = fit_overflow(rounded, bits, signed, overflow)
             over = r != rounded
             out[i] = r
@@ -525,27 +559,108 @@ def quantize_to_grid(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overf
     return fit_overflow_float(rounded, fmt, overflow)
 
 
+@njit(cache=True, inline="always")
+def round_float_scalar(y, rounding, u):
+    """`round_to_integer` of one float64 (``u``: its uint32 word, read only by STOCHASTIC)."""
+    if rounding == _HALF_EVEN:
+        return np.rint(y)
+    floor = np.floor(y)
+    frac = y - floor
+    if rounding == _FLOOR:
+        return floor
+    if rounding == _HALF_UP:
+        return floor + (frac >= 0.5)
+    if rounding == _HALF_AWAY:
+        return floor + ((frac > 0.5) | ((frac == 0.5) & (y > 0)))
+    if rounding == _TOWARD_ZERO:
+        return floor + ((frac > 0) & (y < 0))
+    magnitude = abs(y)
+    m_floor = np.floor(magnitude)
+    m_frac = magnitude - m_floor
+    threshold = u * _WORD_SCALE
+    half = m_floor * 0.5
+    up = (m_frac > threshold) | ((m_frac == threshold) & (m_frac > 0) & (np.floor(half) != half))
+    rounded = m_floor + up
+    return -rounded if y < 0 else (rounded if y > 0 else y)
+
+
+@njit(cache=True, inline="always")
+def fit_float_scalar(n, lo, hi, wrap, modulus):
+    """`fit_overflow_float` of one integer-valued float64: into [lo, hi] by wrapping modulo
+    ``modulus`` (a power of two) or by clamping (lo = -inf, hi = inf: unbounded). The wrap
+    takes r = n - modulus * floor(n / modulus) in [0, modulus), every step exact (a power-of-two
+    scaling, floor, and a difference of nearby multiples), then the one representative in
+    [lo, hi]: the value fmod gives there. (fmod itself, a libm loop, would be evaluated for
+    every element of a vectorized loop even when it does not wrap.)"""
+    if wrap:
+        r = n - modulus * np.floor(n / modulus)
+        return r - modulus if r > hi else r
+    return min(max(n, lo), hi)
+
+
 @njit(cache=True, parallel=True)
-def _round_stochastic(y, u, out):
-    """`round_to_integer`'s STOCHASTIC rule, element by element, in one pass."""
-    for i in prange(y.size):
-        v = y[i]
-        magnitude = abs(v)
-        m_floor = np.floor(magnitude)
-        m_frac = magnitude - m_floor
-        threshold = u[i] * 2.0 ** -U_BITS
-        half = m_floor * 0.5
-        up = (m_frac > threshold) | ((m_frac == threshold) & (m_frac > 0) & (np.floor(half) != half))
-        rounded = m_floor + up
-        out[i] = -rounded if v < 0 else (rounded if v > 0 else v)
+def _fake_quantize_flat(x, in_scale, check_tiny, rounding, u, lo, hi, wrap, modulus, clip_lo,
+                        clip_hi, out_scale, out):
+    """out = clamp(fit(round(x * in_scale)), clip_lo, clip_hi) * out_scale, in out's dtype, in
+    one pass. Returns how
+    many elements this pass cannot decide (a scaled value not finite, or, with ``check_tiny``,
+    nonzero below float64's normal range), for the caller to hand to the general path."""
+    undecided = 0
+    has_u = u.size > 0
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        y = v * in_scale
+        undecided += (not np.isfinite(y)) | (check_tiny & (abs(y) < _SMALLEST_NORMAL) & (v != 0))
+        n = round_float_scalar(y, rounding, u[i] if has_u else np.uint32(0))
+        out[i] = min(max(fit_float_scalar(n, lo, hi, wrap, modulus), clip_lo), clip_hi) * out_scale
+    return undecided
+
+
+def fake_quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT, u=None,
+                  out_frac: int | None = None, clip: tuple[int, int] | None = None):
+    """The fake-quantized values n * 2**-out_frac in x's dtype (numpy or torch in, same out),
+    where n = `quantize_to_grid`(x, fmt, rounding, overflow, u), then clamped to ``clip``;
+    ``out_frac`` defaults to fmt's. A float32 result is n * 2**-out_frac rounded to float32.
+    On the CPU one fused pass (`_fake_quantize_flat`) computes it; whatever that pass cannot
+    decide (values beyond float64 or scaled below its normal range) goes the general way,
+    which gives the same values or raises the same error."""
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    out_frac = fmt.frac_bits if out_frac is None else out_frac
+    xp = array_namespace(x)
+    fused = (x.dtype in (np.float32, np.float64) if xp is np
+             else x.device.type == "cpu" and x.dtype in (xp.float32, xp.float64))
+    words = check_random_words(u, tuple(x.shape), rounding)
+    if fused and (words is None or np.asarray(words).dtype == np.uint32):
+        check_float_exact(fmt)
+        flat = np.ascontiguousarray(x if xp is np else x.detach().contiguous().numpy()).reshape(-1)
+        words = np.zeros(0, np.uint32) if words is None else np.ascontiguousarray(words).reshape(-1)
+        lo, hi, wrap, modulus = -math.inf, math.inf, False, 1.0
+        if fmt.bounded:
+            lo, hi = float(fmt.min_int), float(fmt.max_int)
+            if overflow == Overflow.SAT_SYM and fmt.signed:
+                lo = -hi
+            wrap, modulus = overflow == Overflow.WRAP, float(1 << fmt.bits)
+        clip_lo, clip_hi = (-math.inf, math.inf) if clip is None else map(float, clip)
+        out = np.empty_like(flat)
+        if not _fake_quantize_flat(flat, 2.0 ** fmt.frac_bits, fmt.frac_bits < 0, int(rounding),
+                                   words, lo, hi, wrap, modulus, clip_lo, clip_hi, 2.0 ** -out_frac,
+                                   out):
+            out = out.reshape(tuple(x.shape))
+            return out if xp is np else xp.from_numpy(out)
+    n = quantize_to_grid(x, fmt, rounding, overflow, u)
+    if clip is not None:
+        n = xp.clip(n, *clip)
+    n = n * 2.0 ** -out_frac
+    return n.astype(x.dtype) if xp is np else n.to(x.dtype)
 
 
 def _stochastic_on_cpu(y, u: np.ndarray, xp):
     """Stochastic rounding of the float64 array y (numpy, or a CPU torch tensor: the same
     memory) with uint32 words u, by the fused kernel."""
     flat = np.ascontiguousarray(y if xp is np else y.contiguous().numpy()).reshape(-1)
-    out = np.empty_like(flat)
-    _round_stochastic(flat, u.reshape(-1), out)
+    out = np.empty_like(flat)  # round_to_integer's STOCHASTIC rule, in one pass
+    _fake_quantize_flat(flat, 1.0, False, _STOCHASTIC, u.reshape(-1), -math.inf, math.inf, False,
+                        1.0, -math.inf, math.inf, 1.0, out)
     out = out.reshape(y.shape)
     return out if xp is np else xp.from_numpy(out)
 

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import torch
+from numba import njit, prange
 import torch.nn as nn
 
 from ..fixedpoint.core import quantize
@@ -30,30 +31,57 @@ _TINY_VARIANCE = 2.0 ** -80
 _MAX_GRID_FRAC = 60
 
 
+@njit(cache=True, parallel=True)
+def _magnitude_max(v):
+    """(max |v|, count of non-finite values) of a flat float array."""
+    top, bad = 0.0, 0
+    for i in prange(v.size):
+        a = abs(np.float64(v[i]))
+        bad += not np.isfinite(a)
+        top = max(top, a)
+    return top, bad
+
+
+@njit(cache=True, parallel=True)
+def _scaled_integers(v, scale, q):
+    """q = v * scale as int64 (scale a power of two: exact); returns (count of values that are
+    not integers there, the lowest set bit over the nonzero q, 0 if all are zero)."""
+    off, lowest = 0, np.int64(1) << 62
+    for i in prange(v.size):
+        scaled = np.float64(v[i]) * scale
+        whole = np.rint(scaled)
+        off += whole != scaled
+        n = np.int64(whole)
+        q[i] = n
+        lowest = min(lowest, n & -n if n != 0 else np.int64(1) << 62)
+    return off, lowest if lowest != np.int64(1) << 62 else 0
+
+
 def grid_integers(x: torch.Tensor):
     """(q, f): x as integers q (int64 numpy) on the coarsest grid 2**-f, 0 <= f <= 60, with
     |q| < 2**53; None when there is no such grid (a value off every grid, or spanning more
     than 53 bits, or not finite). From the finest grid the largest value allows, f_c (it fits
-    53 bits there): x on it must be integers, and the trailing zeros they all share give the
-    coarsest grid. A handful of array passes."""
-    v = x.detach().double().cpu().numpy()
+    53 bits there): x on it must be integers, and the lowest bit they set gives the coarsest
+    grid. Two passes over x in its own dtype (float32 values are float64 values)."""
+    v = x.detach().cpu().contiguous().numpy().reshape(-1)
     if v.size == 0:
         return None
-    biggest = float(np.abs(v).max())
-    if not np.isfinite(biggest):
+    biggest, bad = _magnitude_max(v)
+    if bad:
         return None
     if biggest == 0:
-        return np.zeros(v.shape, np.int64), 0
+        return np.zeros(x.shape, np.int64), 0
     f_c = min(_MAX_GRID_FRAC, 53 - math.frexp(biggest)[1])  # biggest * 2**f_c < 2**53
     if f_c < 0:
         return None
-    scaled = v * 2.0 ** f_c  # a power of two: exact (no value is below 2**-1074 * 2**f_c here)
-    if not np.array_equal(np.rint(scaled), scaled):
+    q = np.empty(v.size, np.int64)
+    off, lowest = _scaled_integers(v, 2.0 ** f_c, q)  # exact: no value is below 2**-1074 * 2**f_c
+    if off:
         return None
-    q = scaled.astype(np.int64)
-    common = int(np.bitwise_or.reduce(q.reshape(-1)))
-    shift = min((common & -common).bit_length() - 1, f_c) if common else f_c
-    return q >> shift, f_c - shift
+    shift = min(int(lowest).bit_length() - 1, f_c) if lowest else f_c
+    if shift:
+        q >>= shift
+    return q.reshape(x.shape), f_c - shift
 
 
 class BatchNorm2d(QuantModule, nn.BatchNorm2d):

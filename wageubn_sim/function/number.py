@@ -17,9 +17,10 @@ import warnings
 
 import numpy as np
 import torch
+from numba import njit, prange
 from torch.autograd import Function
 
-from ..fixedpoint.core import quantize_to_grid
+from ..fixedpoint.core import _SMALLEST_NORMAL, fake_quantize, quantize_to_grid
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.random_bits import BitSource
@@ -53,20 +54,52 @@ def _check_k(name, k, low=1):
 # ---- value functions (no autograd) ------------------------------------------------------
 
 def quantize_values(x, fmt: Format, rounding=HALF_EVEN, overflow=Overflow.SAT, u=None):
-    return _values(_on_grid(x, fmt, rounding, overflow, u), fmt.frac_bits, x)
+    return fake_quantize(x, fmt, rounding, overflow, u)
 
 
 def shift_values(x: torch.Tensor, k: int, limit: int) -> torch.Tensor:
     """R * clip(Q(x / R, k), -limit, limit) / 2**(k-1) scaled: E1 (limit 2**(k-1)) and the
     seed's shiftquant (limit 2**(k-1) - 1)."""
     frac = (k - 1) - scale_exponent_of_floats(x)
-    n = torch.clamp(_on_grid(x, Format(None, frac)), -limit, limit)
-    return _values(n, frac, x)
+    return fake_quantize(x, Format(None, frac), clip=(-limit, limit))
+
+
+@njit(cache=True, parallel=True)
+def _flag_values_flat(x, frac, p, out):
+    """`flag_values` element by element (step 2**p), on CPU arrays: the same float64 operations
+    (scalings by powers of two, rint, clamps) in one pass. Returns how many elements it cannot
+    decide alone (a scaled value not finite, or nonzero below the normal range), for the
+    general path."""
+    step = 2.0 ** p
+    fine_scale, coarse_scale, out_scale = 2.0 ** frac, 2.0 ** (frac - p), 2.0 ** -frac
+    undecided = 0
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        magnitude = abs(v)
+        t, u = magnitude * fine_scale, magnitude * coarse_scale
+        undecided += (not np.isfinite(t)) | (not np.isfinite(u)) | (
+            (magnitude != 0) & (((frac < 0) & (t < _SMALLEST_NORMAL))
+                                | ((frac - p < 0) & (u < _SMALLEST_NORMAL))))
+        n = min(np.rint(t), step) if t < step else min(np.rint(u), step - 1) * step
+        out[i] = (-n if v < 0 else (n if v > 0 else 0.0)) * out_scale
+    return undecided
 
 
 def flag_values(x: torch.Tensor, k: int) -> torch.Tensor:
     """E2, the official flag quantization (see `scheme.e2_quantize` for the integer form)."""
     frac = 2 * (k - 1) - scale_exponent_of_floats(x)
+    Format(None, frac)  # both grids must be formats (their scales exact), as below
+    Format(None, frac - (k - 1))
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        flat = x.detach().contiguous().numpy().reshape(-1)
+        out = np.empty_like(flat)
+        if not _flag_values_flat(flat, frac, k - 1, out):
+            return torch.from_numpy(out.reshape(tuple(x.shape)))
+    return _flag_values_general(x, k, frac)
+
+
+def _flag_values_general(x: torch.Tensor, k: int, frac: int) -> torch.Tensor:
+    """`flag_values` in torch operations, on any device."""
     magnitude = x.double().abs()
     step = 1 << (k - 1)
     small = magnitude * 2.0 ** frac < step  # exact: a power-of-two scaling
@@ -78,8 +111,7 @@ def flag_values(x: torch.Tensor, k: int) -> torch.Tensor:
 def const_values(x: torch.Tensor, k_dr: int, k: int, u) -> torch.Tensor:
     """G: clip(SR(2**(k_dr-1) * x / R), +-(2**(k_dr-1) - 1)) / 2**(k-1)."""
     frac = (k_dr - 1) - scale_exponent_of_floats(x)
-    n = _on_grid(x, Format(k_dr, frac), Rounding.STOCHASTIC, Overflow.SAT_SYM, u)
-    return _values(n, k - 1, x)
+    return fake_quantize(x, Format(k_dr, frac), Rounding.STOCHASTIC, Overflow.SAT_SYM, u, out_frac=k - 1)
 
 
 # ---- straight-through forward quantizers ------------------------------------------------

@@ -9,13 +9,15 @@ official float code leaves open. ``k`` is always the scheme's width: Q(x, k) kee
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
-from ..fixedpoint.core import quantize, requantize
+from ..fixedpoint.core import quantize, requantize, requantize_scalar_vectorizable
 from ..fixedpoint.format import FixedArray, Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.scale import scale_exponent_of_ints
 
 HALF_EVEN = Rounding.HALF_EVEN
+_HALF_EVEN, _SAT = int(Rounding.HALF_EVEN), int(Overflow.SAT)
 
 
 def _check_k(name: str, k: int, low: int = 2) -> None:
@@ -47,9 +49,20 @@ def e1_quantize(e: FixedArray, k: int = 8) -> FixedArray:
     """fe1 = R * clip(Q(e / R, k), -1, 1): integers in [-2**(k-1), 2**(k-1)] (k+1 bits)."""
     _check_k("k", k)
     frac = _scaled_frac(e, k - 1)
-    n = requantize(e.q, e.frac_bits, Format(None, frac), HALF_EVEN)
-    limit = 1 << (k - 1)
-    return FixedArray(np.clip(n, -limit, limit), frac)
+    q = np.ascontiguousarray(e.q, dtype=np.int64)
+    out = np.empty(q.shape, np.int64)
+    _e1_flat(q.reshape(-1), e.frac_bits - frac, np.int64(1) << (k - 1), out.reshape(-1))
+    return FixedArray(out, frac)
+
+
+@njit(cache=True, parallel=True)
+def _e1_flat(q, shift, limit, out):
+    """`e1_quantize` element by element: RNE(q * 2**-shift) clipped to +-limit. A left shift
+    (shift < 0) stays in the domain: |q| * 2**-shift < 2**k, since |e| < 2R (R is |e|'s
+    power-of-two scale)."""
+    for i in prange(q.size):
+        n = requantize_scalar_vectorizable(q[i], shift, 0, True, _HALF_EVEN, _SAT)
+        out[i] = min(max(n, -limit), limit)
 
 
 def e2_quantize(e: FixedArray, k: int = 8) -> FixedArray:
@@ -57,27 +70,40 @@ def e2_quantize(e: FixedArray, k: int = 8) -> FixedArray:
 
     With t = |e| / R * 2**(2k-2): where t < 2**(k-1) (|e| below one step ds = R/2**(k-1)),
     n = RNE(t) (at most 2**(k-1)); elsewhere n = 2**(k-1) * min(RNE(t / 2**(k-1)), 2**(k-1)-1).
-    The sign of e is kept.
+    The sign of e is kept. One pass (`_e2_flat`).
     """
     _check_k("k", k)
     frac = _scaled_frac(e, 2 * (k - 1))
-    magnitude = np.abs(e.q)
-    shift = e.frac_bits - frac  # t = magnitude * 2**-shift
-    small = _below_power_of_two(magnitude, shift, k - 1)
-    fine = requantize(magnitude, e.frac_bits, Format(None, frac), HALF_EVEN)
-    coarse = requantize(magnitude, e.frac_bits, Format(None, frac - (k - 1)), HALF_EVEN)
-    step = 1 << (k - 1)
-    n = np.where(small, np.minimum(fine, step), np.minimum(coarse, step - 1) * step)
-    return FixedArray(np.sign(e.q) * n, frac)
+    q = np.ascontiguousarray(e.q, dtype=np.int64)
+    out = np.empty(q.shape, np.int64)
+    _e2_flat(q.reshape(-1), e.frac_bits - frac, k - 1, out.reshape(-1))
+    return FixedArray(out, frac)
 
 
-def _below_power_of_two(magnitude: np.ndarray, shift: int, p: int) -> np.ndarray:
+@njit(cache=True, parallel=True)
+def _e2_flat(q, shift, p, out):
+    """`e2_quantize` element by element; t = |q| * 2**-shift, step 2**p. A left shift (shift < 0)
+    stays in the domain: t < 2**(2p + 1), since |e| < 2R (R is |e|'s power-of-two scale)."""
+    step = np.int64(1) << p
+    for i in prange(q.size):
+        v = q[i]
+        magnitude = -v if v < 0 else v
+        if _below_power_of_two(magnitude, shift, p):
+            n = min(requantize_scalar_vectorizable(magnitude, shift, 0, True, _HALF_EVEN, _SAT), step)
+        else:
+            coarse = requantize_scalar_vectorizable(magnitude, shift + p, 0, True, _HALF_EVEN, _SAT)
+            n = min(coarse, step - 1) * step
+        out[i] = -n if v < 0 else n
+
+
+@njit(cache=True, inline="always")
+def _below_power_of_two(magnitude, shift, p):
     """magnitude * 2**-shift < 2**p, decided on integers."""
     if shift >= 0:
         # m < 2**(p+shift)  <=>  floor(m / 2**shift) < 2**p
-        return (magnitude >> min(shift, 63)) < (1 << p)
+        return (magnitude >> min(shift, 63)) < (np.int64(1) << p)
     exponent = p + shift  # m < 2**exponent
-    return magnitude < (1 << exponent) if exponent >= 0 else magnitude == 0
+    return magnitude < (np.int64(1) << exponent) if exponent >= 0 else magnitude == 0
 
 
 def g_quantize(g: FixedArray, u: np.ndarray, k_dr: int = 8, k: int = 15) -> FixedArray:

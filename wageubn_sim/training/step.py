@@ -72,6 +72,15 @@ class _Timer:
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
 
+def _freeze(a: np.ndarray) -> None:
+    """Make a forward tensor read-only, down to the array that owns its memory: what the
+    forward derives from a layer's input (a conv's unrolled digits) is then kept with it for
+    the weight gradient (`mac.weight_cache`)."""
+    while isinstance(a, np.ndarray):
+        a.flags.writeable = False
+        a = a.base
+
+
 def _add(errors: dict, name: str, e: FixedArray) -> None:
     """Sum the errors a tensor receives from its readers, exactly."""
     errors[name] = aligned_sum(errors[name], e) if name in errors else e
@@ -135,21 +144,25 @@ class IntegerTrainer:
             layers[name] = {"error_k": k}
         return cls(graph, layers, lr, update)
 
+    def _register_format(self, name: str, role: str) -> Format:
+        """The format of a parameter's register in the forward (fw for weights, Q for the rest)."""
+        return getattr(self._nodes[name].params, {"weight": "weight_fmt", "bias": "bias_fmt",
+                                                  "gamma": "gamma_fmt", "beta": "beta_fmt"}[role])
+
     def _refresh_registers(self):
-        """fw(master weights), Q(master bias), Q(gamma), Q(beta) into the graph's registers."""
+        """fw(master weights), Q(master bias), Q(gamma), Q(beta) into the graph's registers
+        (the update writes them after each step, in the same pass)."""
         for (name, role), w in self.master.items():
-            node = self._nodes[name]
-            fmt = getattr(node.params, {"weight": "weight_fmt", "bias": "bias_fmt",
-                                        "gamma": "gamma_fmt", "beta": "beta_fmt"}[role])
             # an array of its own, read-only: the kernels' weight caches hold for the step
-            q = requantize(w.q, w.frac_bits, fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM).copy()
+            q = requantize(w.q, w.frac_bits, self._register_format(name, role), Rounding.HALF_EVEN,
+                           Overflow.SAT_SYM)
             q.flags.writeable = False
-            node.arrays[role] = q
+            self._nodes[name].arrays[role] = q
 
     def step(self, x, labels, error_fn=cross_entropy_error, record: dict | None = None,
              timings: dict | None = None):
-        """One training step; returns the logits (FixedArray) it trained on. ``record``, if
-        given, receives {(layer, role): FixedArray} of the step's tensors: ``error`` (as the
+        """One training step; returns the logits (FixedArray, read-only) it trained on.
+        ``record``, if given, receives {(layer, role): FixedArray} of the step's tensors: ``error`` (as the
         layer's backward used it), ``<param>_grad_raw``, ``<param>_grad`` (after G / G_BN),
         ``<param>_master_before/after`` and ``<param>_momentum_before/after``. ``timings``, if
         given, receives the seconds spent per part of the step (forward, E1/E2, MAC backward,
@@ -158,6 +171,7 @@ class IntegerTrainer:
         self._timer = _Timer(timings)
         with self._timer("forward"):
             self._x_q = self.graph.quantize_input(x)
+            _freeze(self._x_q)
             result = self._forward(self._x_q)
             logits = FixedArray(result.q, result.fmt.frac_bits)
         errors: dict = {}
@@ -201,21 +215,23 @@ class IntegerTrainer:
         with self._timer("update"):
             for key, g in grads.items():
                 before = (self.master[key], self.momentum[key])
-                self.master[key], self.momentum[key] = momentum_update(
-                    self.master[key], self.momentum[key], g, self.lr, self.update)
                 name, role = key
+                self.master[key], self.momentum[key], held = momentum_update(
+                    self.master[key], self.momentum[key], g, self.lr, self.update,
+                    register=self._register_format(name, role))
+                held.flags.writeable = False  # read-only: the kernels' weight caches hold
+                self._nodes[name].arrays[role] = held
                 self._keep(name, f"{role}_grad", g)
                 for state, b, a in (("master", before[0], self.master[key]),
                                     ("momentum", before[1], self.momentum[key])):
                     self._keep(name, f"{role}_{state}_before", b)
                     self._keep(name, f"{role}_{state}_after", a)
             self.step_number += 1
-            self._refresh_registers()
         return logits
 
     def _forward(self, x_q):
         """The engine forward, BatchNorm with the batch's statistics (training mode)."""
-        from ..engine.batchnorm import batch_statistics, batchnorm2d
+        from ..engine.batchnorm import batch_statistics, batchnorm2d, channel_sums
         from ..graph.ir import RunResult
         from ..graph.ops import OPS
         values = {self.graph.inputs[0].name: (x_q, self.graph.inputs[0].fmt.frac_bits)}
@@ -228,15 +244,17 @@ class IntegerTrainer:
                 if p.input_register is not None:
                     x_in = requantize(x_in, f_in, p.input_register, p.rounding, Overflow.SAT_SYM)
                     f_in = p.input_register.frac_bits
+                sums = channel_sums(x_in, x_in)
                 mean_q, std_q = batch_statistics(x_in, f_in, p.mean_fmt, info["std_register"],
-                                                 info["eps_lsbs"])
-                self._update_running(info, x_in, f_in)
+                                                 info["eps_lsbs"], sums=sums)
+                self._update_running(info, sums, x_in.size // max(x_in.shape[1], 1), f_in)
                 out = batchnorm2d(x_in, f_in, mean_q, std_q, node.arrays.get("gamma"),
                                   node.arrays.get("beta"),
                                   dataclasses.replace(p, input_register=None), trace=True)
                 out.trace.update(input=x_in, mean=mean_q, std=std_q, input_frac=f_in)
             else:
                 out = OPS[node.op][1](node, ins, True)
+            _freeze(out.q)
             values[node.name] = (out.q, out.fmt.frac_bits)
             layers[node.name] = out
         last = layers[self.graph.outputs[0]]
@@ -247,12 +265,17 @@ class IntegerTrainer:
             self._record[(layer, role)] = value
 
     @staticmethod
-    def _update_running(info, x_in, f_in):
+    def _update_running(info, sums, m, f_in):
         """The moving averages, in float from the unquantized batch statistics, as the official
-        code keeps them (they serve inference only; they are not part of the bit-exact step)."""
-        v = x_in.astype(np.float64) * 2.0 ** -f_in
+        code keeps them (they serve inference only; they are not part of the bit-exact step):
+        the batch's mean S1/M and biased variance (M S2 - S1**2)/M**2 from the exact sums
+        (``sums`` = (S1, S2) per channel of the M values at 2**-f_in), each rounded once."""
+        scale = 1 << max(f_in, 0), 1 << max(-f_in, 0)  # 2**f_in as a ratio of integers
+        mean = np.array([s1 * scale[1] / (m * scale[0]) for s1 in sums[0]])
+        var = np.array([(m * s2 - s1 * s1) * scale[1] ** 2 / (m * m * scale[0] ** 2)
+                        for s1, s2 in zip(*sums)])
         momentum = info["momentum"]
-        for key, stat in (("running_mean", v.mean(axis=(0, 2, 3))), ("running_var", v.var(axis=(0, 2, 3)))):
+        for key, stat in (("running_mean", mean), ("running_var", var)):
             info[key] = info[key] + momentum * (stat - info[key])
 
     def evaluate(self, x):
