@@ -363,3 +363,20 @@ def test_most_negative_domain_value_at_every_large_shift(rounding):
         got, flags = requantize_flagged(q, shift, Format(None, 0), rounding, Overflow.SAT, u)
         assert got.tolist() == ref_requantize_all(q, shift, Format(None, 0), rounding, Overflow.SAT, u)
         assert bool(flags[0] & 1) == (shift == 62)  # the tie (SR flags it too: an exact half)
+
+
+@pytest.mark.parametrize("fmt", [Format(54, 0), Format(53, 0, signed=False), Format(8, 0), Format(2, 0)])
+def test_the_one_pass_wrap_is_exact_at_the_widest_formats(fmt):
+    """WRAP in the fused float pass (`quantize`, `fake_quantize`) at the widest formats the float
+    path holds: remainders near the modulus, the rails, their neighbours, multiples."""
+    m = 1 << fmt.bits
+    ints = [0, 1, -1, -3, 3, m // 2 - 1, m // 2, -(m // 2), -(m // 2) - 1, m - 2, m, -m + 2,
+            3 * m, -5 * m + 4, 2**53, -(2**53), 2**60 + 2**8]
+    x = np.array(ints, dtype=np.float64)
+    exact = [v for v in ints if float(v) == v]  # those a float64 holds
+    want = [ref.quantize(float(v), fmt, Rounding.HALF_EVEN, Overflow.WRAP) for v in exact]
+    got = quantize(np.array(exact, np.float64), fmt, "HALF_EVEN", "WRAP")
+    assert got.tolist() == want
+    from wageubn_sim.fixedpoint.core import fake_quantize
+    assert fake_quantize(x, fmt, "HALF_EVEN", "WRAP", out_frac=0).tolist() == \
+        quantize_to_grid(x, fmt, "HALF_EVEN", "WRAP").tolist()

@@ -129,3 +129,37 @@ def test_values_beyond_2_53_run_planned_in_int64():
     got = wide.run(x)
     assert np.abs(got.q).max() >= 2**40  # beyond float32 and float64 arenas of this bound
     assert_same_run(got, wide.run(x, plan=False))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=40)
+@given(plan_graphs(), st.integers(0, 2**32 - 1), st.sampled_from([np.float64, np.float32]),
+       st.sampled_from([None, "ties", "rails", "nan", "inf", "tiny"]))
+def test_the_plan_quantizes_float_inputs_as_the_input_register_does(graph, seed, dtype, odd):
+    """Float inputs off the grid (ties of the grid, beyond the rails, float32) are quantized
+    inside the plan exactly as `quantize_input` does; what it cannot decide (NaN, inf, values
+    scaled below the normal range) goes to `quantize_input`, which refuses it the same way."""
+    assume_planned = _reason(graph) is None
+    fmt = graph.inputs[0].fmt
+    rng = np.random.default_rng(seed)
+    shape = (3, *graph.inputs[0].shape)
+    x = rng.standard_normal(shape) * 2.0 ** (fmt.bits - 1 - fmt.frac_bits) * 0.7
+    flat = x.reshape(-1)
+    if odd == "ties":  # exact halves of the grid: rounding to even decides
+        flat[::2] = (np.round(flat[::2] * 2.0 ** fmt.frac_bits) + 0.5) * 2.0 ** -fmt.frac_bits
+    elif odd == "rails":
+        flat[::3] *= 1e6
+    elif odd in ("nan", "inf"):
+        flat[1] = np.nan if odd == "nan" else -np.inf
+    elif odd == "tiny":
+        flat[1] = 2.0 ** -1074
+    x = x.astype(dtype)
+    try:
+        want = graph.run(x, plan=False)
+    except (ValueError, OverflowError) as err:
+        with pytest.raises(type(err), match=re.escape(str(err))):
+            graph.run(x)
+        return
+    got = graph.run(x)
+    assert_same_run(got, want)
+    if assume_planned and odd is None:
+        assert np.array_equal(graph.run(graph.quantize_input(x)).q, want.q)  # integers in: the same

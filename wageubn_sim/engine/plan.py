@@ -15,7 +15,10 @@ dtype is the narrowest that holds them exactly: float32 below 2**24, float64 bel
 int64 (below 2**61, the domain). Floats hold integers there, and every partial sum of a MAC is
 bounded by |b| + sum |w| * max|x| in any order, so float adds are exact (as in `mac.py`). Each
 register moves values through `requantize_scalar_flagged`, the engine's scalar primitive, in
-int64.
+int64, or, a right shift without wrap in a float arena, by the float path's rules
+(`round_float_scalar`, docs §4), exact on those integers. Float input is quantized in the plan
+by the input register's rule (half to even, saturating), exact while its rails are float64
+integers; the rest goes to `InputSpec.quantize`.
 
 What it covers: conv2d and linear (any accumulator that the static bound shows cannot
 saturate; WRAP by its definition, the exact sum mod 2**bits), ReLU/ReLU6, max pooling,
@@ -30,8 +33,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import (OVERFLOWED, TIE, fit_overflow, low_mask, requantize_scalar_flagged,
-                               shift_right_rounded_tie)
+from ..fixedpoint.core import (_SMALLEST_NORMAL, FLOAT_EXACT_BITS, OVERFLOWED, TIE, fit_overflow,
+                               format_range, low_mask, requantize_scalar_flagged,
+                               round_float_scalar, shift_right_rounded_tie)
 from ..fixedpoint.format import MAX_BITS, Format
 from ..graph.ranges import input_register_range, value_ranges
 from ..fixedpoint.modes import Overflow, Rounding
@@ -51,8 +55,9 @@ FLOAT64_EXACT = 1 << 53
  TAPS, REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, FIELDS) = range(32)
 # the ops
 MAC, MAX_POOL, ACTIVATION, ADD, REGISTER = range(5)
-# a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow
-R_SHIFT, R_BITS, R_SIGNED, R_ROUNDING, R_OVERFLOW, R_FIELDS = range(6)
+# a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow,
+# and whether it may run in float64 (`_apply_register`; set once the arena dtype is known)
+R_SHIFT, R_BITS, R_SIGNED, R_ROUNDING, R_OVERFLOW, R_FLOAT, R_FIELDS = range(7)
 # the event counts of a register, in `Events`' order
 WRAPS, SATURATIONS, TIES, UNDERFLOWS = range(4)
 _WRAP = int(Overflow.WRAP)
@@ -76,35 +81,58 @@ class Plan:
     macs: int  # per image
     register_names: list  # [(node, register)] per register row
     node_registers: dict  # {node: [register, ...]} as the layer-by-layer path reports them
+    input_fmt: Format  # float inputs are quantized into it (half to even, saturating)
 
     @property
     def dtype(self):
         return self.constants.dtype
 
+    @property
+    def quantizes_floats(self) -> bool:
+        """Whether `run_floats` can quantize float inputs itself: the input format's rails
+        are float64 integers (`fixedpoint.core.FLOAT_EXACT_BITS`)."""
+        return self.input_fmt.bits <= FLOAT_EXACT_BITS[self.input_fmt.signed]
+
     def run(self, q: np.ndarray, threads: int | None = None) -> tuple:
         """(output integers (N, *shape) int64, {node: {register: Events}}) of the quantized input
         q (N, ...) int64. ``threads``: at most this many (default: Numba's current count; one
         below `PARALLEL_MIN_MACS`)."""
-        n = q.shape[0]
+        x = np.ascontiguousarray(q.reshape(q.shape[0], self.input_size)).astype(self.dtype, copy=False)
+        return self._run(x, threads, None)
+
+    def run_floats(self, x: np.ndarray, threads: int | None = None) -> tuple | None:
+        """`run` of float input x (float32 or float64), quantized inside the plan as
+        `InputSpec.quantize` does (half to even, saturating; `quantizes_floats` must hold);
+        None when a value is not finite or scales below float64's normal range, for the
+        caller's quantizer to decide (it refuses them)."""
+        fmt = self.input_fmt
+        lo, hi = float(fmt.min_int), float(fmt.max_int)
+        flat = np.ascontiguousarray(x.reshape(x.shape[0], self.input_size))
+        return self._run(flat, threads, (2.0 ** fmt.frac_bits, lo, hi, fmt.frac_bits < 0))
+
+    def _run(self, x, threads, quantize) -> tuple | None:
+        n = x.shape[0]
         available = numba.get_num_threads()
         if threads is None:
             threads = available if n * self.macs >= PARALLEL_MIN_MACS else 1
         chunks = max(1, min(threads, available, n))
-        x = np.ascontiguousarray(q.reshape(n, self.input_size)).astype(self.dtype, copy=False)
         out = np.empty((n, int(np.prod(self.output_shape, dtype=np.int64))), self.dtype)
         counts = np.zeros((chunks, len(self.registers), 4), np.int64)
+        scale, lo, hi, check_tiny = quantize or (1.0, -np.inf, np.inf, False)
+        args = (x, quantize is not None, scale, lo, hi, check_tiny, out, self.steps, self.registers,
+                self.constants, self.indices, self.arena, self.output_offset, counts)
         if n:
             if chunks == 1:  # no pool to wake
-                _run_serial(x, out, self.steps, self.registers, self.constants, self.indices,
-                            self.arena, self.output_offset, counts)
+                undecided = _run_serial(*args)
             else:
                 previous = numba.get_num_threads()
                 numba.set_num_threads(chunks)
                 try:
-                    _run_parallel(x, out, self.steps, self.registers, self.constants, self.indices,
-                                  self.arena, self.output_offset, counts)
+                    undecided = _run_parallel(*args)
                 finally:
                     numba.set_num_threads(previous)
+            if undecided:
+                return None
         totals = counts.sum(axis=0).tolist()
         events = {name: {reg: Events() for reg in regs} for name, regs in self.node_registers.items()}
         for (name, reg), row in zip(self.register_names, totals):
@@ -181,7 +209,7 @@ class _Builder:
         if fmt is None:
             return -1
         self.registers.append([frac_in - fmt.frac_bits, 0 if fmt.bits is None else fmt.bits,
-                               int(fmt.signed), int(Rounding(rounding)), int(Overflow(overflow))])
+                               int(fmt.signed), int(Rounding(rounding)), int(Overflow(overflow)), 0])
         self.register_names.append((node.name, register))
         return len(self.registers) - 1
 
@@ -327,11 +355,14 @@ class _Builder:
         offset, shape, _ = self.slots[out]
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, np.int64)
         indices = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int64)
-        return Plan(np.array(self.steps, np.int64).reshape(-1, FIELDS),
-                    np.array(self.registers, np.int64).reshape(-1, R_FIELDS),
+        registers = np.array(self.registers, np.int64).reshape(-1, R_FIELDS)
+        if dtype != np.int64:  # the arena's integers are exact floats: see `_apply_register`
+            shifts = registers[:, R_SHIFT]
+            registers[:, R_FLOAT] = (shifts > 0) & (shifts <= MAX_BITS) & (registers[:, R_OVERFLOW] != _WRAP)
+        return Plan(np.array(self.steps, np.int64).reshape(-1, FIELDS), registers,
                     constants.astype(dtype), indices, self.arena, int(np.prod(self.graph.inputs[0].shape)),
                     offset, shape, next(n.out_fmt for n in self.graph.nodes if n.name == out),
-                    self.macs, self.register_names, self.node_registers)
+                    self.macs, self.register_names, self.node_registers, self.graph.inputs[0].fmt)
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -345,7 +376,27 @@ def _apply_register(buf, src, dst, size, registers, reg, counts):
     over_index = WRAPS if overflow == _WRAP else SATURATIONS
     ties, overflowed, underflows = 0, 0, 0
     values, results = buf[src:src + size], buf[dst:dst + size]
-    if 0 < shift <= MAX_BITS:  # the common case, branch-free (plans hold no STOCHASTIC)
+    if registers[reg, R_FLOAT]:
+        # an exact float arena, a right shift, no wrap: the float path's rules (`fixedpoint.core`,
+        # docs §4), exact here: v * 2**-shift is exact (a power of two, and |v| >= 1 keeps it
+        # normal), so are its rounding, its fractional part (a tie is one half exactly) and the
+        # clamp to the rails; the loop vectorizes
+        scale = 2.0 ** -shift
+        lo, hi = -np.inf, np.inf
+        if bits:
+            rail_lo, rail_hi = format_range(bits, signed, overflow)
+            lo, hi = np.float64(rail_lo), np.float64(rail_hi)
+        for i in range(size):
+            v = np.float64(values[i])
+            y = v * scale
+            rounded = round_float_scalar(y, rounding, np.uint32(0))
+            r = min(max(rounded, lo), hi)
+            results[i] = r
+            over = r != rounded
+            ties += (y - np.floor(y)) == 0.5
+            overflowed += over
+            underflows += (r == 0) & (v != 0) & (not over)
+    elif 0 < shift <= MAX_BITS:  # the common case, branch-free (plans hold no STOCHASTIC)
         mask, half = low_mask(shift), np.int64(1) << (shift - 1)
         for i in range(size):
             v = np.int64(values[i])
@@ -479,27 +530,49 @@ def _step(buf, s, constants, indices, registers, counts):
 
 
 @njit(cache=True)
-def _run_chunk(k, x, out, steps, registers, constants, indices, arena, output_offset, counts):
+def _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, steps, registers, constants,
+               indices, arena, output_offset, counts):
     """Chunk k of the batch (images k*per.. of counts.shape[0] chunks), image by image through
-    every step in its own arena; its events go to counts[k]."""
+    every step in its own arena; its events go to counts[k]. With ``quantizing``, x holds
+    floats, each put on the input grid as `fixedpoint.core.quantize` does in half-to-even
+    saturating mode (x * scale, rint, clamped to [lo, hi]: exact, the rails being float64
+    integers); returns how many it could not decide (not finite, or, with ``check_tiny``,
+    scaled below the normal range), after which the outputs are void."""
     n, size = x.shape
     per = (n + counts.shape[0] - 1) // counts.shape[0]
     buf = np.zeros(arena, dtype=constants.dtype)
+    undecided = 0
     for b in range(k * per, min(n, (k + 1) * per)):
-        for i in range(size):
-            buf[i] = x[b, i]
+        if quantizing:
+            for i in range(size):
+                v = np.float64(x[b, i])
+                y = v * scale
+                undecided += (not np.isfinite(y)) | (check_tiny & (abs(y) < _SMALLEST_NORMAL) & (v != 0))
+                buf[i] = min(max(np.rint(y), lo), hi)
+            if undecided:
+                return undecided
+        else:
+            for i in range(size):
+                buf[i] = x[b, i]
         for t in range(steps.shape[0]):
             _step(buf, steps[t], constants, indices, registers, counts[k])
         for i in range(out.shape[1]):
             out[b, i] = buf[output_offset + i]
+    return undecided
 
 
 @njit(cache=True)
-def _run_serial(x, out, steps, registers, constants, indices, arena, output_offset, counts):
-    _run_chunk(0, x, out, steps, registers, constants, indices, arena, output_offset, counts)
+def _run_serial(x, quantizing, scale, lo, hi, check_tiny, out, steps, registers, constants,
+                indices, arena, output_offset, counts):
+    return _run_chunk(0, x, quantizing, scale, lo, hi, check_tiny, out, steps, registers,
+                      constants, indices, arena, output_offset, counts)
 
 
 @njit(cache=True, parallel=True)
-def _run_parallel(x, out, steps, registers, constants, indices, arena, output_offset, counts):
+def _run_parallel(x, quantizing, scale, lo, hi, check_tiny, out, steps, registers, constants,
+                  indices, arena, output_offset, counts):
+    undecided = 0
     for k in prange(counts.shape[0]):
-        _run_chunk(k, x, out, steps, registers, constants, indices, arena, output_offset, counts)
+        undecided += _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, steps,
+                                registers, constants, indices, arena, output_offset, counts)
+    return undecided

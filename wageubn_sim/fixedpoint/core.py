@@ -587,14 +587,19 @@ def round_float_scalar(y, rounding, u):
 @njit(cache=True, inline="always")
 def fit_float_scalar(n, lo, hi, wrap, modulus):
     """`fit_overflow_float` of one integer-valued float64: into [lo, hi] by wrapping modulo
-    ``modulus`` (a power of two) or by clamping (lo = -inf, hi = inf: unbounded). The wrap
-    takes r = n - modulus * floor(n / modulus) in [0, modulus), every step exact (a power-of-two
-    scaling, floor, and a difference of nearby multiples), then the one representative in
-    [lo, hi]: the value fmod gives there. (fmod itself, a libm loop, would be evaluated for
-    every element of a vectorized loop even when it does not wrap.)"""
+    ``modulus`` (a power of two) or by clamping (lo = -inf, hi = inf: unbounded). The wrap is
+    fit_overflow_float's: r = fmod(n, modulus), here n - modulus * trunc(n / modulus) (the
+    scaling, trunc and the product are exact, and the difference is fmod's representable
+    remainder, so it is exact too), then the corrections by one modulus (exact by Sterbenz).
+    fmod itself, a libm loop, would be evaluated for every element of a vectorized loop even
+    when nothing wraps."""
     if wrap:
-        r = n - modulus * np.floor(n / modulus)
-        return r - modulus if r > hi else r
+        r = n - modulus * np.trunc(n / modulus)
+        if r > hi:
+            r -= modulus
+        if r < lo:
+            r += modulus
+        return r
     return min(max(n, lo), hi)
 
 
@@ -686,10 +691,27 @@ def quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT,
     scaled) still saturates to the right rail and wraps to the right residue.
     """
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    u = check_random_words(u, x.shape, rounding)
+    if fmt.bounded and fmt.bits <= FLOAT_EXACT_BITS[fmt.signed] and (u is None or u.dtype == np.uint32):
+        # one pass (`_fake_quantize_flat` into int64): the float path's rounding and fit equal
+        # this function's in these formats, and the fitted value, an integer of at most 54
+        # bits, converts to int64 exactly; what the pass cannot decide goes the general way
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty(flat.size, np.int64)
+        lo, hi = float(fmt.min_int), float(fmt.max_int)
+        if overflow == Overflow.SAT_SYM and fmt.signed:
+            lo = -hi
+        words = np.zeros(0, np.uint32) if u is None else np.ascontiguousarray(u).reshape(-1)
+        if not _fake_quantize_flat(flat, 2.0 ** fmt.frac_bits, fmt.frac_bits < 0, int(rounding),
+                                   words, lo, hi, overflow == Overflow.WRAP, float(1 << fmt.bits),
+                                   -math.inf, math.inf, 1.0, out):
+            return out.reshape(x.shape)
+    x = x.astype(np.float64, copy=False)
     if not np.all(np.isfinite(x)):
         raise ValueError("cannot quantize NaN or Inf; check the tensor for overflowed values")
-    u = check_random_words(u, x.shape, rounding)
     # clipping at 2**115 keeps every decision below (those values are integers, multiples of
     # 2**63: beyond every rail and 0 modulo every width) and keeps inf out of the rounding
     y = np.clip(scale_exactly(x, fmt.frac_bits), -_WRAPS_TO_ZERO, _WRAPS_TO_ZERO)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import operator
 import time
 from pathlib import Path
 
@@ -41,13 +42,16 @@ class GraphInput:
     shape: tuple  # without the batch dimension
     fmt: Format
 
+    def check_shape(self, x: np.ndarray) -> None:
+        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != tuple(self.shape):
+            raise ValueError(f"input shape {x.shape} does not fit the graph's (N, "
+                             f"{', '.join(map(str, self.shape))})")
+
     def quantize(self, x) -> np.ndarray:
         """Float input -> integers of the input format (half to even, saturating); integer
         input is taken as integers of the format, and refused outside it."""
         x = np.asarray(x)
-        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != tuple(self.shape):
-            raise ValueError(f"input shape {x.shape} does not fit the graph's (N, "
-                             f"{', '.join(map(str, self.shape))})")
+        self.check_shape(x)
         fmt = self.fmt
         if x.dtype.kind in "iu":
             lo, hi = value_range(x)
@@ -112,12 +116,17 @@ class Graph:
         if plan and (trace or timings is not None):
             raise ValueError("the plan runs the graph in one call: it keeps no trace or timings; "
                              "run with plan=False (or None) for them")
-        q = self.quantize_input(x)
         if not trace and timings is None and plan is not False:
             compiled = self.plan(required=bool(plan))
             if compiled is not None:
-                out, events = compiled.run(q, threads)
+                x = np.asarray(x)
+                done = None
+                if x.dtype in (np.float32, np.float64) and compiled.quantizes_floats:
+                    self.inputs[0].check_shape(x)
+                    done = compiled.run_floats(x, threads)  # the input quantized in the plan
+                out, events = done or compiled.run(self.quantize_input(x), threads)
                 return RunResult(out, compiled.output_fmt, {}, events)
+        q = self.quantize_input(x)
         values = {self.inputs[0].name: (q, self.inputs[0].fmt.frac_bits)}
         last_use = {name: i for i, node in enumerate(self.nodes) for name in node.inputs}
         layers, events, out = {}, {}, None
@@ -149,10 +158,12 @@ class Graph:
         spec = self.inputs[0]
         key = [spec, spec.shape, spec.fmt, *self.outputs]
         for n in self.nodes:
-            key += (n, n.params, *n.arrays.values(), *n.inputs)
+            key.append(n)
+            key.append(n.params)
+            key.extend(n.arrays.values())
+            key.extend(n.inputs)
         cached = getattr(self, "_plan", None)
-        if cached is None or len(cached[0]) != len(key) or any(
-                a is not b for a, b in zip(cached[0], key)):
+        if cached is None or len(cached[0]) != len(key) or not all(map(operator.is_, cached[0], key)):
             try:
                 if any(n.out_shape is None or n.out_fmt is None for n in self.nodes):
                     self.check()
