@@ -139,7 +139,7 @@ def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | No
         if trace:
             stages["accumulator"] = out
     else:
-        exact = _exact_sums(x, weight, p, oh, ow, x_range, cache)  # a fresh array: edit in place
+        exact = exact_sums(x, weight, p, oh, ow, x_range, cache)  # a fresh array: edit in place
         if prod_shift:
             exact <<= prod_shift
         if bias is not None:
@@ -205,7 +205,7 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     return out, acc_events
 
 
-def _exact_sums(x, weight, p: Conv2dParams, oh, ow, x_range, cache) -> np.ndarray:
+def exact_sums(x, weight, p: Conv2dParams, oh, ow, x_range, cache) -> np.ndarray:
     """Exact (N, O, OH, OW) sums of products, per group, through `mac.exact_matmul`."""
     n = x.shape[0]
     o, cg, kh, kw = weight.shape

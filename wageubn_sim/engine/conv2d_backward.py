@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv2d import Conv2dParams
+from .conv2d import Conv2dParams, exact_sums
 from ..fixedpoint.core import value_range
 from .mac import WindowMatrix, exact_matmul
 
@@ -110,8 +110,7 @@ def conv2d_input_error(x_shape, weight: np.ndarray, error: np.ndarray, p: Conv2d
         dx[n, c, y', x'] = sum_{o, i, j} e_pad[n, o, y' + i d, x' + j d] * w[o, c, kh-1-i, kw-1-j]
 
     i.e. a stride-1 conv of e_pad with the weights transposed per group and flipped, through
-    the forward's exact sums (`conv2d._exact_sums`). Exact int64, at 2**-(fe + fw)."""
-    from .conv2d import _exact_sums
+    the forward's exact sums (`conv2d.exact_sums`). Exact int64, at 2**-(fe + fw)."""
     n, c, h, w = x_shape
     o, cg, kh, kw = weight.shape
     og = o // p.groups
@@ -130,7 +129,7 @@ def conv2d_input_error(x_shape, weight: np.ndarray, error: np.ndarray, p: Conv2d
     w_t = np.ascontiguousarray(weight.astype(narrow).reshape(p.groups, og, cg, kh, kw)
                                .transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]).reshape(c, og, kh, kw)
     params = Conv2dParams(p.weight_fmt, dilation=p.dilation, groups=p.groups)
-    return _exact_sums(e_pad, w_t, params, h, w, value_range(e_pad), {})
+    return exact_sums(e_pad, w_t, params, h, w, value_range(e_pad), {})
 
 
 def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Conv2dParams,

@@ -33,9 +33,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import (_SMALLEST_NORMAL, FLOAT_EXACT_BITS, OVERFLOWED, TIE, fit_overflow,
-                               format_range, low_mask, requantize_scalar_flagged,
-                               round_float_scalar, shift_right_rounded_tie)
+from ..fixedpoint.core import (FLOAT_EXACT_BITS, OVERFLOWED, TIE, fit_overflow, format_range,
+                               low_mask, requantize_scalar_flagged, round_float_scalar,
+                               scaled_float, shift_right_rounded_tie)
 from ..fixedpoint.format import MAX_BITS, Format
 from ..graph.ranges import input_register_range, value_ranges
 from ..fixedpoint.modes import Overflow, Rounding
@@ -545,9 +545,8 @@ def _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, steps, register
     for b in range(k * per, min(n, (k + 1) * per)):
         if quantizing:
             for i in range(size):
-                v = np.float64(x[b, i])
-                y = v * scale
-                undecided += (not np.isfinite(y)) | (check_tiny & (abs(y) < _SMALLEST_NORMAL) & (v != 0))
+                y, refused = scaled_float(np.float64(x[b, i]), scale, check_tiny)
+                undecided += refused
                 buf[i] = min(max(np.rint(y), lo), hi)
             if undecided:
                 return undecided

@@ -494,7 +494,7 @@ def round_to_integer(y, rounding: Rounding, u=None):
 # is exact up to these and refuses wider ones (the integer `quantize` takes any width).
 FLOAT_EXACT_BITS = {True: 54, False: 53}  # signed, unsigned
 # Scaled values below this are subnormal: the scaling by 2**f may have rounded them.
-_SMALLEST_NORMAL = 2.0 ** -1022
+SMALLEST_NORMAL = 2.0 ** -1022
 
 
 def check_float_exact(fmt: Format) -> None:
@@ -512,7 +512,7 @@ def scale_exactly(x, frac_bits: int):
     with np.errstate(over="ignore"):  # a product beyond float64 is inf: callers clip it
         y = x * 2.0 ** frac_bits  # a power of two: exact while the result is normal
     if frac_bits < 0:  # only scaling down can leave the normal range
-        tiny = (xp.abs(y) < _SMALLEST_NORMAL) & (x != 0)
+        tiny = (xp.abs(y) < SMALLEST_NORMAL) & (x != 0)
         if bool(tiny.any()):
             raise ValueError(f"a value scaled by 2**{frac_bits} falls below float64's normal range "
                              "(2**-1022), where the scaling rounds; give the format more "
@@ -603,6 +603,15 @@ def fit_float_scalar(n, lo, hi, wrap, modulus):
     return min(max(n, lo), hi)
 
 
+@njit(cache=True, inline="always")
+def scaled_float(v, scale, check_tiny):
+    """(v * scale, whether the float path cannot take it as it is): `scale_exactly`'s rule for
+    one float64 value, with the product not finite counted too; ``check_tiny`` for a scale
+    below 1 (only scaling down can leave the normal range, where the product may round)."""
+    y = v * scale
+    return y, (not np.isfinite(y)) | (check_tiny & (abs(y) < SMALLEST_NORMAL) & (v != 0))
+
+
 @njit(cache=True, parallel=True)
 def _fake_quantize_flat(x, in_scale, check_tiny, rounding, u, lo, hi, wrap, modulus, clip_lo,
                         clip_hi, out_scale, out):
@@ -613,9 +622,8 @@ def _fake_quantize_flat(x, in_scale, check_tiny, rounding, u, lo, hi, wrap, modu
     undecided = 0
     has_u = u.size > 0
     for i in prange(x.size):
-        v = np.float64(x[i])
-        y = v * in_scale
-        undecided += (not np.isfinite(y)) | (check_tiny & (abs(y) < _SMALLEST_NORMAL) & (v != 0))
+        y, refused = scaled_float(np.float64(x[i]), in_scale, check_tiny)
+        undecided += refused
         n = round_float_scalar(y, rounding, u[i] if has_u else np.uint32(0))
         out[i] = min(max(fit_float_scalar(n, lo, hi, wrap, modulus), clip_lo), clip_hi) * out_scale
     return undecided

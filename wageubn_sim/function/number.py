@@ -20,7 +20,7 @@ import torch
 from numba import njit, prange
 from torch.autograd import Function
 
-from ..fixedpoint.core import _SMALLEST_NORMAL, fake_quantize, quantize_to_grid
+from ..fixedpoint.core import fake_quantize, quantize_to_grid, scaled_float
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.random_bits import BitSource
@@ -76,10 +76,9 @@ def _flag_values_flat(x, frac, p, out):
     for i in prange(x.size):
         v = np.float64(x[i])
         magnitude = abs(v)
-        t, u = magnitude * fine_scale, magnitude * coarse_scale
-        undecided += (not np.isfinite(t)) | (not np.isfinite(u)) | (
-            (magnitude != 0) & (((frac < 0) & (t < _SMALLEST_NORMAL))
-                                | ((frac - p < 0) & (u < _SMALLEST_NORMAL))))
+        t, refused_t = scaled_float(magnitude, fine_scale, frac < 0)
+        u, refused_u = scaled_float(magnitude, coarse_scale, frac - p < 0)
+        undecided += refused_t | refused_u
         n = min(np.rint(t), step) if t < step else min(np.rint(u), step - 1) * step
         out[i] = (-n if v < 0 else (n if v > 0 else 0.0)) * out_scale
     return undecided
