@@ -209,3 +209,6 @@ def test_update_unit_refuses_to_leave_the_domain():
         momentum_update(w, zeros, g, lr, UpdateParams(weight_k=24))
     empty = FixedArray(np.zeros(0, np.int64), 23)
     assert momentum_update(empty, FixedArray(np.zeros(0, np.int64), 12), empty, lr)[0].q.size == 0
+    # zeros stay in the domain on grids 62 and more bits apart (the shift itself is not an error)
+    far = momentum_update(FixedArray(np.zeros(2, np.int64), 23), zeros, FixedArray(np.zeros(2, np.int64), 90), lr)
+    assert far[0].q.tolist() == far[1].q.tolist() == [0, 0]

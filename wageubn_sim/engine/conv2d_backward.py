@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from .conv2d import Conv2dParams, exact_sums
 from ..fixedpoint.core import value_range
-from .mac import WindowMatrix, exact_matmul
+from .mac import WindowMatrix, exact_matmul, weight_cache
 
 
 @njit(cache=True, parallel=True)
@@ -122,14 +122,17 @@ def conv2d_input_error(x_shape, weight: np.ndarray, error: np.ndarray, p: Conv2d
     if rows and cols:
         e_pad[:, :, rows[0], cols[0]] = error[:, :, rows[1], cols[1]]
     # the weights transposed per group and flipped, in the narrowest integer type that holds
-    # them (a fraction of the bytes to permute; the exact sums read any integer type)
-    lo, hi = value_range(weight)
+    # them (a fraction of the bytes to permute; the exact sums read any integer type); their
+    # range is the forward's (`weight_cache`) when it has seen them
+    cache = weight_cache(weight)
+    lo, hi = cache["range"] if "range" in cache else value_range(weight)
     narrow = next(t for t in (np.int8, np.int16, np.int32, np.int64)
                   if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
     w_t = np.ascontiguousarray(weight.astype(narrow).reshape(p.groups, og, cg, kh, kw)
                                .transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]).reshape(c, og, kh, kw)
     params = Conv2dParams(p.weight_fmt, dilation=p.dilation, groups=p.groups)
-    return exact_sums(e_pad, w_t, params, h, w, value_range(e_pad), {})
+    # e_pad holds the error's values and zeros, which every exact method's range includes
+    return exact_sums(e_pad, w_t, params, h, w, value_range(error), {})
 
 
 def conv2d_backward(x: np.ndarray, weight: np.ndarray, error: np.ndarray, p: Conv2dParams,

@@ -23,9 +23,6 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import value_range
-
-
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
 

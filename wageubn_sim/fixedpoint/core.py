@@ -629,6 +629,24 @@ def _fake_quantize_flat(x, in_scale, check_tiny, rounding, u, lo, hi, wrap, modu
     return undecided
 
 
+def _one_pass(flat, fmt: Format, rounding: Rounding, overflow: Overflow, words, out,
+              out_frac: int, clip: tuple[int, int] | None = None) -> bool:
+    """`_fake_quantize_flat` of the flat float array ``flat`` into ``out`` (whose dtype is the
+    result's) with fmt's rails; True when it decided every element. ``words``: uint32 per
+    element, or None."""
+    lo, hi, wrap, modulus = -math.inf, math.inf, False, 1.0
+    if fmt.bounded:
+        lo, hi = float(fmt.min_int), float(fmt.max_int)
+        if overflow == Overflow.SAT_SYM and fmt.signed:
+            lo = -hi
+        wrap, modulus = overflow == Overflow.WRAP, float(1 << fmt.bits)
+    clip_lo, clip_hi = (-math.inf, math.inf) if clip is None else map(float, clip)
+    words = np.zeros(0, np.uint32) if words is None else np.ascontiguousarray(words).reshape(-1)
+    return not _fake_quantize_flat(flat, 2.0 ** fmt.frac_bits, fmt.frac_bits < 0, int(rounding),
+                                   words, lo, hi, wrap, modulus, clip_lo, clip_hi,
+                                   2.0 ** -out_frac, out)
+
+
 def fake_quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT, u=None,
                   out_frac: int | None = None, clip: tuple[int, int] | None = None):
     """The fake-quantized values n * 2**-out_frac in x's dtype (numpy or torch in, same out),
@@ -646,18 +664,8 @@ def fake_quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow
     if fused and (words is None or np.asarray(words).dtype == np.uint32):
         check_float_exact(fmt)
         flat = np.ascontiguousarray(x if xp is np else x.detach().contiguous().numpy()).reshape(-1)
-        words = np.zeros(0, np.uint32) if words is None else np.ascontiguousarray(words).reshape(-1)
-        lo, hi, wrap, modulus = -math.inf, math.inf, False, 1.0
-        if fmt.bounded:
-            lo, hi = float(fmt.min_int), float(fmt.max_int)
-            if overflow == Overflow.SAT_SYM and fmt.signed:
-                lo = -hi
-            wrap, modulus = overflow == Overflow.WRAP, float(1 << fmt.bits)
-        clip_lo, clip_hi = (-math.inf, math.inf) if clip is None else map(float, clip)
         out = np.empty_like(flat)
-        if not _fake_quantize_flat(flat, 2.0 ** fmt.frac_bits, fmt.frac_bits < 0, int(rounding),
-                                   words, lo, hi, wrap, modulus, clip_lo, clip_hi, 2.0 ** -out_frac,
-                                   out):
+        if _one_pass(flat, fmt, rounding, overflow, words, out, out_frac, clip):
             out = out.reshape(tuple(x.shape))
             return out if xp is np else xp.from_numpy(out)
     n = quantize_to_grid(x, fmt, rounding, overflow, u)
@@ -707,15 +715,8 @@ def quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT,
         # one pass (`_fake_quantize_flat` into int64): the float path's rounding and fit equal
         # this function's in these formats, and the fitted value, an integer of at most 54
         # bits, converts to int64 exactly; what the pass cannot decide goes the general way
-        flat = np.ascontiguousarray(x).reshape(-1)
-        out = np.empty(flat.size, np.int64)
-        lo, hi = float(fmt.min_int), float(fmt.max_int)
-        if overflow == Overflow.SAT_SYM and fmt.signed:
-            lo = -hi
-        words = np.zeros(0, np.uint32) if u is None else np.ascontiguousarray(u).reshape(-1)
-        if not _fake_quantize_flat(flat, 2.0 ** fmt.frac_bits, fmt.frac_bits < 0, int(rounding),
-                                   words, lo, hi, overflow == Overflow.WRAP, float(1 << fmt.bits),
-                                   -math.inf, math.inf, 1.0, out):
+        out = np.empty(x.size, np.int64)
+        if _one_pass(np.ascontiguousarray(x).reshape(-1), fmt, rounding, overflow, u, out, 0):
             return out.reshape(x.shape)
     x = x.astype(np.float64, copy=False)
     if not np.all(np.isfinite(x)):

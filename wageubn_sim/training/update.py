@@ -66,8 +66,9 @@ def aligned_sum(a: FixedArray, b: FixedArray, sign: int = 1) -> FixedArray:
 
 @njit(cache=True, inline="always")
 def _shifted_left(v, shift):
-    """(v * 2**shift, whether that leaves the domain) for shift >= 0, without wrapping."""
-    if v >= DOMAIN_LIMIT >> shift or v < -(DOMAIN_LIMIT >> shift):
+    """(v * 2**shift, whether that leaves the domain) for shift >= 0, without wrapping (the
+    core's check for an unbounded format, decided before shifting)."""
+    if left_shift_overflows(v, shift, 0, True, _SAT_SYM):
         return np.int64(0), True
     return v << shift, False
 
