@@ -225,7 +225,9 @@ def plan_graphs(draw):
     side = nodes[-1].out_shape[1]
     if side >= 2 and draw(st.booleans()):
         kp = draw(st.integers(2, min(3, side)))
-        add("max_pool2d", PoolParams((kp, kp), (draw(st.integers(1, 2)),) * 2, (draw(st.integers(0, kp // 2)),) * 2))
+        dilation = draw(st.integers(1, 2)) if 2 * kp - 1 <= side else 1
+        add("max_pool2d", PoolParams((kp, kp), (draw(st.integers(1, 2)),) * 2,
+                                     (draw(st.integers(0, kp // 2)),) * 2, (dilation,) * 2))
     if draw(st.booleans()):
         fmt, r, ov = draw(_any_register(optional=False))
         add("requantize", RequantizeParams(fmt, r, ov))

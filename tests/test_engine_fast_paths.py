@@ -175,3 +175,21 @@ def test_kernel_major_sums_land_in_channel_major_columns():
     want[0][:, perm] = w @ big
     got = mac.exact_matmul(w, lambda dtype: big.astype(dtype), (-2**40, 2**40), 1, columns=perm)
     assert np.array_equal(got, want)
+
+
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 4), st.integers(0, 4), st.integers(1, 4),
+       st.integers(1, 4), st.sampled_from([np.float32, np.float64, np.int64]))
+def test_stride_phase_planes_are_the_padded_input_sliced_by_phase(h, w, ph, pw, sh, sw, dtype):
+    """`mac.stride_phase_planes` (filled row by row per phase) against numpy's padding and
+    slicing: plane c*sh*sw + r*sw + s is the padded x[c, r::sh, s::sw], then a zero row."""
+    x = np.arange(1, 2 * 3 * h * w + 1).reshape(2, 3, h, w)
+    planes, pitch = mac.stride_phase_planes(x, (ph, pw), (sh, sw), dtype)
+    rows, cols = mac.stride_phase_geometry(h, w, (ph, pw), (sh, sw))
+    assert pitch == cols and planes.dtype == dtype
+    padded = np.zeros((2, 3, (rows + 1) * sh, cols * sw), np.int64)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    want = np.zeros((2, 3, sh, sw, rows + 1, cols), np.int64)
+    for r in range(sh):
+        for s in range(sw):
+            want[:, :, r, s, :rows] = padded[:, :, r::sh, s::sw][:, :, :rows, :cols]
+    assert np.array_equal(planes.reshape(want.shape), want)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import wageubn_sim
-from wageubn_sim.engine.plan import NotPlannable
+from wageubn_sim.engine.plan import F32, NotPlannable
 from wageubn_sim.models import small_cnn
 
 from strategies import plan_graphs, qonnx_graphs
@@ -84,7 +84,10 @@ def test_the_small_cnn_runs_planned_at_every_batch_size():
     model = wageubn_sim.quantize_model(small_cnn()).eval()
     x = np.random.default_rng(1).standard_normal((300, 3, 16, 16))
     graph = wageubn_sim.compile(model, x[:1])
-    assert graph.plan() is not None and graph.plan().macs == 76288
+    plan = graph.plan()
+    assert plan is not None and plan.macs == 76288 and plan.dtype == np.float64
+    # the first conv's values stay below 2**24: it works in float32, the second in the arena
+    assert plan.steps[plan.steps[:, F32] >= 0][:, F32].tolist() == [1, 0, 0]
     want = graph.run(x, plan=False)
     assert_same_run(graph.run(x), want)
     one = [graph.run(x[i:i + 1]).q for i in range(0, 300, 37)]
@@ -124,7 +127,7 @@ def test_values_beyond_2_53_run_planned_in_int64():
     last = graph.nodes[-1]
     shifted = Node("shifted", "requantize", [last.name], RequantizeParams(Format(None, last.out_fmt.frac_bits + 30)))
     wide = Graph(graph.inputs, [*graph.nodes, shifted], ["shifted"]).check()
-    assert wide.plan().dtype == np.int64
+    assert wide.plan().dtype == np.int64 and wide.plan().steps[0, F32] == 1  # float32 work in an int64 arena
     x = np.random.default_rng(3).standard_normal((9, 3, 16, 16)) * 4
     got = wide.run(x)
     assert np.abs(got.q).max() >= 2**40  # beyond float32 and float64 arenas of this bound

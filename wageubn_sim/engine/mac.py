@@ -840,15 +840,29 @@ def _narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps, bias,
 @njit(cache=True)
 def fill_stride_phases(x, ph, pw, sh, sw, pitch, out):
     """One channel: out[r*sw + s, (Y//sh)*pitch + X//sw] = x[Y - ph, X - pw] for the padded
-    coordinates Y = r (mod sh), X = s (mod sw); the rest of ``out`` is left as it is (zero)."""
+    coordinates Y = r (mod sh), X = s (mod sw); the rest of ``out`` is left as it is (zero).
+    Phase by phase, so the divisions are per row, not per value (a divide per value was most
+    of a small conv's time), and with sw = 1 each row is a contiguous copy."""
     h, w = x.shape
-    for y in range(h):
-        yp = y + ph
-        row = (yp % sh) * sw
-        base = (yp // sh) * pitch
-        for col in range(w):
-            xp = col + pw
-            out[row + xp % sw, base + xp // sw] = x[y, col]
+    for r in range(sh):
+        first_row = max(0, -(-(ph - r) // sh))  # the first padded row Y = r + sh*a inside x
+        for s in range(sw):
+            first_col = max(0, -(-(pw - s) // sw))
+            col = s + sw * first_col - pw  # x's first column in this phase
+            count = max(0, -(-(w - col) // sw))
+            plane = out[r * sw + s]
+            a = first_row
+            y = r + sh * a - ph
+            while y < h:
+                row, source = plane[a * pitch + first_col:a * pitch + first_col + count], x[y, col:]
+                if sw == 1:  # contiguous: it vectorizes
+                    for j in range(count):
+                        row[j] = source[j]
+                else:
+                    for j in range(count):
+                        row[j] = source[j * sw]
+                a += 1
+                y += sh
 
 
 @njit(cache=True, parallel=True)

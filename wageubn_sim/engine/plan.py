@@ -12,8 +12,10 @@ count and the chunking never change a byte.
 Exactness: the plan is built only when the graph's static ranges (`graph.ranges`) bound every
 value and every partial sum of every layer for every input the input format admits. The arena
 dtype is the narrowest that holds them exactly: float32 below 2**24, float64 below 2**53, else
-int64 (below 2**61, the domain). Floats hold integers there, and every partial sum of a MAC is
-bounded by |b| + sum |w| * max|x| in any order, so float adds are exact (as in `mac.py`). Each
+int64 (below 2**61, the domain); a conv whose inputs, weights and partial sums stay below 2**24
+works in float32 (its planes and sums in a float32 arena of their own) whatever the arena.
+Floats hold integers there, and every partial sum of a MAC is bounded by
+|b| + sum |w| * max|x| in any order, so float adds are exact (as in `mac.py`). Each
 register moves values through `requantize_scalar_flagged`, the engine's scalar primitive, in
 int64, or, a right shift without wrap in a float arena, by the float path's rules
 (`round_float_scalar`, docs §4), exact on those integers. Float input is quantized in the plan
@@ -52,7 +54,8 @@ FLOAT64_EXACT = 1 << 53
 
 # the rows of the step table: one field per column
 (OP, SRC, SRC2, DST, C, H, W, O, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, GROUPS, WOFF, BOFF,
- TAPS, REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, FIELDS) = range(32)
+ TAPS, REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, F32,
+ FIELDS) = range(33)
 # the ops
 MAC, MAX_POOL, ACTIVATION, ADD, REGISTER = range(5)
 # a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow,
@@ -61,6 +64,9 @@ R_SHIFT, R_BITS, R_SIGNED, R_ROUNDING, R_OVERFLOW, R_FLOAT, R_FIELDS = range(7)
 # the event counts of a register, in `Events`' order
 WRAPS, SATURATIONS, TIES, UNDERFLOWS = range(4)
 _WRAP = int(Overflow.WRAP)
+_HALF_EVEN, _HALF_UP, _HALF_AWAY, _FLOOR, _TOWARD_ZERO = (
+    int(r) for r in (Rounding.HALF_EVEN, Rounding.HALF_UP, Rounding.HALF_AWAY, Rounding.FLOOR,
+                     Rounding.TOWARD_ZERO))
 
 
 class NotPlannable(ValueError):
@@ -72,8 +78,10 @@ class Plan:
     steps: np.ndarray  # (steps, FIELDS) int64
     registers: np.ndarray  # (registers, R_FIELDS) int64
     constants: np.ndarray  # weights and aligned biases, in the arena dtype
-    indices: np.ndarray  # int64: each conv's taps (plane, then offset)
+    constants32: np.ndarray  # those of the convs that work in float32 (`F32`)
+    indices: np.ndarray  # int64: each conv's taps, each max pool's window cells
     arena: int  # values per image
+    arena32: int  # float32 values per image: the planes and sums of the convs that work in float32
     input_size: int
     output_offset: int
     output_shape: tuple
@@ -86,6 +94,12 @@ class Plan:
     @property
     def dtype(self):
         return self.constants.dtype
+
+    @property
+    def program(self) -> tuple:
+        """What `_run_chunk` runs: the tables and the arenas' sizes."""
+        return (self.steps, self.registers, self.constants, self.constants32, self.indices,
+                self.arena, self.arena32, self.output_offset)
 
     @property
     def quantizes_floats(self) -> bool:
@@ -119,8 +133,7 @@ class Plan:
         out = np.empty((n, int(np.prod(self.output_shape, dtype=np.int64))), self.dtype)
         counts = np.zeros((chunks, len(self.registers), 4), np.int64)
         scale, lo, hi, check_tiny = quantize or (1.0, -np.inf, np.inf, False)
-        args = (x, quantize is not None, scale, lo, hi, check_tiny, out, self.steps, self.registers,
-                self.constants, self.indices, self.arena, self.output_offset, counts)
+        args = (x, quantize is not None, scale, lo, hi, check_tiny, out, self.program, counts)
         if n:
             if chunks == 1:  # no pool to wake
                 undecided = _run_serial(*args)
@@ -171,7 +184,7 @@ class _Builder:
         spec = graph.inputs[0]
         size = int(np.prod(spec.shape))
         self.slots = {spec.name: (0, tuple(spec.shape), spec.fmt.frac_bits)}  # name -> offset, shape, frac
-        self.arena = size
+        self.arena, self.arena32, self.constants32 = size, 0, []
         self.magnitude = max(-spec.fmt.min_int, spec.fmt.max_int)  # the largest |value| met
         self.steps, self.registers, self.register_names = [], [], []
         self.node_registers, self.constants, self.indices, self.macs = {}, [], [], 0
@@ -180,9 +193,20 @@ class _Builder:
     def _slot(self, name, shape, frac) -> int:
         offset = self.arena
         self.arena += int(np.prod(shape))
-        if self.arena > PLAN_MAX_ARENA:
+        if self.arena + self.arena32 > PLAN_MAX_ARENA:
             raise NotPlannable(f"the values of one image exceed {PLAN_MAX_ARENA} integers")
         self.slots[name] = (offset, tuple(shape), frac)
+        return offset
+
+    def _work(self, name, size, f32) -> int:
+        """A conv's working space (planes or sums) of ``size`` values: in the float32 arena with
+        ``f32``, else in the arena."""
+        if not f32:
+            return self._slot(name, (size,), 0)
+        offset = self.arena32
+        self.arena32 += size
+        if self.arena + self.arena32 > PLAN_MAX_ARENA:
+            raise NotPlannable(f"the values of one image exceed {PLAN_MAX_ARENA} integers")
         return offset
 
     @staticmethod
@@ -191,9 +215,6 @@ class _Builder:
         offset = sum(len(c) for c in table)
         table.append(np.asarray(values, dtype=np.int64).ravel())
         return offset
-
-    def _constant(self, values) -> int:
-        return self._append(self.constants, values)
 
     def _index(self, values) -> int:
         return self._append(self.indices, values)
@@ -284,23 +305,41 @@ class _Builder:
                                "saturate MAC by MAC; that order runs layer by layer")
         self._bound(bound, summary["abs_max"] << prod_shift)  # the sums, and the weights themselves
         oh, ow = node.out_shape[1:] if node.op == "conv2d" else (1, 1)
-        # the input as stride phase planes (`mac.stride_phase_planes`' layout, per image), the
-        # sums at their pitch, and each tap's plane and offset (`mac.mac_taps`, channel-major,
-        # the weights' order): every tap is one contiguous run (`_mac`)
-        rows, pitch = stride_phase_geometry(shape[1], shape[2], p.padding, p.stride)
-        phases = p.stride[0] * p.stride[1]
-        planes = self._slot(f"{node.name}/planes", (shape[0] * phases * (rows + 1) * pitch,), 0)
-        sums = self._slot(f"{node.name}/sums", (o * oh * pitch,), 0)
-        _, tap_plane, tap_offset = mac_taps(cg, kh, kw, *p.stride, *p.dilation, pitch, False)
-        taps = self._index(np.concatenate([tap_plane, tap_offset]))
+        if node.op == "linear":  # a dot product per output (`_mac`), over the weights as they are
+            taps, weights, planes, sums, rows, pitch, f32 = -1, w, -1, -1, -1, -1, False
+        else:
+            # the input as stride phase planes (`mac.stride_phase_planes`' layout, per image),
+            # the sums at their pitch, each output's nonzero taps (a zero weight adds nothing):
+            # where its run starts in the planes (`mac.mac_taps`, channel-major, the weights'
+            # order), prefixed by where each output's taps start, and their weights. Every tap
+            # is one contiguous run (`_mac`). In float32 (twice the SIMD width) when every value
+            # there, inputs, weights and partial sums, is below 2**24, whatever the arena
+            f32 = max(bound, x_max, summary["abs_max"] << prod_shift) < FLOAT32_EXACT
+            rows, pitch = stride_phase_geometry(shape[1], shape[2], p.padding, p.stride)
+            phases = p.stride[0] * p.stride[1]
+            plane = (rows + 1) * pitch
+            planes = self._work(f"{node.name}/planes", shape[0] * phases * plane, f32)
+            sums = self._work(f"{node.name}/sums", o * oh * pitch, f32)
+            _, tap_plane, tap_offset = mac_taps(cg, kh, kw, *p.stride, *p.dilation, pitch, False)
+            flat = w.reshape(o, -1)
+            starts, runs = [0], []
+            for out in range(o):
+                nonzero = np.flatnonzero(flat[out])
+                group = out // (o // p.groups)
+                runs.append((group * cg * phases + tap_plane[nonzero]) * plane + tap_offset[nonzero])
+                starts.append(starts[-1] + len(nonzero))
+            taps = self._index(np.concatenate([starts, *runs]))
+            weights = flat[flat != 0]
+        table = self.constants32 if f32 else self.constants
         dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
         reg_acc = self._register(node, "accumulator", Format(acc.bits, acc_frac) if acc.bits else None,
                                  acc_frac, Rounding.FLOOR, acc.overflow)
         reg_out = self._register(node, "output", p.out_fmt, acc_frac, p.rounding, p.out_overflow)
         self._row(MAC, node, SRC=src, DST=dst, C=shape[0], H=shape[1], W=shape[2], O=o, OH=oh, OW=ow,
                   KH=kh, KW=kw, SH=p.stride[0], SW=p.stride[1], PH=p.padding[0], PW=p.padding[1],
-                  GROUPS=p.groups, WOFF=self._constant(w), BOFF=self._constant(b), TAPS=taps,
-                  REG_ACC=reg_acc, REG_OUT=reg_out, PLANES=planes, SUMS=sums, ROWS=rows, PITCH=pitch)
+                  GROUPS=p.groups, WOFF=self._append(table, weights), BOFF=self._append(table, b), TAPS=taps,
+                  REG_ACC=reg_acc, REG_OUT=reg_out, PLANES=planes, SUMS=sums, ROWS=rows, PITCH=pitch,
+                  F32=int(f32))
         self.macs += o * cg * kh * kw * oh * ow
 
     def _activation(self, node, slot):
@@ -323,13 +362,23 @@ class _Builder:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
         c, h, w = shape
         _, oh, ow = node.out_shape
+        # each window's cells as offsets in its channel, kernel cell by kernel cell (`_max_pool`):
+        # a row or column of the window in the padding is replaced by the window's first one
+        # inside, so that every cell read is inside the window, and a repeated cell leaves the
+        # maximum as it is
+        inside = []
         for size, k, s, pad, d, out in ((h, kh, sh, ph, dh, oh), (w, kw, sw, pw, dw, ow)):
-            for y in range(out):  # every window must hold a cell of the input
-                if not any(0 <= y * s + i * d - pad < size for i in range(k)):
-                    raise NotPlannable(f"node {node.name}: a window lies wholly in the padding")
+            at = np.arange(out)[:, None] * s + np.arange(k)[None, :] * d - pad  # (out, k)
+            valid = (at >= 0) & (at < size)
+            if not valid.any(axis=1).all():
+                raise NotPlannable(f"node {node.name}: a window lies wholly in the padding")
+            first = at[np.arange(out), valid.argmax(axis=1)]
+            inside.append(np.where(valid, at, first[:, None]))
+        rows, cols = inside  # (oh, kh), (ow, kw)
+        cells = rows.T[:, None, :, None] * w + cols.T[None, :, None, :]  # (kh, kw, oh, ow)
         dst = self._slot(node.name, node.out_shape, frac)
         self._row(MAX_POOL, node, SRC=src, DST=dst, C=c, H=h, W=w, OH=oh, OW=ow, KH=kh, KW=kw,
-                  SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw)
+                  TAPS=self._index(cells))
         self.node_registers[node.name] = ["output"]
 
     def _add(self, node, slots):
@@ -353,14 +402,15 @@ class _Builder:
                  np.float64 if self.magnitude < FLOAT64_EXACT else np.int64)
         out = self.graph.outputs[0]
         offset, shape, _ = self.slots[out]
-        constants = np.concatenate(self.constants) if self.constants else np.zeros(0, np.int64)
-        indices = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int64)
+        table = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        constants, constants32, indices = (table(t) for t in (self.constants, self.constants32, self.indices))
         registers = np.array(self.registers, np.int64).reshape(-1, R_FIELDS)
         if dtype != np.int64:  # the arena's integers are exact floats: see `_apply_register`
             shifts = registers[:, R_SHIFT]
             registers[:, R_FLOAT] = (shifts > 0) & (shifts <= MAX_BITS) & (registers[:, R_OVERFLOW] != _WRAP)
         return Plan(np.array(self.steps, np.int64).reshape(-1, FIELDS), registers,
-                    constants.astype(dtype), indices, self.arena, int(np.prod(self.graph.inputs[0].shape)),
+                    constants.astype(dtype), constants32.astype(np.float32), indices, self.arena,
+                    self.arena32, int(np.prod(self.graph.inputs[0].shape)),
                     offset, shape, next(n.out_fmt for n in self.graph.nodes if n.name == out),
                     self.macs, self.register_names, self.node_registers, self.graph.inputs[0].fmt)
 
@@ -368,37 +418,70 @@ class _Builder:
 # ---- running -----------------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
+def _float_register(values, results, shift, lo, hi, rounding):
+    """results = values (exact float integers) shifted right by ``shift``, rounded and clamped
+    to [lo, hi] by the float path's rules (`fixedpoint.core`, docs §4), exact here: v * 2**-shift
+    is exact (a power of two, and |v| >= 1 keeps it normal), so are its rounding, its fractional
+    part (a tie is one half exactly) and the clamp to the rails. Returns the (ties, overflowed,
+    underflows) counts."""
+    scale = 2.0 ** -shift
+    ties, overflowed, underflows = 0, 0, 0
+    for i in range(values.shape[0]):
+        v = np.float64(values[i])
+        y = v * scale
+        rounded = round_float_scalar(y, rounding, np.uint32(0))
+        r = min(max(rounded, lo), hi)
+        results[i] = r
+        over = r != rounded
+        ties += (y - np.floor(y)) == 0.5
+        overflowed += over
+        underflows += (r == 0) & (v != 0) & (not over)
+    return ties, overflowed, underflows
+
+
+@njit(cache=True, inline="always")
 def _apply_register(buf, src, dst, size, registers, reg, counts):
     """buf[dst + i] = the register ``reg`` applied to buf[src + i] (in place when equal), its
     events added to counts[reg]."""
-    shift, bits, signed = registers[reg, R_SHIFT], registers[reg, R_BITS], registers[reg, R_SIGNED]
-    rounding, overflow = registers[reg, R_ROUNDING], registers[reg, R_OVERFLOW]
-    over_index = WRAPS if overflow == _WRAP else SATURATIONS
+    values = buf[src:src + size]
+    # in place, one view for both: two views of the same cells fail the vectorized loop's
+    # runtime overlap check, and it runs scalar
+    if src == dst:
+        ties, overflowed, underflows = _register(values, values, registers[reg])
+    else:
+        ties, overflowed, underflows = _register(values, buf[dst:dst + size], registers[reg])
+    counts[reg, WRAPS if registers[reg, R_OVERFLOW] == _WRAP else SATURATIONS] += overflowed
+    counts[reg, TIES] += ties
+    counts[reg, UNDERFLOWS] += underflows
+
+
+@njit(cache=True, inline="always")
+def _register(values, results, row):
+    """results = the register ``row`` applied to values; returns its (ties, overflowed,
+    underflows) counts."""
+    shift, bits, signed = row[R_SHIFT], row[R_BITS], row[R_SIGNED]
+    rounding, overflow = row[R_ROUNDING], row[R_OVERFLOW]
     ties, overflowed, underflows = 0, 0, 0
-    values, results = buf[src:src + size], buf[dst:dst + size]
-    if registers[reg, R_FLOAT]:
-        # an exact float arena, a right shift, no wrap: the float path's rules (`fixedpoint.core`,
-        # docs §4), exact here: v * 2**-shift is exact (a power of two, and |v| >= 1 keeps it
-        # normal), so are its rounding, its fractional part (a tie is one half exactly) and the
-        # clamp to the rails; the loop vectorizes
-        scale = 2.0 ** -shift
+    if row[R_FLOAT]:
         lo, hi = -np.inf, np.inf
         if bits:
             rail_lo, rail_hi = format_range(bits, signed, overflow)
             lo, hi = np.float64(rail_lo), np.float64(rail_hi)
-        for i in range(size):
-            v = np.float64(values[i])
-            y = v * scale
-            rounded = round_float_scalar(y, rounding, np.uint32(0))
-            r = min(max(rounded, lo), hi)
-            results[i] = r
-            over = r != rounded
-            ties += (y - np.floor(y)) == 0.5
-            overflowed += over
-            underflows += (r == 0) & (v != 0) & (not over)
+        # one loop per rounding mode, the mode a constant in each, so that its test leaves the
+        # loop and the loop vectorizes (a 4x difference)
+        if rounding == _HALF_EVEN:
+            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _HALF_EVEN)
+        elif rounding == _HALF_UP:
+            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _HALF_UP)
+        elif rounding == _HALF_AWAY:
+            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _HALF_AWAY)
+        elif rounding == _FLOOR:
+            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _FLOOR)
+        else:  # TOWARD_ZERO (graphs hold no STOCHASTIC: `Graph.check`)
+            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _TOWARD_ZERO)
     elif 0 < shift <= MAX_BITS:  # the common case, branch-free (plans hold no STOCHASTIC)
         mask, half = low_mask(shift), np.int64(1) << (shift - 1)
-        for i in range(size):
+        for i in range(values.shape[0]):
             v = np.int64(values[i])
             rounded, tie = shift_right_rounded_tie(v, shift, mask, half, rounding)
             r = fit_overflow(rounded, bits, signed, overflow)
@@ -408,7 +491,7 @@ def _apply_register(buf, src, dst, size, registers, reg, counts):
             overflowed += over
             underflows += (r == 0) & (v != 0) & (not over)
     else:
-        for i in range(size):
+        for i in range(values.shape[0]):
             v = np.int64(values[i])
             r, flag = requantize_scalar_flagged(v, shift, bits, signed, rounding, overflow, np.int64(0))
             results[i] = r
@@ -416,58 +499,61 @@ def _apply_register(buf, src, dst, size, registers, reg, counts):
             ties += (flag & TIE) != 0
             overflowed += over
             underflows += (r == 0) & (v != 0) & (not over)
-    counts[reg, over_index] += overflowed
-    counts[reg, TIES] += ties
-    counts[reg, UNDERFLOWS] += underflows
+    return ties, overflowed, underflows
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _dot(bias, weights, values):
+    """bias + sum weights * values, in whatever order vectorizes: exact, since every partial sum
+    of a subset of the terms lies within the MAC's static bound (|b| + sum |w| * max |x|), where
+    the arena's floats hold integers exactly ("reassoc" only reorders; it assumes nothing of
+    NaN, infinity or signed zero)."""
+    total = bias
+    for c in range(values.shape[0]):
+        total += weights[c] * values[c]
+    return total
+
+
+@njit(cache=True, inline="always")
+def _add_taps(acc, planes, offsets, weights, first, end):
+    """acc += weights[t] * planes[offsets[t]:][:len(acc)] for the taps t in [first, end), four
+    taps a pass: one load and store of acc per four products instead of per product (the
+    products and partial sums are exact in any order, as in `_dot`)."""
+    run = acc.shape[0]
+    t = first
+    while t + 4 <= end:
+        w0, w1, w2, w3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+        x0 = planes[offsets[t]:offsets[t] + run]
+        x1 = planes[offsets[t + 1]:offsets[t + 1] + run]
+        x2 = planes[offsets[t + 2]:offsets[t + 2] + run]
+        x3 = planes[offsets[t + 3]:offsets[t + 3] + run]
+        for q in range(run):
+            acc[q] += (w0 * x0[q] + w1 * x1[q]) + (w2 * x2[q] + w3 * x3[q])
+        t += 4
+    while t < end:
+        wt, xt = weights[t], planes[offsets[t]:offsets[t] + run]
+        for q in range(run):
+            acc[q] += wt * xt[q]
+        t += 1
 
 
 @njit(cache=True)
-def _mac(buf, s, constants, indices, registers, counts):
-    """Conv2d (and Linear, a dot product per output) of one image. The input is laid out as
-    `mac.stride_phase_planes` does (`mac.fill_stride_phases`, channel by channel), so that
-    each tap (`mac.mac_taps`) reads one contiguous run of OH * PITCH values from its plane:
-    output (y, x) sits at y * PITCH + x, each tap adds its weight times its run (it
-    vectorizes), and the columns from OW on are discarded. They stay inside the planes (each
-    has a zero row more) and, as sums of as many products of the same operands' bounds, inside
-    the exactness bound. Then the accumulator and output registers."""
-    c_in, h, w = s[C], s[H], s[W]
-    o_count, oh, ow = s[O], s[OH], s[OW]
-    src, dst, woff, boff = s[SRC], s[DST], s[WOFF], s[BOFF]
-    cg = c_in // s[GROUPS]
-    og = o_count // s[GROUPS]
-    k = cg * s[KH] * s[KW]
-    if k == cg and h == 1 and w == 1:  # Linear
+def _mac(buf, work, s, constants, constants32, indices, registers, counts):
+    """Conv2d or Linear of one image, then its accumulator and output registers. A conv works
+    in ``work`` (the float32 arena) with the float32 constants when its row says F32."""
+    o_count, oh, ow, dst = s[O], s[OH], s[OW], s[DST]
+    if s[TAPS] < 0:  # Linear: a dot product per output
+        src, woff, boff = s[SRC], s[WOFF], s[BOFF]
+        cg = s[C] // s[GROUPS]
+        og = o_count // s[GROUPS]
         for o in range(o_count):
-            acc = constants[boff + o]
             cin0 = (o // og) * cg
-            for c in range(cg):
-                acc += constants[woff + o * cg + c] * buf[src + cin0 + c]
-            buf[dst + o] = acc
+            buf[dst + o] = _dot(constants[boff + o], constants[woff + o * cg:woff + (o + 1) * cg],
+                                buf[src + cin0:src + cin0 + cg])
+    elif s[F32]:
+        _conv(buf, work, s, constants32, indices)
     else:
-        sh, sw, pitch = s[SH], s[SW], s[PITCH]
-        phases = sh * sw
-        plane = (s[ROWS] + 1) * pitch
-        planes = buf[s[PLANES]:s[PLANES] + c_in * phases * plane]
-        planes[:] = 0
-        for c in range(c_in):
-            fill_stride_phases(buf[src + c * h * w:src + (c + 1) * h * w].reshape(h, w), s[PH], s[PW],
-                               sh, sw, pitch, planes[c * phases * plane:(c + 1) * phases * plane].reshape(phases, plane))
-        tap_plane, tap_offset = indices[s[TAPS]:s[TAPS] + k], indices[s[TAPS] + k:s[TAPS] + 2 * k]
-        run = oh * pitch
-        for o in range(o_count):
-            acc = buf[s[SUMS] + o * run:s[SUMS] + (o + 1) * run]  # views: runs on views vectorize
-            acc[:] = constants[boff + o]
-            group = (o // og) * cg * phases
-            for t in range(k):
-                wv = constants[woff + o * k + t]
-                if wv != 0:
-                    first = (group + tap_plane[t]) * plane + tap_offset[t]
-                    tap = planes[first:first + run]
-                    for q in range(run):
-                        acc[q] += wv * tap[q]
-            for y in range(oh):
-                for x in range(ow):
-                    buf[dst + (o * oh + y) * ow + x] = acc[y * pitch + x]
+        _conv(buf, buf, s, constants, indices)
     size = o_count * oh * ow
     if s[REG_ACC] >= 0:
         _apply_register(buf, dst, dst, size, registers, s[REG_ACC], counts)
@@ -475,36 +561,66 @@ def _mac(buf, s, constants, indices, registers, counts):
         _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
 
 
-@njit(cache=True)
-def _max_pool(buf, s):
-    c_in, h, w, oh, ow, kh, kw = s[C], s[H], s[W], s[OH], s[OW], s[KH], s[KW]
-    sh, sw, ph, pw, dh, dw = s[SH], s[SW], s[PH], s[PW], s[DH], s[DW]
-    src, dst = s[SRC], s[DST]
+@njit(cache=True, inline="always")
+def _conv(buf, work, s, constants, indices):
+    """Conv2d of one image from ``buf`` into ``buf``, its planes and sums in ``work`` (``buf``
+    itself, or the float32 arena). The input is laid out as `mac.stride_phase_planes` does
+    (`mac.fill_stride_phases`, channel by channel), so that each tap (`mac.mac_taps`) reads one
+    contiguous run of OH * PITCH values from its plane: output (y, x) sits at y * PITCH + x,
+    each nonzero tap adds its weight times its run (`_add_taps`), and the columns from OW on
+    are discarded. They stay inside the planes (each has a zero row more) and, as sums of as
+    many products of the same operands' bounds, inside the exactness bound. The planes'
+    padding is never written: it keeps the zeros of the arena's allocation."""
+    c_in, h, w = s[C], s[H], s[W]
+    o_count, oh, ow = s[O], s[OH], s[OW]
+    src, dst, boff = s[SRC], s[DST], s[BOFF]
+    sh, sw, pitch = s[SH], s[SW], s[PITCH]
+    phases = sh * sw
+    plane = (s[ROWS] + 1) * pitch
+    planes = work[s[PLANES]:s[PLANES] + c_in * phases * plane]
     for c in range(c_in):
-        for y in range(oh):
+        fill_stride_phases(buf[src + c * h * w:src + (c + 1) * h * w].reshape(h, w), s[PH], s[PW],
+                           sh, sw, pitch, planes[c * phases * plane:(c + 1) * phases * plane].reshape(phases, plane))
+    starts = indices[s[TAPS]:s[TAPS] + o_count + 1]
+    offsets = indices[s[TAPS] + o_count + 1:]
+    weights = constants[s[WOFF]:]
+    run = oh * pitch
+    for o in range(o_count):
+        acc = work[s[SUMS] + o * run:s[SUMS] + (o + 1) * run]  # views: runs on views vectorize
+        acc[:] = constants[boff + o]
+        _add_taps(acc, planes, offsets, weights, starts[o], starts[o + 1])
+        for y in range(oh):  # row by row, through views: it vectorizes (4x faster)
+            row, sums = buf[dst + (o * oh + y) * ow:dst + (o * oh + y + 1) * ow], acc[y * pitch:]
             for x in range(ow):
-                best = buf[src]  # replaced by the first cell inside (every window has one)
-                first = True
-                for i in range(kh):
-                    yi = y * sh + i * dh - ph
-                    if yi < 0 or yi >= h:
-                        continue
-                    for j in range(kw):
-                        xi = x * sw + j * dw - pw
-                        if 0 <= xi < w:
-                            v = buf[src + (c * h + yi) * w + xi]
-                            if first or v > best:
-                                best, first = v, False
-                buf[dst + (c * oh + y) * ow + x] = best
+                row[x] = sums[x]
 
 
 @njit(cache=True)
-def _step(buf, s, constants, indices, registers, counts):
+def _max_pool(buf, s, indices):
+    """Max pooling of one image: the maximum of each window's cells (the offsets of its
+    `_Builder._max_pool` table), cell by cell over all the windows of a channel (a loop of a
+    window's few cells, with its bounds, costs 4x more)."""
+    c_in, h, w, windows, cells = s[C], s[H], s[W], s[OH] * s[OW], s[KH] * s[KW]
+    table = indices[s[TAPS]:s[TAPS] + cells * windows]
+    for c in range(c_in):
+        channel = buf[s[SRC] + c * h * w:s[SRC] + (c + 1) * h * w]
+        out = buf[s[DST] + c * windows:s[DST] + (c + 1) * windows]
+        first = table[:windows]
+        for p in range(windows):
+            out[p] = channel[first[p]]
+        for k in range(1, cells):
+            cell = table[k * windows:(k + 1) * windows]
+            for p in range(windows):
+                out[p] = max(out[p], channel[cell[p]])
+
+
+@njit(cache=True)
+def _step(buf, work, s, constants, constants32, indices, registers, counts):
     op = s[OP]
     if op == MAC:  # an input register is a REGISTER step before it, into the slot it reads
-        _mac(buf, s, constants, indices, registers, counts)
+        _mac(buf, work, s, constants, constants32, indices, registers, counts)
     elif op == MAX_POOL:
-        _max_pool(buf, s)
+        _max_pool(buf, s, indices)
     elif op == ACTIVATION:
         src, dst, size, shift, ceiling = s[SRC], s[DST], s[C], s[SHIFT_A], s[CEILING]
         values, results = buf[src:src + size], buf[dst:dst + size]
@@ -530,17 +646,18 @@ def _step(buf, s, constants, indices, registers, counts):
 
 
 @njit(cache=True)
-def _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, steps, registers, constants,
-               indices, arena, output_offset, counts):
+def _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, program, counts):
     """Chunk k of the batch (images k*per.. of counts.shape[0] chunks), image by image through
-    every step in its own arena; its events go to counts[k]. With ``quantizing``, x holds
-    floats, each put on the input grid as `fixedpoint.core.quantize` does in half-to-even
-    saturating mode (x * scale, rint, clamped to [lo, hi]: exact, the rails being float64
-    integers); returns how many it could not decide (not finite, or, with ``check_tiny``,
-    scaled below the normal range), after which the outputs are void."""
+    every step of ``program`` (`Plan.program`) in its own arenas; its events go to counts[k].
+    With ``quantizing``, x holds floats, each put on the input grid as `fixedpoint.core.quantize`
+    does in half-to-even saturating mode (x * scale, rint, clamped to [lo, hi]: exact, the
+    rails being float64 integers); returns how many it could not decide (not finite, or, with
+    ``check_tiny``, scaled below the normal range), after which the outputs are void."""
+    steps, registers, constants, constants32, indices, arena, arena32, output_offset = program
     n, size = x.shape
     per = (n + counts.shape[0] - 1) // counts.shape[0]
     buf = np.zeros(arena, dtype=constants.dtype)
+    work = np.zeros(arena32, dtype=np.float32)
     undecided = 0
     for b in range(k * per, min(n, (k + 1) * per)):
         if quantizing:
@@ -554,24 +671,20 @@ def _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, steps, register
             for i in range(size):
                 buf[i] = x[b, i]
         for t in range(steps.shape[0]):
-            _step(buf, steps[t], constants, indices, registers, counts[k])
+            _step(buf, work, steps[t], constants, constants32, indices, registers, counts[k])
         for i in range(out.shape[1]):
             out[b, i] = buf[output_offset + i]
     return undecided
 
 
 @njit(cache=True)
-def _run_serial(x, quantizing, scale, lo, hi, check_tiny, out, steps, registers, constants,
-                indices, arena, output_offset, counts):
-    return _run_chunk(0, x, quantizing, scale, lo, hi, check_tiny, out, steps, registers,
-                      constants, indices, arena, output_offset, counts)
+def _run_serial(x, quantizing, scale, lo, hi, check_tiny, out, program, counts):
+    return _run_chunk(0, x, quantizing, scale, lo, hi, check_tiny, out, program, counts)
 
 
 @njit(cache=True, parallel=True)
-def _run_parallel(x, quantizing, scale, lo, hi, check_tiny, out, steps, registers, constants,
-                  indices, arena, output_offset, counts):
+def _run_parallel(x, quantizing, scale, lo, hi, check_tiny, out, program, counts):
     undecided = 0
     for k in prange(counts.shape[0]):
-        undecided += _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, steps,
-                                registers, constants, indices, arena, output_offset, counts)
+        undecided += _run_chunk(k, x, quantizing, scale, lo, hi, check_tiny, out, program, counts)
     return undecided
