@@ -166,3 +166,22 @@ def test_the_plan_quantizes_float_inputs_as_the_input_register_does(graph, seed,
     assert_same_run(got, want)
     if assume_planned and odd is None:
         assert np.array_equal(graph.run(graph.quantize_input(x)).q, want.q)  # integers in: the same
+
+
+def test_node_names_cannot_collide_with_the_plans_own_spaces():
+    """A node named like the plan's space for another node's input register ("r/input") keeps
+    its own value: the add reads the ReLU's input, not its registered copy."""
+    from wageubn_sim.engine.activation import ActivationParams
+    from wageubn_sim.engine.add import AddParams
+    from wageubn_sim.fixedpoint import Format, Overflow, Rounding
+    from wageubn_sim.graph.ir import Graph, GraphInput, Node
+    spec = GraphInput("x", (2, 4, 4), Format(8, 0))
+    nodes = [Node("r/input", "activation", ["x"], ActivationParams(None, None, None)),
+             Node("r", "activation", ["r/input"], ActivationParams(None, None, Format(4, -3))),
+             Node("sum", "add", ["r/input", "r"], AddParams(None, Rounding.HALF_EVEN, Overflow.SAT_SYM))]
+    graph = Graph([spec], nodes, ["sum"]).check()
+    assert graph.plan() is not None
+    x = np.arange(-16, 16).reshape(1, 2, 4, 4) * 3
+    want = graph.run(x, plan=False)
+    assert not np.array_equal(want.q, 2 * np.maximum(x, 0))  # the register changes values
+    assert_same_run(graph.run(x), want)

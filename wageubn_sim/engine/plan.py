@@ -191,20 +191,20 @@ class _Builder:
 
     # slots and constants
     def _slot(self, name, shape, frac) -> int:
-        offset = self.arena
-        self.arena += int(np.prod(shape))
-        if self.arena + self.arena32 > PLAN_MAX_ARENA:
-            raise NotPlannable(f"the values of one image exceed {PLAN_MAX_ARENA} integers")
+        """The slot of the value ``name``, the output of a node."""
+        offset = self._space(int(np.prod(shape)))
         self.slots[name] = (offset, tuple(shape), frac)
         return offset
 
-    def _work(self, name, size, f32) -> int:
-        """A conv's working space (planes or sums) of ``size`` values: in the float32 arena with
-        ``f32``, else in the arena."""
-        if not f32:
-            return self._slot(name, (size,), 0)
-        offset = self.arena32
-        self.arena32 += size
+    def _space(self, size, f32=False) -> int:
+        """Room for ``size`` values per image: in the arena, or with ``f32`` in the float32
+        arena. A node's own spaces (input register, planes, sums) are not slots: no value name
+        can reach them."""
+        offset = self.arena32 if f32 else self.arena
+        if f32:
+            self.arena32 += size
+        else:
+            self.arena += size
         if self.arena + self.arena32 > PLAN_MAX_ARENA:
             raise NotPlannable(f"the values of one image exceed {PLAN_MAX_ARENA} integers")
         return offset
@@ -280,7 +280,7 @@ class _Builder:
         if p.input_register is None:
             return src, frac, magnitude
         reg = self._register(node, "input", p.input_register, frac, p.rounding, Overflow.SAT_SYM)
-        tmp = self._slot(f"{node.name}/input", shape, p.input_register.frac_bits)
+        tmp = self._space(int(np.prod(shape)))
         self._row(REGISTER, node, SRC=src, DST=tmp, C=int(np.prod(shape)), REG_OUT=reg)
         return tmp, p.input_register.frac_bits, magnitude
 
@@ -318,8 +318,8 @@ class _Builder:
             rows, pitch = stride_phase_geometry(shape[1], shape[2], p.padding, p.stride)
             phases = p.stride[0] * p.stride[1]
             plane = (rows + 1) * pitch
-            planes = self._work(f"{node.name}/planes", shape[0] * phases * plane, f32)
-            sums = self._work(f"{node.name}/sums", o * oh * pitch, f32)
+            planes = self._space(shape[0] * phases * plane, f32)
+            sums = self._space(o * oh * pitch, f32)
             _, tap_plane, tap_offset = mac_taps(cg, kh, kw, *p.stride, *p.dilation, pitch, False)
             flat = w.reshape(o, -1)
             starts, runs = [0], []
@@ -418,8 +418,8 @@ class _Builder:
 # ---- running -----------------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
-def _float_register(values, results, shift, lo, hi, rounding):
-    """results = values (exact float integers) shifted right by ``shift``, rounded and clamped
+def _float_register(values, shift, lo, hi, rounding):
+    """values (exact float integers, in place) shifted right by ``shift``, rounded and clamped
     to [lo, hi] by the float path's rules (`fixedpoint.core`, docs §4), exact here: v * 2**-shift
     is exact (a power of two, and |v| >= 1 keeps it normal), so are its rounding, its fractional
     part (a tie is one half exactly) and the clamp to the rails. Returns the (ties, overflowed,
@@ -431,7 +431,7 @@ def _float_register(values, results, shift, lo, hi, rounding):
         y = v * scale
         rounded = round_float_scalar(y, rounding, np.uint32(0))
         r = min(max(rounded, lo), hi)
-        results[i] = r
+        values[i] = r
         over = r != rounded
         ties += (y - np.floor(y)) == 0.5
         overflowed += over
@@ -439,25 +439,20 @@ def _float_register(values, results, shift, lo, hi, rounding):
     return ties, overflowed, underflows
 
 
-@njit(cache=True, inline="always")
-def _apply_register(buf, src, dst, size, registers, reg, counts):
-    """buf[dst + i] = the register ``reg`` applied to buf[src + i] (in place when equal), its
-    events added to counts[reg]."""
-    values = buf[src:src + size]
-    # in place, one view for both: two views of the same cells fail the vectorized loop's
-    # runtime overlap check, and it runs scalar
-    if src == dst:
-        ties, overflowed, underflows = _register(values, values, registers[reg])
-    else:
-        ties, overflowed, underflows = _register(values, buf[dst:dst + size], registers[reg])
+@njit(cache=True)
+def _apply_register(buf, start, size, registers, reg, counts):
+    """The register ``reg`` applied to buf[start:start + size] in place, its events added to
+    counts[reg]. In place only: through one view the vectorized loops need no overlap check
+    (two views of the same cells fail it, and the loop runs scalar)."""
+    ties, overflowed, underflows = _register(buf[start:start + size], registers[reg])
     counts[reg, WRAPS if registers[reg, R_OVERFLOW] == _WRAP else SATURATIONS] += overflowed
     counts[reg, TIES] += ties
     counts[reg, UNDERFLOWS] += underflows
 
 
 @njit(cache=True, inline="always")
-def _register(values, results, row):
-    """results = the register ``row`` applied to values; returns its (ties, overflowed,
+def _register(values, row):
+    """values = the register ``row`` applied to values; returns its (ties, overflowed,
     underflows) counts."""
     shift, bits, signed = row[R_SHIFT], row[R_BITS], row[R_SIGNED]
     rounding, overflow = row[R_ROUNDING], row[R_OVERFLOW]
@@ -470,22 +465,22 @@ def _register(values, results, row):
         # one loop per rounding mode, the mode a constant in each, so that its test leaves the
         # loop and the loop vectorizes (a 4x difference)
         if rounding == _HALF_EVEN:
-            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _HALF_EVEN)
+            ties, overflowed, underflows = _float_register(values, shift, lo, hi, _HALF_EVEN)
         elif rounding == _HALF_UP:
-            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _HALF_UP)
+            ties, overflowed, underflows = _float_register(values, shift, lo, hi, _HALF_UP)
         elif rounding == _HALF_AWAY:
-            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _HALF_AWAY)
+            ties, overflowed, underflows = _float_register(values, shift, lo, hi, _HALF_AWAY)
         elif rounding == _FLOOR:
-            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _FLOOR)
+            ties, overflowed, underflows = _float_register(values, shift, lo, hi, _FLOOR)
         else:  # TOWARD_ZERO (graphs hold no STOCHASTIC: `Graph.check`)
-            ties, overflowed, underflows = _float_register(values, results, shift, lo, hi, _TOWARD_ZERO)
+            ties, overflowed, underflows = _float_register(values, shift, lo, hi, _TOWARD_ZERO)
     elif 0 < shift <= MAX_BITS:  # the common case, branch-free (plans hold no STOCHASTIC)
         mask, half = low_mask(shift), np.int64(1) << (shift - 1)
         for i in range(values.shape[0]):
             v = np.int64(values[i])
             rounded, tie = shift_right_rounded_tie(v, shift, mask, half, rounding)
             r = fit_overflow(rounded, bits, signed, overflow)
-            results[i] = r
+            values[i] = r
             over = r != rounded
             ties += tie
             overflowed += over
@@ -494,7 +489,7 @@ def _register(values, results, row):
         for i in range(values.shape[0]):
             v = np.int64(values[i])
             r, flag = requantize_scalar_flagged(v, shift, bits, signed, rounding, overflow, np.int64(0))
-            results[i] = r
+            values[i] = r
             over = (flag & OVERFLOWED) != 0
             ties += (flag & TIE) != 0
             overflowed += over
@@ -556,12 +551,12 @@ def _mac(buf, work, s, constants, constants32, indices, registers, counts):
         _conv(buf, buf, s, constants, indices)
     size = o_count * oh * ow
     if s[REG_ACC] >= 0:
-        _apply_register(buf, dst, dst, size, registers, s[REG_ACC], counts)
+        _apply_register(buf, dst, size, registers, s[REG_ACC], counts)
     if s[REG_OUT] >= 0:
-        _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
+        _apply_register(buf, dst, size, registers, s[REG_OUT], counts)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _conv(buf, work, s, constants, indices):
     """Conv2d of one image from ``buf`` into ``buf``, its planes and sums in ``work`` (``buf``
     itself, or the float32 arena). The input is laid out as `mac.stride_phase_planes` does
@@ -632,7 +627,7 @@ def _step(buf, work, s, constants, constants32, indices, registers, counts):
             for i in range(size):
                 results[i] = max(values[i], 0)
         if s[REG_OUT] >= 0:
-            _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
+            _apply_register(buf, dst, size, registers, s[REG_OUT], counts)
     elif op == ADD:
         a, b, dst, size = s[SRC], s[SRC2], s[DST], s[C]
         scale_a, scale_b = 1 << s[SHIFT_A], 1 << s[SHIFT_B]
@@ -640,9 +635,11 @@ def _step(buf, work, s, constants, constants32, indices, registers, counts):
         for i in range(size):
             results[i] = first[i] * scale_a + second[i] * scale_b
         if s[REG_OUT] >= 0:
-            _apply_register(buf, dst, dst, size, registers, s[REG_OUT], counts)
+            _apply_register(buf, dst, size, registers, s[REG_OUT], counts)
     else:  # REGISTER
-        _apply_register(buf, s[SRC], s[DST], s[C], registers, s[REG_OUT], counts)
+        src, dst, size = s[SRC], s[DST], s[C]
+        buf[dst:dst + size] = buf[src:src + size]
+        _apply_register(buf, dst, size, registers, s[REG_OUT], counts)
 
 
 @njit(cache=True)
