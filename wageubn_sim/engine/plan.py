@@ -91,6 +91,15 @@ class Plan:
     node_registers: dict  # {node: [register, ...]} as the layer-by-layer path reports them
     input_fmt: Format  # float inputs are quantized into it (half to even, saturating)
 
+    def __post_init__(self):
+        # what each call needs, worked out once (a call of one image is ~12 us of arithmetic;
+        # these took as long again): the output's size, and each reported register's row of
+        # event counts (-1: none, its events are zero)
+        self.output_size = int(np.prod(self.output_shape, dtype=np.int64))
+        rows = {key: i for i, key in enumerate(self.register_names)}
+        self.event_rows = [(name, reg, rows.get((name, reg), -1))
+                           for name, regs in self.node_registers.items() for reg in regs]
+
     @property
     def dtype(self):
         return self.constants.dtype
@@ -130,7 +139,7 @@ class Plan:
         if threads is None:
             threads = available if n * self.macs >= PARALLEL_MIN_MACS else 1
         chunks = max(1, min(threads, available, n))
-        out = np.empty((n, int(np.prod(self.output_shape, dtype=np.int64))), self.dtype)
+        out = np.empty((n, self.output_size), self.dtype)
         counts = np.zeros((chunks, len(self.registers), 4), np.int64)
         scale, lo, hi, check_tiny = quantize or (1.0, -np.inf, np.inf, False)
         args = (x, quantize is not None, scale, lo, hi, check_tiny, out, self.program, counts)
@@ -147,10 +156,10 @@ class Plan:
             if undecided:
                 return None
         totals = counts.sum(axis=0).tolist()
-        events = {name: {reg: Events() for reg in regs} for name, regs in self.node_registers.items()}
-        for (name, reg), row in zip(self.register_names, totals):
-            events[name][reg] = Events(*row)
-        return out.astype(np.int64).reshape(n, *self.output_shape), events
+        events = {name: {} for name in self.node_registers}
+        for name, reg, row in self.event_rows:
+            events[name][reg] = Events(*totals[row]) if row >= 0 else Events()
+        return out.astype(np.int64).reshape((n,) + self.output_shape), events
 
 
 # ---- building ----------------------------------------------------------------------------------
