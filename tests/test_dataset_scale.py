@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import wageubn_sim
 from wageubn_sim.cli import main
+from wageubn_sim.data import shards
 from wageubn_sim.data.shards import KILL_HOOK, dask_client, map_reduce, shard_ranges
 from wageubn_sim.data.sources import (NpyFileSource, NpyFolderSource, NpzArraySource, Preprocess,
                                       open_data)
@@ -334,6 +335,7 @@ def test_audit_and_sweep_commands(demo, tmp_path):
 def test_bad_data_options_exit_2(demo, monkeypatch, args, message):
     graph, x, _, root = demo
     monkeypatch.chdir(root)
+    monkeypatch.setattr(shards, "SCHEDULER_TIMEOUT", "1s")  # nothing listens at port 1
     np.save(root / "wrong.npy", np.zeros((4, 3, 3)))
     np.save(root / "short.npy", np.zeros(2, np.int64))
     result = CliRunner().invoke(main, ["audit", "g", *map(str, args)])

@@ -19,6 +19,7 @@ from functools import reduce
 
 DEFAULT_BATCH = 64
 DEFAULT_SHARD = 512
+SCHEDULER_TIMEOUT = "20s"  # how long `--scheduler` waits for its scheduler to answer
 KILL_HOOK = "WAGEUBN_SIM_TEST_KILL_SHARD"  # "INDEX:MARKER": the first run of that shard dies
 _TASK_THREADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> Numba threads per task
 
@@ -155,7 +156,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
         raise ValueError("running on Dask needs dask and distributed: pip install 'wageubn-sim[dask]'") from None
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
         except (OSError, TimeoutError) as err:
             raise ValueError(f"no Dask scheduler answers at {scheduler} ({err}); start one with "
                              "`dask scheduler` and workers with `dask worker ADDRESS`") from None
