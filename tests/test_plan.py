@@ -185,3 +185,18 @@ def test_node_names_cannot_collide_with_the_plans_own_spaces():
     want = graph.run(x, plan=False)
     assert not np.array_equal(want.q, 2 * np.maximum(x, 0))  # the register changes values
     assert_same_run(graph.run(x), want)
+
+
+def test_a_max_pool_with_too_many_window_cells_runs_layer_by_layer():
+    """The plan's table of window cells is bounded (PLAN_MAX_CELLS): a 32x32 window at stride 1
+    on 300x300 (78M cells) is refused before anything is allocated, and runs layer by layer."""
+    from wageubn_sim.engine.pool import PoolParams
+    from wageubn_sim.fixedpoint import Format
+    from wageubn_sim.graph.ir import Graph, GraphInput, Node
+    spec = GraphInput("x", (1, 300, 300), Format(8, 0))
+    graph = Graph([spec], [Node("pool", "max_pool2d", ["x"], PoolParams((32, 32), (1, 1)))], ["pool"]).check()
+    with pytest.raises(NotPlannable, match="window cells exceed"):
+        graph.plan(required=True)
+    x = np.random.default_rng(4).integers(-128, 128, (1, 1, 300, 300))
+    got = graph.run(x)
+    assert got.q.shape == (1, 1, 269, 269) and got.q[0, 0, 0, 0] == x[0, 0, :32, :32].max()

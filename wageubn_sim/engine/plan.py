@@ -49,6 +49,7 @@ from .registers import Events, align
 PLANNED_OPS = ("conv2d", "linear", "activation", "max_pool2d", "add", "requantize", "flatten")
 PLAN_MAX_MACS = 1 << 23  # MACs per image above which the layer-by-layer GEMMs are faster
 PLAN_MAX_ARENA = 1 << 21  # values per image in the arena (16 MiB per thread in int64)
+PLAN_MAX_CELLS = 1 << 22  # a max pool's window cells (its table: 32 MiB)
 PARALLEL_MIN_MACS = 1 << 20  # a call below this many MACs runs on one thread: waking a pool costs more
 FLOAT64_EXACT = 1 << 53
 
@@ -375,6 +376,9 @@ class _Builder:
         # a row or column of the window in the padding is replaced by the window's first one
         # inside, so that every cell read is inside the window, and a repeated cell leaves the
         # maximum as it is
+        if kh * kw * oh * ow > PLAN_MAX_CELLS:  # checked before the table is built
+            raise NotPlannable(f"node {node.name}: {kh * kw * oh * ow} window cells exceed "
+                               f"{PLAN_MAX_CELLS}; large windows run layer by layer")
         inside = []
         for size, k, s, pad, d, out in ((h, kh, sh, ph, dh, oh), (w, kw, sw, pw, dw, ow)):
             at = np.arange(out)[:, None] * s + np.arange(k)[None, :] * d - pad  # (out, k)
