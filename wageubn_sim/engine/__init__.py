@@ -28,4 +28,3 @@ def _threading_layer() -> str:
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = _threading_layer()
-

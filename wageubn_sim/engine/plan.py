@@ -60,7 +60,7 @@ FLOAT64_EXACT = 1 << 53
 # the ops
 MAC, MAX_POOL, ACTIVATION, ADD, REGISTER = range(5)
 # a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow,
-# and whether it may run in float64 (`_apply_register`; set once the arena dtype is known)
+# and whether it may run in float64 (`_register`; set once the arena dtype is known)
 R_SHIFT, R_BITS, R_SIGNED, R_ROUNDING, R_OVERFLOW, R_FLOAT, R_FIELDS = range(7)
 # the event counts of a register, in `Events`' order
 WRAPS, SATURATIONS, TIES, UNDERFLOWS = range(4)
@@ -148,12 +148,11 @@ class Plan:
             if chunks == 1:  # no pool to wake
                 undecided = _run_serial(*args)
             else:
-                previous = numba.get_num_threads()
                 numba.set_num_threads(chunks)
                 try:
                     undecided = _run_parallel(*args)
                 finally:
-                    numba.set_num_threads(previous)
+                    numba.set_num_threads(available)
             if undecided:
                 return None
         totals = counts.sum(axis=0).tolist()
@@ -332,14 +331,15 @@ class _Builder:
             sums = self._space(o * oh * pitch, f32)
             _, tap_plane, tap_offset = mac_taps(cg, kh, kw, *p.stride, *p.dilation, pitch, False)
             flat = w.reshape(o, -1)
-            starts, runs = [0], []
+            starts, runs, nonzero_weights = [0], [], []
             for out in range(o):
                 nonzero = np.flatnonzero(flat[out])
                 group = out // (o // p.groups)
                 runs.append((group * cg * phases + tap_plane[nonzero]) * plane + tap_offset[nonzero])
+                nonzero_weights.append(flat[out, nonzero])
                 starts.append(starts[-1] + len(nonzero))
             taps = self._index(np.concatenate([starts, *runs]))
-            weights = flat[flat != 0]
+            weights = np.concatenate(nonzero_weights)
         table = self.constants32 if f32 else self.constants
         dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
         reg_acc = self._register(node, "accumulator", Format(acc.bits, acc_frac) if acc.bits else None,
@@ -372,13 +372,13 @@ class _Builder:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
         c, h, w = shape
         _, oh, ow = node.out_shape
+        if kh * kw * oh * ow > PLAN_MAX_CELLS:  # checked before the table is built
+            raise NotPlannable(f"node {node.name}: {kh * kw * oh * ow} window cells exceed "
+                               f"{PLAN_MAX_CELLS}; large windows run layer by layer")
         # each window's cells as offsets in its channel, kernel cell by kernel cell (`_max_pool`):
         # a row or column of the window in the padding is replaced by the window's first one
         # inside, so that every cell read is inside the window, and a repeated cell leaves the
         # maximum as it is
-        if kh * kw * oh * ow > PLAN_MAX_CELLS:  # checked before the table is built
-            raise NotPlannable(f"node {node.name}: {kh * kw * oh * ow} window cells exceed "
-                               f"{PLAN_MAX_CELLS}; large windows run layer by layer")
         inside = []
         for size, k, s, pad, d, out in ((h, kh, sh, ph, dh, oh), (w, kw, sw, pw, dw, ow)):
             at = np.arange(out)[:, None] * s + np.arange(k)[None, :] * d - pad  # (out, k)
@@ -418,7 +418,7 @@ class _Builder:
         table = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)
         constants, constants32, indices = (table(t) for t in (self.constants, self.constants32, self.indices))
         registers = np.array(self.registers, np.int64).reshape(-1, R_FIELDS)
-        if dtype != np.int64:  # the arena's integers are exact floats: see `_apply_register`
+        if dtype != np.int64:  # the arena's integers are exact floats: see `_register`
             shifts = registers[:, R_SHIFT]
             registers[:, R_FLOAT] = (shifts > 0) & (shifts <= MAX_BITS) & (registers[:, R_OVERFLOW] != _WRAP)
         return Plan(np.array(self.steps, np.int64).reshape(-1, FIELDS), registers,
