@@ -132,3 +132,21 @@ def test_train_reports_integer_and_float_accuracy(tmp_path):
     assert run("train", "--epochs", 0).exit_code == 2
     r = run("train", "--epochs", 1, "--limit", 32, "--step-vectors", tmp_path / "s")
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_the_readme_fold_then_export_recipe_runs_as_written(tmp_path):
+    """The README's way to export BatchNorm exactly: `compile ... --fold-bn N` then `export`,
+    N read from the README itself; and the width it warns about is refused with the layer named."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    bits = int(re.search(r"`compile \.\.\. --fold-bn (\d+)` then `export`", readme).group(1))
+    weights = ("--weights", DEMO_DATA, "--random", 1, "--shape", "1,8,8")
+    assert run("compile", MODEL, *weights, "--fold-bn", bits, "-o", tmp_path / "g").exit_code == 0
+    r = run("export", tmp_path / "g", "-o", tmp_path / "m.onnx")
+    assert r.exit_code == 0 and (tmp_path / "m.onnx").is_file(), r.output
+    assert run("compile", tmp_path / "m.onnx", "-o", tmp_path / "back").exit_code == 0
+    assert run("compile", MODEL, *weights, "--fold-bn", 16, "-o", tmp_path / "g16").exit_code == 0
+    r = run("export", tmp_path / "g16", "-o", tmp_path / "m16.onnx")
+    assert r.exit_code == 2 and "layer 1: offset (27 bits on 2**-26) is not exactly a float32" in r.output
+    assert "27-bit offsets" in readme

@@ -196,6 +196,26 @@ def test_pool_kernels_equal_exact_reference(seed, k, stride, pad, out_frac, incl
         assert got_avg[idx] == want
 
 
+def test_average_pool_divisors_come_from_the_geometry_alone():
+    """count_include_pad=False on an empty batch (a graph's trial run when it loads): the window
+    counts come from the geometry, not from a kernel that an empty batch never runs (they were
+    read uninitialised: random refusals at load). A window with no cell is bad input; a divisor
+    below 1 reaching the division is our bug (InternalError), never blamed on the input."""
+    from wageubn_sim.engine.divide import divide_scaled
+    from wageubn_sim.errors import InternalError
+    p = PoolParams((3, 3), (2, 2), (1, 1), out_fmt=Format(10, 4), count_include_pad=False)
+    for _ in range(20):
+        assert avg_pool2d(np.zeros((0, 6, 6, 6), np.int64), 4, p).q.shape == (0, 6, 3, 3)
+    x = np.arange(6 * 36, dtype=np.int64).reshape(1, 6, 6, 6)
+    full = avg_pool2d(np.concatenate([np.zeros((0, 6, 6, 6), np.int64), x]), 4, p).q
+    xt = torch.from_numpy(x.astype(np.float64)) * 2.0 ** -4
+    assert np.array_equal(full, np.round(nn.functional.avg_pool2d(xt, 3, 2, 1, count_include_pad=False).numpy() * 16))
+    with pytest.raises(ValueError, match="lies entirely in the padding"):
+        avg_pool2d(x, 4, PoolParams((1, 1), (2, 2), (1, 1), out_fmt=Format(None, 4), count_include_pad=False))
+    with pytest.raises(InternalError, match="positive ones"):
+        divide_scaled(np.ones((1, 1, 2), np.int64), np.array([[1, 0]]), 0, Rounding.HALF_EVEN)
+
+
 @given(seed=st.integers(0, 2**31), x_frac=st.integers(-2, 12), six=st.booleans(),
        out_bits=st.sampled_from([None, 6, 10]))
 def test_activation_kernel(seed, x_frac, six, out_bits):

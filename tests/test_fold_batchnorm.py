@@ -64,22 +64,23 @@ def _reference_node(original, node, x, x_frac, bits):
     real = [Fraction(int(bn.arrays["gamma"][c]) if bp.gamma_fmt else 1,
                      2 ** (bp.gamma_fmt.frac_bits if bp.gamma_fmt else 0))
             / Fraction(int(bn.arrays["std"][c]), 2 ** bp.std_fmt.frac_bits) for c in range(len(bn.arrays["std"]))]
-    m = [ref.round_fraction(r * 2 ** fm, Rounding.HALF_EVEN) for r in real]
+    m = [ref.round_fraction(r * Fraction(2) ** fm, Rounding.HALF_EVEN) for r in real]
     # the finest grid that holds every multiplier in BITS signed bits
     assert max(abs(v) for v in m) <= limit
-    assert max(abs(ref.round_fraction(r * 2 ** (fm + 1), Rounding.HALF_EVEN)) for r in real) > limit
+    assert max(abs(ref.round_fraction(r * Fraction(2) ** (fm + 1), Rounding.HALF_EVEN)) for r in real) > limit
     assert node.arrays["multiplier"].tolist() == m
     beta = [Fraction(int(b), 2 ** bp.beta_fmt.frac_bits) if bp.beta_fmt else Fraction(0)
             for b in bn.arrays.get("beta", np.zeros(len(m), np.int64))]
     mean = [Fraction(int(v), 2 ** bp.mean_fmt.frac_bits) for v in bn.arrays["mean"]]
-    o = [ref.round_fraction((beta[c] - Fraction(m[c], 2 ** fm) * mean[c]) * 2 ** (f_acc + fm),
+    two = Fraction(2)  # the multipliers' grid may be coarser than 1 (fm < 0)
+    o = [ref.round_fraction((beta[c] - m[c] * two ** -fm * mean[c]) * two ** (f_acc + fm),
                             Rounding.HALF_EVEN) for c in range(len(m))]
     assert node.arrays["offset"].tolist() == o
     out_fmt = node.out_fmt
     want = np.empty(acc.shape, np.int64)
     for idx, a in np.ndenumerate(acc):
         s = int(a) * m[idx[1]] + o[idx[1]]
-        y = ref.round_fraction(Fraction(s, 2 ** (f_acc + fm)) * 2 ** out_fmt.frac_bits, bp.rounding)
+        y = ref.round_fraction(s * Fraction(2) ** (out_fmt.frac_bits - f_acc - fm), bp.rounding)
         want[idx] = ref.overflow_int(y, out_fmt, bp.overflow)
     return want
 
@@ -105,6 +106,20 @@ def test_folded_nodes_equal_the_python_int_reference(seed, bits, affine):
         want = _reference_node(graph, node, values[src], frac_in[src], bits)
         assert np.array_equal(run.layers[name].q, want)
         assert run.layers[name].fmt == graph.nodes[[n.name for n in graph.nodes].index(name)].out_fmt
+
+
+def test_large_ratios_fold_onto_a_grid_coarser_than_one():
+    """gamma/std of 1000 in 4 signed bits: the multiplier 4 on the grid 2**8 (f_m = -8), the
+    offset exact on 2**-(F + f_m); found when `--fold-bn 12` of the demo raised a TypeError
+    (2 ** -8 of an int is a float, which Fraction refused)."""
+    from wageubn_sim.graph.fold import folded_registers
+    beta, mean = [Fraction(3, 4)], [Fraction(-5, 8)]
+    mult, offset, frac = folded_registers([Fraction(1000)], beta, mean, 10, 4)
+    assert frac == -8 and mult.tolist() == [4]  # 1000 / 256 = 3.9 -> 4 <= 7; 1000 / 128 -> 8 > 7
+    want = ref.round_fraction((beta[0] - 4 * 256 * mean[0]) * Fraction(2) ** (10 - 8), Rounding.HALF_EVEN)
+    assert offset.tolist() == [want] == [2563]
+    with pytest.raises(TypeError, match="exact rational"):
+        ref.round_fraction(0.5, Rounding.HALF_EVEN)  # a float would have been rounded already
 
 
 def test_folded_graph_saves_loads_and_compares(tmp_path):

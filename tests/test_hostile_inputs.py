@@ -596,6 +596,327 @@ CASES = [
 ]
 
 
+# ---- the second pass (trust, second pass): places, links, outputs over inputs, duplicates,
+# structure before arithmetic, bounds, names, sweep options, ONNX validity, messages ----------
+
+def layer_of(d, name):
+    return next(x for x in d["layers"] if x["name"] == name)
+
+
+def swap_on_disk(ws, a, b):
+    """Exchange two files or folders of the bundle on disk."""
+    root = ws / "b"
+    (root / a).rename(root / "swap.tmp")
+    (root / b).rename(root / a)
+    (root / "swap.tmp").rename(root / b)
+
+
+def swap_weights_and_paths(ws):
+    """The issue's attack: 3.conv1's and 3.conv2's weight files exchanged on disk and their
+    paths exchanged in the manifest, so that every sha256 and value still matches."""
+    for ext in ("mem", "coe", "mif", "npy"):
+        swap_on_disk(ws, f"3.conv1/weight.{ext}", f"3.conv2/weight.{ext}")
+    path = ws / "b" / "manifest.json"
+    d = json.loads(path.read_text())
+    one, two = d["tensors"]["3.conv1/weight"]["files"], d["tensors"]["3.conv2/weight"]["files"]
+    for f1, f2 in zip(one, two):
+        f1["path"], f2["path"] = f2["path"], f1["path"]
+    path.write_text(json.dumps(d))
+
+
+def swap_folders(ws):
+    """Whole layer folders exchanged, every path in the manifest following its file."""
+    swap_on_disk(ws, "3.conv1", "3.conv2")
+    path = ws / "b" / "manifest.json"
+    d = json.loads(path.read_text())
+    for entry in d["tensors"].values():
+        for f in entry["files"]:
+            head, _, tail = f["path"].partition("/")
+            f["path"] = {"3.conv1": "3.conv2", "3.conv2": "3.conv1"}.get(head, head) + "/" + tail
+    path.write_text(json.dumps(d))
+
+
+def move_output_file(ws):
+    """3.conv1's output .npy moved into 3.bn1's folder, its path updated."""
+    (ws / "b/3.conv1/output.npy").rename(ws / "b/3.bn1/conv1-output.npy")
+    path = ws / "b" / "manifest.json"
+    d = json.loads(path.read_text())
+    for f in d["tensors"]["3.conv1/output"]["files"]:
+        if f["kind"] == "npy":
+            f["path"] = "3.bn1/conv1-output.npy"
+    path.write_text(json.dumps(d))
+
+
+def exchange_mem_and_coe(ws):
+    """0/weight.mem and .coe exchange contents; the manifest's kinds and hashes follow them."""
+    swap_on_disk(ws, "0/weight.mem", "0/weight.coe")
+    path = ws / "b" / "manifest.json"
+    d = json.loads(path.read_text())
+    files = {f["kind"]: f for f in d["tensors"]["0/weight"]["files"]}
+    files["mem"]["kind"], files["coe"]["kind"] = "coe", "mem"
+    path.write_text(json.dumps(d))
+
+
+def duplicate_key(rel, key, first_value):
+    """A JSON file with ``key`` written twice at the top level: a forged first copy, then the
+    real one (a reader keeping the first reads the forgery)."""
+    def setup(ws):
+        text = (ws / rel).read_text()
+        head = "{" + json.dumps(key) + ": " + json.dumps(first_value) + ", "
+        (ws / rel).write_text(head + text.lstrip()[1:])
+    return setup
+
+
+def duplicate_crc(ws):
+    """A tensor entry naming crc32 twice, the first forged."""
+    path = ws / "b" / "manifest.json"
+    text = path.read_text()
+    d = json.loads(text)
+    real = d["tensors"]["0/weight"]["crc32"]
+    needle = f'"crc32": "{real}"'
+    assert needle in text or f'"crc32":"{real}"' in text
+    path.write_text(text.replace(needle, f'"crc32": "00000000", {needle}', 1))
+
+
+def link_outside(rel, target):
+    """``rel`` in the workspace replaced by a symbolic link to ``target``."""
+    def setup(ws):
+        (ws / rel).unlink()
+        os.symlink(target, ws / rel)
+    return setup
+
+
+def rename_node(old, new):
+    """A node renamed in graph.json and in arrays.npz (and in the reads of its readers)."""
+    def setup(ws):
+        data = json.loads((ws / "g/graph.json").read_text())
+        for n in data["nodes"]:
+            if n["name"] == old:
+                n["name"] = new
+            n["inputs"] = [new if i == old else i for i in n["inputs"]]
+        data["outputs"] = [new if o == old else o for o in data["outputs"]]
+        (ws / "g/graph.json").write_text(json.dumps(data))
+        with np.load(ws / "g" / "arrays.npz") as npz:
+            arrays = {(new + k[len(old):] if k.startswith(old + "/") else k): npz[k] for k in npz.files}
+        np.savez(ws / "g" / "arrays.npz", **arrays)
+    return setup
+
+
+def onnx_edit(fn):
+    """m.onnx: the Brevitas fixture, changed by fn(model) (it need not stay valid)."""
+    def setup(ws):
+        import onnx
+        model = onnx.load(BREVITAS_CNN)
+        fn(model)
+        (ws / "m.onnx").write_bytes(model.SerializeToString())
+    return setup
+
+
+def _set_opset(model, domain, version):
+    for entry in model.opset_import:
+        if entry.domain == domain:
+            entry.version = version
+
+
+def _drop_opset(model, domain):
+    keep = [o for o in model.opset_import if o.domain != domain]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def _duplicate_initializer(model):
+    import onnx
+    copy = onnx.TensorProto()
+    copy.CopyFrom(model.graph.initializer[0])
+    model.graph.initializer.append(copy)
+
+
+def _second_writer(model):
+    import onnx
+    node = onnx.NodeProto()
+    node.CopyFrom(model.graph.node[3])
+    node.name = "again"
+    model.graph.node.insert(4, node)
+
+
+def _huge_input(model):
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 1 << 20
+
+
+def _node_name(model, name):
+    next(n for n in model.graph.node if n.op_type == "Conv").name = name
+    for node in model.graph.node:
+        del node.metadata_props[:]  # the name, not the module path, names the layer
+
+
+def onnx_external_link(target):
+    """m.onnx with its weights in w.bin beside it, w.bin a link to ``target``."""
+    def setup(ws):
+        import onnx
+        model = onnx.load(BREVITAS_CNN)
+        onnx.save(model, ws / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="w.bin", size_threshold=0)
+        real = Path(target if os.path.isabs(target) else ws / target)
+        if not os.path.isabs(target):
+            (ws / "w.bin").rename(real)  # the secret is the real data: the link reads it
+        else:
+            (ws / "w.bin").unlink()
+        os.symlink(target, ws / "w.bin")
+    return setup
+
+
+def onnx_in_folder_with_secret(ws):
+    """The model in ws/model/, its w.bin a link to ../secret.bin (the weights' real bytes)."""
+    import onnx
+    (ws / "model").mkdir()
+    model = onnx.load(BREVITAS_CNN)
+    onnx.save(model, ws / "model" / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    (ws / "model" / "w.bin").rename(ws / "secret.bin")
+    os.symlink("../secret.bin", ws / "model" / "w.bin")
+
+
+def image_folder(ws):
+    """An ImageFolder of two 8x8 grey images in one class."""
+    from PIL import Image
+    (ws / "imgs" / "a").mkdir(parents=True)
+    for k in range(2):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8), "L").save(ws / "imgs" / "a" / f"{k}.png")
+
+
+def labelled(ws, value):
+    np.save(ws / "xs.npy", np.concatenate([np.load(ws / "x.npy")] * 4))
+    np.save(ws / "labels.npy", np.full(8, value, np.int64))
+
+
+SIM2 = ("simulate", "g", "--random", 1, "-o", "y.npy")
+SWEEP = ("sweep", "g", "--data", "xs.npy", "-o", "s")
+AUDIT_DATA = ("audit", "g", "--data", "x.npy")
+
+CASES += [
+    # graph files: names, outputs, links, sizes, op structure
+    Case("graph2", "name-nul", rename_node("2", "re\x00lu"), SIM2, 2, "control character"),
+    Case("graph2", "name-newline", rename_node("2", "re\nlu"), SIM2, 2, r"control character '\\n'"),
+    Case("graph2", "maxpool-edited-to-avg", edit_graph(lambda d: node(d, "4").update(op="avg_pool2d")), SIM2, 2,
+         "an average pool needs out_fmt"),
+    Case("graph2", "maxpool-with-avg-fields", set_param("4", "count_include_pad", False), SIM2, 2,
+         r"a max pool sets \['count_include_pad'\], which only average pooling reads"),
+    Case("graph2", "avgpool-count-pad-loads", set_param("6", "count_include_pad", False), SIM2, 0, "wrote y.npy"),
+    Case("graph2", "flatten-no-input", edit_graph(lambda d: node(d, "7").update(inputs=[])), SIM2, 2,
+         r"node 7 \(flatten\): reads 0 inputs, its op takes 1"),
+    Case("graph2", "output-not-last", edit_graph(lambda d: d.update(outputs=["7"])), SIM2, 2,
+         r"one output, their last node \(8\)"),
+    Case("graph2", "two-outputs", edit_graph(lambda d: d.update(outputs=["7", "8"])), SIM2, 2, "one output"),
+    Case("graph2", "json-duplicate-key", duplicate_key("g/graph.json", "nodes", []), SIM2, 2,
+         "the key 'nodes' appears twice"),
+    Case("graph2", "arrays-link-outside", link_outside("g/arrays.npz", "../w.npz"), SIM2, 2,
+         "arrays.npz resolves to .*, outside the folder"),
+    Case("graph2", "json-link-outside", both(lambda ws: shutil.copy(ws / "g/graph.json", ws / "gj.json"),
+                                             link_outside("g/graph.json", "../gj.json")), SIM2, 2,
+         "graph.json resolves to .*, outside the folder"),
+    Case("graph2", "input-shape-huge", edit_graph(lambda d: d["inputs"][0].update(shape=[1 << 20, 1 << 20, 1 << 20])),
+         SIM2, 2, r"holds 1152921504606846976 values a sample, more than the engine's"),
+
+    # bundles: places, duplicates, structure, sizes
+    Case("bundle2", "weights-swapped-between-layers", swap_weights_and_paths, VERIFY, 1,
+         "3.conv2/weight.mem: its mem file of tensor 3.conv1/weight lies at 3.conv1/weight.mem"),
+    Case("bundle2", "weights-swapped-with-graph", swap_weights_and_paths, ("verify", "b", "--graph", "g"), 1,
+         "lies at 3.conv2/weight.npy in a bundle, not here"),
+    Case("bundle2", "folders-swapped", swap_folders, VERIFY, 1, "3.conv2/output.npy: its npy file of tensor "
+         "3.conv1/output lies at 3.conv1/output.npy"),
+    Case("bundle2", "output-moved-to-another-folder", move_output_file, VERIFY, 1,
+         "3.bn1/conv1-output.npy: its npy file of tensor 3.conv1/output lies at 3.conv1/output.npy"),
+    Case("bundle2", "mem-and-coe-exchanged", exchange_mem_and_coe, VERIFY, 1,
+         "0/weight.mem: its coe file of tensor 0/weight lies at 0/weight.coe"),
+    Case("bundle2", "duplicate-layers-key", duplicate_key("b/manifest.json", "layers", []), VERIFY, 1,
+         "the key 'layers' appears twice"),
+    Case("bundle2", "duplicate-crc-key", duplicate_crc, VERIFY, 1, "the key 'crc32' appears twice"),
+    Case("bundle2", "layer-without-inputs", manifest_edit(lambda d: layer_of(d, "2")["tensors"].update(inputs=[])),
+         VERIFY, 1, r"layer 2 \(activation\): reads 0 inputs, its op takes 1"),
+    Case("bundle2", "maxpool-edited-to-avg", manifest_edit(lambda d: layer_of(d, "4").update(op="avg_pool2d")),
+         VERIFY, 1, "an average pool needs out_fmt"),
+    Case("bundle2", "add-with-one-input", manifest_edit(lambda d: layer_of(d, "3.add")["tensors"].update(
+        inputs=["2/output"])), VERIFY, 1, r"layer 3.add \(add\): reads 1 inputs, its op takes 2"),
+    Case("bundle2", "flatten-without-inputs", manifest_edit(lambda d: layer_of(d, "7")["tensors"].update(inputs=[])),
+         VERIFY, 1, "reads 0 inputs"),
+    Case("bundle2", "conv-with-two-inputs", manifest_edit(lambda d: layer_of(d, "3.conv1")["tensors"].update(
+        inputs=["2/output", "1/output"])), VERIFY, 1, r"layer 3.conv1 \(conv2d\): reads 2 inputs, its op takes 1"),
+    Case("bundle2", "outputs-moved", manifest_edit(lambda d: d.update(outputs=["3.conv1/output"])), VERIFY, 1,
+         r"declares outputs \['3.conv1/output'\]; a network bundle's output is its last layer's \(8/output\)"),
+    Case("bundle2", "layer-listed-twice", manifest_edit(lambda d: d["layers"].insert(5, d["layers"][4])), VERIFY, 1,
+         "layer 3.bn1 is listed twice"),
+    Case("bundle2", "memory-depth-huge", manifest_edit(lambda d: d["tensors"]["0/weight"].update(memory_depth=2**27)),
+         VERIFY, 1, "tensor 0/weight: .*memory_depth 134217728"),
+    Case("bundle2", "word-width-huge", manifest_edit(lambda d: d["tensors"]["0/weight"].update(word_width=10**6)),
+         VERIFY, 1, "tensor 0/weight: word_width 1000000 is wider than the 16384 bits"),
+
+    # outputs inside or over inputs, with --force, through links
+    Case("output2", "simulate-into-graph", NOTHING, ("simulate", "g", "--random", 1, "-o", "g/arrays.npz", "--force"),
+         2, "output g/arrays.npz lies inside the input g"),
+    Case("output2", "export-into-graph", NOTHING, ("export", "g", "-o", "g/graph.json", "--force"), 2,
+         "output g/graph.json lies inside the input g"),
+    Case("output2", "through-a-link", lambda ws: os.symlink("g", ws / "glink"),
+         ("vectors", "g", "--random", 1, "-o", "glink/sub", "--force"), 2, "lies inside the input g"),
+    Case("output2", "link-to-input", lambda ws: os.symlink("x.npy", ws / "xlink.npy"),
+         ("simulate", "g", "--input", "x.npy", "-o", "xlink.npy", "--force"), 2, "would replace the input x.npy"),
+    Case("output2", "audit-into-labels", lambda ws: labelled(ws, 1),
+         ("audit", "g", "--data", "xs.npy", "--labels", "labels.npy", "-o", "labels.npy", "--force"), 2,
+         "would replace the input labels.npy"),
+
+    # QONNX: links out of the folder, validity, sizes, names, the reference's node count
+    Case("onnx2", "external-data-link-to-parent", onnx_in_folder_with_secret, ("compile", "model/m.onnx", "-o", "g2"),
+         2, "external data model/w.bin resolves to .*secret.bin, outside the folder"),
+    Case("onnx2", "external-data-link-to-etc-passwd", onnx_external_link("/etc/passwd"), ONNX, 2,
+         "resolves to /etc/passwd, outside the folder"),
+    Case("onnx2", "compare-external-data-link", onnx_in_folder_with_secret,
+         ("compare", "model/m.onnx", "--random", 1), 2, "outside the folder"),
+    Case("onnx2", "duplicate-initializer", onnx_edit(_duplicate_initializer), ONNX, 2,
+         "not valid ONNX: .*initializer name is not unique"),
+    Case("onnx2", "two-writers", onnx_edit(_second_writer), ONNX, 2, "single static assignment"),
+    Case("onnx2", "opset-1", onnx_edit(lambda m: _set_opset(m, "", 1)), ONNX, 2, "ai.onnx version 1; this tool reads 7.."),
+    Case("onnx2", "opset-999", onnx_edit(lambda m: _set_opset(m, "", 999)), ONNX, 2, "ai.onnx version 999"),
+    Case("onnx2", "opset-none", onnx_edit(lambda m: _drop_opset(m, "")), ONNX, 2, "no version of the ONNX domain"),
+    Case("onnx2", "qonnx-opset-999", onnx_edit(lambda m: _set_opset(m, "qonnx.custom_op.general", 999)), ONNX, 2,
+         "qonnx.custom_op.general version 999; QONNX's ops have versions 1, 2"),
+    Case("onnx2", "ir-version-999", onnx_edit(lambda m: setattr(m, "ir_version", 999)), ONNX, 2,
+         "ir_version 999: this tool reads ONNX ir_version 3.."),
+    Case("onnx2", "duplicate-metadata", onnx_edit(lambda m: [m.metadata_props.add(key="k", value=v) for v in "ab"]),
+         ONNX, 2, "duplicate keys in metadata_props"),
+    Case("onnx2", "input-2-40", onnx_edit(_huge_input), ONNX, 2, "values a sample, more than the engine's"),
+    Case("onnx2", "node-name-newline", onnx_edit(lambda m: _node_name(m, "conv\n1")), ONNX, 2, "control character"),
+
+    # options: clusters, memory images, images, training, sweeps
+    Case("option", "scheduler-port-words", NOTHING, AUDIT_DATA + ("--scheduler", "tcp://127.0.0.1:abc"), 2,
+         "--scheduler 'tcp://127.0.0.1:abc': Port could not be cast .* tcp://HOST:PORT"),
+    Case("option", "scheduler-garbage", NOTHING, AUDIT_DATA + ("--scheduler", "garbage"), 2,
+         "--scheduler 'garbage' is no scheduler address; give .* tcp://HOST:PORT"),
+    Case("option", "workers-beyond-cores", NOTHING, AUDIT_DATA + ("--workers", 1000), 2,
+         "--workers 1000 is more than this machine's .* --force-workers"),
+    Case("option", "depth-2-40", NOTHING, ("vectors", "g", "--random", 1, "--depth", 2**40, "-o", "v"), 2,
+         r"depth \(--depth\) 1099511627776: a memory image has at most"),
+    Case("option", "word-width-million", NOTHING, ("vectors", "g", "--random", 1, "--word-width", 10**6, "-o", "v"), 2,
+         r"--word-width\) 1000000: a memory word has at most 16384 bits"),
+    Case("option", "resize-huge", image_folder, ("audit", "g", "--data", "imgs", "--crop", 8, "--resize", 100000), 2,
+         "--resize 100000: images of more than 8192 pixels a side"),
+    Case("option", "std-nan", image_folder, ("audit", "g", "--data", "imgs", "--crop", 8, "--std", "nan"), 2,
+         r"--std \[nan\]: give 1 finite numbers"),
+    Case("option", "epochs-huge", NOTHING, ("train", "--epochs", 10**8), 2, "100000000 is not in the range"),
+    Case("option", "sweep-labels-99", lambda ws: labelled(ws, 99), SWEEP + ("--labels", "labels.npy", "--criterion",
+                                                                        "accuracy"), 2,
+         r"labels range from 99 to 99, but the graph's output has 10 classes \(0..9\)"),
+    Case("option", "sweep-labels-negative", lambda ws: labelled(ws, -1), SWEEP + ("--labels", "labels.npy"), 2,
+         "labels range from -1 to -1"),
+    Case("option", "sweep-min-bits-100", lambda ws: labelled(ws, 1), SWEEP + ("--min-bits", 100), 2,
+         "--min-bits 100: no register sized here needs more than"),
+    Case("option", "sweep-layer-without-register", lambda ws: labelled(ws, 1),
+         SWEEP + ("--layers", "7", "--registers", "accumulator"), 2,
+         r"layer 7 \(flatten\) has no accumulator register to size"),
+    Case("option", "vectors-long-layer-name", rename_node("3.add", "a" * 400), ("vectors", "g", "--random", 1, "-o", "v"),
+         2, "its bundle folder name would be 400 bytes, more than the 255 a file system allows; rename"),
+]
+
+
 def _npz_with(ws, name, member_bytes):
     """arrays.npz with one member replaced by raw bytes (a forged .npy)."""
     path = ws / "g" / "arrays.npz"
@@ -607,10 +928,11 @@ def _npz_with(ws, name, member_bytes):
             zf.writestr(n, data)
 
 
-def test_there_are_at_least_60_distinct_cases():
+def test_there_are_at_least_100_distinct_cases():
     hostile = [c for c in CASES if c.code]
-    assert len(hostile) >= 60 and len({str(c) for c in CASES}) == len(CASES)
-    assert {c.kind for c in hostile} == {"graph", "input", "weights", "bundle", "output", "train", "onnx"}
+    assert len(hostile) >= 100 and len({str(c) for c in CASES}) == len(CASES)
+    assert {c.kind for c in hostile} == {"graph", "input", "weights", "bundle", "output", "train", "onnx",
+                                         "graph2", "bundle2", "output2", "onnx2", "option"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

@@ -188,3 +188,33 @@ def test_an_internal_error_keeps_its_traceback_and_exits_3(graph, tmp_path, monk
     assert r.exit_code == 3
     assert "Traceback" in r.output and "TypeError: a bug" in r.output and "internal error" in r.output
     assert not (tmp_path / "y.npy").exists()
+
+
+def tree(path: Path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("point,expect", [("staged", "old"), ("exchanged", "new")])
+def test_vectors_force_killed_over_a_folder_leaves_old_or_new_and_never_harms_its_input(graph, tmp_path, point,
+                                                                                      expect):
+    """`vectors G -o OUT --force` over an existing bundle, killed at each point of the replace:
+    OUT holds the old bundle or the new one whole, and the graph it reads is untouched. The
+    same command aimed inside its input, directly or through a link, is refused first."""
+    out = tmp_path / "bundle"
+    assert _cli("vectors", graph, "--random", 1, "--seed", 1, "-o", out).exit_code == 0
+    old, graph_before = tree(out), tree(graph)
+    cmd = [sys.executable, "-m", "wageubn_sim.cli", "vectors", str(graph), "--random", "1", "--seed", "2",
+           "-o", str(out), "--force"]
+    done = subprocess.run(cmd, env=dict(os.environ, **{KILL_AT_ENV: point}), capture_output=True)
+    assert done.returncode == -signal.SIGKILL
+    assert tree(graph) == graph_before
+    if expect == "old":
+        assert tree(out) == old
+    else:
+        new = tree(out)
+        assert new != old and set(new) == set(old)  # the seed-2 bundle, whole
+    os.symlink(graph, tmp_path / "link")
+    for target in (graph / "sub", tmp_path / "link" / "sub", graph):
+        r = _cli("vectors", graph, "--random", 1, "-o", target, "--force")
+        assert r.exit_code == 2 and "input" in r.output, r.output
+    assert tree(graph) == graph_before

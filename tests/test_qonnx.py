@@ -475,3 +475,31 @@ def test_the_audit_sizes_unsigned_registers_in_unsigned_bits():
     assert relu.declared.startswith("u8.") and relu.observed_min >= 0
     assert relu.needed_bits == max(1, relu.observed_max.bit_length())
     assert relu.headroom_bits == 8 - relu.needed_bits and relu.proposed.startswith("u")
+
+
+def _with_identities(count: int) -> onnx.ModelProto:
+    """The Brevitas CNN with ``count`` Identity nodes chained before its output."""
+    model = onnx.load(DATA / "cnn.onnx")
+    out = model.graph.output[0].name
+    last = next(n for n in model.graph.node if out in n.output)
+    last.output[0] = "id0"
+    model.graph.node.extend(helper.make_node("Identity", [f"id{k}"], [f"id{k + 1}" if k < count - 1 else out],
+                                             name=f"identity{k}") for k in range(count))
+    return model
+
+
+def test_compare_runs_qonnx_without_identities_and_bounds_its_nodes(tmp_path, monkeypatch):
+    """qonnx's shape inference and execution take time quadratic in the node count: the
+    reference runs without Identity nodes (50k of them compare in seconds, exactly), and a
+    model with more real nodes than the bound is refused, naming it."""
+    from wageubn_sim.graph import qonnx_compare
+    model = _with_identities(50_000)
+    path = tmp_path / "ids.onnx"
+    onnx.save(model, path)
+    lean = qonnx_compare.without_aliases(model)
+    assert len(lean.graph.node) == len(model.graph.node) - 50_000 + 1  # the one that writes the output stays
+    result = cli("compare", path, "--random", 2)
+    assert result.exit_code == 0 and "bit-exact" in result.output, result.output
+    monkeypatch.setattr(qonnx_compare, "MAX_REFERENCE_NODES", 5)
+    result = cli("compare", DATA / "cnn.onnx", "--random", 1)
+    assert result.exit_code == 2 and "the model has 11 nodes" in result.output and "at most 5" in result.output

@@ -30,6 +30,7 @@ BAD_INPUT = 2
 INTERNAL_ERROR = 3
 MAX_RANDOM_VALUES = 1 << 27  # --random N --shape S: at most 2**27 values (1 GiB of float64)
 INPUT_KINDS = "iuf"  # inputs: integers (of the input format) or floats
+MAX_EPOCHS = 10_000  # `train --epochs`: the demo's digits learn in 10
 
 
 class BadInput(click.ClickException):
@@ -49,8 +50,9 @@ class _Main(click.Group):
                 KeyboardInterrupt):
             raise
         except MemoryError:
-            raise BadInput("out of memory; use fewer or smaller inputs (--random, the batch "
-                           "in --input) or a smaller model") from None
+            raise BadInput("out of memory: the model, the inputs or an option (a batch, --random, "
+                           "--depth, --resize, --lanes) ask for more than this machine has; use "
+                           "smaller ones") from None
         except Exception:
             traceback.print_exc()
             click.echo("wageubn-sim: internal error (a bug in wageubn-sim, not in your input); "
@@ -265,12 +267,19 @@ def _graph_and_inputs(path, input_path, random, shape, seed):
 
 def _output(out, force: bool, *inputs):
     """Check an output path before the work: a real name, not an existing target (without
-    --force), and neither one of the command's inputs nor a folder that holds one."""
+    --force), and, with or without --force and after symbolic links are resolved, neither one
+    of the command's inputs, nor a folder that holds one, nor a path inside one."""
     target = _guard(refuse_existing, out, force)
     resolved = target.resolve()
     for given in inputs:
-        if given and Path(given).resolve().is_relative_to(resolved):
+        if not given:
+            continue
+        source = Path(given).resolve()
+        if source.is_relative_to(resolved):
             raise BadInput(f"output {out} would replace the input {given}; choose another path")
+        if resolved.is_relative_to(source):
+            raise BadInput(f"output {out} lies inside the input {given}, which it would change; "
+                           "choose a path outside it")
     return target
 
 
@@ -313,7 +322,7 @@ def _positive_rate(name: str, value: float) -> float:
 
 
 @main.command()
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1, MAX_EPOCHS))
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(2))
 @click.option("--lr", default=0.25, show_default=True, type=float, help="Integer training's rate (flr-quantized).")
 @click.option("--float-lr", default=0.05, show_default=True, type=float, help="The float baseline's rate.")
@@ -356,8 +365,8 @@ def _is_onnx(model: str) -> bool:
 
 
 def _from_qonnx(model, input_format, accumulator, weights, input_path=None, random=None, shape=None):
-    """A QONNX model's integer graph, for compile and compare."""
-    from .graph.qonnx_import import from_qonnx
+    """(the QONNX model as read, its integer graph), for compile and compare."""
+    from .graph.qonnx_import import from_qonnx, read_qonnx
     if weights:
         raise BadInput(f"--weights: {model} holds its own weights; leave --weights out")
     if input_path or random is not None or shape:
@@ -368,7 +377,8 @@ def _from_qonnx(model, input_format, accumulator, weights, input_path=None, rand
     except ImportError:
         raise BadInput("reading QONNX models needs onnx: pip install 'wageubn-sim[onnx]'") from None
     fmt = _parse_format(input_format) if input_format else None
-    return _guard(from_qonnx, model, fmt, _parse_accumulator(accumulator))
+    proto = _guard(read_qonnx, model)
+    return proto, _guard(from_qonnx, proto, fmt, _parse_accumulator(accumulator))
 
 
 @main.command("compile")
@@ -390,7 +400,7 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
     from .graph.fold import fold_batchnorm
     _output(out, force, weights, input_path, model if _is_onnx(model) else None)  # before the work
     if _is_onnx(model):
-        graph = _from_qonnx(model, input_format, accumulator, weights, input_path, random, shape)
+        graph = _from_qonnx(model, input_format, accumulator, weights, input_path, random, shape)[1]
     else:
         from .graph.importer import compile_model
         fmt, acc = _parse_format(input_format or "s16.8"), _parse_accumulator(accumulator)
@@ -462,11 +472,11 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
         _output(json_path, force, weights, input_path, model if _is_onnx(model) else None)  # before the work
     if _is_onnx(model):
         from .graph.qonnx_compare import compare_qonnx
-        graph = _from_qonnx(model, input_format, accumulator, weights)
+        proto, graph = _from_qonnx(model, input_format, accumulator, weights)
         if shape is None and random is not None:
             shape = ",".join(map(str, graph.inputs[0].shape))
         x = load_inputs(input_path, random, shape, seed)
-        report = _guard(compare_qonnx, model, graph, x)
+        report = _guard(compare_qonnx, proto, graph, x)
     else:
         import torch
         from .graph.compare import compare as run_compare
@@ -545,7 +555,9 @@ _data_options = [
     click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Samples per batch."),
     click.option("--shard-size", type=click.IntRange(1), default=512, show_default=True,
                  help="Samples per shard (one task on a cluster)."),
-    click.option("--workers", type=click.IntRange(1), help="Run on a local Dask cluster of N processes."),
+    click.option("--workers", type=click.IntRange(1), help="Run on a local Dask cluster of N processes "
+                                                           "(at most the cores, unless --force-workers)."),
+    click.option("--force-workers", is_flag=True, help="Start --workers even beyond this machine's cores."),
     click.option("--scheduler", help="Run on the Dask cluster at tcp://HOST:PORT."),
 ]
 
@@ -601,10 +613,21 @@ def _progress_line(label: str):
     return lambda total=None: Progress(total, report)
 
 
-def _on_cluster(fn, workers, scheduler):
+def _check_cluster(workers, force_workers, scheduler) -> None:
+    """--workers, --force-workers and --scheduler, checked before any work."""
+    from .data.shards import check_workers, scheduler_address
+    if force_workers and workers is None:
+        raise BadInput("--force-workers goes with --workers")
+    if workers is not None:
+        _guard(check_workers, workers, force_workers)
+    if scheduler is not None:
+        _guard(scheduler_address, scheduler)
+
+
+def _on_cluster(fn, workers, force_workers, scheduler):
     """fn(client) with the Dask client --workers/--scheduler ask for (None: serial)."""
     from .data.shards import dask_client
-    with dask_client(workers, scheduler) as client:
+    with dask_client(workers, scheduler, force_workers) as client:
         return fn(client)
 
 
@@ -615,19 +638,21 @@ def _on_cluster(fn, workers, scheduler):
 @click.option("-o", "--out", help="Folder for audit.json, .csv, .md and .html.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, mean, std, batch,
-          shard_size, workers, scheduler, out, force):
+          shard_size, workers, force_workers, scheduler, out, force):
     """Audit the register widths of GRAPH over inputs or a whole dataset (--data; serial, or on
     Dask with --workers/--scheduler: the same bytes either way); print the table."""
     from .files.write import write_folder_atomically
     from .graph.ir import load_graph
     from .reports.audit import audit as run_audit
     if out:
-        _output(out, force, graph, input_path, data)  # before the work
+        _output(out, force, graph, input_path, data, labels)  # before the work
+    _check_cluster(workers, force_workers, scheduler)
     g = _guard(load_graph, graph)
     source = _dataset(g, data, labels, resize, crop, mean, std, input_path, random, shape, seed)
     total = len(source) if hasattr(source, "__len__") else None
     report = _guard(_on_cluster, lambda client: run_audit(g, source, client, batch, shard_size,
-                                                          _progress_line("audit")(total)), workers, scheduler)
+                                                          _progress_line("audit")(total)),
+                    workers, force_workers, scheduler)
     click.echo(report.to_table().rstrip())
     if out:
         files = {"audit.json": report.to_json(), "audit.csv": report.to_csv(),
@@ -653,25 +678,26 @@ def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, me
 @click.option("-o", "--out", required=True,
               help="Folder for sweep.json, sweep.txt, sweep.html and graph/ (the proposed graph).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def sweep(graph, data, labels, resize, crop, mean, std, batch, shard_size, workers, scheduler,
-          criterion, registers, layers, overflow, min_bits, out, force):
+def sweep(graph, data, labels, resize, crop, mean, std, batch, shard_size, workers, force_workers,
+          scheduler, criterion, registers, layers, overflow, min_bits, out, force):
     """Find, per layer, the narrowest accumulator and output registers that keep GRAPH's outputs
     on --data within --criterion (each layer alone, then all together); write the report and
     the proposed graph (ready for `vectors`)."""
     from .files.write import write_folder_atomically
     from .graph.ir import load_graph
     from .reports.sweep import Criterion, sweep as run_sweep
-    _output(out, force, graph, data)  # before the work
+    _output(out, force, graph, data, labels)  # before the work
     if data is None:
         raise BadInput("give the dataset: --data PATH")
     crit = _guard(Criterion.parse, criterion)
+    _check_cluster(workers, force_workers, scheduler)
     g = _guard(load_graph, graph)
     source = _dataset(g, data, labels, resize, crop, mean, std)
     report, proposed = _guard(_on_cluster, lambda client: run_sweep(
         g, source, crit, [r.strip() for r in registers.split(",")],
         [n.strip() for n in layers.split(",")] if layers else None,
         [m.strip().upper() for m in overflow.split(",")], min_bits, client, batch, shard_size,
-        lambda label: _progress_line(label)(len(source))), workers, scheduler)
+        lambda label: _progress_line(label)(len(source))), workers, force_workers, scheduler)
     click.echo(report.to_table().rstrip())
     files = {"sweep.json": report.to_json(), "sweep.txt": report.to_table(), "sweep.html": report.to_html()}
     files = {k: v.encode() for k, v in files.items()}

@@ -110,9 +110,7 @@ def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_
         x_test, y_test = images_to_input(data["test_images"]), data["test_labels"]
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
-    rng = np.random.default_rng(seed)
-    orders = [rng.permutation(len(y_train)) for _ in range(epochs)]
-    batches = [order[i:i + batch] for order in orders for i in range(0, len(order) - batch + 1, batch)]
+    batches = _EpochBatches(len(y_train), epochs, batch, seed)
 
     torch.manual_seed(seed)
     model = quantize_model(demo_model()).double().train()
@@ -120,11 +118,11 @@ def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_
     trainer = IntegerTrainer.from_model(model, x_train[:batch], lr)
     if step_vectors is not None:
         from .vectors.training import write_training_bundle
-        first = batches[0]
+        first = next(iter(batches))
         write_training_bundle(trainer, x_train[first], y_train[first], step_vectors, force=force,
                               seed=seed, command=command)
         echo(f"wrote the training-step bundle of step 0 to {step_vectors}")
-    remaining = batches[trainer.step_number:]
+    remaining = batches.after(trainer.step_number)
     steps = remaining if progress is None else progress(remaining)
     for idx in steps:
         trainer.step(x_train[idx], y_train[idx])
@@ -145,3 +143,29 @@ def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_
     echo(f"  held-out accuracy ({len(y_test)} digits): integer 8-bit engine {int_acc:.4f}, "
          f"float {float_acc:.4f}")
     return {"integer": int_acc, "float": float_acc, "steps": len(batches)}
+
+
+class _EpochBatches:
+    """The training batches: per epoch a permutation of the samples (one seeded generator, epoch
+    after epoch), cut into full batches. Drawn as they are used, so that memory does not grow with
+    the epochs; iterating again draws the same batches."""
+
+    def __init__(self, samples: int, epochs: int, batch: int, seed: int, skip: int = 0):
+        self.samples, self.epochs, self.batch, self.seed, self.skip = samples, epochs, batch, seed, skip
+
+    def __len__(self):
+        return self.epochs * (self.samples // self.batch) - self.skip
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        skip = self.skip
+        for _ in range(self.epochs):
+            order = rng.permutation(self.samples)
+            for i in range(0, self.samples - self.batch + 1, self.batch):
+                if skip:
+                    skip -= 1
+                    continue
+                yield order[i:i + self.batch]
+
+    def after(self, steps: int) -> "_EpochBatches":
+        return _EpochBatches(self.samples, self.epochs, self.batch, self.seed, self.skip + steps)

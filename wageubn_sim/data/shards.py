@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import urllib.parse
 import weakref
 from functools import reduce
 
 DEFAULT_BATCH = 64
 DEFAULT_SHARD = 512
 SCHEDULER_TIMEOUT = "20s"  # how long `--scheduler` waits for its scheduler to answer
+MAX_WORKERS_PER_CORE = 8  # local worker processes, even with --force-workers
 KILL_HOOK = "WAGEUBN_SIM_TEST_KILL_SHARD"  # "INDEX:MARKER": the first run of that shard dies
 _TASK_THREADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> Numba threads per task
 
@@ -137,8 +139,37 @@ def _map_iterable(task, payload, batches, client, progress):
     return _merge_all(results)
 
 
+def scheduler_address(text: str) -> str:
+    """``text`` if it is a scheduler address Dask takes (tcp:// or tls://, a host and a port);
+    ValueError naming the form otherwise."""
+    fix = "give the scheduler's address as tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786)"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"--scheduler {text!r}: {err}; {fix}") from None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None \
+            or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"--scheduler {text!r} is no scheduler address; {fix}")
+    return text
+
+
+def check_workers(workers: int, force: bool = False) -> int:
+    """``workers`` local worker processes, where this machine has the cores for them: more than
+    its cores asks for ``force`` (and even then at most `MAX_WORKERS_PER_CORE` per core)."""
+    cores = os.cpu_count() or 1
+    if workers > cores and not force:
+        raise ValueError(f"--workers {workers} is more than this machine's {cores} cores: each worker is "
+                         f"a process of its own; give at most {cores}, or pass --force-workers to "
+                         "start them anyway")
+    if workers > MAX_WORKERS_PER_CORE * cores:
+        raise ValueError(f"--workers {workers} is more than {MAX_WORKERS_PER_CORE} per core ({cores} "
+                         f"cores), even with --force-workers; give at most {MAX_WORKERS_PER_CORE * cores}")
+    return workers
+
+
 @contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None):
+def dask_client(workers: int | None = None, scheduler: str | None = None, force_workers: bool = False):
     """None (serial), a ``LocalCluster`` of ``workers`` processes (one task thread each, whose
     Numba loops use cores / workers threads: the workers together use the cores once), or a
     client of the Dask cluster at ``scheduler`` (tcp://HOST:PORT; its workers keep their own
@@ -155,6 +186,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
     except ImportError:
         raise ValueError("running on Dask needs dask and distributed: pip install 'wageubn-sim[dask]'") from None
     if scheduler is not None:
+        scheduler_address(scheduler)
         try:
             client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
         except (OSError, TimeoutError) as err:
@@ -165,6 +197,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
         return
     if workers < 1:
         raise ValueError(f"--workers {workers} must be at least 1")
+    check_workers(workers, force_workers)
     # OpenMP's and the BLAS's threads are set in the environment each worker process starts
     # with (Dask's pre-spawn environment, which otherwise pins them to one thread), Numba's per
     # task (`run_shard`): NUMBA_NUM_THREADS in that environment would leak, because the nanny

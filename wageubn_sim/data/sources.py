@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files.read import (UnreadableFile, _open_regular, _open_zip, npy_layout, npz_member_layout,
-                          read_npy, read_npz, read_npz_member_bytes)
+from ..files.read import (NpzMemberStream, UnreadableFile, _open_regular, _open_zip, npy_layout,
+                          npz_member_layout, read_npy, read_npz)
 
 INPUT_KINDS = "iuf"  # inputs: floats, or integers of the graph's input format
 LABEL_KINDS = "iu"
@@ -114,6 +114,7 @@ class NpzArraySource(DataSource):
                 member = candidates[0]
                 labels = labels or next((n for n in ("labels", "y") if n in arrays), None)
             self.member, self.label_member = member, labels
+            self.stream = NpzMemberStream(self.path, "data file", member)
             layout = _sliceable(npz_member_layout(zf, self.path, "data file", member, INPUT_KINDS),
                                 f"data file {self.path}, array {member!r}")
             self.dtype, self.offset = layout.dtype, layout.offset
@@ -131,9 +132,7 @@ class NpzArraySource(DataSource):
 
     def read(self, start, stop):
         row = math.prod(self.sample_shape) * self.dtype.itemsize
-        with _open_zip(self.path, "data file") as zf:
-            data = read_npz_member_bytes(zf, self.path, "data file", self.member,
-                                         self.offset + start * row, (stop - start) * row)
+        data = self.stream.read(self.offset + start * row, (stop - start) * row)
         x = np.frombuffer(data, self.dtype).reshape(stop - start, *self.sample_shape)
         return x.astype(self.dtype.newbyteorder("=")), \
             None if self.labels is None else self.labels[start:stop]
@@ -229,8 +228,20 @@ class Preprocess:
         self.channels, self.resize, self.crop = channels, resize, crop
         self.mean = np.asarray(mean if mean is not None else [0.0] * channels, np.float64)
         self.std = np.asarray(std if std is not None else [1.0] * channels, np.float64)
-        if self.mean.shape != (channels,) or self.std.shape != (channels,) or np.any(self.std <= 0):
-            raise ValueError(f"--mean and --std need {channels} values each (std positive)")
+        for option, values in (("--mean", self.mean), ("--std", self.std)):
+            if values.shape != (channels,) or not np.all(np.isfinite(values)):
+                raise ValueError(f"{option} {values.tolist()}: give {channels} finite numbers, one "
+                                 "per channel")
+        if np.any(self.std <= 0):
+            raise ValueError(f"--std {self.std.tolist()}: each standard deviation must be above 0")
+        side = math.isqrt(MAX_IMAGE_PIXELS)
+        for option, value in (("--crop", crop), ("--resize", resize)):
+            if value is not None and value > side:
+                raise ValueError(f"{option} {value}: images of more than {side} pixels a side are "
+                                 f"refused here ({MAX_IMAGE_PIXELS} pixels at most)")
+        if resize is not None and resize < crop:
+            raise ValueError(f"--resize {resize} is smaller than --crop {crop}: every image would be "
+                             "too small to crop")
         self.shape = (channels, crop, crop)
 
     def __call__(self, path) -> np.ndarray:
@@ -244,8 +255,11 @@ class Preprocess:
                 if self.resize is not None:
                     w, h = image.size
                     scale = self.resize / min(w, h)
-                    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                         Image.BILINEAR)
+                    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+                    if size[0] * size[1] > MAX_IMAGE_PIXELS:  # a long, narrow image
+                        raise ValueError(f"--resize {self.resize} makes this {w}x{h} image "
+                                         f"{size[0]}x{size[1]}, more than {MAX_IMAGE_PIXELS} pixels")
+                    image = image.resize(size, Image.BILINEAR)
                 w, h = image.size
                 if w < self.crop or h < self.crop:
                     raise ValueError(f"{w}x{h} is smaller than the {self.crop}x{self.crop} crop")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..errors import InternalError
 from ..fixedpoint.core import DOMAIN_LIMIT, QUOTIENT_ESTIMATE_LIMIT, TIE, floor_divide, round_quotient
-
 
 
 @njit(cache=True, parallel=True)
@@ -34,11 +34,13 @@ def _divide(num, den, shift, rounding, small_quotients, out, flags):
 
 def divide_scaled(num: np.ndarray, den: np.ndarray, shift: int, rounding) -> tuple:
     """round(num * 2**shift / den) for num (N, C, ...) and den of shape (C, 1...), (1, ...spatial)
-    or (C, ...spatial), den > 0. Returns (q, flags)."""
+    or (C, ...spatial). Returns (q, flags). The callers derive ``den`` from checked params
+    (window cells, a divisor override), so a divisor below 1 is a bug of ours, not bad input."""
     n, c = num.shape[:2]
     den2 = np.ascontiguousarray(den, dtype=np.int64).reshape(den.shape[0], -1)
     if den2.size and den2.min() <= 0:
-        raise ValueError("a rounding division needs positive divisors")
+        raise InternalError(f"a rounding division got divisors down to {int(den2.min())}; its "
+                            "caller must pass positive ones")
     lo, hi = (int(num.min()), int(num.max())) if num.size else (0, 0)
     mag = max(-lo, hi) << max(shift, 0)
     dmax = int(den2.max(initial=0)) << max(-shift, 0)

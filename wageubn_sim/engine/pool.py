@@ -50,18 +50,16 @@ def _geometry(x, p):
 
 
 @njit(cache=True, parallel=True)
-def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, keep_argmax, out, counts,
-          argmax):
+def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, keep_argmax, out, argmax):
     """Window max (with ``keep_argmax``, the first maximum in (kh, kw) order gives its flat
-    input index into argmax) or window sum (with the number of cells inside the input into
-    counts)."""
+    input index into argmax) or window sum (of the cells inside the input)."""
     n, c, h, w = x.shape
     for job in prange(n * c):
         b, ch = job // c, job % c
         for y in range(oh):
             for xo in range(ow):
                 acc = _MIN if take_max else np.int64(0)
-                count, where = 0, -1
+                where = -1
                 for i in range(kh):
                     yi = y * sh + i * dh - ph
                     for j in range(kw):
@@ -75,9 +73,7 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, take_max, keep_argmax, out,
                                 acc = max(acc, v)
                             else:
                                 acc += v
-                            count += 1
                 out[b, ch, y, xo] = acc
-                counts[y, xo] = count
                 if take_max and keep_argmax:
                     argmax[b, ch, y, xo] = where
 
@@ -101,7 +97,7 @@ def max_pool_argmax(x, p: PoolParams, keep_argmax: bool = True):
         raise ValueError(f"max pooling: a window of kernel {p.kernel} with padding {p.padding} "
                          "lies entirely in the padding; reduce the padding")
     _pool(np.ascontiguousarray(x, dtype=np.int64), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, True,
-          keep_argmax, out, np.empty((oh, ow), np.int64), argmax)
+          keep_argmax, out, argmax)
     return out, argmax if keep_argmax else None
 
 
@@ -114,14 +110,17 @@ def max_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
 def avg_pool2d(x, x_frac, p: PoolParams, trace=False) -> Output:
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, p)
     sums = np.empty((n, c, oh, ow), np.int64)
-    counts = np.empty((oh, ow), np.int64)
-    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, False, sums, counts, sums)
+    _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False, False, sums, sums)
     if p.divisor_override:
         divisor = np.full((oh, ow), p.divisor_override, np.int64)
     elif p.count_include_pad:  # torch counts padded cells (inside the padded border)
         divisor = np.full((oh, ow), kh * kw, np.int64)
-    else:
-        divisor = counts
+    else:  # the cells inside the input, from the geometry alone (an empty batch has them too)
+        divisor = np.outer(_cells_inside(h, kh, sh, ph, dh, oh), _cells_inside(w, kw, sw, pw, dw, ow))
+        if not divisor.all():
+            raise ValueError(f"average pooling: a window of kernel {p.kernel} with padding "
+                             f"{p.padding} lies entirely in the padding and count_include_pad is "
+                             "off, so it has no cells to average; reduce the padding")
     out_frac = p.out_fmt.frac_bits
     q, flags = divide_scaled(sums, divisor[None], out_frac - x_frac, p.rounding)
     events = Events(ties=int(np.count_nonzero(flags & TIE)),

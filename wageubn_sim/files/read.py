@@ -16,6 +16,7 @@ import json
 import math
 import os
 import stat
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -81,17 +82,53 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice: readers differ on which copy counts, so neither does."""
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(f"the key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def parse_json(text: str, what: str):
+    """Strict JSON: no NaN or Infinity, no key twice in an object (a reader that keeps the first
+    copy and one that keeps the last would read two different files)."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except DuplicateKey as err:
+        raise UnreadableFile(f"{what}: {err}; remove the duplicate (a file edited by hand?)") from None
+    except RecursionError:
+        raise UnreadableFile(f"{what} nests its JSON too deeply") from None
+    except ValueError as err:  # JSONDecodeError, an oversized integer, NaN
+        raise UnreadableFile(f"{what} is not valid JSON: {err}") from None
+
+
 def read_json(path, what: str, max_bytes: int = MAX_JSON_BYTES):
-    """Parse the JSON file ``path``: strict JSON (no NaN or Infinity), bounded in size and depth."""
+    """Parse the JSON file ``path`` (`parse_json`), bounded in size and depth."""
     data = read_regular_file(path, what, max_bytes)
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UnreadableFile(f"{what} {path} is not UTF-8 text") from None
-    except RecursionError:
-        raise UnreadableFile(f"{what} {path} nests its JSON too deeply") from None
-    except ValueError as err:  # JSONDecodeError, an oversized integer, NaN
-        raise UnreadableFile(f"{what} {path} is not valid JSON: {err}") from None
+    return parse_json(text, f"{what} {path}")
+
+
+def inside_folder(folder, name: str, what: str) -> Path:
+    """``folder / name`` where that path, after every symbolic link is resolved, still lies in
+    ``folder`` (resolved too): a link to a file beside it is followed, one that leads out of the
+    folder (``w.bin -> ../secret``, ``-> /etc/passwd``) is refused."""
+    folder = Path(folder)
+    path = folder / name
+    real, home = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, home]) != home or real == home:
+        raise UnreadableFile(f"{what} {path} resolves to {real}, outside the folder {home}; keep "
+                             "the file itself in that folder (not a link that leads out of it)")
+    return path
 
 
 # ---- .npy -------------------------------------------------------------------------------
@@ -233,6 +270,58 @@ def read_npz_member_bytes(zf, path, what: str, name: str, offset: int, size: int
     if len(data) != size:
         raise UnreadableFile(f"{label} is truncated")
     return data
+
+
+class NpzMemberStream:
+    """Ranges of one .npz member read in turn from one open handle: a compressed member is
+    inflated once for ranges read in order (a fresh open per range would inflate everything
+    before each one again: quadratic in the member's size). Reading back starts over. The
+    handle is not pickled: a copy sent to another process opens its own."""
+
+    def __init__(self, path, what: str, name: str):
+        self.path, self.what, self.name = Path(path), what, name
+        self._open = None  # (the regular file, the ZipFile, the member's handle)
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        label = f"{self.what} {self.path}, array {self.name!r}"
+        with self._lock:
+            try:
+                if self._open is None:
+                    fh = _open_regular(self.path, self.what)
+                    try:
+                        zf = zipfile.ZipFile(fh)
+                        self._open = (fh, zf, zf.open(f"{self.name}.npy"))
+                    except BaseException:
+                        fh.close()
+                        raise
+                member = self._open[2]
+                member.seek(offset)
+                data = member.read(size)
+            except _ZIP_ERRORS as err:
+                self.close()
+                raise UnreadableFile(f"{label} is damaged ({their_reason(err)})") from None
+            except KeyError:
+                self.close()
+                raise UnreadableFile(f"{label} is gone from the archive") from None
+        if len(data) != size:
+            raise UnreadableFile(f"{label} is truncated")
+        return data
+
+    def close(self) -> None:
+        if self._open is not None:
+            for handle in reversed(self._open):
+                handle.close()
+            self._open = None
+
+    def __del__(self):
+        self.close()
+
+    def __getstate__(self):
+        return {"path": self.path, "what": self.what, "name": self.name}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["what"], state["name"])
 
 
 def read_npz(path, what: str, names=None, kinds: str = INTEGER_KINDS) -> dict:

@@ -16,6 +16,9 @@ from .random_bits import U_BITS
 
 def round_fraction(x: Fraction, rounding: Rounding, u: int | None = None) -> int:
     """Round the exact rational ``x`` to an integer. ``u`` is the 32-bit random word of SR."""
+    if isinstance(x, bool) or not isinstance(x, (int, Fraction)):
+        raise TypeError(f"round_fraction takes an exact rational (int or Fraction), got "
+                        f"{type(x).__name__}: a float here would have been rounded already")
     rounding = Rounding.parse(rounding)
     floor = math.floor(x)
     frac = x - floor  # in [0, 1)

@@ -58,15 +58,16 @@ def folded_registers(ratio, beta, mean, acc_frac: int, multiplier_bits: int) -> 
     offsets beta - m * mean on 2**-(acc_frac + f_m), half to even; f_m)."""
     limit = (1 << (multiplier_bits - 1)) - 1
     largest = max((abs(r) for r in ratio), default=Fraction(0))
+    two = Fraction(2)  # powers of two as Fractions: 2 ** -f of an int would be a float
     frac = 0
-    if largest:  # the finest grid on which the largest ratio still fits
+    if largest:  # the finest grid on which the largest ratio still fits (negative for a large one)
         frac = multiplier_bits
-        while abs(round_fraction(largest * 2 ** frac, Rounding.HALF_EVEN)) > limit:
+        while abs(round_fraction(largest * two ** frac, Rounding.HALF_EVEN)) > limit:
             frac -= 1
-        while abs(round_fraction(largest * 2 ** (frac + 1), Rounding.HALF_EVEN)) <= limit:
+        while abs(round_fraction(largest * two ** (frac + 1), Rounding.HALF_EVEN)) <= limit:
             frac += 1
-    mult = [round_fraction(r * 2 ** frac, Rounding.HALF_EVEN) for r in ratio]
-    offset = [round_fraction((b - Fraction(m, 2 ** frac) * mu) * 2 ** (acc_frac + frac),
+    mult = [round_fraction(r * two ** frac, Rounding.HALF_EVEN) for r in ratio]
+    offset = [round_fraction((b - m * two ** -frac * mu) * two ** (acc_frac + frac),
                              Rounding.HALF_EVEN) for b, m, mu in zip(beta, mult, mean)]
     return np.array(mult, np.int64), np.array(offset, np.int64), frac
 

@@ -6,22 +6,25 @@ import dataclasses
 import io
 import json
 import operator
+import math
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
-from ..files.read import UnreadableFile, read_json, read_npz
+from ..files.read import UnreadableFile, inside_folder, read_json, read_npz
 from ..files.write import write_folder_atomically
 from ..fixedpoint.core import exact_int64, in_domain, quantize, value_range
 from ..fixedpoint.format import Format
-from .ops import (ARITY, ARRAY_RANKS, OPS, array_formats, params_from_json, params_to_json,
-                  stochastic_fields)
+from .ops import (ARRAY_RANKS, OPS, array_formats, check_structure, params_from_json,
+                  params_to_json, stochastic_fields)
 
 GRAPH_VERSION = 2  # 2: params as plain values; version 1 files (tagged values) are read too
 GRAPH_VERSIONS = (1, 2)
 GRAPH_JSON = "graph.json"
 GRAPH_ARRAYS = "arrays.npz"
+MAX_INPUT_VALUES = 1 << 28  # values in one input sample (2 GiB of int64)
 
 
 @dataclasses.dataclass
@@ -41,6 +44,15 @@ class GraphInput:
     name: str
     shape: tuple  # without the batch dimension
     fmt: Format
+
+    def check_size(self) -> None:
+        """Refuse a declared input shape beyond what the engine can hold, before any array of it
+        is made (a forged or misread shape would otherwise ask numpy for petabytes)."""
+        size = math.prod(self.shape)
+        if size > MAX_INPUT_VALUES:
+            raise ValueError(f"input {self.name}: shape {list(self.shape)} holds {size} values a "
+                             f"sample, more than the engine's {MAX_INPUT_VALUES}; check the model's "
+                             "input shape")
 
     def check_shape(self, x: np.ndarray) -> None:
         if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != tuple(self.shape):
@@ -88,16 +100,22 @@ class Graph:
         self.outputs = list(outputs)
         self.meta = dict(meta or {})
         names = [i.name for i in self.inputs] + [n.name for n in self.nodes]
+        for name in names:
+            check_name(name)
         if len(set(names)) != len(names):
             raise ValueError("graph names must be unique")
         if len(self.inputs) != 1:
             raise ValueError(f"the engine runs graphs of one input, this one has {len(self.inputs)}")
+        self.inputs[0].check_size()
         known = {i.name for i in self.inputs}
         for node in self.nodes:
             _check_node(node, known)
             known.add(node.name)
         if not self.outputs or any(o not in known for o in self.outputs):
             raise ValueError(f"graph outputs {self.outputs} must name computed values")
+        if self.outputs != [self.nodes[-1].name]:
+            raise ValueError(f"graph outputs {self.outputs}: the engine's graphs have one output, "
+                             f"their last node ({self.nodes[-1].name})")
 
     # ---- running ------------------------------------------------------------------------
     def quantize_input(self, x) -> np.ndarray:
@@ -251,15 +269,17 @@ class Graph:
                                     f"{GRAPH_ARRAYS}); write one with `wageubn-sim compile`")
         hint = "write the graph again with `compile` and `save`"
         try:
-            data = read_json(path / GRAPH_JSON, "graph file")
+            data = read_json(inside_folder(path, GRAPH_JSON, "graph file"), "graph file")
             if not isinstance(data, dict) or data.get("format") != "wageubn-sim graph" \
                     or data.get("version") not in GRAPH_VERSIONS:
                 raise ValueError(f"{GRAPH_JSON} is not a wageubn-sim graph of a version this tool "
                                  f"reads ({', '.join(map(str, GRAPH_VERSIONS))})")
+            for d in data["nodes"]:
+                check_name(d["name"])
+                if not isinstance(d["arrays"], list) or not all(isinstance(k, str) for k in d["arrays"]):
+                    raise TypeError(f"node {d['name']}: arrays must be a list of role names")
             wanted = [f"{d['name']}/{k}" for d in data["nodes"] for k in d["arrays"]]
-            if any(not isinstance(k, str) for k in wanted):
-                raise TypeError("array names must be strings")
-            arrays = read_npz(path / GRAPH_ARRAYS, "graph arrays", wanted)
+            arrays = read_npz(inside_folder(path, GRAPH_ARRAYS, "graph arrays"), "graph arrays", wanted)
             graph = cls._from_json(data, arrays)
         except UnreadableFile as err:
             raise ValueError(f"{err}; {hint}") from None
@@ -317,17 +337,24 @@ def _shape(value, what) -> tuple:
     return tuple(value)
 
 
+def check_name(name) -> None:
+    """A layer or input name: text without control characters (a NUL would cut an npz member's
+    name short, a newline would break a .coe or .mif header comment)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a layer name must be non-empty text, got {name!r}")
+    bad = next((ch for ch in name if unicodedata.category(ch) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"layer name {name!r} holds the control character {bad!r}; rename the "
+                         "layer (module or ONNX node) without control characters")
+
+
 def _check_node(node: Node, known: set) -> None:
     """One node's structure (see `Graph.__init__`)."""
     where = f"node {node.name} ({node.op})"
-    if not isinstance(node.name, str) or node.op not in OPS:
-        raise ValueError(f"{where}: unknown op {node.op!r}; known: {sorted(OPS)}")
-    if not isinstance(node.params, OPS[node.op][0]):
-        raise ValueError(f"{where}: params must be a {OPS[node.op][0].__name__}")
-    arity = ARITY.get(node.op, 1)
-    if (len(node.inputs) != arity) if arity is not None else not node.inputs:
-        raise ValueError(f"{where} reads {len(node.inputs)} inputs, its op takes "
-                         f"{arity if arity is not None else 'one or more'}")
+    try:
+        check_structure(node.op, node.params, len(node.inputs))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     missing = [i for i in node.inputs if i not in known]
     if missing:
         raise ValueError(f"node {node.name} reads {missing} before they are computed")

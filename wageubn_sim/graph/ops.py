@@ -62,9 +62,31 @@ OPS = {
 
 
 ARITY = {"add": 2, "concat": None}  # inputs per node (None: one or more); every other op reads one
+# Fields of PoolParams that only average pooling reads: a max pool keeps them at their defaults
+_AVERAGE_ONLY = ("out_fmt", "count_include_pad", "divisor_override", "rounding", "overflow")
 MAC_OPS = ("conv2d", "linear", "adder2d", "conv2d_bn")
 ARRAY_RANKS = {"weight": None, "bias": 1, "mean": 1, "std": 1, "gamma": 1, "beta": 1,
                "multiplier": 1, "offset": 1}  # weight: 2 (linear) or 4
+
+
+def check_structure(op: str, params, inputs: int) -> None:
+    """A node's op, params struct and input count against its op, before any kernel runs: a
+    graph file or manifest edited by hand fails here with the field named, never inside a
+    kernel. ValueError names what is wrong."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; known: {sorted(OPS)}")
+    if not isinstance(params, OPS[op][0]):
+        raise ValueError(f"params must be a {OPS[op][0].__name__}")
+    arity = ARITY.get(op, 1)
+    if (inputs != arity) if arity is not None else inputs < 1:
+        raise ValueError(f"reads {inputs} inputs, its op takes {arity if arity is not None else 'one or more'}")
+    if op == "avg_pool2d" and params.out_fmt is None:
+        raise ValueError("an average pool needs out_fmt, the grid of its rounded mean")
+    if op == "max_pool2d":
+        defaults = PoolParams(params.kernel, params.stride)
+        averaging = [f for f in _AVERAGE_ONLY if getattr(params, f) != getattr(defaults, f)]
+        if averaging:
+            raise ValueError(f"a max pool sets {averaging}, which only average pooling reads")
 
 
 def array_formats(op: str, params) -> dict:

@@ -11,9 +11,44 @@ from .comparison import FLOAT32_MANTISSA, CompareReport, accumulator_cause, laye
 from .ir import Graph
 
 
+MAX_REFERENCE_NODES = 5000  # qonnx's shape inference and execution take time quadratic in nodes
+ALIAS_OPS = ("Identity", "Dropout")
+
+
+def without_aliases(model):
+    """A copy of ``model`` without Identity and (inference) Dropout nodes, their readers reading
+    the aliased tensor instead: they compute nothing, and qonnx's execution takes time quadratic
+    in the node count. A node whose output is a graph output stays."""
+    import onnx
+    outputs = {o.name for o in model.graph.output}
+    alias, kept = {}, []
+    for node in model.graph.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString()) if alias else node
+        for k, name in enumerate(node.input):
+            node.input[k] = alias.get(name, name)
+        if (node.domain in ("", "ai.onnx") and node.op_type in ALIAS_OPS and node.input
+                and node.output[0] not in outputs and not any(node.output[1:])):
+            alias[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    if not alias:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
+    return copy
+
+
 def qonnx_values(model, x: np.ndarray) -> dict:
     """Every tensor qonnx computes for the float inputs ``x`` (float64, any batch): run in
-    chunks of the batch size the model declares (the last padded with zeros)."""
+    chunks of the batch size the model declares (the last padded with zeros). ``model`` is a
+    ModelProto (its external data read in: `qonnx_import.read_qonnx`)."""
+    model = without_aliases(model)
+    if len(model.graph.node) > MAX_REFERENCE_NODES:
+        raise ValueError(f"the model has {len(model.graph.node)} nodes (Identity and Dropout left "
+                         f"out); qonnx's execution takes time quadratic in them, so compare runs it "
+                         f"on at most {MAX_REFERENCE_NODES}")
     try:
         from qonnx.core.modelwrapper import ModelWrapper
         from qonnx.core.onnx_exec import execute_onnx
@@ -65,7 +100,8 @@ def _cause(node, out, i, reference_lsb) -> str:
 
 
 def compare_qonnx(model, graph: Graph, inputs) -> CompareReport:
-    """Run ``graph`` (imported from ``model``, a path or onnx.ModelProto) and qonnx on the same
+    """Run ``graph`` (imported from ``model``, a path or an onnx.ModelProto with its external
+    data read in) and qonnx on the same
     quantized inputs; compare every layer that names its ONNX tensor (graph.meta's
     ``qonnx_tensors``, written by `from_qonnx`)."""
     tensors = graph.meta.get("qonnx_tensors")
@@ -76,7 +112,8 @@ def compare_qonnx(model, graph: Graph, inputs) -> CompareReport:
     x_values = x_q.astype(np.float64) * 2.0 ** -graph.inputs[0].fmt.frac_bits
     engine = graph.run(x_q, trace=True)
     if not hasattr(model, "graph"):
-        model = str(model)  # a path: qonnx loads it with its external data
+        from .qonnx_import import read_qonnx
+        model = read_qonnx(model)  # its external data by this tool's rules
     values = qonnx_values(model, x_values)
     reference = {name: values[t] for name, t in tensors.items() if t in values}
     return layer_report(graph, engine, reference, "float32", "qonnx", _cause)

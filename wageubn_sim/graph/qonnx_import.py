@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..engine.pool import PoolParams
 from ..engine.registers import Accumulator
 from ..engine.requantize import RequantizeParams
 from ..engine.upsample import UpsampleParams
-from ..files.read import UnreadableFile, read_file_range, read_regular_file
+from ..files.read import UnreadableFile, inside_folder, parse_json, read_file_range, read_regular_file
 from ..fixedpoint.core import quantize
 from ..fixedpoint.format import MAX_BITS, MAX_FRAC_BITS, MAX_UNSIGNED_BITS, MIN_FRAC_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
@@ -48,6 +47,8 @@ from .ops import OPS, FlattenParams
 
 MAX_MODEL_BYTES = 2 << 30  # protobuf's own limit for one message
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
+QONNX_OPSETS = (1, 2)  # the versions of QONNX's ops (Trunc's second in 2)
+MIN_ONNX_OPSET = 7  # older opsets describe ops (Upsample, BatchNormalization) otherwise
 ONNX_DOMAINS = ("", "ai.onnx")
 # QONNX rounding_mode -> ours; CEIL, UP and HALF_DOWN have no engine mode (refused)
 ROUNDING_FROM_QONNX = {"ROUND": Rounding.HALF_EVEN, "HALF_EVEN": Rounding.HALF_EVEN,
@@ -115,51 +116,101 @@ def from_qonnx(model, input_format: Format | None = None, accumulators=None) -> 
     layer name (the ONNX node's name); default: exact, or what an inexact export recorded.
     """
     import onnx
-    folder = None
     if not isinstance(model, onnx.ModelProto):
-        path = Path(model)
-        folder = path.parent
-        data = read_regular_file(path, "ONNX model", MAX_MODEL_BYTES)
-        try:
-            model = onnx.load_model_from_string(data)
-        except Exception as err:  # protobuf's DecodeError and others: a damaged file
-            raise UnreadableFile(f"ONNX model {path} is not a readable ONNX file ({type(err).__name__}); "
-                                 "export it again (brevitas.export.export_qonnx, or "
-                                 "`wageubn-sim export`)") from None
-    return _Importer(model, folder, input_format, accumulators).run()
+        model = read_qonnx(model)
+    else:
+        check_model(model, None)
+    return _Importer(model, input_format, accumulators).run()
+
+
+def read_qonnx(path):
+    """The ONNX model at ``path`` as a ModelProto, checked (`check_model`) and with its external
+    data read into it by this tool's rules: a file in the model's folder, even after symbolic
+    links are resolved, and exactly the bytes each tensor needs."""
+    import onnx
+    path = Path(path)
+    data = read_regular_file(path, "ONNX model", MAX_MODEL_BYTES)
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as err:  # protobuf's DecodeError and others: a damaged file
+        raise UnreadableFile(f"ONNX model {path} is not a readable ONNX file ({type(err).__name__}); "
+                             "export it again (brevitas.export.export_qonnx, or "
+                             "`wageubn-sim export`)") from None
+    check_model(model, path.parent)
+    return model
+
+
+def check_model(model, folder: Path | None) -> None:
+    """Refuse what is no valid ONNX before anything is built from it: an ``ir_version`` or an
+    opset this tool does not know (each named), external data that is not a file in ``folder``
+    (read into the model here), then the ONNX checker's rules (unique names, one writer per
+    tensor, every node of its opset's schema, unique metadata keys)."""
+    import onnx
+    if not 3 <= model.ir_version <= onnx.IR_VERSION:
+        raise UnsupportedModel(f"ir_version {model.ir_version}: this tool reads ONNX ir_version 3.."
+                               f"{onnx.IR_VERSION}; export the model with a released ONNX version")
+    opsets = {}
+    for entry in model.opset_import:
+        domain = entry.domain or "ai.onnx"
+        if domain in opsets:
+            raise UnsupportedModel(f"opset_import names domain {domain} twice")
+        opsets[domain] = entry.version
+    if "ai.onnx" not in opsets:
+        raise UnsupportedModel("opset_import has no version of the ONNX domain (ai.onnx); export the "
+                               "model again")
+    low, high = MIN_ONNX_OPSET, onnx.defs.onnx_opset_version()
+    if not low <= opsets["ai.onnx"] <= high:
+        raise UnsupportedModel(f"opset_import: ai.onnx version {opsets['ai.onnx']}; this tool reads "
+                               f"{low}..{high}")
+    for domain in QONNX_DOMAINS:
+        if domain in opsets and opsets[domain] not in QONNX_OPSETS:
+            raise UnsupportedModel(f"opset_import: {domain} version {opsets[domain]}; QONNX's ops "
+                                   f"have versions {', '.join(map(str, QONNX_OPSETS))}")
+    constants = [a.t for node in model.graph.node if node.op_type == "Constant"
+                 for a in node.attribute if a.name == "value"]
+    for tensor in [*model.graph.initializer, *constants]:
+        _inline_external_data(tensor, folder, f"tensor {tensor.name}")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsupportedModel(f"the model is not valid ONNX: {first[:300]}; fix or export it again") from None
 
 
 # ---- reading constants and attributes ----------------------------------------------------------
 
-def _tensor_array(tensor, folder: Path | None, where: str) -> np.ndarray:
-    """An initializer or Constant's value as an ndarray; external data is read from a plain
-    file name in the model's folder, exactly the bytes the tensor needs."""
-    from onnx import TensorProto, helper, numpy_helper
-    if tensor.data_location == TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        if folder is None:
-            raise UnsupportedModel(f"{where}: its data lies in an external file ({location!r}); "
-                                   "load the model from its path")
-        if not location or Path(location).name != location or location in (".", ".."):
-            raise UnsupportedModel(f"{where}: external data location {location!r} is not a file "
-                                   "name beside the model; keep the data file in the model's folder")
-        try:
-            np_type = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            size = math.prod(tensor.dims) * np.dtype(np_type).itemsize
-            offset, length = int(info.get("offset", 0)), int(info.get("length", size))
-        except (ValueError, KeyError, TypeError) as err:
-            raise UnsupportedModel(f"{where}: malformed external data fields ({err})") from None
-        if length != size or offset < 0 or size > MAX_MODEL_BYTES:
-            raise UnsupportedModel(f"{where}: external data of {length} bytes at {offset}, but the "
-                                   f"tensor {list(tensor.dims)} needs {size}")
-        data = read_file_range(folder / location, f"{where}: external data", offset, size)
-        copy = TensorProto()
-        copy.CopyFrom(tensor)
-        del copy.external_data[:]
-        copy.data_location = TensorProto.DEFAULT
-        copy.raw_data = data
-        tensor = copy
+def _inline_external_data(tensor, folder: Path | None, where: str) -> None:
+    """Replace a tensor's external data by its bytes, read from a file in the model's folder
+    (resolved: a link out of the folder is refused), exactly the bytes the tensor needs."""
+    from onnx import TensorProto, helper
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if folder is None:
+        raise UnsupportedModel(f"{where}: its data lies in an external file ({location!r}); "
+                               "load the model from its path")
+    if not location or Path(location).name != location or location in (".", ".."):
+        raise UnsupportedModel(f"{where}: external data location {location!r} is not a file "
+                               "name beside the model; keep the data file in the model's folder")
+    try:
+        np_type = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        size = math.prod(tensor.dims) * np.dtype(np_type).itemsize
+        offset, length = int(info.get("offset", 0)), int(info.get("length", size))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UnsupportedModel(f"{where}: malformed external data fields ({err})") from None
+    if length != size or offset < 0 or size > MAX_MODEL_BYTES:
+        raise UnsupportedModel(f"{where}: external data of {length} bytes at {offset}, but the "
+                               f"tensor {list(tensor.dims)} needs {size}")
+    path = inside_folder(folder, location, f"{where}: external data")
+    tensor.raw_data = read_file_range(path, f"{where}: external data", offset, size)
+    del tensor.external_data[:]
+    tensor.data_location = TensorProto.DEFAULT
+
+
+def _tensor_array(tensor, where: str) -> np.ndarray:
+    """An initializer or Constant's value as an ndarray (its external data read in already)."""
+    from onnx import numpy_helper
     try:
         array = numpy_helper.to_array(tensor)
     except Exception as err:  # onnx raises several kinds on a malformed tensor
@@ -262,8 +313,8 @@ def _padding(pads, where) -> tuple:
 
 
 class _Importer:
-    def __init__(self, model, folder, input_format, accumulators):
-        self.model, self.graph, self.folder = model, model.graph, folder
+    def __init__(self, model, input_format, accumulators):
+        self.model, self.graph = model, model.graph
         self.opsets = {o.domain: o.version for o in model.opset_import}
         self.input_format, self.accumulators = input_format, accumulators
         self.consts: dict = {}  # onnx name -> float ndarray
@@ -289,7 +340,7 @@ class _Importer:
         if self.graph.sparse_initializer:
             raise UnsupportedModel("the model has sparse initializers; store them dense")
         for t in self.graph.initializer:
-            self.consts[t.name] = _tensor_array(t, self.folder, f"initializer {t.name}")
+            self.consts[t.name] = _tensor_array(t, f"initializer {t.name}")
         graph_input = self._graph_input()
         for i, node in enumerate(self.graph.node):
             if i in self.absorbed:
@@ -544,6 +595,10 @@ class _Importer:
             raise UnsupportedModel(f"input {v.name} is not read by a Quant alone, so the model does not "
                                    "say its grid; give the input format (--input-format s16.8)")
         graph_input = GraphInput(name, shape, fmt)
+        try:
+            graph_input.check_size()
+        except ValueError as err:
+            raise UnsupportedModel(str(err)) from None
         self.used_names.add(name)
         self.value_shapes[name], self.value_fracs[name] = shape, fmt.frac_bits
         self.tensors[v.name] = _Tensor(name, shape, fmt.frac_bits)
@@ -610,7 +665,7 @@ class _Importer:
     def _constant(self, i, node, where, attrs):
         (key, value), = attrs.items() if len(attrs) == 1 else ((None, None),)
         if key == "value":
-            self.consts[node.output[0]] = _tensor_array(value.t, self.folder, where)
+            self.consts[node.output[0]] = _tensor_array(value.t, where)
         elif key in ("value_float", "value_floats", "value_int", "value_ints"):
             self.consts[node.output[0]] = np.array(value, np.float32 if "float" in key else np.int64)
         else:
@@ -950,7 +1005,8 @@ class _Importer:
         for prop in self.model.metadata_props:
             if prop.key == "wageubn_sim.accumulators":
                 try:
-                    recorded = {k: Accumulator.from_dict(v) for k, v in json.loads(prop.value).items()}
+                    recorded = {k: Accumulator.from_dict(v) for k, v in
+                                parse_json(prop.value, "metadata wageubn_sim.accumulators").items()}
                 except (ValueError, TypeError, AttributeError) as err:
                     raise UnsupportedModel(f"metadata wageubn_sim.accumulators is malformed ({err})") from None
         wanted = self.accumulators if self.accumulators is not None else recorded

@@ -161,6 +161,19 @@ def _compare(out, ref, labels, ref_correct) -> Metrics:
     return m
 
 
+def check_labels(labels, out_shape) -> None:
+    """Labels must be classes of the output: 0 .. classes - 1."""
+    labels = np.asarray(labels)
+    if not labels.size:
+        return
+    classes = out_shape[0] if len(out_shape) == 1 else None
+    lo, hi = int(labels.min()), int(labels.max())
+    if classes is None or lo < 0 or hi >= classes:
+        raise ValueError(f"labels range from {lo} to {hi}, but the graph's output "
+                         f"{'has ' + str(classes) + ' classes (0..' + str(classes - 1) + ')' if classes else 'is no class score'}; "
+                         "give the labels of this dataset for this network")
+
+
 def sweep_batch(payload, x, labels=None) -> PassStats:
     """One batch of a pass: every candidate against the graph's own output (a shard task)."""
     graph, candidates = payload
@@ -169,6 +182,8 @@ def sweep_batch(payload, x, labels=None) -> PassStats:
     values = {graph.inputs[0].name: (q, graph.inputs[0].fmt.frac_bits)}
     values.update({name: (out.q, out.fmt.frac_bits) for name, out in traced.layers.items()})
     ref = traced.q
+    if labels is not None:
+        check_labels(labels, ref.shape[1:])
     ref_correct = int(np.count_nonzero(np.argmax(ref, axis=1) == labels)) \
         if labels is not None and ref.ndim == 2 else 0
     index = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -285,6 +300,8 @@ def combined_batch(payload, x, labels=None) -> PassStats:
     """One batch of the combined check: the proposed graph against the graph itself."""
     reference, proposed = payload
     ref = reference.run(x).q
+    if labels is not None:
+        check_labels(labels, ref.shape[1:])
     ref_correct = int(np.count_nonzero(np.argmax(ref, axis=1) == labels)) \
         if labels is not None and ref.ndim == 2 else 0
     try:
@@ -355,10 +372,17 @@ def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=Non
         missing = sorted(set(layers) - {n.name for n in graph.nodes})
         if missing:
             raise ValueError(f"layers {missing} are not in the graph")
+    out_shape = graph.nodes[-1].out_shape if graph.nodes else None
+    if criterion.kind in ("top1", "accuracy") and (out_shape is None or len(out_shape) != 1 or out_shape[0] < 2):
+        raise ValueError(f"the {criterion.kind} criterion compares classes: it needs a classifier's "
+                         f"output (N, classes), the graph's is (N, {', '.join(map(str, out_shape or ()))}); "
+                         "use exact or lsb:N")
     source = open_data(data, graph.inputs[0].shape, labels=labels)
     if criterion.kind == "accuracy" and not getattr(source, "has_labels", True):
         raise ValueError("the accuracy criterion needs labels (an ImageFolder, an .npz with 'labels', "
                          "or --labels)")
+    if isinstance(getattr(source, "labels", None), np.ndarray) and out_shape is not None:
+        check_labels(source.labels, out_shape)
     batch, shard_size = batch or DEFAULT_BATCH, shard_size or DEFAULT_SHARD
 
     def run_pass(task, payload, label):
@@ -369,6 +393,18 @@ def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=Non
     if stats is None:
         raise ValueError("the data holds no samples")
     targets = _targets(graph, stats, registers, layers, overflows)
+    for name in layers or ():
+        if not any(t.node.name == name for t in targets):
+            node = next(n for n in graph.nodes if n.name == name)
+            raise ValueError(f"layer {name} ({node.op}) has no {' or '.join(registers)} register to "
+                             "size; choose --layers and --registers that it has (accumulator: MAC "
+                             "layers; output: layers with an output register)")
+    if not targets:
+        raise ValueError(f"the graph has no {' or '.join(registers)} register to size")
+    widest = max(max(t.safe.values()) for t in targets)
+    if min_bits > widest:
+        raise ValueError(f"--min-bits {min_bits}: no register sized here needs more than {widest} "
+                         f"bits on this data (a width that keeps every output); give at most {widest}")
     # a bisection per (register, mode): `lo` fails (or lies below the floor), `hi` keeps the
     # outputs (the safe width; then each width the criterion accepted)
     state = {}

@@ -45,6 +45,13 @@ CRC32_RULE = ("IEEE 802.3 CRC-32 (zlib.crc32) of the memory image: memory_depth 
               "tensor's, then fill), each in ceil(word_width / 8) bytes, least significant byte "
               "first, in address order")
 PACKING = "lane 0 in the least significant bits; two's complement"
+MAX_FOLDER_NAME = 255  # bytes in one path component (NAME_MAX on Linux and macOS)
+# What a memory image may be: words of at most MAX_WORD_WIDTH bits, at most MAX_MEMORY_WORDS
+# of them, at most MAX_IMAGE_BYTES as a byte dump. Writer and verifier hold the same bounds, so
+# a manifest that declares more is refused before anything of that size is made.
+MAX_WORD_WIDTH = 1 << 14
+MAX_MEMORY_WORDS = 1 << 27
+MAX_IMAGE_BYTES = 1 << 30
 
 
 def to_layout(q: np.ndarray, layout: str) -> np.ndarray:
@@ -82,8 +89,53 @@ def file_safe(name: str) -> str:
     return "".join(out) or "~"
 
 
+def tensor_stem(layer: str, role: str, version: int = MANIFEST_VERSION) -> str:
+    """Where a tensor's files lie, without their extension: ``<folder>/<role>`` for a layer's
+    tensor (the folder ``file_safe(layer)``; version 1 used the layer's name as it was),
+    ``input`` for the network's input. The place is part of the bundle's contract: `verify`
+    refuses a file found anywhere else."""
+    if not layer:
+        return role
+    return f"{file_safe(layer) if version > 1 else layer}/{role}"
+
+
+def tensor_file_path(layer: str, role: str, kind: str, version: int = MANIFEST_VERSION) -> str:
+    ext = ".npy" if kind == "npy" else IMAGE_KINDS[kind][0]
+    return tensor_stem(layer, role, version) + ext
+
+
+def peer_file_path(kind: str, index: int) -> str:
+    """A peer layout's file of the network's input (``index`` 0) or output (1)."""
+    if kind == "hls4ml":
+        return f"tb_data/{('tb_input_features', 'tb_output_predictions')[index]}.dat"
+    return f"test_data_set_0/{('input', 'output')[index]}_0.pb"
+
+
+def check_folder_name(layer: str) -> None:
+    """A layer's folder must be a name file systems take (at most NAME_MAX, 255 bytes)."""
+    folder = file_safe(layer)
+    if len(folder.encode()) > MAX_FOLDER_NAME:
+        raise ValueError(f"layer {layer[:40]!r}... ({len(layer)} characters): its bundle folder "
+                         f"name would be {len(folder.encode())} bytes, more than the "
+                         f"{MAX_FOLDER_NAME} a file system allows; rename the layer (its module "
+                         "or ONNX node) to something shorter")
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def image_bounds_problem(word_width: int, memory_depth: int) -> str | None:
+    """What is wrong with a memory image of ``memory_depth`` words of ``word_width`` bits, or None
+    when it lies within the bounds every bundle keeps."""
+    if word_width > MAX_WORD_WIDTH:
+        return f"word_width {word_width} is wider than the {MAX_WORD_WIDTH} bits a memory word may have"
+    if memory_depth > MAX_MEMORY_WORDS:
+        return f"memory_depth {memory_depth} is more than the {MAX_MEMORY_WORDS} words a memory image may have"
+    size = memory_depth * -(-word_width // 8)
+    if size > MAX_IMAGE_BYTES:
+        return f"{memory_depth} words of {word_width} bits make {size} bytes, more than {MAX_IMAGE_BYTES}"
+    return None
 
 
 def _npy_bytes(q: np.ndarray) -> bytes:
@@ -114,6 +166,11 @@ class BundleWriter:
         _positive_int("word_width", word_width, 2)
         _positive_int("depth", depth, 1)
         _positive_int("fill", fill, 0)
+        if word_width is not None and word_width > MAX_WORD_WIDTH:
+            raise ValueError(f"word_width (--word-width) {word_width}: a memory word has at most "
+                             f"{MAX_WORD_WIDTH} bits")
+        if depth is not None and depth > MAX_MEMORY_WORDS:
+            raise ValueError(f"depth (--depth) {depth}: a memory image has at most {MAX_MEMORY_WORDS} words")
         if hex_addressing not in HEX_ADDRESSING:
             raise ValueError(f"hex addressing {hex_addressing!r}: choose one of {HEX_ADDRESSING}")
         kinds = tuple(kinds)
@@ -150,25 +207,32 @@ class BundleWriter:
         if depth > memory_depth:
             raise ValueError(f"tensor {tid}: {depth} words do not fit a memory of depth "
                              f"{self.depth}; raise --depth or use more lanes")
+        problem = image_bounds_problem(word, memory_depth)
+        if problem:
+            raise ValueError(f"tensor {tid}: {problem}; use fewer lanes, a narrower --word-width, "
+                             "a smaller --depth or a smaller batch")
         if self.fill >> word:
             raise ValueError(f"fill {self.fill:#x} is wider than tensor {tid}'s {word}-bit words")
+        if layer:
+            check_folder_name(layer)
         stored = to_layout(q, self.layout)
         signed = fmt.signed or not fmt.bounded  # an observed width is two's complement
-        image = pack_words(stored, width, lanes, signed) + [self.fill] * (memory_depth - depth)
+        words = pack_words(stored, width, lanes, signed)
+        image = words + [self.fill] * (memory_depth - depth)
         entry = {"role": role, "layer": layer, "shape": list(q.shape),
                  "layout": self.layout if q.ndim == 4 else "plain",
                  "format": fmt.to_dict(), "width": width, "width_source": "format" if fmt.bits else "observed",
                  "signed": signed, "lanes": lanes, "word_width": word, "depth": depth,
-                 "memory_depth": memory_depth, "crc32": memory_crc32(image, word), "files": []}
-        stem = f"{file_safe(layer)}/{role}" if layer else role
+                 "memory_depth": memory_depth, "crc32": memory_crc32(words, word, self.fill, memory_depth),
+                 "files": []}
         header = {"tensor": tid, "shape": "x".join(map(str, q.shape)) or "scalar", "layout": entry["layout"],
                   "width": width, "lanes": lanes, "format": fmt.describe(), "tool": f"wageubn-sim {__version__}"}
         for kind in self.kinds:
+            rel = tensor_file_path(layer, role, kind)
             if kind == "npy":
-                rel, data = f"{stem}.npy", _npy_bytes(stored)
+                data = _npy_bytes(stored)
             else:
-                ext, writer, _ = IMAGE_KINDS[kind]
-                rel, data = stem + ext, writer(image, word, header, self.hex_addressing).encode()
+                data = IMAGE_KINDS[kind][1](image, word, header, self.hex_addressing).encode()
             self._put(rel, data)
             entry["files"].append({"kind": kind, "path": rel, "sha256": sha256(data)})
         self.tensors[tid] = entry
@@ -180,12 +244,11 @@ class BundleWriter:
         for kind in self.peer_kinds:
             for tid, q, fmt, name, index in ((input_tid, x_q, x_fmt, input_name, 0),
                                              (output_tid, y_q, y_fmt, output_name, 1)):
+                rel = peer_file_path(kind, index)
                 if kind == "hls4ml":
-                    rel = f"tb_data/{('tb_input_features', 'tb_output_predictions')[index]}.dat"
                     data = hls4ml_dat(to_layout(q, self.layout), fmt)
                     layout = self.layout if q.ndim == 4 else "plain"
                 else:
-                    rel = f"test_data_set_0/{('input', 'output')[index]}_0.pb"
                     data = onnx_tensor(q, fmt, name)
                     layout = "NCHW" if q.ndim == 4 else "plain"
                 self._put(rel, data)

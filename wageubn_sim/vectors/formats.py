@@ -74,14 +74,25 @@ def word_bytes(word_width: int) -> int:
     return -(-word_width // 8)
 
 
-def memory_crc32(words, word_width: int) -> str:
+def memory_crc32(words, word_width: int, fill: int = 0, memory_depth: int | None = None) -> str:
     """IEEE 802.3 CRC-32 (zlib's) of the memory as it sits in a byte-addressed dump: each word in
-    ceil(word_width / 8) bytes, least significant byte first, words in address order."""
+    ceil(word_width / 8) bytes, least significant byte first, words in address order; with
+    ``memory_depth``, the words are followed by ``fill`` up to that depth (fed in blocks, never
+    built as a list)."""
     n = word_bytes(word_width)
     if word_width <= 64:
         image = np.array(words, dtype=np.uint64).astype("<u8").view(np.uint8).reshape(-1, 8)[:, :n]
-        return f"{zlib.crc32(image.tobytes()):08x}"
-    return f"{zlib.crc32(b''.join(w.to_bytes(n, 'little') for w in words)):08x}"
+        crc = zlib.crc32(image.tobytes())
+    else:
+        crc = zlib.crc32(b"".join(w.to_bytes(n, "little") for w in words))
+    padding = (memory_depth or 0) - len(words)
+    if padding > 0:
+        block = fill.to_bytes(n, "little") * max(1, min(padding, (1 << 20) // n))
+        per_block = len(block) // n
+        for _ in range(padding // per_block):
+            crc = zlib.crc32(block, crc)
+        crc = zlib.crc32(block[:padding % per_block * n], crc)
+    return f"{crc:08x}"
 
 
 def write_mem(words, word_width, header=None) -> str:

@@ -35,8 +35,9 @@ import numpy as np
 from ..files.read import UnreadableFile, parse_npy, read_json, read_regular_file
 from ..fixedpoint.format import Format
 from ..graph.ir import Node
-from ..graph.ops import MAC_OPS, OPS, array_formats, params_from_json
-from .bundle import MANIFEST, file_safe, from_layout, to_layout
+from ..graph.ops import MAC_OPS, OPS, array_formats, check_structure, params_from_json
+from .bundle import (MANIFEST, file_safe, from_layout, image_bounds_problem, peer_file_path,
+                     tensor_file_path, to_layout)
 from .formats import IMAGE_KINDS, ImageError, lane_range, memory_crc32, pack_words, unpack_words
 
 SCHEMAS = {1: Path(__file__).with_name("manifest.schema.v1.json"),
@@ -83,6 +84,7 @@ def load_bundle(root) -> tuple[dict, dict]:
         v.manifest = v.load_manifest()
         v.tensors = v.manifest["tensors"]
         v.check_files()
+        v.consistent = {tid for tid, entry in v.tensors.items() if v.entry_is_consistent(tid, entry)}
         v.values = {tid: v.read_tensor(tid, entry) for tid, entry in v.tensors.items()}
         values = {tid: v.agreed(tid) for tid in v.tensors}
     except _Stop:
@@ -120,6 +122,8 @@ class _Verifier:
                     raise BundleError(f"{self.root} holds ONNX test data; verifying it needs the onnx "
                                       "package: pip install 'wageubn-sim[onnx]'") from None
             self.check_files()
+            self.consistent = {tid for tid, entry in self.tensors.items()
+                               if self.entry_is_consistent(tid, entry)}
             self.values = {tid: self.read_tensor(tid, entry) for tid, entry in self.tensors.items()}
             if "training" in self.manifest:
                 self.check_training()
@@ -179,10 +183,19 @@ class _Verifier:
                 if rel in listed:
                     self.fail(f"{rel} is listed twice (tensors {listed[rel]} and {tid})")
                 listed[rel] = tid
+                self.check_place(rel, tensor_file_path(entry["layer"], entry["role"], f["kind"],
+                                                       self.version), f"its {f['kind']} file of tensor {tid}")
+        outputs = self.manifest.get("outputs") or [None]
         for f in self.manifest.get("peer_files", []):
             if f["path"] in listed:
                 self.fail(f"{f['path']} is listed twice (tensor {listed[f['path']]} and a peer file)")
             listed[f["path"]] = f["tensor"]
+            index = 0 if f["tensor"] == "input" else 1
+            if index and f["tensor"] != outputs[0]:
+                self.fail(f"{f['path']}: a peer file of tensor {f['tensor']}, which is neither the "
+                          f"input nor the declared output {outputs[0]}")
+                self.unsafe.add(f["path"])
+            self.check_place(f["path"], peer_file_path(f["kind"], index), f"the {f['kind']} file of tensor {f['tensor']}")
         for rel in listed:
             if any(part in ("", ".", "..") for part in rel.split("/")) or rel == MANIFEST:
                 self.fail(f"{rel}: a manifest path must name a file inside the bundle, "
@@ -202,10 +215,18 @@ class _Verifier:
                       "removed from the manifest)")
         self.present = present
 
+    def check_place(self, rel: str, canonical: str, what: str) -> None:
+        """A file's place is part of its meaning: the one its tensor and kind give, nowhere else
+        (so that a layer's weights cannot be moved into another layer's folder)."""
+        if rel != canonical:
+            self.fail(f"{rel}: {what} lies at {canonical} in a bundle, not here (files moved "
+                      "between layers or kinds?)")
+            self.unsafe.add(rel)
+
     def read_tensor(self, tid: str, entry: dict) -> dict:
         """{file path: values (NCHW int64) or None}; each file's failures are blamed on it."""
         out = {}
-        if not self.entry_is_consistent(tid, entry):
+        if tid not in self.consistent:
             return {f["path"]: None for f in entry["files"]}
         count = int(np.prod(entry["shape"], dtype=object))
         stored_shape = list(entry["shape"])
@@ -281,6 +302,9 @@ class _Verifier:
             if entry["signed"] != (fmt.signed or not fmt.bounded):
                 problems.append(f"signed={entry['signed']} for format {fmt.describe()}")
         count = int(np.prod(entry["shape"], dtype=object))
+        bounds = image_bounds_problem(entry["word_width"], entry.get("memory_depth", entry["depth"]))
+        if bounds:
+            problems.append(bounds)
         if entry["word_width"] < entry["lanes"] * entry["width"]:
             problems.append(f"{entry['lanes']} lanes of {entry['width']} bits in {entry['word_width']}-bit words")
         if entry["depth"] != -(-count // entry["lanes"]):
@@ -343,15 +367,14 @@ class _Verifier:
         for the peer files, and check the tensor's crc32 against them."""
         self.trusted[tid] = values
         entry = self.tensors[tid]
-        if self.version < 2 or values.shape != tuple(entry["shape"]):
-            return
+        if self.version < 2 or values.shape != tuple(entry["shape"]) or tid not in self.consistent:
+            return  # an inconsistent entry is blamed already; its sizes are not to be trusted
         try:
             words = pack_words(to_layout(values, entry["layout"]), entry["width"], entry["lanes"],
                                entry["signed"])
         except ValueError:
             return  # values wider than the entry's width: its files are blamed already
-        image = words + [self.manifest["options"]["fill"]] * (entry["memory_depth"] - len(words))
-        crc = memory_crc32(image, entry["word_width"])
+        crc = memory_crc32(words, entry["word_width"], self.manifest["options"]["fill"], entry["memory_depth"])
         if crc != entry["crc32"]:
             self.fail(f"tensor {tid}: crc32 {entry['crc32']} in the manifest, its values give {crc}")
 
@@ -391,12 +414,19 @@ class _Verifier:
             self.fail("the manifest lists no layers: nothing of the network can be recomputed")
         if self.graph is not None:
             self.check_against_graph(tid, fmt)
+        seen = set()
         for layer in manifest["layers"]:
+            if layer["name"] in seen:
+                self.fail(f"layer {layer['name']} is listed twice; a network computes each layer once")
+                continue
+            seen.add(layer["name"])
             out_tid = self.check_layer(layer, available)
             if out_tid is not None:
                 produced_by[out_tid] = layer["name"]
-        if not manifest["outputs"]:
-            self.fail("the manifest declares no outputs")
+        last = manifest["layers"][-1]["tensors"].get("output") if manifest["layers"] else None
+        if manifest["outputs"] != [last]:
+            self.fail(f"the manifest declares outputs {manifest['outputs']}; a network bundle's "
+                      f"output is its last layer's ({last})")
         for out in manifest["outputs"]:
             if out not in produced_by:
                 self.fail(f"declared output {out} is not produced by any recomputed layer")
@@ -437,6 +467,7 @@ class _Verifier:
                     return None
         try:
             params = params_from_json(op, layer["params"], self.version)
+            check_structure(op, params, len(roles.get("inputs", [])))
         except (ValueError, TypeError) as err:
             self.fail(f"{where}: {err}")
             return None
