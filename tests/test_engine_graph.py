@@ -259,3 +259,22 @@ def test_every_node_runs_on_an_empty_batch():
     for node in g.nodes:
         assert out.layers[node.name].q.shape[1:] == node.out_shape
         assert out.layers[node.name].fmt == node.out_fmt
+
+
+def test_function_nodes_are_named_without_addresses():
+    """A function's node names it (``torch.flatten``, ``operator.add``), not by its repr, which
+    holds an address that differs from run to run: the same model gives the same graph bytes."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.fc = nn.Linear(2 * 4 * 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(torch.flatten(y + y, 1))
+
+    graph = wageubn_sim.compile(wageubn_sim.quantize_model(Net()).eval(), np.zeros((1, 1, 4, 4)))
+    sources = {n.op: n.source for n in graph.nodes}
+    assert sources["flatten"] == "torch.flatten" and sources["add"] == "operator.add"
+    assert not any("0x" in n.source for n in graph.nodes)

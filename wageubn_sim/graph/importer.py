@@ -273,11 +273,21 @@ def layer_names(fx_graph) -> dict:
     return names
 
 
+def _function_source(target) -> str:
+    """A function's name as a node's source: ``torch.flatten``, ``operator.add``, or a method's
+    name (the repr of a builtin holds its address, which differs from run to run)."""
+    if isinstance(target, str):
+        return target
+    module = {"_operator": "operator"}.get(getattr(target, "__module__", None), getattr(target, "__module__", None))
+    name = getattr(target, "__name__", None)
+    return f"{module}.{name}" if module and name else repr(target)
+
+
 def _function_node(n, name, src):
     target = n.target
     tensor_args = [a for a in n.args if isinstance(a, fx.Node)]
     if n.op == "call_function" and target in _ADD_FUNCTIONS and len(tensor_args) == 2 and not n.kwargs:
-        return Node(name, "add", [src(a) for a in tensor_args], AddParams(), {}, str(target))
+        return Node(name, "add", [src(a) for a in tensor_args], AddParams(), {}, _function_source(target))
     if (n.op == "call_function" and target in _RELU_FUNCTIONS) or (n.op == "call_method" and target == "relu"):
         return Node(name, "activation", [src(tensor_args[0])], ActivationParams(None), {}, "relu")
     if n.op == "call_method" and target == "size":
@@ -288,7 +298,7 @@ def _function_node(n, name, src):
         shape_in, shape_out = _shape(n.args[0]), _shape(n)
         if shape_out is None or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
             raise UnsupportedLayer(f"{n.name}: {target} to shape {shape_out}; only (N, -1) is supported")
-        return Node(name, "flatten", [src(n.args[0])], FlattenParams(), {}, str(target))
+        return Node(name, "flatten", [src(n.args[0])], FlattenParams(), {}, _function_source(target))
     if n.op == "call_method" and target in ("contiguous", "clone", "detach"):
         return src(n.args[0])
     raise UnsupportedLayer(f"operation {n.name} ({getattr(target, '__name__', target)}) is not "
