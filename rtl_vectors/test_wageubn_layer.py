@@ -14,7 +14,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from wageubn_sim.graph.ops import params_from_json
+from wageubn_sim.graph.params import params_from_json
 from wageubn_sim.vectors.verify import load_bundle
 
 

@@ -96,15 +96,15 @@ class _Chain:
 def qonnx_graphs(draw):
     """A graph of conv, ReLU/ReLU6, pooling, requantize, upsample, concat, add, flatten and
     linear, with random formats and registers (the ops and modes QONNX has)."""
-    from wageubn_sim.engine.activation import ActivationParams
-    from wageubn_sim.engine.add import AddParams
-    from wageubn_sim.engine.concat import ConcatParams
-    from wageubn_sim.engine.conv2d import Conv2dParams
-    from wageubn_sim.engine.pool import PoolParams
-    from wageubn_sim.engine.requantize import RequantizeParams
-    from wageubn_sim.engine.upsample import UpsampleParams
+    from wageubn_sim.engine.ops.activation import ActivationParams
+    from wageubn_sim.engine.ops.add import AddParams
+    from wageubn_sim.engine.ops.concat import ConcatParams
+    from wageubn_sim.engine.ops.conv2d import Conv2dParams
+    from wageubn_sim.engine.ops.pool import PoolParams
+    from wageubn_sim.engine.ops.requantize import RequantizeParams
+    from wageubn_sim.engine.ops.upsample import UpsampleParams
     from wageubn_sim.graph.ir import GraphInput
-    from wageubn_sim.graph.ops import FlattenParams
+    from wageubn_sim.engine.ops.flatten import FlattenParams
 
     c, h = draw(st.integers(1, 3)), draw(st.integers(3, 6))
     signed = draw(st.booleans())
@@ -175,16 +175,16 @@ def _any_register(draw, optional=True):
 def plan_graphs(draw):
     """A small graph of conv (strides, padding, dilation, groups, input registers, exact, wrapping
     and saturating accumulators), ReLU/ReLU6, max pooling, residual add, requantize, flatten and
-    linear, with random formats and registers: what `engine.plan` compiles, and now and then an
+    linear, with random formats and registers: what `execution.plan` compiles, and now and then an
     accumulator it leaves to the layer-by-layer path."""
-    from wageubn_sim.engine.activation import ActivationParams
-    from wageubn_sim.engine.add import AddParams
-    from wageubn_sim.engine.conv2d import Conv2dParams
-    from wageubn_sim.engine.pool import PoolParams
+    from wageubn_sim.engine.ops.activation import ActivationParams
+    from wageubn_sim.engine.ops.add import AddParams
+    from wageubn_sim.engine.ops.conv2d import Conv2dParams
+    from wageubn_sim.engine.ops.pool import PoolParams
     from wageubn_sim.engine.registers import Accumulator
-    from wageubn_sim.engine.requantize import RequantizeParams
+    from wageubn_sim.engine.ops.requantize import RequantizeParams
     from wageubn_sim.graph.ir import GraphInput
-    from wageubn_sim.graph.ops import FlattenParams
+    from wageubn_sim.engine.ops.flatten import FlattenParams
 
     groups = draw(st.integers(1, 2))
     c, h = groups * draw(st.integers(1, 2)), draw(st.integers(3, 7))

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, strategies as st
 
 from wageubn_sim import function as F
-from wageubn_sim.engine.batchnorm import BatchNormParams, batch_statistics, batchnorm2d
+from wageubn_sim.engine.ops.batchnorm import BatchNormParams, batch_statistics, batchnorm2d
 from wageubn_sim.fixedpoint import Format, Rounding, reference as ref
-from wageubn_sim.fixedpoint.core import sqrt_rounded
+from wageubn_sim.fixedpoint.division import sqrt_rounded
 
 
 @given(num=st.integers(0, 2**200), den=st.integers(1, 2**100))
@@ -72,7 +72,7 @@ def test_training_gradients_still_flow():
 
 @given(seed=st.integers(0, 2**31), affine=st.booleans())
 def test_batchnorm_backward_equals_exact_rational_formula(seed, affine):
-    from wageubn_sim.engine.batchnorm_backward import DX_BITS, batchnorm2d_backward
+    from wageubn_sim.engine.ops.batchnorm import DX_BITS, batchnorm2d_backward
     from wageubn_sim.fixedpoint import scale_exponent_of_ints
     from wageubn_sim.fixedpoint import FixedArray
     rng = np.random.default_rng(seed)
@@ -105,7 +105,7 @@ def test_batchnorm_backward_fast_path_equals_the_exact_one(seed, fx, fe, pow2_st
     """The float estimate decides only where no half-integer is near (docs §10); everything else
     goes the exact way: the results equal computing every element on Python integers. Powers of
     two in std make exact ties common."""
-    from wageubn_sim.engine.batchnorm_backward import batchnorm2d_backward
+    from wageubn_sim.engine.ops.batchnorm import batchnorm2d_backward
     from wageubn_sim.fixedpoint import FixedArray
     rng = np.random.default_rng(seed)
     shape = (n, 3, 4, 4)
@@ -129,7 +129,7 @@ def test_batchnorm_backward_fast_path_equals_the_exact_one(seed, fx, fe, pow2_st
 def test_batchnorm_backward_rounds_an_exact_tie_to_even():
     """x = (-17, -57) * 2**-4, error (-1, 2), mean 8 * 2**-4, std 64 * 2**-4: the first dx is
     exactly -14913/2 LSBs, a tie, which goes to the even -7456."""
-    from wageubn_sim.engine.batchnorm_backward import batchnorm2d_backward
+    from wageubn_sim.engine.ops.batchnorm import batchnorm2d_backward
     from wageubn_sim.fixedpoint import FixedArray
     x = FixedArray(np.array([-17, -57]).reshape(2, 1, 1, 1), 4)
     e = FixedArray(np.array([-1, 2]).reshape(2, 1, 1, 1), 0)
@@ -140,7 +140,7 @@ def test_batchnorm_backward_rounds_an_exact_tie_to_even():
 
 @given(num=st.integers(-2**130, 2**130), den=st.integers(1, 2**70))
 def test_ratio_rounded_equals_reference(num, den):
-    from wageubn_sim.fixedpoint.core import ratio_rounded
+    from wageubn_sim.fixedpoint.division import ratio_rounded
     assert ratio_rounded(num, den) == ref.round_fraction(Fraction(num, den), Rounding.HALF_EVEN)
     assert ratio_rounded(2 * num + den, 2 * den) == ref.round_fraction(Fraction(2 * num + den, 2 * den),
                                                                       Rounding.HALF_EVEN)  # ties
@@ -180,7 +180,7 @@ def test_grid_integers_finds_the_coarsest_grid(q, shift, odd, dtype):
 def test_channel_sums_equal_python_integers_at_every_width(bits):
     """Sums and sums of products per channel, 128-bit or from 31-bit limbs where a product may
     leave int64, against Python integers; the rails of each width and the most negative value."""
-    from wageubn_sim.engine.batchnorm import channel_sums
+    from wageubn_sim.engine.ops.batchnorm import channel_sums
     rng = np.random.default_rng(bits)
     limit = (1 << bits) - 1
     a = rng.integers(-limit, limit, (3, 4, 5, 6), dtype=np.int64, endpoint=True)
@@ -196,7 +196,7 @@ def test_channel_sums_equal_python_integers_at_every_width(bits):
 
 
 def test_channel_sums_refuse_values_beyond_two_limbs():
-    from wageubn_sim.engine.batchnorm import channel_sums
+    from wageubn_sim.engine.ops.batchnorm import channel_sums
     a = np.zeros((1, 2, 1, 1), np.int64)
     a[0, 1] = 1 << 62
     with pytest.raises(OverflowError, match="2\\*\\*62"):
@@ -205,7 +205,7 @@ def test_channel_sums_refuse_values_beyond_two_limbs():
 
 
 def test_batchnorm_backward_of_an_empty_batch_is_empty():
-    from wageubn_sim.engine.batchnorm_backward import batchnorm2d_backward
+    from wageubn_sim.engine.ops.batchnorm import batchnorm2d_backward
     from wageubn_sim.fixedpoint import FixedArray
     empty = FixedArray(np.zeros((0, 3, 4, 4), np.int64), 7)
     per_channel = FixedArray(np.ones(3, np.int64), 15)

@@ -14,9 +14,9 @@ import torch.nn as nn
 from hypothesis import given, strategies as st
 
 import wageubn_sim
-from wageubn_sim.engine.activation import ActivationParams, activation
-from wageubn_sim.engine.batchnorm import BatchNormParams, batchnorm2d
-from wageubn_sim.engine.pool import PoolParams, avg_pool2d, max_pool2d
+from wageubn_sim.engine.ops.activation import ActivationParams, activation
+from wageubn_sim.engine.ops.batchnorm import BatchNormParams, batchnorm2d
+from wageubn_sim.engine.ops.pool import PoolParams, avg_pool2d, max_pool2d
 from wageubn_sim.engine.registers import Accumulator, Events
 from wageubn_sim.fixedpoint import Format, Rounding, reference as ref
 

@@ -1,5 +1,5 @@
 """The ops QONNX brought (requantize, concat, upsample) against plain-integer references, and
-the static ranges (graph/ranges.py) against what the engine computes."""
+the static ranges (execution/ranges.py) against what the engine computes."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from strategies import formats, int_arrays, qonnx_graphs
-from wageubn_sim.engine.concat import ConcatParams, concat
-from wageubn_sim.engine.requantize import RequantizeParams, requantize_op
-from wageubn_sim.engine.upsample import UpsampleParams, upsample
+from wageubn_sim.engine.ops.concat import ConcatParams, concat
+from wageubn_sim.engine.ops.requantize import RequantizeParams, requantize_op
+from wageubn_sim.engine.ops.upsample import UpsampleParams, upsample
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding, reference as ref
-from wageubn_sim.graph.ranges import bits_needed, value_ranges
+from wageubn_sim.execution.ranges import value_ranges
+from wageubn_sim.fixedpoint.format import bits_needed
 
 deterministic = st.sampled_from([r for r in Rounding if r != Rounding.STOCHASTIC])
 

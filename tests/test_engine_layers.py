@@ -11,12 +11,12 @@ from int_reference import int_adder2d, int_adder2d_backward, int_conv2d
 import wageubn_sim
 from wageubn_sim import function as F
 from wageubn_sim.config import Config, config_network
-from wageubn_sim.engine.adder2d import adder2d
-from wageubn_sim.engine.adder2d_backward import adder2d_backward
-from wageubn_sim.engine.conv2d import Conv2dParams, conv2d, linear
+from wageubn_sim.engine.ops.adder2d import adder2d
+from wageubn_sim.engine.ops.adder2d import adder2d_backward
+from wageubn_sim.engine.ops.conv2d import Conv2dParams, conv2d, linear
 from wageubn_sim.engine.registers import Accumulator, Events
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding, requantize
-from wageubn_sim.fixedpoint.core import requantize_counted
+from wageubn_sim.fixedpoint.arrays import requantize_counted
 
 
 @st.composite

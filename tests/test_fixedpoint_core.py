@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 from strategies import dyadic_floats, edge_ints, formats, int_arrays, overflows, roundings, u32_words
 
-from wageubn_sim.fixedpoint.core import requantize_flagged
+from wageubn_sim.fixedpoint.arrays import requantize_flagged
 from wageubn_sim.fixedpoint import (Format, Overflow, Rounding, quantize, quantize_to_grid,
                                     reference as ref, requantize, requantize_scalar)
 
@@ -117,7 +117,7 @@ def test_fake_quantize_equals_the_float_path(q, frac_in, fmt, rounding, overflow
     """The fused pass (numpy or torch, float32 or float64) equals quantize_to_grid, clamped,
     scaled by 2**-out_frac and cast to the input's dtype, value for value."""
     import torch
-    from wageubn_sim.fixedpoint.core import fake_quantize
+    from wageubn_sim.fixedpoint.floats import fake_quantize
     u = data.draw(u32_words(len(q))) if rounding == Rounding.STOCHASTIC else None
     x = (q.astype(np.float64) * 2.0 ** -frac_in).astype(dtype)
     if len(x) > 2:  # the values the fused pass hands to the general path: inf and huge ones
@@ -135,7 +135,7 @@ def test_fake_quantize_equals_the_float_path(q, frac_in, fmt, rounding, overflow
 
 
 def test_fake_quantize_refuses_what_the_float_path_refuses():
-    from wageubn_sim.fixedpoint.core import fake_quantize
+    from wageubn_sim.fixedpoint.floats import fake_quantize
     tiny = np.array([0.0, 2.0 ** -1000], np.float64)  # scaled by 2**-40: below the normal range
     for fn in (quantize_to_grid, fake_quantize):
         with pytest.raises(ValueError, match="normal range"):
@@ -235,7 +235,8 @@ def test_seed_widths_map_to_formats():
 def test_flags_and_counts_mark_ties_overflow_and_underflow(q, frac_in, fmt, overflow, rounding):
     from fractions import Fraction as Fr
 
-    from wageubn_sim.fixedpoint.core import OVERFLOWED, TIE, requantize_counted
+    from wageubn_sim.fixedpoint.scalar import OVERFLOWED, TIE
+    from wageubn_sim.fixedpoint.arrays import requantize_counted
     out, flags, counts = requantize_counted(q, frac_in, fmt, rounding, overflow)
     ties = overflowed = underflows = 0
     for v, o, f in zip(q.tolist(), out.tolist(), flags.tolist()):
@@ -253,7 +254,7 @@ def test_flags_and_counts_mark_ties_overflow_and_underflow(q, frac_in, fmt, over
 
 
 def test_value_range_edges():
-    from wageubn_sim.fixedpoint.core import magnitude_max, value_range
+    from wageubn_sim.fixedpoint.arrays import magnitude_max, value_range
     assert value_range(np.zeros(0, np.int64)) == (0, 0) and magnitude_max(np.zeros((0, 3))) == 0
     most_negative = np.array([5, -2**63, 7], np.int64)
     assert value_range(most_negative) == (-2**63, 7)
@@ -263,7 +264,7 @@ def test_value_range_edges():
 
 def test_float_parity_edges_numpy_and_torch():
     import torch
-    from wageubn_sim.fixedpoint.core import is_odd
+    from wageubn_sim.fixedpoint.floats import is_odd
     values = [0.0, -0.0, 1.0, -1.0, 2.0, -3.0, 2.0**52 - 1, 2.0**52, 2.0**53 - 1, -(2.0**53 - 1),
               2.0**53, 2.0**60, -(2.0**62)]
     want = [abs(int(v)) % 2 == 1 for v in values]
@@ -274,7 +275,7 @@ def test_float_parity_edges_numpy_and_torch():
 @given(p=edge_ints(60), d=st.integers(1, 2**60), rounding=st.sampled_from(
     [r for r in Rounding if r != Rounding.STOCHASTIC]))
 def test_divide_rounded_equals_reference(p, d, rounding):
-    from wageubn_sim.fixedpoint.core import divide_rounded
+    from wageubn_sim.fixedpoint.division import divide_rounded
     assert divide_rounded(p, d, int(rounding)) == ref.round_fraction(Fraction(p, d), rounding)
 
 
@@ -377,6 +378,6 @@ def test_the_one_pass_wrap_is_exact_at_the_widest_formats(fmt):
     want = [ref.quantize(float(v), fmt, Rounding.HALF_EVEN, Overflow.WRAP) for v in exact]
     got = quantize(np.array(exact, np.float64), fmt, "HALF_EVEN", "WRAP")
     assert got.tolist() == want
-    from wageubn_sim.fixedpoint.core import fake_quantize
+    from wageubn_sim.fixedpoint.floats import fake_quantize
     assert fake_quantize(x, fmt, "HALF_EVEN", "WRAP", out_frac=0).tolist() == \
         quantize_to_grid(x, fmt, "HALF_EVEN", "WRAP").tolist()

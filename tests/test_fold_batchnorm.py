@@ -13,7 +13,7 @@ from int_reference import int_conv2d
 import wageubn_sim
 from wageubn_sim.cli import main
 from wageubn_sim.config import Config
-from wageubn_sim.engine.conv2d_bn import Conv2dBatchNormParams, conv2d_bn
+from wageubn_sim.engine.ops.conv2d_bn import Conv2dBatchNormParams, conv2d_bn
 from wageubn_sim.fixedpoint import Rounding, reference as ref
 
 

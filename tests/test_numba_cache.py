@@ -9,8 +9,8 @@ import sys
 SCRIPT = """
 import json
 import numpy as np
-from wageubn_sim.engine import mac
-from wageubn_sim.engine.conv2d import Conv2dParams, conv2d
+from wageubn_sim.engine.mac import narrow
+from wageubn_sim.engine.ops.conv2d import Conv2dParams, conv2d
 from wageubn_sim.engine.registers import Accumulator
 from wageubn_sim.fixedpoint import Format
 rng = np.random.default_rng(0)
@@ -18,7 +18,7 @@ x = rng.integers(-128, 128, (1, 4, 6, 6))
 w = rng.integers(-127, 128, (4, 4, 3, 3))
 conv2d(x, 0, w, None, Conv2dParams(Format(8, 0), padding=(1, 1), accumulator=Accumulator(12, "SAT")))
 print(json.dumps({f.__name__: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
-                  for f in (mac.narrow_mac_loop, mac._narrow_mac_loop)}))
+                  for f in (narrow.narrow_mac_loop, narrow._narrow_mac_loop)}))
 """
 
 

@@ -1,4 +1,4 @@
-"""The execution plan (`engine.plan`) against the layer-by-layer path: the same integers and
+"""The execution plan (`execution.plan`) against the layer-by-layer path: the same integers and
 the same events on random graphs, whatever the thread count, the chunking or the batch."""
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import wageubn_sim
-from wageubn_sim.engine.plan import F32, NotPlannable
+from wageubn_sim.execution.plan import NotPlannable
+from wageubn_sim.execution.plan.layout import F32
+from wageubn_sim.execution.run import plan_of
 from wageubn_sim.models import small_cnn
 
 from strategies import plan_graphs, qonnx_graphs
@@ -27,7 +29,7 @@ def assert_same_run(got, want):
 
 def _reason(graph):
     try:
-        graph.plan(required=True)
+        plan_of(graph, required=True)
         return None
     except NotPlannable as err:
         return str(err)
@@ -63,7 +65,7 @@ def test_graphs_the_plan_leaves_alone_run_as_before(graph, seed):
 def test_threads_chunks_and_batch_splits_change_no_byte(graph, seed, n, data):
     if _reason(graph) is not None:
         return
-    plan = graph.plan()
+    plan = plan_of(graph)
     q = graph.quantize_input(grid_inputs(graph, n, seed))
     out, events = plan.run(q, threads=1)
     for threads in (2, numba.config.NUMBA_NUM_THREADS, 64):
@@ -84,7 +86,7 @@ def test_the_small_cnn_runs_planned_at_every_batch_size():
     model = wageubn_sim.quantize_model(small_cnn()).eval()
     x = np.random.default_rng(1).standard_normal((300, 3, 16, 16))
     graph = wageubn_sim.compile(model, x[:1])
-    plan = graph.plan()
+    plan = plan_of(graph)
     assert plan is not None and plan.macs == 76288 and plan.dtype == np.float64
     # the first conv's values stay below 2**24: it works in float32, the second in the arena
     assert plan.steps[plan.steps[:, F32] >= 0][:, F32].tolist() == [1, 0, 0]
@@ -100,14 +102,14 @@ def test_a_plan_is_rebuilt_when_a_node_changes_and_required_says_why_not():
     torch.manual_seed(0)
     graph = wageubn_sim.compile(wageubn_sim.quantize_model(small_cnn()).eval(),
                                 np.zeros((1, 3, 16, 16)))
-    plan = graph.plan()
-    assert graph.plan() is plan  # kept
+    plan = plan_of(graph)
+    assert plan_of(graph) is plan  # kept
     node = graph.nodes[0]
     weight = node.arrays["weight"].copy()
     weight[0, 0, 0, 0] = -weight[0, 0, 0, 0] or 1
     weight.flags.writeable = False
     node.arrays["weight"] = weight
-    assert graph.plan() is not plan
+    assert plan_of(graph) is not plan
     x = np.random.default_rng(2).standard_normal((7, 3, 16, 16))
     assert_same_run(graph.run(x), graph.run(x, plan=False))
     from wageubn_sim.engine.registers import Accumulator
@@ -119,7 +121,7 @@ def test_a_plan_is_rebuilt_when_a_node_changes_and_required_says_why_not():
 
 
 def test_values_beyond_2_53_run_planned_in_int64():
-    from wageubn_sim.engine.requantize import RequantizeParams
+    from wageubn_sim.engine.ops.requantize import RequantizeParams
     from wageubn_sim.fixedpoint import Format
     from wageubn_sim.graph.ir import Graph, Node
     torch.manual_seed(0)
@@ -127,7 +129,7 @@ def test_values_beyond_2_53_run_planned_in_int64():
     last = graph.nodes[-1]
     shifted = Node("shifted", "requantize", [last.name], RequantizeParams(Format(None, last.out_fmt.frac_bits + 30)))
     wide = Graph(graph.inputs, [*graph.nodes, shifted], ["shifted"]).check()
-    assert wide.plan().dtype == np.int64 and wide.plan().steps[0, F32] == 1  # float32 work in an int64 arena
+    assert plan_of(wide).dtype == np.int64 and plan_of(wide).steps[0, F32] == 1  # float32 work in an int64 arena
     x = np.random.default_rng(3).standard_normal((9, 3, 16, 16)) * 4
     got = wide.run(x)
     assert np.abs(got.q).max() >= 2**40  # beyond float32 and float64 arenas of this bound
@@ -171,8 +173,8 @@ def test_the_plan_quantizes_float_inputs_as_the_input_register_does(graph, seed,
 def test_node_names_cannot_collide_with_the_plans_own_spaces():
     """A node named like the plan's space for another node's input register ("r/input") keeps
     its own value: the add reads the ReLU's input, not its registered copy."""
-    from wageubn_sim.engine.activation import ActivationParams
-    from wageubn_sim.engine.add import AddParams
+    from wageubn_sim.engine.ops.activation import ActivationParams
+    from wageubn_sim.engine.ops.add import AddParams
     from wageubn_sim.fixedpoint import Format, Overflow, Rounding
     from wageubn_sim.graph.ir import Graph, GraphInput, Node
     spec = GraphInput("x", (2, 4, 4), Format(8, 0))
@@ -180,7 +182,7 @@ def test_node_names_cannot_collide_with_the_plans_own_spaces():
              Node("r", "activation", ["r/input"], ActivationParams(None, None, Format(4, -3))),
              Node("sum", "add", ["r/input", "r"], AddParams(None, Rounding.HALF_EVEN, Overflow.SAT_SYM))]
     graph = Graph([spec], nodes, ["sum"]).check()
-    assert graph.plan() is not None
+    assert plan_of(graph) is not None
     x = np.arange(-16, 16).reshape(1, 2, 4, 4) * 3
     want = graph.run(x, plan=False)
     assert not np.array_equal(want.q, 2 * np.maximum(x, 0))  # the register changes values
@@ -190,13 +192,13 @@ def test_node_names_cannot_collide_with_the_plans_own_spaces():
 def test_a_max_pool_with_too_many_window_cells_runs_layer_by_layer():
     """The plan's table of window cells is bounded (PLAN_MAX_CELLS): a 32x32 window at stride 1
     on 300x300 (78M cells, a 624 MB table) is refused by its size, and runs layer by layer."""
-    from wageubn_sim.engine.pool import PoolParams
+    from wageubn_sim.engine.ops.pool import PoolParams
     from wageubn_sim.fixedpoint import Format
     from wageubn_sim.graph.ir import Graph, GraphInput, Node
     spec = GraphInput("x", (1, 300, 300), Format(8, 0))
     graph = Graph([spec], [Node("pool", "max_pool2d", ["x"], PoolParams((32, 32), (1, 1)))], ["pool"]).check()
     with pytest.raises(NotPlannable, match="window cells exceed"):
-        graph.plan(required=True)
+        plan_of(graph, required=True)
     x = np.random.default_rng(4).integers(-128, 128, (1, 1, 300, 300))
     got = graph.run(x)
     windows = np.lib.stride_tricks.sliding_window_view(x[0, 0], (32, 32))

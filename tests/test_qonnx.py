@@ -20,14 +20,15 @@ import wageubn_sim
 from strategies import qonnx_graphs
 from wageubn_sim.cli import main
 from wageubn_sim.config import Config
-from wageubn_sim.engine.conv2d import Conv2dParams
+from wageubn_sim.engine.ops.conv2d import Conv2dParams
 from wageubn_sim.engine.registers import Accumulator
 from wageubn_sim.fixedpoint import Format, Overflow, Rounding
 from wageubn_sim.graph.fold import fold_batchnorm
 from wageubn_sim.graph.ir import Graph, GraphInput, Node
-from wageubn_sim.graph.qonnx_compare import compare_qonnx
-from wageubn_sim.graph.qonnx_import import from_qonnx
-from wageubn_sim.graph.ranges import value_ranges
+from wageubn_sim.qonnx.compare import compare_qonnx
+from wageubn_sim.qonnx import from_qonnx
+from wageubn_sim.qonnx import to_qonnx
+from wageubn_sim.execution.ranges import value_ranges
 
 DATA = Path(__file__).parent / "data" / "brevitas"
 FLOAT32_EXACT = 1 << 24
@@ -139,7 +140,7 @@ def test_export_executed_by_qonnx_equals_the_engine_and_imports_back(graph):
     """Below 2**24 (every value and register input, by the static ranges) qonnx's float32
     execution of our export is the engine's result; the export imports back to the graph."""
     assume(static_bound(graph) < FLOAT32_EXACT)
-    model = graph.to_qonnx(batch=2)
+    model = to_qonnx(graph, batch=2)
     x = grid_inputs(graph, 2)
     ctx = qonnx_run(model, x)
     traced = graph.run(x, trace=True)
@@ -165,7 +166,7 @@ def test_beyond_2_24_qonnx_errs_and_the_engine_stays_exact():
     exact = x.astype(np.int64).astype(object) @ graph.nodes[0].arrays["weight"].T.astype(object)
     ours = graph.run(x).q
     assert ours.tolist() == exact.tolist()  # the engine: Python-integer exact
-    qonnx = qonnx_run(graph.to_qonnx(batch=4), x)["fc"].astype(np.float64)
+    qonnx = qonnx_run(to_qonnx(graph, batch=4), x)["fc"].astype(np.float64)
     assert not np.array_equal(qonnx, ours)  # float32 rounds sums beyond 2**24
     # and within float32 summation's error bound, n * 2**-24 * sum |w x|: its rounding alone
     magnitudes = np.abs(x) @ np.abs(graph.nodes[0].arrays["weight"]).T.astype(np.float64)
@@ -194,7 +195,7 @@ def test_wageubn_graphs_round_trip_and_qonnx_executes_them_exactly(iostrict):
     graph = wageubn_sim.compile(_wageubn_model(iostrict, bn=not iostrict), x, Format(8, 4))
     if not iostrict:
         graph = fold_batchnorm(graph, 8)
-    model = graph.to_qonnx(batch=3)
+    model = to_qonnx(graph, batch=3)
     assert canonical(from_qonnx(model)) == canonical(graph)
     marks = [n.doc_string for n in model.graph.node if n.doc_string]
     assert any("input-register" in m for m in marks) == iostrict
@@ -206,7 +207,7 @@ def test_wageubn_graphs_round_trip_and_qonnx_executes_them_exactly(iostrict):
 @pytest.mark.parametrize("name", ["cnn", "mixed"])
 def test_an_imported_brevitas_model_round_trips(name):
     graph = from_qonnx(DATA / f"{name}.onnx")
-    again = from_qonnx(graph.to_qonnx(batch=2))
+    again = from_qonnx(to_qonnx(graph, batch=2))
     assert canonical(again) == canonical(graph)
 
 
@@ -216,8 +217,8 @@ def test_narrow_accumulators_export_only_when_inexact_is_allowed_and_come_back()
         Format(16, 0), accumulator=Accumulator(24, "SAT", "kernel_major", 2)), graph.nodes[0].arrays)],
         ["fc"]).check()
     with pytest.raises(ValueError, match="fc: its 24-bit SAT accumulator"):
-        narrow.to_qonnx()
-    model = narrow.to_qonnx(allow_inexact=True)
+        to_qonnx(narrow)
+    model = to_qonnx(narrow, allow_inexact=True)
     props = {p.key: p.value for p in model.metadata_props}
     assert "fc: 24-bit accumulator exported as exact" in props["wageubn_sim.inexact"]
     assert canonical(from_qonnx(model)) == canonical(narrow)  # the accumulator, from the metadata
@@ -229,7 +230,7 @@ def test_floor_registers_export_as_trunc(tmp_path):
     params = Conv2dParams(Format(16, 0), out_fmt=Format(12, -20), rounding=Rounding.FLOOR,
                           out_overflow=Overflow.SAT)
     graph = Graph(base.inputs, [Node("fc", "linear", ["x"], params, base.nodes[0].arrays)], ["fc"]).check()
-    model = graph.to_qonnx()
+    model = to_qonnx(graph)
     assert [n.op_type for n in model.graph.node].count("Trunc") == 1
     assert canonical(from_qonnx(model)) == canonical(graph)
 
@@ -284,7 +285,7 @@ def test_compare_names_the_first_divergence_and_a_float_batchnorm_as_its_cause(t
 
 def test_compare_blames_float32_beyond_2_24(tmp_path):
     path = tmp_path / "wide.onnx"
-    _wide_linear().to_qonnx(path, batch=4)
+    to_qonnx(_wide_linear(), path, batch=4)
     graph = from_qonnx(path)
     report = compare_qonnx(path, graph, grid_inputs(graph, 4, seed=5))
     assert report.first.layer == "fc" and "float32" in report.first.cause
@@ -392,7 +393,7 @@ def test_a_marker_that_would_change_a_number_is_refused(tmp_path):
     graph = _wide_linear()
     params = Conv2dParams(Format(16, 0), out_fmt=Format(None, -8))
     graph = Graph(graph.inputs, [Node("fc", "linear", ["x"], params, graph.nodes[0].arrays)], ["fc"]).check()
-    model = graph.to_qonnx()
+    model = to_qonnx(graph)
     quant = next(n for n in model.graph.node if "unbounded" in n.doc_string)
     narrow_bits = numpy_helper.from_array(np.array(4.0, np.float32), "four")
     model.graph.initializer.append(narrow_bits)
@@ -430,11 +431,11 @@ def test_export_refusals_name_the_layer(tmp_path):
     ]:
         graph = Graph(base.inputs, [Node("fc", "linear", ["x"], params, base.nodes[0].arrays)], ["fc"]).check()
         with pytest.raises(ValueError, match=f"layer fc.*{needle}"):
-            graph.to_qonnx()
+            to_qonnx(graph)
     wide = Graph(base.inputs, [Node("fc", "linear", ["x"], Conv2dParams(Format(40, 0)),
                                     {"weight": (base.nodes[0].arrays["weight"] << 20) + 1})], ["fc"]).check()
     with pytest.raises(ValueError, match="fc: weight.*not exactly a float32"):
-        wide.to_qonnx()
+        to_qonnx(wide)
     x = np.random.default_rng(1).standard_normal((2, 1, 8, 8))
     unfolded = wageubn_sim.compile(_wageubn_model(False, bn=True), x, Format(8, 4))
     unfolded.save(tmp_path / "g")
@@ -492,7 +493,7 @@ def test_compare_runs_qonnx_without_identities_and_bounds_its_nodes(tmp_path, mo
     """qonnx's shape inference and execution take time quadratic in the node count: the
     reference runs without Identity nodes (50k of them compare in seconds, exactly), and a
     model with more real nodes than the bound is refused, naming it."""
-    from wageubn_sim.graph import qonnx_compare
+    from wageubn_sim.qonnx import compare as qonnx_compare
     model = _with_identities(50_000)
     path = tmp_path / "ids.onnx"
     onnx.save(model, path)

@@ -7,10 +7,11 @@ import torch.nn.functional as TF
 from hypothesis import given, strategies as st
 from int_reference import int_windows
 
-from wageubn_sim.engine.activation_backward import activation_backward, max_pool2d_backward
-from wageubn_sim.engine.conv2d import Conv2dParams
-from wageubn_sim.engine.conv2d_backward import conv2d_backward, linear_backward
-from wageubn_sim.engine.pool import PoolParams
+from wageubn_sim.engine.ops.activation import activation_backward
+from wageubn_sim.engine.ops.pool import max_pool2d_backward
+from wageubn_sim.engine.ops.conv2d import Conv2dParams
+from wageubn_sim.engine.ops.conv2d import conv2d_backward, linear_backward
+from wageubn_sim.engine.ops.pool import PoolParams
 from wageubn_sim.fixedpoint import FixedArray, Format, random_u32
 from wageubn_sim.function.optim import WageubnSGD
 from wageubn_sim.scheme import g_quantize, lr_quantize
@@ -122,7 +123,7 @@ def test_update_orders_differ_and_are_pinned():
 
 @given(seed=st.integers(0, 2**31), k=st.sampled_from([1, 2, 4]), s=st.integers(1, 3))
 def test_avg_pool_backward_equals_torch_for_power_of_two_windows(seed, k, s):
-    from wageubn_sim.engine.activation_backward import avg_pool2d_backward
+    from wageubn_sim.engine.ops.pool import avg_pool2d_backward
     rng = np.random.default_rng(seed)
     xt = torch.zeros((2, 2, 8, 8), dtype=torch.float64, requires_grad=True)
     y = TF.avg_pool2d(xt, (k, k), s)
@@ -133,14 +134,14 @@ def test_avg_pool_backward_equals_torch_for_power_of_two_windows(seed, k, s):
 
 
 def test_avg_pool_backward_refuses_inexact_divisors():
-    from wageubn_sim.engine.activation_backward import avg_pool2d_backward
+    from wageubn_sim.engine.ops.pool import avg_pool2d_backward
     with pytest.raises(ValueError, match="divisor 9 is not a power of two"):
         avg_pool2d_backward((1, 1, 6, 6), np.zeros((1, 1, 2, 2), np.int64), 0, PoolParams((3, 3), (3, 3)))
 
 
 def test_aligned_sum_is_exact_and_guards_the_domain():
     from wageubn_sim.fixedpoint.format import FixedArray
-    from wageubn_sim.training.update import aligned_sum
+    from wageubn_sim.scheme.update import aligned_sum
     got = aligned_sum(FixedArray(np.array([3, -1]), 2), FixedArray(np.array([1, 5]), 4), sign=-1)
     assert got.frac_bits == 4 and got.q.tolist() == [11, -9]  # 3/4 - 1/16, -1/4 - 5/16
     assert aligned_sum(FixedArray(np.zeros(0, np.int64), 1), FixedArray(np.zeros(0, np.int64), 61)).q.size == 0

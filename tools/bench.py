@@ -42,9 +42,10 @@ import numpy as np
 import torch
 
 import wageubn_sim
-from wageubn_sim.engine import mac
-from wageubn_sim.engine.conv2d import Conv2dParams, conv2d
+from wageubn_sim.engine.mac import gemm
+from wageubn_sim.engine.ops.conv2d import Conv2dParams, conv2d
 from wageubn_sim.engine.registers import Accumulator
+from wageubn_sim.execution.run import plan_of
 from wageubn_sim.fixedpoint import Format
 from wageubn_sim.models import resnet18
 
@@ -163,9 +164,9 @@ def bench_gemm(rounds):
     a = rng.integers(-128, 128, (8192, 576)).astype(np.int8)
     b = rng.integers(-128, 128, (576, 64)).astype(np.int8)
     macs = a.shape[0] * a.shape[1] * b.shape[1]
-    gemm = mac.int8_gemm()
+    int8_matmul = gemm.int8_gemm()
     af, bf = a.astype(np.float32), b.astype(np.float32)
-    for label, fn in (("int8 GEMM (torch._int_mm)", None if gemm is None else lambda: gemm(a, b)),
+    for label, fn in (("int8 GEMM (torch._int_mm)", None if int8_matmul is None else lambda: int8_matmul(a, b)),
                       ("float32 BLAS (numpy)", lambda: af @ bf)):
         if fn is None:
             print(f"  {label}: not available")
@@ -362,7 +363,7 @@ def bench_small(rounds):
     graph, float_model = _small_cnn_graph()
     x = np.random.default_rng(0).standard_normal((4096, 3, 16, 16))
     xt = torch.from_numpy(x).float()
-    plan = graph.plan()
+    plan = plan_of(graph)
     exact = np.array_equal(graph.run(x).q, graph.run(x, plan=False).q)
     print(f"small CNN 16x16x3 (76,288 MACs an image), plan: {'yes' if plan else 'no'} "
           f"({plan.dtype.name if plan else '-'} arena), bit-exact to the layer-by-layer path: "

@@ -8,7 +8,7 @@ the QONNX exporter, the layer-by-layer comparisons).
 """
 from . import memory as _memory  # noqa: F401  (the freed-memory policy, applied at import)
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load_graph(path):
@@ -25,9 +25,16 @@ def fold_batchnorm(graph, multiplier_bits: int = 16):
 
 def from_qonnx(model, input_format=None, accumulators=None):
     """The integer graph of a QONNX model: a path to an .onnx file or an onnx.ModelProto
-    (docs/arithmetic.md section 11; needs onnx). ``Graph.to_qonnx`` goes the other way."""
-    from .graph.qonnx_import import from_qonnx as _from_qonnx
+    (docs/arithmetic.md section 11; needs onnx). `to_qonnx` goes the other way."""
+    from .qonnx import from_qonnx as _from_qonnx
     return _from_qonnx(model, input_format, accumulators)
+
+
+def to_qonnx(graph, path=None, batch: int = 1, allow_inexact: bool = False, overwrite: bool = False):
+    """The graph as a QONNX model (written to ``path`` if given; returns the ModelProto; needs
+    onnx): IntQuant and Trunc registers that qonnx executes and FINN and hls4ml read."""
+    from .qonnx import to_qonnx as _to_qonnx
+    return _to_qonnx(graph, path, batch, allow_inexact, overwrite)
 
 
 def __getattr__(name):

@@ -1,7 +1,7 @@
 """Rounding division of integer tensors, shared by BatchNorm and average pooling.
 
 q = round(num * 2**shift / den): a power-of-two scaling of the exact quotient, decided on
-integers by `fixedpoint.core.floor_divide` and `round_quotient` (the contract's division).
+integers by `fixedpoint.division.floor_divide` and `round_quotient` (the contract's division).
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InternalError
-from ..fixedpoint.core import DOMAIN_LIMIT, QUOTIENT_ESTIMATE_LIMIT, TIE, floor_divide, round_quotient
+from ..fixedpoint.scalar import DOMAIN_LIMIT, TIE
+from ..fixedpoint.division import QUOTIENT_ESTIMATE_LIMIT, floor_divide, round_quotient
 
 
 @njit(cache=True, parallel=True)

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from ..fixedpoint.core import magnitude_max, requantize_counted, requantize_flagged
+from ..fixedpoint.arrays import magnitude_max, requantize_counted, requantize_flagged
 from ..fixedpoint.format import MAX_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
 
@@ -56,19 +56,6 @@ class Accumulator:
         return cls(d["bits"], d["overflow"], d["mac_order"], d["k_split"])
 
 
-MAX_AXIS = 1 << 20  # positions along one axis of a plane
-MAX_PLANE = 1 << 28  # positions in one plane (2 GiB of int64 per channel and input)
-
-
-def check_plane(owner: str, height: int, width: int) -> None:
-    """Refuse an output plane beyond the engine's sizes before anything is allocated (a
-    forged padding, stride or factor would otherwise ask for terabytes, or hang)."""
-    if height > MAX_AXIS or width > MAX_AXIS or height * width > MAX_PLANE:
-        raise ValueError(f"{owner}: an output plane of {height} x {width} positions is beyond the "
-                         f"engine's {MAX_AXIS} per axis and {MAX_PLANE} per plane; check the "
-                         "layer's padding, stride and factors")
-
-
 def check_ints(owner: str, minimum: int, pair: bool = True, **values) -> None:
     """Refuse parameters that are not ints (pairs of ints with ``pair``) of at least ``minimum``:
     a params struct checks itself when it is made, before any kernel reads it."""
@@ -88,6 +75,10 @@ class Events:
     saturations: int = 0  # saturations (likewise)
     ties: int = 0  # exact ties met by a rounding
     underflows: int = 0  # nonzero values rounded to zero
+
+    def counts(self) -> dict:
+        """The counts as a plain dict (manifests, reports)."""
+        return {f.name: int(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def add(self, other: "Events") -> None:
         for f in dataclasses.fields(self):
@@ -165,14 +156,21 @@ def input_stage(x: np.ndarray, frac: int, register: Format | None, rounding: Rou
     return q, register.frac_bits, {"input": Events.of_requantize(counts, Overflow.SAT_SYM)}
 
 
-def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
-    """q at 2**-frac, exactly, at the finer grid 2**-to_frac, as int64 (q itself when it
-    already is: treat the result as read-only)."""
+def check_aligned(magnitude: int, frac: int, to_frac: int) -> int:
+    """The shift that moves values of at most ``magnitude`` from 2**-frac to the finer grid
+    2**-to_frac, exactly; raises where it cannot (a coarser grid, or beyond the domain)."""
     if to_frac < frac:
         raise ValueError(f"cannot align frac {frac} down to {to_frac} exactly")
     shift = to_frac - frac
-    if shift == 0 and q.dtype == np.int64:
-        return q
-    if shift and magnitude_max(q) >= (1 << max(0, 61 - shift)):
+    if shift and magnitude >= (1 << max(0, 61 - shift)):
         raise OverflowError(f"aligning to {to_frac} fractional bits leaves the 62-bit domain")
+    return shift
+
+
+def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
+    """q at 2**-frac, exactly, at the finer grid 2**-to_frac, as int64 (q itself when it
+    already is: treat the result as read-only)."""
+    if to_frac == frac and q.dtype == np.int64:
+        return q
+    shift = check_aligned(magnitude_max(q) if to_frac != frac else 0, frac, to_frac)
     return q.astype(np.int64) << shift

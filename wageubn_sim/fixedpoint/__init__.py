@@ -2,8 +2,9 @@
 
 The contract these implement is `docs/arithmetic.md`; `reference` restates it in Python ints.
 """
-from .core import (fit_overflow, quantize, quantize_to_grid, requantize, requantize_scalar,
-                   round_to_integer, shift_left_fitted, shift_right_rounded)
+from .scalar import fit_overflow, requantize_scalar, shift_left_fitted, shift_right_rounded
+from .floats import quantize, quantize_to_grid, round_to_integer
+from .arrays import requantize
 from .format import MAX_BITS, FixedArray, Format
 from .modes import MODE_NAMES, Overflow, Rounding
 from .random_bits import BitSource, random_u32, random_u32_reference

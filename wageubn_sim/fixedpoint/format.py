@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 # Every register is at most 62 bits wide (signed; unsigned at most 61), so every value lies in
-# the range of s62, -2**61 <= q < 2**61, and the primitives in `core.py` never leave int64 (a
+# the range of s62, -2**61 <= q < 2**61, and the primitives in `scalar.py` never leave int64 (a
 # sum of two values, a compare against 2**62, a magnitude).
 MAX_BITS = 62
 MAX_UNSIGNED_BITS = MAX_BITS - 1  # u62 would reach 2**62 - 1, outside the s62 range
@@ -122,3 +122,13 @@ class FixedArray:
     def to_float(self) -> "np.ndarray":
         """The values as float64: exact while |q| < 2**53."""
         return self.q.astype(np.float64) * 2.0 ** -self.frac_bits
+
+
+def bits_needed(lo: int, hi: int, signed: bool = True, narrow: bool = False) -> int:
+    """The narrowest width whose range holds lo..hi: two's complement (``narrow``: without its
+    most negative value, as a SAT_SYM register), or unsigned (lo >= 0)."""
+    if not signed:
+        if lo < 0:
+            raise ValueError(f"an unsigned register cannot hold {lo}")
+        return max(1, hi.bit_length())
+    return max(2, max(hi, -lo if narrow else -lo - 1, 0).bit_length() + 1)

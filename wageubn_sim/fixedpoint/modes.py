@@ -35,6 +35,14 @@ class Overflow(enum.IntEnum):
         return _parse(cls, value, "overflow")
 
 
+# The modes as the plain ints Numba kernels compare with (a module's int globals are
+# compile-time constants there): defined once, here.
+ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_HALF_AWAY, ROUND_FLOOR, ROUND_TOWARD_ZERO, ROUND_STOCHASTIC = (
+    int(r) for r in (Rounding.HALF_EVEN, Rounding.HALF_UP, Rounding.HALF_AWAY, Rounding.FLOOR,
+                     Rounding.TOWARD_ZERO, Rounding.STOCHASTIC))
+OVERFLOW_WRAP, OVERFLOW_SAT, OVERFLOW_SAT_SYM = (int(o) for o in (Overflow.WRAP, Overflow.SAT, Overflow.SAT_SYM))
+
+
 def _parse(enum_cls, value, what):
     if isinstance(value, enum_cls):
         return value

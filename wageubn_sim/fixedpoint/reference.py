@@ -1,7 +1,7 @@
 """The arithmetic contract in plain Python integers and Fractions, one element at a time.
 
 A reference in the manner of JAX's ``lax_reference.py``: a few readable lines per
-primitive, exact by construction, slow. The numpy/Numba core (`core.py`, `scale.py`) and
+primitive, exact by construction, slow. The numpy/Numba core (`scalar.py`, `arrays.py`, `division.py`, `floats.py`, `scale.py`) and
 the torch path are tested against these functions; `docs/arithmetic.md` quotes them.
 """
 from __future__ import annotations

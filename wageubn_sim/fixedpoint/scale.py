@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 from numba import njit
 
-from .core import check_domain, in_domain, value_range
+from .arrays import check_domain, in_domain, value_range
 from .format import MAX_BITS
 
 

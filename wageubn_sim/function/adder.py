@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from torch.nn.modules.utils import _pair
 
+from ..engine.geometry import output_size
 from ._layer import WeightLayer
 
 
@@ -45,8 +46,8 @@ def adder2d(x, weight, stride=1, padding=0, dilation=1):
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     n, _, h, w = x.shape
     kh, kw = weight.shape[2:]
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h = output_size(h, kh, stride[0], padding[0], dilation[0])
+    out_w = output_size(w, kw, stride[1], padding[1], dilation[1])
     y = _AdderFunction.apply(x, weight, stride, padding, dilation)
     return y.reshape(n, weight.shape[0], out_h, out_w)
 

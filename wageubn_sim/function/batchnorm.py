@@ -19,7 +19,7 @@ import torch
 from numba import njit, prange
 import torch.nn as nn
 
-from ..fixedpoint.core import quantize
+from ..fixedpoint.floats import quantize
 from ..fixedpoint.format import Format
 from ._layer import QuantModule, pick_widths
 from .number import directquant
@@ -110,13 +110,13 @@ class BatchNorm2d(QuantModule, nn.BatchNorm2d):
 
     def _exact_batch_registers(self, x, mean_q, std_q, on_grid):
         """In training, the contract's exact batch statistics (integer sums, one rounding each,
-        `engine.batchnorm.batch_statistics`) replace the float ones' values wherever the input
+        `engine.ops.batchnorm.batch_statistics`) replace the float ones' values wherever the input
         lies on a dyadic grid, as it does between WAGEUBN layers; gradients stay those of the
         float statistics (straight-through, as in the official code). ``on_grid``: x as
         (integers, frac), from `grid_integers`, or None."""
         if on_grid is None:
             return mean_q, std_q
-        from ..engine.batchnorm import batch_statistics
+        from ..engine.ops.batchnorm import batch_statistics
         q, frac = on_grid
         mean_fmt, std_fmt = Format.from_seed(self.mean_dec_bit_width, self.mean_all_bit_width), \
             Format.from_seed(self.var_dec_bit_width, self.var_all_bit_width)
@@ -185,7 +185,7 @@ class _IntegerBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, e):
-        from ..engine.batchnorm_backward import batchnorm2d_backward
+        from ..engine.ops.batchnorm import batchnorm2d_backward
         from ..fixedpoint.format import FixedArray
         x, mean_q, std_q, xhat, gamma = ctx.saved_tensors
         mean_frac, std_frac, gamma_frac = ctx.fracs

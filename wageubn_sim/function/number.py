@@ -1,7 +1,7 @@
 """The WAGEUBN quantizers as torch autograd functions (the seed's `function.number`, corrected).
 
 Every forward computes in float64 through the fixed-point core's float primitives
-(`fixedpoint.core.quantize_to_grid`), so its values are exactly q * 2**-f of the integer
+(`fixedpoint.floats.quantize_to_grid`), so its values are exactly q * 2**-f of the integer
 contract (`docs/arithmetic.md`); the result is cast back to the input's dtype, which is
 exact while q has at most 24 significant bits in float32. Backward is straight-through
 (STE) unless the function exists to quantize the gradient (gwquant, gbnquant, backward_e1,
@@ -20,7 +20,7 @@ import torch
 from numba import njit, prange
 from torch.autograd import Function
 
-from ..fixedpoint.core import fake_quantize, quantize_to_grid, scaled_float
+from ..fixedpoint.floats import fake_quantize, quantize_to_grid, scaled_float
 from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.random_bits import BitSource

@@ -1,6 +1,6 @@
 """WageubnSGD: the WAGEUBN update (U) as a torch optimizer, equal to the integer update.
 
-It computes `training.update.momentum_update` in float64 on the same grids (every value is a
+It computes `scheme.update.momentum_update` in float64 on the same grids (every value is a
 dyadic of at most 53 significant bits, so float64 is exact), so its weights and momenta equal
 the integer unit's bit for bit. Gradients are expected on their grids already (the torch
 path's gwquant/gbnquant put them there). ``lr`` is quantized with flr (k=10).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..fixedpoint.modes import Overflow
-from ..training.update import UpdateParams
+from ..scheme.update import UpdateParams
 from .number import lrquant, quantize_values
 
 

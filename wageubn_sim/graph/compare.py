@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from ..engine.registers import ACC_EVENT
-from ..fixedpoint.core import OVERFLOWED, TIE
+from ..fixedpoint.scalar import OVERFLOWED, TIE
 from .comparison import FLOAT32_MANTISSA, CompareReport, accumulator_cause, layer_report
 from .importer import DEFAULT_INPUT_FORMAT, _Tracer, compile_model, layer_names
 from .ir import Graph

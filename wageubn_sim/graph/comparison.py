@@ -1,5 +1,5 @@
 """The layer-by-layer report of the engine against a reference: the torch path (`compare`) or
-qonnx's execution of a QONNX model (`qonnx_compare`), in LSBs of each layer's format."""
+qonnx's execution of a QONNX model (`qonnx.compare`), in LSBs of each layer's format."""
 from __future__ import annotations
 
 import dataclasses

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..engine.conv2d_bn import Conv2dBatchNormParams
+from ..engine.ops.conv2d_bn import Conv2dBatchNormParams
 from ..fixedpoint.modes import Rounding
 from ..fixedpoint.reference import round_fraction
 from .ir import Graph, Node

@@ -21,16 +21,16 @@ import torch.nn.functional as TF
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import function as wnn
-from ..engine.activation import ActivationParams
-from ..engine.add import AddParams
-from ..engine.batchnorm import BatchNormParams
-from ..engine.conv2d import Conv2dParams
-from ..engine.pool import PoolParams
+from ..engine.ops.activation import ActivationParams
+from ..engine.ops.add import AddParams
+from ..engine.ops.batchnorm import BatchNormParams
+from ..engine.ops.conv2d import Conv2dParams
+from ..engine.ops.pool import PoolParams
 from ..engine.registers import Accumulator
 from ..fixedpoint.format import Format
 from ..function._layer import QuantModule
 from .ir import Graph, GraphInput, Node, unique_name
-from .ops import FlattenParams
+from ..engine.ops.flatten import FlattenParams
 
 DEFAULT_INPUT_FORMAT = Format(16, 8)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import operator
 import math
-import time
 import unicodedata
 from pathlib import Path
 
@@ -15,10 +13,12 @@ import numpy as np
 
 from ..files.read import UnreadableFile, inside_folder, read_json, read_npz
 from ..files.write import write_folder_atomically
-from ..fixedpoint.core import exact_int64, in_domain, quantize, value_range
+from ..fixedpoint.arrays import exact_int64, in_domain, value_range
+from ..fixedpoint.floats import quantize
 from ..fixedpoint.format import Format
-from .ops import (ARRAY_RANKS, OPS, array_formats, check_structure, params_from_json,
-                  params_to_json, stochastic_fields)
+from ..engine.registry import OPS
+from ..execution.run import RunResult, run_graph
+from .params import check_structure, params_from_json, params_to_json, stochastic_fields
 
 GRAPH_VERSION = 2  # 2: params as plain values; version 1 files (tagged values) are read too
 GRAPH_VERSIONS = (1, 2)
@@ -76,19 +76,6 @@ class GraphInput:
         return quantize(x, fmt, "HALF_EVEN", "SAT")
 
 
-@dataclasses.dataclass
-class RunResult:
-    q: np.ndarray  # the output integers
-    fmt: Format
-    layers: dict  # node name -> engine Output (with trace stages when traced)
-    events: dict = dataclasses.field(default_factory=dict)  # node name -> {register: Events}
-
-    @property
-    def values(self) -> np.ndarray:
-        """The output as float64 (exact while |q| < 2**53)."""
-        return self.q.astype(np.float64) * 2.0 ** -self.fmt.frac_bits
-
-
 class Graph:
     def __init__(self, inputs, nodes, outputs, meta=None):
         """Checks the structure before anything runs: unique names, known ops with their params
@@ -123,92 +110,14 @@ class Graph:
 
     def run(self, x, trace: bool = False, timings: dict | None = None, plan: bool | None = None,
             threads: int | None = None) -> RunResult:
-        """Run the engine. ``trace`` keeps every node's Output with its stages; ``timings``,
-        if given, receives each node's seconds. Without trace, each value is freed after
-        its last reader.
-
-        ``plan``: None runs a small graph through its compiled plan (`engine.plan`: one call
-        for the whole batch, image by image) and any other layer by layer; False always
-        layer by layer; True requires the plan (NotPlannable says why not). Both give the
-        same integers and events. ``threads`` bounds the plan's threads."""
-        if plan and (trace or timings is not None):
-            raise ValueError("the plan runs the graph in one call: it keeps no trace or timings; "
-                             "run with plan=False (or None) for them")
-        if not trace and timings is None and plan is not False:
-            compiled = self.plan(required=bool(plan))
-            if compiled is not None:
-                x = np.asarray(x)
-                done = None
-                if x.dtype in (np.float32, np.float64) and compiled.quantizes_floats:
-                    self.inputs[0].check_shape(x)
-                    done = compiled.run_floats(x, threads)  # the input quantized in the plan
-                out, events = done or compiled.run(self.quantize_input(x), threads)
-                return RunResult(out, compiled.output_fmt, {}, events)
-        q = self.quantize_input(x)
-        values = {self.inputs[0].name: (q, self.inputs[0].fmt.frac_bits)}
-        last_use = {name: i for i, node in enumerate(self.nodes) for name in node.inputs}
-        layers, events, out = {}, {}, None
-        for i, node in enumerate(self.nodes):
-            ins = [values[name] for name in node.inputs]
-            start = time.perf_counter()
-            out = _run_node(node, ins, trace)
-            if timings is not None:
-                timings[node.name] = time.perf_counter() - start
-            events[node.name] = dict(out.register_events) or {"output": out.events}
-            values[node.name] = (out.q, out.fmt.frac_bits)
-            if trace:
-                layers[node.name] = out
-            else:
-                for name in node.inputs:
-                    if last_use[name] == i and name not in self.outputs:
-                        values.pop(name, None)
-            if node.name == self.outputs[0]:
-                result = out
-        if not self.nodes or self.outputs[0] not in values:
-            raise ValueError("the graph computes no output")
-        return RunResult(result.q, result.fmt, layers, events)
-
-    def plan(self, required: bool = False):
-        """The compiled plan of this graph as it is now (`engine.plan.build_plan`), built once
-        and kept while the nodes, their params and arrays (read-only) are the same objects;
-        None when the graph runs layer by layer (``required``: raise NotPlannable instead)."""
-        from ..engine.plan import NotPlannable, build_plan
-        spec = self.inputs[0]
-        key = [spec, spec.shape, spec.fmt, *self.outputs]
-        for n in self.nodes:
-            key.append(n)
-            key.append(n.params)
-            key.extend(n.arrays.values())
-            key.extend(n.inputs)
-        cached = getattr(self, "_plan", None)
-        if cached is None or len(cached[0]) != len(key) or not all(map(operator.is_, cached[0], key)):
-            try:
-                if any(n.out_shape is None or n.out_fmt is None for n in self.nodes):
-                    self.check()
-                built = build_plan(self)
-            except NotPlannable as err:
-                built = err
-            except (ValueError, OverflowError) as err:  # the layer-by-layer path will say it
-                built = NotPlannable(str(err))
-            cached = self._plan = (key, built)
-        if isinstance(cached[1], NotPlannable):
-            if required:
-                raise cached[1]
-            return None
-        return cached[1]
+        """Run the engine (`execution.run_graph`: ``trace`` keeps every node's Output with its
+        stages, ``timings`` receives each node's seconds, ``plan`` chooses the compiled plan
+        (None: where it takes the graph; True: required; False: layer by layer), ``threads``
+        bounds the plan's threads). The plan and the layer-by-layer path give the same
+        integers and events."""
+        return run_graph(self, x, trace, timings, plan, threads)
 
     __call__ = run
-
-    def run_from(self, values: dict, start: int, replacement: Node) -> tuple:
-        """(output integers, their frac) when node ``start`` is replaced by ``replacement``
-        (same name and inputs, other params), reusing ``values`` {name: (q, frac)} that a run
-        computed for the input and the nodes before it."""
-        values = dict(values)
-        for i in range(start, len(self.nodes)):
-            node = replacement if i == start else self.nodes[i]
-            out = _run_node(node, [values[name] for name in node.inputs], False)
-            values[node.name] = (out.q, out.fmt.frac_bits)
-        return values[self.outputs[0]]
 
     # ---- files --------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -235,11 +144,6 @@ class Graph:
     def save(self, path, overwrite: bool = False) -> Path:
         """Write the folder ``path`` (graph.json + arrays.npz) atomically."""
         return write_folder_atomically(path, self.files(), overwrite)
-
-    def to_qonnx(self, path=None, batch: int = 1, allow_inexact: bool = False, overwrite: bool = False):
-        """The graph as a QONNX model (`qonnx_export.to_qonnx`; needs onnx)."""
-        from .qonnx_export import to_qonnx
-        return to_qonnx(self, path, batch, allow_inexact, overwrite)
 
     def check(self) -> "Graph":
         """Run the graph on an empty batch: every kernel checks its shapes (weights against
@@ -311,14 +215,6 @@ class Graph:
         return cls(inputs, nodes, data["outputs"], data["meta"])
 
 
-def _run_node(node: Node, ins: list, trace: bool):
-    """One node's kernel on its inputs [(q, frac)]; an error names the node."""
-    try:
-        return OPS[node.op][1](node, ins, trace)
-    except (ValueError, OverflowError) as err:
-        raise type(err)(f"node {node.name} ({node.op}, from {node.source}): {err}") from err
-
-
 def unique_name(base: str, used: set) -> str:
     """``base``, or ``base-2``, ``base-3``, ...: the first not in ``used``, which it joins (a
     second call of a layer, or two ONNX nodes of one name)."""
@@ -362,13 +258,14 @@ def _check_node(node: Node, known: set) -> None:
     if stochastic:
         raise ValueError(f"{where}: {stochastic[0]} is STOCHASTIC, but the forward engine draws no "
                          "random words; choose a deterministic rounding for inference")
-    formats = array_formats(node.op, node.params)
+    spec = OPS[node.op]
+    formats = spec.arrays(node.params)
     if set(node.arrays) != set(formats):
         raise ValueError(f"{where} holds arrays {sorted(node.arrays)}; its params need "
                          f"{sorted(formats)}")
     for role, fmt in formats.items():
         array = exact_int64(node.arrays[role], f"{where}: array {role}")
-        rank = ARRAY_RANKS[role] or (2 if node.op == "linear" else 4)
+        rank = spec.array_ranks[role]
         if array.ndim != rank:
             raise ValueError(f"{where}: array {role} has shape {array.shape}, rank {rank} expected")
         lo, hi = value_range(array)

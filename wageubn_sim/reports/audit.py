@@ -37,9 +37,10 @@ from numba import njit, prange
 
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
-from ..graph.ops import MAC_OPS
-from ..graph.ranges import bits_needed
-from ..vectors.bundle import needed_bits
+from ..engine.ops.conv2d import accumulator_grid
+from ..engine.registry import OPS
+from ..fixedpoint.format import bits_needed
+from ..fixedpoint.arrays import needed_bits
 
 
 @dataclasses.dataclass
@@ -279,23 +280,6 @@ class AuditStats:
                           {k: v.merge(other.tensors[k]) for k, v in self.tensors.items()}, mac)
 
 
-def _registers(node, out):
-    """[(tensor name, its integers, its format)] of one traced layer, in datapath order."""
-    tensors = [("output", out.q, out.fmt)]
-    if node.op in MAC_OPS:
-        acc_row = ("accumulator", out.trace["accumulator"], out.acc_fmt)
-        tensors = [acc_row] if node.params.out_fmt is None else [acc_row] + tensors
-        if node.op == "conv2d_bn":  # the folded BatchNorm's product register, acc * m + o
-            tensors.insert(1, ("scaled", out.trace["scaled"],
-                               Format(None, out.acc_fmt.frac_bits + node.params.multiplier_frac)))
-    if node.op == "batchnorm2d":  # the normalised value's register
-        tensors.insert(0, ("xhat", out.trace["xhat"], node.params.xhat_fmt))
-    register = getattr(node.params, "input_register", None)
-    if register is not None:  # iostrict: the input held in a register first
-        tensors.insert(0, ("input", out.trace["input"], register))
-    return tensors
-
-
 def audit_batch(graph: Graph, x, labels=None) -> AuditStats:
     """The statistics of one batch (traced run); a shard task of `audit`."""
     q = graph.quantize_input(x)
@@ -304,13 +288,13 @@ def audit_batch(graph: Graph, x, labels=None) -> AuditStats:
     tensors, mac = {}, {}
     for node in graph.nodes:
         out = result.layers[node.name]
-        for name, q, fmt in _registers(node, out):
+        for name, q, fmt in OPS[node.op].traced_registers(node.params, out):
             ev = out.events_at(name)
             lo, hi = (int(q.min()), int(q.max())) if q.size else (None, None)
             tensors[(node.name, name)] = TensorStats(fmt, int(q.size), lo, hi,
                                                      tuple(getattr(ev, k) for k in _EVENTS),
                                                      histogram(q, histogram_edges(fmt)))
-        if node.op in MAC_OPS:
+        if OPS[node.op].accumulator:
             x_reg = out.trace.get("input", values[node.inputs[0]][0])
             mac[node.name] = (int(x_reg.min()), int(x_reg.max())) if x_reg.size else (None, None)
         values[node.name] = (out.q, out.fmt)
@@ -327,14 +311,15 @@ def _mac_bounds(node, x_range, fmt_in: Format):
     fw = p.weight_fmt.frac_bits
     has_bias = "bias" in node.arrays
     fb = p.bias_fmt.frac_bits if has_bias else None
-    base = max(fx, fw) if node.op == "adder2d" else fx + fw
-    frac = base if fb is None else max(base, fb)  # the accumulator's grid (docs §9)
+    adder = OPS[node.op].mac == "adder"
+    base = max(fx, fw) if adder else fx + fw  # the grid of the terms, then the accumulator's
+    frac = accumulator_grid(fx, p.weight_fmt, p.bias_fmt if has_bias else None, adder)[0]
     x_lo, x_hi = x_range if x_range[0] is not None else (0, 0)
     b_x = reg_fmt.bits if reg_fmt.bounded else bits_needed(x_lo, x_hi)
     b_w = p.weight_fmt.bits or needed_bits(w)
     static = b_x + b_w + math.ceil(math.log2(max(k, 1))) + int(has_bias) + (frac - base)
     x_max = max(abs(x_lo), abs(x_hi))
-    if node.op == "adder2d":
+    if adder:
         term = k * ((x_max << (frac - fx)) + (int(np.abs(w).max(initial=0)) << (frac - fw)))
     else:
         term = int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max(initial=0)) * x_max << (frac - base)
@@ -350,7 +335,7 @@ def audit_report(graph: Graph, stats: AuditStats) -> AuditReport:
     rows, hists = [], {}
     for node in graph.nodes:
         static = bound = None
-        if node.op in MAC_OPS:
+        if OPS[node.op].accumulator:
             static, bound = _mac_bounds(node, stats.mac_inputs[node.name], fmts[node.inputs[0]])
         for (layer, name), t in stats.tensors.items():
             if layer != node.name:

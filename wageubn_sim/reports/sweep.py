@@ -29,8 +29,9 @@ from ..engine.registers import Accumulator
 from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
 from ..fixedpoint.modes import Overflow
 from ..graph.ir import Graph, Node
-from ..graph.ops import MAC_OPS
-from ..graph.ranges import bits_needed
+from ..engine.registry import OPS
+from ..execution.run import run_from
+from ..fixedpoint.format import bits_needed
 from .audit import AuditStats, audit_batch
 
 MAX_WIDENINGS = 4
@@ -139,10 +140,11 @@ def _applied(node: Node, choices) -> Node:
             params = dataclasses.replace(params, accumulator=dataclasses.replace(
                 params.accumulator, bits=c.bits, overflow=Overflow[c.overflow]))
         else:
-            slot = "out_overflow" if hasattr(params, "out_overflow") else "overflow"
-            fmt = params.out_fmt
-            params = dataclasses.replace(params, out_fmt=Format(c.bits, fmt.frac_bits, fmt.signed),
-                                         **{slot: Overflow[c.overflow]})
+            spec = OPS[node.op]
+            register = spec.output_register(params)
+            fmt = register.fmt
+            params = spec.with_output_register(params, dataclasses.replace(
+                register, fmt=Format(c.bits, fmt.frac_bits, fmt.signed), overflow=Overflow[c.overflow]))
     return dataclasses.replace(node, params=params, out_fmt=None, out_shape=None)
 
 
@@ -191,7 +193,7 @@ def sweep_batch(payload, x, labels=None) -> PassStats:
     for c in candidates:
         i = index[c.layer]
         try:
-            out, _ = graph.run_from(values, i, _applied(graph.nodes[i], [c]))
+            out, _ = run_from(graph, values, i, _applied(graph.nodes[i], [c]))
             metrics[c.key] = _compare(out, ref, labels, ref_correct)
         except (ValueError, OverflowError) as err:
             metrics[c.key] = Metrics(len(ref), refused=str(err).splitlines()[0][:200])
@@ -333,12 +335,14 @@ def _targets(graph: Graph, stats: AuditStats, registers, layers, overflows) -> l
         if layers is not None and node.name not in layers:
             continue
         for register in registers:
-            if register == "accumulator" and node.op in MAC_OPS and node.op != "adder2d":
+            spec = OPS[node.op]
+            if register == "accumulator" and spec.mac == "multiply":  # the audit's bound: products
                 acc = node.params.accumulator
                 reference = f"{acc.bits} bits {acc.overflow.name}" if acc.bits else "exact"
                 signed = True
-            elif register == "output" and getattr(node.params, "out_fmt", None) is not None:
-                reference, signed = node.params.out_fmt.describe(), node.params.out_fmt.signed
+            elif register == "output" and spec.output_register(node.params) is not None:
+                fmt = spec.output_register(node.params).fmt
+                reference, signed = fmt.describe(), fmt.signed
             else:
                 continue
             t = stats.tensors[(node.name, register)]

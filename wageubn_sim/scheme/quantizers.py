@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.core import quantize, requantize, requantize_scalar_vectorizable
+from ..fixedpoint.floats import quantize
+from ..fixedpoint.arrays import requantize
+from ..fixedpoint.scalar import requantize_scalar_vectorizable
 from ..fixedpoint.format import FixedArray, Format
-from ..fixedpoint.modes import Overflow, Rounding
+from ..fixedpoint.modes import OVERFLOW_SAT, ROUND_HALF_EVEN, Overflow, Rounding
 from ..fixedpoint.scale import scale_exponent_of_ints
 
 HALF_EVEN = Rounding.HALF_EVEN
-_HALF_EVEN, _SAT = int(Rounding.HALF_EVEN), int(Overflow.SAT)
 
 
 def _check_k(name: str, k: int, low: int = 2) -> None:
@@ -61,7 +62,7 @@ def _e1_flat(q, shift, limit, out):
     (shift < 0) stays in the domain: |q| * 2**-shift < 2**k, since |e| < 2R (R is |e|'s
     power-of-two scale)."""
     for i in prange(q.size):
-        n = requantize_scalar_vectorizable(q[i], shift, 0, True, _HALF_EVEN, _SAT)
+        n = requantize_scalar_vectorizable(q[i], shift, 0, True, ROUND_HALF_EVEN, OVERFLOW_SAT)
         out[i] = min(max(n, -limit), limit)
 
 
@@ -89,9 +90,9 @@ def _e2_flat(q, shift, p, out):
         v = q[i]
         magnitude = -v if v < 0 else v
         if _below_power_of_two(magnitude, shift, p):
-            n = min(requantize_scalar_vectorizable(magnitude, shift, 0, True, _HALF_EVEN, _SAT), step)
+            n = min(requantize_scalar_vectorizable(magnitude, shift, 0, True, ROUND_HALF_EVEN, OVERFLOW_SAT), step)
         else:
-            coarse = requantize_scalar_vectorizable(magnitude, shift + p, 0, True, _HALF_EVEN, _SAT)
+            coarse = requantize_scalar_vectorizable(magnitude, shift + p, 0, True, ROUND_HALF_EVEN, OVERFLOW_SAT)
             n = min(coarse, step - 1) * step
         out[i] = -n if v < 0 else n
 

@@ -19,27 +19,22 @@ One step, in the order the torch path runs it:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 
 import numpy as np
 
-from ..fixedpoint.core import quantize, requantize
+from ..fixedpoint.floats import quantize
+from ..fixedpoint.arrays import requantize
 from ..fixedpoint.format import FixedArray, Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.random_bits import random_u32
-from ..engine.activation_backward import (activation_backward, avg_pool2d_backward,
-                                          max_pool2d_backward)
-from ..engine.batchnorm_backward import batchnorm2d_backward
-from ..engine.adder2d_backward import adder2d_backward
-from ..engine.conv2d_backward import conv2d_backward, linear_backward
+from ..engine.registry import OPS
+from ..execution.run import RunResult, run_node
 from ..scheme.quantizers import e1_quantize, e2_quantize, g_quantize, gbn_quantize, lr_quantize
-from .update import UpdateParams, aligned_sum, momentum_update
+from ..scheme.update import UpdateParams, aligned_sum, momentum_update
 
-MAC_OPS = ("conv2d", "linear", "adder2d")
-SUPPORTED_OPS = MAC_OPS + ("batchnorm2d", "activation", "max_pool2d", "avg_pool2d", "add", "flatten")
-PARAM_ROLES = {op: ("weight", "bias") for op in MAC_OPS} | {"batchnorm2d": ("gamma", "beta")}
 LOGIT_ERROR_FRAC = 24
+ERROR_QUANTIZERS = {"E1": e1_quantize, "E2": e2_quantize}
 
 
 def cross_entropy_error(logits: FixedArray, labels: np.ndarray, frac_bits: int = LOGIT_ERROR_FRAC) -> FixedArray:
@@ -75,7 +70,7 @@ class _Timer:
 def _freeze(a: np.ndarray) -> None:
     """Make a forward tensor read-only, down to the array that owns its memory: what the
     forward derives from a layer's input (a conv's unrolled digits) is then kept with it for
-    the weight gradient (`mac.weight_cache`)."""
+    the weight gradient (`mac.weights.weight_cache`)."""
     while isinstance(a, np.ndarray):
         a.flags.writeable = False
         a = a.base
@@ -91,10 +86,11 @@ class IntegerTrainer:
     module settings it needs: error width, G widths, SR keys (see `from_model`)."""
 
     def __init__(self, graph, layers: dict, lr: float, update: UpdateParams = UpdateParams()):
-        bad = [f"{n.name} ({n.op})" for n in graph.nodes if n.op not in SUPPORTED_OPS]
+        bad = [f"{n.name} ({n.op})" for n in graph.nodes if OPS[n.op].backward is None]
         if bad:
+            supported = sorted(name for name, spec in OPS.items() if spec.backward is not None)
             raise ValueError(f"integer training does not support {', '.join(bad)} yet; "
-                             f"supported: {', '.join(SUPPORTED_OPS)}")
+                             f"supported: {', '.join(supported)}")
         self.graph, self.layers, self.update = graph, layers, update
         self._nodes = {n.name: n for n in graph.nodes}
         self.lr = lr_quantize(lr)
@@ -103,7 +99,7 @@ class IntegerTrainer:
         self._timer = _Timer(None)
         self.master, self.momentum = {}, {}
         for node in graph.nodes:
-            for role in PARAM_ROLES.get(node.op, ()):
+            for role in OPS[node.op].trainable:
                 if role in node.arrays:
                     q = layers[node.name][f"master_{role}"]
                     self.master[(node.name, role)] = FixedArray(q, update.weight_k - 1)
@@ -119,20 +115,20 @@ class IntegerTrainer:
         modules = dict(model.named_modules())
         layers = {}
         for node in graph.nodes:
-            if node.op not in PARAM_ROLES:
+            if not OPS[node.op].trainable:
                 continue
             m = modules[node.source]
             info = {"error_k": m.error_bit_width, "grad_k": m.grad_dec_bit_width,
                     "grad_range_k": m.grad_range_bit_width, "grad_bn_k": m.grad_bn_bit_width,
                     "weight_key": m.grad_sources["weight"].seed, "bias_key": m.grad_sources["bias"].seed,
                     "decay_shift": getattr(m, "weight_decay_shift", None)}
-            if node.op == "batchnorm2d":
+            if OPS[node.op].train_forward is not None:  # BatchNorm: its batch statistics' registers
                 info["std_register"] = Format.from_seed(m.var_dec_bit_width, m.var_all_bit_width)
                 info["eps_lsbs"] = round(m.quantized_eps() * 2.0 ** (m.var_dec_bit_width - 1))
                 info["momentum"] = m.momentum if m.momentum is not None else 0.1
                 info["running_mean"] = m.running_mean.detach().double().cpu().numpy().copy()
                 info["running_var"] = m.running_var.detach().double().cpu().numpy().copy()
-            for role, attr in zip(PARAM_ROLES[node.op], ("weight", "bias")):
+            for role, attr in zip(OPS[node.op].trainable, ("weight", "bias")):
                 p = getattr(m, attr)
                 if p is not None:
                     info[f"master_{role}"] = quantize(p.detach().double().cpu().numpy(),
@@ -178,40 +174,8 @@ class IntegerTrainer:
         _add(errors, self.graph.outputs[0], error_fn(logits, np.asarray(labels)))
         grads = {}
         for node in reversed(self.graph.nodes):
-            if node.name not in errors:
-                continue
-            e = errors.pop(node.name)
-            out = result.layers[node.name]
-            if node.op in MAC_OPS:
-                with self._timer("E1/E2"):
-                    e = e2_quantize(e, self.layers[node.name]["error_k"])
-                self._keep(node.name, "error", e)
-                self._mac_backward(node, out, e, errors, grads)
-            elif node.op == "activation":
-                with self._timer("E1/E2"):
-                    e = e1_quantize(e, self.layers.get(node.name, {}).get("error_k", 8))
-                x_in, x_frac = self._input(node, result, 0)
-                x_seen = out.trace.get("input", x_in)
-                frac = node.params.input_register.frac_bits if node.params.input_register else x_frac
-                with self._timer("other backward"):
-                    _add(errors, node.inputs[0], FixedArray(
-                        activation_backward(x_seen, frac, e.q, node.params.ceiling), e.frac_bits))
-            elif node.op == "batchnorm2d":
-                self._keep(node.name, "error", e)
-                self._bn_backward(node, result, e, errors, grads)
-            elif node.op == "avg_pool2d":
-                x_in, _ = self._input(node, result, 0)
-                dx, frac = avg_pool2d_backward(x_in.shape, e.q, e.frac_bits, node.params)
-                _add(errors, node.inputs[0], FixedArray(dx, frac))
-            elif node.op == "max_pool2d":
-                x_in, _ = self._input(node, result, 0)
-                _add(errors, node.inputs[0], FixedArray(max_pool2d_backward(x_in, e.q, node.params), e.frac_bits))
-            elif node.op == "add":
-                for name in node.inputs:
-                    _add(errors, name, e)
-            elif node.op == "flatten":
-                x_in, _ = self._input(node, result, 0)
-                _add(errors, node.inputs[0], FixedArray(e.q.reshape(x_in.shape), e.frac_bits))
+            if node.name in errors:
+                self._backward(node, result, errors.pop(node.name), errors, grads)
         with self._timer("update"):
             for key, g in grads.items():
                 before = (self.master[key], self.momentum[key])
@@ -230,30 +194,19 @@ class IntegerTrainer:
         return logits
 
     def _forward(self, x_q):
-        """The engine forward, BatchNorm with the batch's statistics (training mode)."""
-        from ..engine.batchnorm import batch_statistics, batchnorm2d, channel_sums
-        from ..graph.ir import RunResult
-        from ..graph.ops import OPS
+        """The engine forward, in training mode where an op has one (BatchNorm: the batch's
+        statistics, which also move its running averages)."""
         values = {self.graph.inputs[0].name: (x_q, self.graph.inputs[0].fmt.frac_bits)}
         layers = {}
         for node in self.graph.nodes:
             ins = [values[i] for i in node.inputs]
-            if node.op == "batchnorm2d":
-                p, info = node.params, self.layers[node.name]
-                x_in, f_in = ins[0]
-                if p.input_register is not None:
-                    x_in = requantize(x_in, f_in, p.input_register, p.rounding, Overflow.SAT_SYM)
-                    f_in = p.input_register.frac_bits
-                sums = channel_sums(x_in, x_in)
-                mean_q, std_q = batch_statistics(x_in, f_in, p.mean_fmt, info["std_register"],
-                                                 info["eps_lsbs"], sums=sums)
-                self._update_running(info, sums, x_in.size // max(x_in.shape[1], 1), f_in)
-                out = batchnorm2d(x_in, f_in, mean_q, std_q, node.arrays.get("gamma"),
-                                  node.arrays.get("beta"),
-                                  dataclasses.replace(p, input_register=None), trace=True)
-                out.trace.update(input=x_in, mean=mean_q, std=std_q, input_frac=f_in)
+            spec = OPS[node.op]
+            if spec.train_forward is not None:
+                info = self.layers[node.name]
+                out, (sums, count, frac) = spec.train_forward(node.params, node.arrays, ins, info)
+                self._update_running(info, sums, count, frac)
             else:
-                out = OPS[node.op][1](node, ins, True)
+                out = run_node(node, ins, True)
             _freeze(out.q)
             values[node.name] = (out.q, out.fmt.frac_bits)
             layers[node.name] = out
@@ -281,7 +234,7 @@ class IntegerTrainer:
     def evaluate(self, x):
         """Inference with the current weights and the BatchNorm moving averages (eval mode)."""
         for node in self.graph.nodes:
-            if node.op == "batchnorm2d":
+            if OPS[node.op].train_forward is not None:  # BatchNorm's statistics: the averages now
                 p, info = node.params, self.layers[node.name]
                 mean = quantize(info["running_mean"], p.mean_fmt, Rounding.HALF_EVEN, Overflow.SAT_SYM)
                 std = quantize(np.sqrt(info["running_var"]), info["std_register"], Rounding.HALF_EVEN,
@@ -291,21 +244,38 @@ class IntegerTrainer:
                     node.arrays[name] = q
         return self.graph.run(x)
 
-    def _bn_backward(self, node, result, e, errors, grads):
-        p, info, out = node.params, self.layers[node.name], result.layers[node.name]
-        t = out.trace
-        gamma = FixedArray(node.arrays["gamma"], p.gamma_fmt.frac_bits) if p.gamma_fmt else None
-        with self._timer("BatchNorm backward"):
-            dx, d_gamma, d_beta = batchnorm2d_backward(
-                FixedArray(t["input"], t["input_frac"]), e, FixedArray(t["mean"], p.mean_fmt.frac_bits),
-                FixedArray(t["std"], p.std_fmt.frac_bits), FixedArray(t["xhat"], p.xhat_fmt.frac_bits),
-                gamma)
-            _add(errors, node.inputs[0], dx)
-        for role, grad in (("gamma", d_gamma), ("beta", d_beta)):
-            if (node.name, role) in self.master:
-                self._keep(node.name, f"{role}_grad_raw", grad)
-                with self._timer("G/G_BN"):
+    def _backward(self, node, result, e, errors, grads):
+        """One node's backward (its op's spec): the error arriving at its output quantized as
+        the scheme says there (E2 at a MAC layer's, E1 at an activation's), the error of each
+        input added to what that input receives, each parameter's gradient through G (with the
+        weight decay first) or G_BN."""
+        spec, info = OPS[node.op], self.layers.get(node.name, {})
+        if spec.error_quantizer is not None:
+            with self._timer("E1/E2"):
+                e = ERROR_QUANTIZERS[spec.error_quantizer](e, info.get("error_k", 8))
+        if spec.trainable:
+            self._keep(node.name, "error", e)
+        ins = [self._input(node, result, i) for i in range(len(node.inputs))]
+        part = ("MAC backward" if spec.mac else "BatchNorm backward" if spec.grad_quantizer == "G_BN"
+                else "other backward")
+        with self._timer(part):
+            input_errors, raw = spec.backward(node.params, node.arrays, ins, result.layers[node.name], e)
+            for name, dx in zip(node.inputs, input_errors):
+                if name != self.graph.inputs[0].name:  # the network's input takes no error
+                    _add(errors, name, dx)
+        for role, grad in raw.items():
+            if (node.name, role) not in self.master:
+                continue
+            if role == "weight" and info.get("decay_shift") is not None:  # before G, exactly
+                w = self.master[(node.name, "weight")]
+                grad = aligned_sum(grad, FixedArray(w.q, w.frac_bits + info["decay_shift"]))
+            self._keep(node.name, f"{role}_grad_raw", grad)
+            with self._timer("G/G_BN"):
+                if spec.grad_quantizer == "G_BN":
                     grads[(node.name, role)] = gbn_quantize(grad, info["grad_bn_k"])
+                else:
+                    u = random_u32(info[f"{role}_key"], self.step_number, grad.q.size).reshape(grad.q.shape)
+                    grads[(node.name, role)] = g_quantize(grad, u, info["grad_range_k"], info["grad_k"])
 
     def _input(self, node, result, i):
         name = node.inputs[i]
@@ -313,40 +283,3 @@ class IntegerTrainer:
             return self._x_q, self.graph.inputs[0].fmt.frac_bits
         out = result.layers[name]
         return out.q, out.fmt.frac_bits
-
-    def _mac_backward(self, node, out, e, errors, grads):
-        info = self.layers[node.name]
-        x_in = out.trace["input"]
-        p = node.params
-        x_frac = p.input_register.frac_bits if p.input_register else None
-        if x_frac is None:
-            x_frac = (self.graph.inputs[0].fmt.frac_bits if node.inputs[0] == self.graph.inputs[0].name
-                      else self._frac_of(node.inputs[0]))
-        has_bias = "bias" in node.arrays
-        with self._timer("MAC backward"):
-            if node.op == "linear":
-                dx, dw, db = linear_backward(x_in, node.arrays["weight"], e.q, has_bias)
-                dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
-            elif node.op == "adder2d":  # AdderNet's gradients, both on the common grid 2**-H
-                dx, dw, db, dx_frac = adder2d_backward(x_in, x_frac, node.arrays["weight"],
-                                                       p.weight_fmt.frac_bits, e.q, p, has_bias)
-                dw_frac = dx_frac
-            else:
-                dx, dw, db = conv2d_backward(x_in, node.arrays["weight"], e.q, p, has_bias)
-                dx_frac, dw_frac = p.weight_fmt.frac_bits, x_frac
-            if node.inputs[0] != self.graph.inputs[0].name:
-                _add(errors, node.inputs[0], FixedArray(dx, e.frac_bits + dx_frac))
-        for role, grad, frac in (("weight", dw, dw_frac + e.frac_bits), ("bias", db, e.frac_bits)):
-            if grad is None:
-                continue
-            raw = FixedArray(grad, frac)
-            if role == "weight" and info.get("decay_shift") is not None:  # before G, exactly
-                w = self.master[(node.name, "weight")]
-                raw = aligned_sum(raw, FixedArray(w.q, w.frac_bits + info["decay_shift"]))
-            self._keep(node.name, f"{role}_grad_raw", raw)
-            with self._timer("G/G_BN"):
-                u = random_u32(info[f"{role}_key"], self.step_number, grad.size).reshape(grad.shape)
-                grads[(node.name, role)] = g_quantize(raw, u, info["grad_range_k"], info["grad_k"])
-
-    def _frac_of(self, name):
-        return self._nodes[name].out_fmt.frac_bits

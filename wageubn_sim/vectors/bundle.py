@@ -26,21 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..engine.registry import OPS
+from ..execution.run import node_events
 from ..files.write import refuse_existing, write_folder_atomically
+from ..fixedpoint.arrays import needed_bits
 from ..fixedpoint.format import Format
 from ..graph.ir import Graph
-from ..graph.ops import array_formats, params_to_json
-from ..graph.ranges import bits_needed
+from ..graph.params import params_to_json
+from ..version import __version__
 from .formats import HEX_ADDRESSING, IMAGE_KINDS, memory_crc32, pack_words
-
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 2
+from .manifest import MANIFEST, MANIFEST_VERSION
+from .peers import hls4ml_dat, onnx_tensor
 LAYOUTS = ("NCHW", "NHWC")
 FILE_KINDS = ("mem", "hex", "coe", "mif", "npy")
 DEFAULT_KINDS = ("mem", "coe", "mif", "npy")
 PEER_KINDS = ("hls4ml", "onnx")
-PARAM_ROLES = ("weight", "bias", "mean", "std", "gamma", "beta", "multiplier", "offset")
 CRC32_RULE = ("IEEE 802.3 CRC-32 (zlib.crc32) of the memory image: memory_depth words (the "
               "tensor's, then fill), each in ceil(word_width / 8) bytes, least significant byte "
               "first, in address order")
@@ -65,11 +65,6 @@ def from_layout(q: np.ndarray, layout: str) -> np.ndarray:
     if layout == "NHWC" and q.ndim == 4:
         return np.ascontiguousarray(q.transpose(0, 3, 1, 2))
     return q
-
-
-def needed_bits(q: np.ndarray) -> int:
-    """The smallest two's complement width holding every value (at least 2)."""
-    return bits_needed(int(q.min()), int(q.max())) if q.size else 2
 
 
 _FILE_SAFE = re.compile(r"[A-Za-z0-9_.-]")
@@ -270,33 +265,6 @@ class BundleWriter:
         return write_folder_atomically(out_dir, files, force)
 
 
-def _real_values(q: np.ndarray, fmt: Format, what: str) -> np.ndarray:
-    """q * 2**-f as float64, refusing values float64 cannot hold exactly."""
-    if q.size and int(np.abs(q).max()) >= 1 << 53:
-        raise ValueError(f"{what}: values beyond 2**53 have no exact float64 for a peer layout")
-    return q.astype(np.float64) * 2.0 ** -fmt.frac_bits
-
-
-def hls4ml_dat(q: np.ndarray, fmt: Format) -> bytes:
-    """hls4ml's tb_data: one sample per line, its values (in the bundle's layout) as decimal
-    reals, space-separated; each the shortest decimal that reads back as the exact value."""
-    values = _real_values(q, fmt, "hls4ml tb_data").reshape(len(q), -1)
-    return "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in values).encode()
-
-
-def onnx_tensor(q: np.ndarray, fmt: Format, name: str) -> bytes:
-    """An ONNX TensorProto (as in an ONNX backend test's test_data_set_0) of the real values,
-    float32 when every value is a float32, else float64."""
-    try:
-        from onnx import numpy_helper
-    except ImportError:
-        raise ValueError("the onnx file kind needs the onnx package: pip install 'wageubn-sim[onnx]'") from None
-    values = _real_values(q, fmt, "ONNX test data")
-    single = values.astype(np.float32)
-    return numpy_helper.from_array(single if np.array_equal(single, values) else values,
-                                   name).SerializeToString()
-
-
 def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
                  kinds=DEFAULT_KINDS, force: bool = False, seed: int | None = None,
                  command: str | None = None, progress=None, word_width: int | None = None,
@@ -320,11 +288,8 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
     for node in nodes:
         out = result.layers[node.name]
         roles = {"inputs": [produced[i] for i in node.inputs]}
-        formats = array_formats(node.op, node.params)
-        for role in PARAM_ROLES:
-            if role in node.arrays:
-                roles[role] = writer.add(f"{node.name}/{role}", role, node.name, node.arrays[role],
-                                         formats[role])
+        for role, fmt in OPS[node.op].arrays(node.params).items():
+            roles[role] = writer.add(f"{node.name}/{role}", role, node.name, node.arrays[role], fmt)
         if out.acc_fmt is not None:
             roles["accumulator"] = writer.add(f"{node.name}/accumulator", "accumulator", node.name,
                                               out.trace["accumulator"], out.acc_fmt)
@@ -332,14 +297,9 @@ def write_bundle(graph: Graph, x, out_dir, layout: str = "NCHW", lanes: int = 1,
         produced[node.name] = roles["output"]
         layers.append({"name": node.name, "folder": file_safe(node.name), "op": node.op,
                        "source": node.source, "params": params_to_json(node.params), "tensors": roles,
-                       "events": _counts(out.events),
-                       "register_events": {r: _counts(e) for r, e in
-                                           (out.register_events or {"output": out.events}).items()}})
+                       "events": out.events.counts(),
+                       "register_events": {r: e.counts() for r, e in node_events(out).items()}})
     final = graph.outputs[0]
     writer.add_peer_layouts("input", x_q, spec.fmt, spec.name, produced[final], result.q, result.fmt, final)
     return writer.write(out_dir, force, seed=seed, command=command, input_format=spec.fmt.to_dict(),
                         outputs=[produced[o] for o in graph.outputs], layers=layers)
-
-
-def _counts(events) -> dict:
-    return {k: int(v) for k, v in vars(events).items()}

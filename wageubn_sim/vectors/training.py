@@ -12,7 +12,7 @@ from ..files.write import refuse_existing
 from ..fixedpoint.format import FixedArray, Format
 from ..fixedpoint.random_bits import random_u32
 from ..scheme.quantizers import g_quantize, gbn_quantize
-from ..training.update import UpdateParams, momentum_update
+from ..scheme.update import UpdateParams, momentum_update
 from .bundle import FILE_KINDS, BundleWriter
 
 PARAMS = ("weight", "bias", "gamma", "beta")

@@ -26,28 +26,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..files.read import UnreadableFile, parse_npy, read_json, read_regular_file
+from ..engine.registry import OPS
+from ..execution.run import node_events, run_node
+from ..files.read import UnreadableFile, parse_npy, read_regular_file
 from ..fixedpoint.format import Format
 from ..graph.ir import Node
-from ..graph.ops import MAC_OPS, OPS, array_formats, check_structure, params_from_json
-from .bundle import (MANIFEST, file_safe, from_layout, image_bounds_problem, peer_file_path,
-                     tensor_file_path, to_layout)
+from ..graph.params import check_structure, params_from_json
+from .bundle import (file_safe, from_layout, image_bounds_problem, peer_file_path, tensor_file_path,
+                     to_layout)
 from .formats import IMAGE_KINDS, ImageError, lane_range, memory_crc32, pack_words, unpack_words
-
-SCHEMAS = {1: Path(__file__).with_name("manifest.schema.v1.json"),
-           2: Path(__file__).with_name("manifest.schema.json")}
-SUPPORTED_VERSIONS = tuple(SCHEMAS)
-
-
-class BundleError(ValueError):
-    """The folder is no bundle this tool can read: missing, without a manifest, another tool's,
-    or of an unsupported schema version."""
+from .manifest import MANIFEST, BundleError, read_manifest
+from .peers import read_dat, read_onnx_tensor
 
 
 @dataclasses.dataclass
@@ -140,36 +134,11 @@ class _Verifier:
 
     # ---- the manifest -------------------------------------------------------------------
     def load_manifest(self) -> dict:
-        root = self.root
-        if not root.is_dir():
-            raise BundleError(f"{root} is not a folder; give the folder `wageubn-sim vectors` wrote")
-        path = root / MANIFEST
-        if not os.path.lexists(path):
-            raise BundleError(f"{root} has no {MANIFEST}; is it a wageubn-sim vector bundle?")
-        if path.is_symlink() or not path.is_file():
-            self.fail(f"{MANIFEST} is {'a symbolic link' if path.is_symlink() else 'not a regular file'}; "
-                      "a bundle's manifest is a regular file inside it")
+        manifest, failures = read_manifest(self.root)
+        self.failures += failures
+        if manifest is None:
             raise _Stop
-        try:
-            manifest = read_json(path, "manifest")
-        except UnreadableFile as err:
-            self.fail(str(err))
-            raise _Stop from None
-        if not isinstance(manifest, dict) or manifest.get("schema") != "wageubn-sim-vectors":
-            raise BundleError(f"{path} is not a wageubn-sim vector bundle manifest")
-        if manifest.get("version") not in SUPPORTED_VERSIONS:
-            raise BundleError(f"{path}: manifest version {manifest.get('version')!r}; this tool reads "
-                              f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}")
-        import jsonschema
         self.version = manifest["version"]
-        schema = json.loads(SCHEMAS[self.version].read_text())
-        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest),
-                        key=lambda e: list(map(str, e.absolute_path)))
-        for err in errors:
-            where = "/".join(map(str, err.absolute_path)) or "(top)"
-            self.fail(f"{MANIFEST} at {where}: {err.message[:200]}")
-        if errors:
-            raise _Stop
         return manifest
 
     # ---- the folder ---------------------------------------------------------------------
@@ -471,8 +440,8 @@ class _Verifier:
         except (ValueError, TypeError) as err:
             self.fail(f"{where}: {err}")
             return None
-        formats = array_formats(op, params)
-        expected = {"inputs", "output"} | set(formats) | ({"accumulator"} if op in MAC_OPS else set())
+        formats = OPS[op].arrays(params)
+        expected = {"inputs", "output"} | set(formats) | ({"accumulator"} if OPS[op].accumulator else set())
         extra, missing = set(roles) - expected, expected - set(roles)
         if extra or missing:
             self.fail(f"{where}: tensors {sorted(roles)}; its op needs {sorted(expected)}")
@@ -507,7 +476,7 @@ class _Verifier:
                 return None
         try:
             node = Node(name, op, list(roles["inputs"]), params, arrays)
-            out = OPS[op][1](node, [available[t] for t in roles["inputs"]], True)
+            out = run_node(node, [available[t] for t in roles["inputs"]], True)
         except (ValueError, OverflowError) as err:
             self.fail(f"{where}: cannot be recomputed: {err}")
             return None
@@ -527,11 +496,11 @@ class _Verifier:
         return roles["output"]
 
     def compare_events(self, where: str, layer: dict, out) -> None:
-        got = _counts(out.events)
+        got = out.events.counts()
         if layer["events"] != got:
             self.fail(f"{where}: events {layer['events']}, the recomputation counts {got}")
         if "register_events" in layer:
-            registers = {r: _counts(e) for r, e in (out.register_events or {"output": out.events}).items()}
+            registers = {r: e.counts() for r, e in node_events(out).items()}
             if layer["register_events"] != registers:
                 self.fail(f"{where}: register_events {layer['register_events']}, the "
                           f"recomputation counts {registers}")
@@ -559,8 +528,8 @@ class _Verifier:
                     self.fail(f"{rel}: sha256 does not match the manifest (edited or corrupted)")
                     continue
                 want = values.astype(np.float64) * 2.0 ** -fmt.frac_bits
-                got = (_read_dat(data, want.shape[0]) if f["kind"] == "hls4ml"
-                       else _read_onnx_tensor(data, want.shape))
+                got = (read_dat(data, want.shape[0]) if f["kind"] == "hls4ml"
+                       else read_onnx_tensor(data, want.shape))
                 if f["kind"] == "hls4ml":
                     want = to_layout(want, f["layout"]).reshape(want.shape[0], -1)
                 if got.shape != want.shape or not np.array_equal(got, want):
@@ -584,38 +553,3 @@ class _Verifier:
         failures, recomputed = verify_training(self.manifest, values)
         self.failures += failures
         self.layers_checked += recomputed
-
-
-def _counts(events) -> dict:
-    return {k: int(v) for k, v in vars(events).items()}
-
-
-def _read_dat(data: bytes, samples: int) -> np.ndarray:
-    """hls4ml's tb_data .dat: one sample per line, space-separated decimal reals."""
-    lines = data.decode("ascii").split("\n")
-    if lines[-1] != "" or len(lines) - 1 != samples:
-        raise ImageError(f"{len(lines) - 1} lines (each ended by a newline), {samples} samples expected")
-    rows = [line.split(" ") for line in lines[:-1]]
-    if len({len(r) for r in rows}) > 1:
-        raise ImageError("its lines hold different numbers of values")
-    try:
-        return np.array([[float(v) for v in r] for r in rows], np.float64).reshape(samples, -1)
-    except ValueError as err:
-        raise ImageError(f"a value is not a decimal number ({err})") from None
-
-
-def _read_onnx_tensor(data: bytes, shape: tuple) -> np.ndarray:
-    from onnx import TensorProto, numpy_helper
-    tensor = TensorProto()
-    try:
-        tensor.ParseFromString(data)
-    except Exception as err:  # protobuf's DecodeError and kin
-        raise ImageError(f"is not an ONNX TensorProto ({type(err).__name__})") from None
-    if tuple(tensor.dims) != tuple(shape):
-        raise ImageError(f"declares dims {list(tensor.dims)}, the tensor has {list(shape)}")
-    if tensor.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
-        raise ImageError(f"holds ONNX data type {tensor.data_type}, not float or double")
-    try:
-        return numpy_helper.to_array(tensor).astype(np.float64)
-    except ValueError as err:
-        raise ImageError(f"its data does not fit its dims ({err})") from None

@@ -1,0 +1,125 @@
+"""Commands on a model or a graph: compile, simulate, compare, export."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import click
+import numpy as np
+
+from ..files.write import write_file_atomically
+from .main import CHECK_FAILED, BadInput, check_output, guard, main
+from .options import (accumulator_option, from_qonnx_model, graph_and_inputs, input_format_option,
+                      input_options, is_onnx, load_inputs, load_model, parse_accumulator, parse_format)
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--weights", help="State dict: .pt (loaded with weights_only=True) or .npz.")
+@input_options
+@input_format_option
+@accumulator_option
+@click.option("--fold-bn", "fold_bn", type=click.IntRange(2, 31), metavar="BITS",
+              help="Fold each BatchNorm into its conv with BITS-bit multipliers (a different "
+                   "datapath: docs/arithmetic.md section 9).")
+@click.option("-o", "--out", required=True, help="Graph folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def compile_cmd(model, weights, input_path, random, shape, seed, input_format, accumulator,
+                fold_bn, out, force):
+    """Compile MODEL into an integer graph folder: MODEL is package.module:factory (a model of
+    the torch path's modules, traced on an example input) or a QONNX file MODEL.onnx (from
+    Brevitas, FINN, hls4ml or `wageubn-sim export`)."""
+    from ..graph.fold import fold_batchnorm
+    check_output(out, force, weights, input_path, model if is_onnx(model) else None)  # before the work
+    if is_onnx(model):
+        graph = from_qonnx_model(model, input_format, accumulator, weights, input_path, random, shape)[1]
+    else:
+        from ..graph.importer import compile_model
+        fmt, acc = parse_format(input_format or "s16.8"), parse_accumulator(accumulator)
+        net = load_model(model, weights)
+        x = load_inputs(input_path, random or 1, shape, seed)
+        graph = guard(compile_model, net, x, fmt, acc)
+    if fold_bn is not None:
+        graph = guard(fold_batchnorm, graph, fold_bn)
+    guard(graph.save, out, force)
+    click.echo(f"wrote {out}: {len(graph.nodes)} nodes")
+
+
+@main.command()
+@click.argument("graph")
+@click.option("-o", "--out", required=True, help="The .onnx file to write.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="The batch size the model declares (qonnx executes only declared shapes).")
+@click.option("--allow-inexact", is_flag=True,
+              help="Export what QONNX cannot express exactly (narrow accumulators, the integer "
+                   "BatchNorm's division) as qonnx computes it; the file's metadata lists each.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def export(graph, out, batch, allow_inexact, force):
+    """Export GRAPH as a QONNX model (IntQuant and Trunc registers) that qonnx executes and
+    FINN and hls4ml read."""
+    from ..graph.ir import load_graph
+    from ..qonnx import to_qonnx
+    check_output(out, force, graph)  # before the work
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise BadInput("exporting QONNX needs onnx: pip install 'wageubn-sim[onnx]'") from None
+    g = guard(load_graph, graph)
+    model = guard(to_qonnx, g, out, batch, allow_inexact, force)
+    inexact = next((p.value for p in model.metadata_props if p.key == "wageubn_sim.inexact"), None)
+    click.echo(f"wrote {out}: {len(model.graph.node)} ONNX nodes"
+               + (f"; inexact: {inexact}" if inexact else ""))
+
+
+@main.command()
+@click.argument("graph")
+@input_options
+@click.option("-o", "--out", required=True, help="Output .npy (integers of the output format).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def simulate(graph, input_path, random, shape, seed, out, force):
+    """Run a saved GRAPH on inputs with the integer engine."""
+    check_output(out, force, graph, input_path)  # before the work
+    g, x = graph_and_inputs(graph, input_path, random, shape, seed)
+    result = guard(g.run, x)
+    buf = io.BytesIO()
+    np.save(buf, result.q, allow_pickle=False)
+    guard(write_file_atomically, out, buf.getvalue(), force)
+    click.echo(f"wrote {out}: shape {result.q.shape}, format {result.fmt.describe()}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--weights", help="State dict: .pt (loaded with weights_only=True) or .npz.")
+@input_options
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="The torch path's dtype (a QONNX model is executed by qonnx, in float32).")
+@input_format_option
+@accumulator_option
+@click.option("--json", "json_path", help="Also write the report as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing JSON file.")
+def compare(model, weights, input_path, random, shape, seed, dtype, input_format, accumulator,
+            json_path, force):
+    """Compare the engine with the torch path, layer by layer, or for MODEL.onnx (QONNX) with
+    qonnx's execution of it: the first divergence and its cause (exit 1 if they diverge)."""
+    if json_path:
+        check_output(json_path, force, weights, input_path, model if is_onnx(model) else None)  # before the work
+    if is_onnx(model):
+        from ..qonnx.compare import compare_qonnx
+        proto, graph = from_qonnx_model(model, input_format, accumulator, weights)
+        if shape is None and random is not None:
+            shape = ",".join(map(str, graph.inputs[0].shape))
+        x = load_inputs(input_path, random, shape, seed)
+        report = guard(compare_qonnx, proto, graph, x)
+    else:
+        import torch
+        from ..graph.compare import compare as run_compare
+        fmt, acc = parse_format(input_format or "s16.8"), parse_accumulator(accumulator)
+        net = load_model(model, weights)
+        x = load_inputs(input_path, random, shape, seed)
+        report = guard(run_compare, net, x, None, getattr(torch, dtype), fmt, acc)
+    click.echo(str(report))
+    if json_path:
+        text = json.dumps(report.to_dict(), indent=1) + "\n"
+        guard(write_file_atomically, json_path, text.encode(), force)
+    sys.exit(0 if report.exact else CHECK_FAILED)
