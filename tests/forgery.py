@@ -17,7 +17,7 @@ def rewrite_tensor(root, tensor_id: str, values: np.ndarray, manifest: dict | No
         manifest = json.loads((root / "manifest.json").read_text())
     entry = manifest["tensors"][tensor_id]
     stored = to_layout(np.asarray(values, np.int64), entry["layout"])
-    words = pack_words(stored, entry["width"], entry["lanes"])
+    words = pack_words(stored, entry["width"], entry["lanes"], entry["signed"])
     words += [manifest["options"].get("fill", 0)] * (entry.get("memory_depth", len(words)) - len(words))
     addressing = manifest["options"].get("hex_addressing", "word")
     for f in entry["files"]:

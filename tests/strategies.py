@@ -174,8 +174,8 @@ def _any_register(draw, optional=True):
 @st.composite
 def plan_graphs(draw):
     """A small graph of conv (strides, padding, dilation, groups, input registers, exact, wrapping
-    and saturating accumulators), ReLU/ReLU6, max pooling, residual add, requantize, flatten and
-    linear, with random formats and registers: what `execution.plan` compiles, and now and then an
+    and saturating accumulators), ReLU/ReLU6, max pooling, residual add, requantize, thresholds,
+    flatten and linear, with random formats and registers: what `execution.plan` compiles, and now and then an
     accumulator it leaves to the layer-by-layer path."""
     from wageubn_sim.engine.ops.activation import ActivationParams
     from wageubn_sim.engine.ops.add import AddParams
@@ -237,6 +237,19 @@ def plan_graphs(draw):
         conv(channels, channels, 3, 1, 1, 1, 1)
         reg = draw(_any_register())
         add("add", AddParams(*reg), inputs=[first, chain.value])
+    if draw(st.booleans()):  # a thresholds layer (an imported float chain), per channel or shared
+        from wageubn_sim.engine.ops.thresholds import ThresholdsParams
+        last = nodes[-1]
+        rows = draw(st.sampled_from([1, last.out_shape[0]]))
+        levels = draw(st.integers(0, 15))
+        reach = draw(st.sampled_from([8, 300, 1 << 40]))  # near the values, or beyond any of them
+        table = np.sort(np.array(draw(st.lists(st.integers(-reach, reach), min_size=rows * levels,
+                                               max_size=rows * levels)), np.int64).reshape(rows, levels), axis=1)
+        signs = np.array(draw(st.lists(st.sampled_from([-1, 1]), min_size=rows, max_size=rows)), np.int64)
+        out = Format(5, draw(st.integers(-2, 6)), draw(st.booleans()))
+        first = draw(st.integers(out.min_int, out.max_int - levels))
+        add("thresholds", ThresholdsParams(out, first, last.out_fmt.frac_bits),
+            {"thresholds": table, "signs": signs})
     if draw(st.booleans()):
         add("flatten", FlattenParams())
         conv(int(np.prod(nodes[-1].out_shape)), draw(st.integers(1, 4)), 1, 1, 0, 1, 1, linear=True)

@@ -118,5 +118,8 @@ def test_the_manifest_schema_lists_the_registry_ops():
     """The verifier takes a layer's allowed ops from the registry; the schema file users read
     lists the same ones."""
     import json
-    from wageubn_sim.vectors.manifest import SCHEMAS, layer_op_enum, schema
-    assert sorted(layer_op_enum(json.loads(SCHEMAS[2].read_text()))) == sorted(OPS) == layer_op_enum(schema(2))
+    from wageubn_sim.vectors.manifest import SCHEMAS, layer_op_enum, role_pattern, schema, tensor_role
+    shipped = json.loads(SCHEMAS[2].read_text())
+    assert sorted(layer_op_enum(shipped)) == sorted(OPS) == layer_op_enum(schema(2))
+    assert tensor_role(shipped)["pattern"] == role_pattern() == tensor_role(schema(2))["pattern"]
+    assert "|thresholds|" in role_pattern() and "|weight|" in role_pattern()

@@ -59,8 +59,21 @@ def ws(pristine, tmp_path, monkeypatch):
     return work
 
 
+BIG_FILE = 1 << 26  # a planted huge (sparse) file: its size, time and ends, not 2 GB of hashing
+
+
+def _file_digest(path: Path, size: int) -> str:
+    if size <= BIG_FILE:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as fh:  # any write changes the size or the time; the ends catch an edit in place
+        head = fh.read(1 << 20)
+        fh.seek(size - (1 << 20))
+        return f"{size}:{os.stat(path).st_mtime_ns}:" + hashlib.sha256(head + fh.read()).hexdigest()
+
+
 def snapshot(root: Path) -> dict:
-    """Every entry below root: its kind, and a file's bytes' sha256."""
+    """Every entry below root: its kind, and a file's bytes' sha256 (a huge file's size, time
+    and ends)."""
     out = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -72,7 +85,7 @@ def snapshot(root: Path) -> dict:
             elif stat.S_ISDIR(mode):
                 out[rel] = ("dir",)
             elif stat.S_ISREG(mode):
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+                out[rel] = ("file", _file_digest(path, os.lstat(path).st_size))
             else:
                 out[rel] = ("other", stat.S_IFMT(mode))
     return out
@@ -702,14 +715,46 @@ def rename_node(old, new):
     return setup
 
 
-def onnx_edit(fn):
-    """m.onnx: the Brevitas fixture, changed by fn(model) (it need not stay valid)."""
+def onnx_edit(fn, source=BREVITAS_CNN):
+    """m.onnx: a Brevitas fixture, changed by fn(model) (it need not stay valid)."""
     def setup(ws):
         import onnx
-        model = onnx.load(BREVITAS_CNN)
+        model = onnx.load(source)
         fn(model)
         (ws / "m.onnx").write_bytes(model.SerializeToString())
     return setup
+
+
+FLOAT_CNN = Path(__file__).parent / "data" / "brevitas" / "float_cnn.onnx"
+
+
+def float_edit(fn):
+    """m.onnx: the Brevitas float-scale fixture, changed by fn(model)."""
+    return onnx_edit(fn, FLOAT_CNN)
+
+
+def _set_initializer(model, name, value):
+    from onnx import numpy_helper
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(tensor).shape, value, np.float32), name))
+
+
+def _second_batchnorm(model):
+    import onnx
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    again = onnx.NodeProto()
+    again.CopyFrom(bn)
+    again.name, again.input[0], again.output[0] = "bn_again", bn.output[0], "bn_again_out"
+    relu = next(n for n in model.graph.node if n.op_type == "Relu" and n.input[0] == bn.output[0])
+    relu.input[0] = "bn_again_out"
+    model.graph.node.insert(list(model.graph.node).index(bn) + 1, again)
+
+
+def _float_output(model):
+    """The last Quant removed: the network ends in the float output of its Gemm."""
+    last = model.graph.node[-1]
+    model.graph.output[0].name = last.input[0]
+    model.graph.node.remove(last)
 
 
 def _set_opset(model, domain, version):
@@ -885,6 +930,22 @@ CASES += [
          ONNX, 2, "duplicate keys in metadata_props"),
     Case("onnx2", "input-2-40", onnx_edit(_huge_input), ONNX, 2, "values a sample, more than the engine's"),
     Case("onnx2", "node-name-newline", onnx_edit(lambda m: _node_name(m, "conv\n1")), ONNX, 2, "control character"),
+
+    # float scales (docs/arithmetic.md section 12)
+    Case("onnx2", "float-act-scale-zero", float_edit(lambda m: _set_initializer(
+        m, "relu1.act_quant.export_handler.lifted_tensor_6", 0.0)), ONNX, 2,
+         r"node node__symbolic_2 \(Quant\): a scale that is not positive"),
+    Case("onnx2", "float-weight-scale-negative", float_edit(lambda m: _set_initializer(
+        m, "conv1.weight_quant.export_handler.lifted_tensor_3", -0.01)), ONNX, 2,
+         r"node node__symbolic_1 \(Quant\): scales of shape .* positive"),
+    Case("onnx2", "float-two-batchnorms", float_edit(_second_batchnorm), ONNX, 2,
+         "two BatchNormalizations .* no exact threshold here"),
+    Case("onnx2", "float-variance-negative", float_edit(lambda m: _set_initializer(m, "bn1.running_var", -10.0)),
+         ONNX, 2, "variance \\+ epsilon is not positive"),
+    Case("onnx2", "float-output-without-quant", float_edit(_float_output), ONNX, 2,
+         "output linear is a float value .* no Quant ends"),
+    Case("onnx2", "rescale-one-bit", float_edit(lambda m: None), ONNX + ("--rescale", "multiplier:1"), 2,
+         r"give thresholds or multiplier:BITS \(BITS 2..32\)"),
 
     # options: clusters, memory images, images, training, sweeps
     Case("option", "scheduler-port-words", NOTHING, AUDIT_DATA + ("--scheduler", "tcp://127.0.0.1:abc"), 2,

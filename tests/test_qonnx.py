@@ -103,6 +103,38 @@ def test_brevitas_models_import_bit_exact_to_brevitas_and_qonnx(name):
     assert [layer.name for layer in report.layers] == [n.name for n in graph.nodes]
 
 
+@pytest.mark.parametrize("name", ["float_cnn", "float_pre", "float_res"])
+def test_brevitas_float_scale_models_import_as_exact_thresholds(name):
+    """Brevitas's default float scales (and a float BatchNorm, float biases, float preprocessing
+    before the first quantizer): each float chain is a thresholds layer, the input quantized by
+    its own thresholds, and every output equals Brevitas's (its value over the output's float
+    scale, which the graph records) and qonnx's execution, on float inputs off any grid."""
+    graph = from_qonnx(DATA / f"{name}.onnx")
+    data = np.load(DATA / f"{name}.npz")
+    x = data["input"]
+    assert graph.inputs[0].levels is not None
+    chains = [n for n in graph.nodes if n.op == "thresholds"]
+    assert len(chains) == (4 if name == "float_res" else 3)
+    if name == "float_pre":
+        assert chains[0].arrays["signs"].tolist() == [1, -1, 1]  # the BatchNorm's negative gamma
+    out = graph.run(x).q
+    scale = float.fromhex(graph.meta["qonnx_scales"][graph.outputs[0]][0])
+    brevitas = data["brevitas_output"].astype(np.float64) / scale
+    np.testing.assert_allclose(brevitas, np.round(brevitas), atol=1e-4)  # on the output's grid
+    np.testing.assert_array_equal(out, np.round(brevitas))
+    report = compare_qonnx(DATA / f"{name}.onnx", graph, x)
+    if name == "float_res":  # the skip and the branch summed exactly on their common grid:
+        # beyond 2**24 LSBs of it, where qonnx's float32 sum rounds (named so)
+        assert report.first.layer == "node_add" and "float32" in report.first.cause
+        assert [n.op for n in graph.nodes if ".scale_" in n.name] == ["conv2d", "conv2d"]  # onto the grid
+        with pytest.raises(ValueError, match="relu: thresholds of 33 bits are not float32"):
+            to_qonnx(graph)  # MultiThreshold's float32 thresholds cannot hold the sum's grid
+    else:
+        assert report.exact, str(report)
+    assert {layer.name for layer in report.layers} == {n.name for n in chains} | \
+        {n.name for n in graph.nodes if n.op in ("max_pool2d", "flatten", "add")}
+
+
 def test_brevitas_layers_become_engine_layers_with_their_registers():
     cnn = from_qonnx(DATA / "cnn.onnx")
     assert [(n.name, n.op) for n in cnn.nodes] == [
@@ -204,11 +236,19 @@ def test_wageubn_graphs_round_trip_and_qonnx_executes_them_exactly(iostrict):
     np.testing.assert_array_equal(qonnx_run(model, xq)[graph.outputs[0]], graph.run(xq).values)
 
 
-@pytest.mark.parametrize("name", ["cnn", "mixed"])
+@pytest.mark.parametrize("name", ["cnn", "mixed", "float_cnn", "float_pre"])
 def test_an_imported_brevitas_model_round_trips(name):
+    """Thresholds go out as MultiThreshold (the input's too, on float64 thresholds) and come
+    back the same; qonnx executes the export equal to the engine."""
     graph = from_qonnx(DATA / f"{name}.onnx")
-    again = from_qonnx(to_qonnx(graph, batch=2))
+    model = to_qonnx(graph, batch=2)
+    again = from_qonnx(model)
     assert canonical(again) == canonical(graph)
+    if name.startswith("float"):
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("MultiThreshold") == 1 + sum(n.op == "thresholds" for n in graph.nodes)
+        x = np.load(DATA / f"{name}.npz")["input"][:8]
+        assert compare_qonnx(model, again, x).exact
 
 
 def test_narrow_accumulators_export_only_when_inexact_is_allowed_and_come_back():
@@ -267,20 +307,29 @@ def _conv_model(extra_nodes=(), extra_inits=None, out="y", conv_out="y", weight_
                        qonnx_opset=qonnx_opset)
 
 
-def test_compare_names_the_first_divergence_and_a_float_batchnorm_as_its_cause(tmp_path):
+def test_a_float_batchnorm_before_a_quant_becomes_exact_thresholds(tmp_path):
+    """The float BatchNormalization after a conv, up to the Quant after it, is one thresholds
+    layer: equal to qonnx wherever float32 agrees with exact arithmetic, the rest named."""
+    bn = helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["z"], name="bn")
+    act = _quant("z", "y", "s_out", "b8", name="act")
+    model = _conv_model([bn, act], {"gamma": [1.3, -0.7], "beta": [0.1, -0.2], "mean": [0.05, -0.1],
+                                    "var": [0.9, 1.7], "s_out": 2.0 ** -3}, conv_out="c")
+    onnx.save(model, tmp_path / "bn.onnx")
+    graph = from_qonnx(tmp_path / "bn.onnx")
+    assert [n.op for n in graph.nodes] == ["conv2d", "thresholds"]
+    assert graph.nodes[1].arrays["signs"].tolist() == [1, -1]  # gamma < 0: a non-increasing chain
+    x = np.random.default_rng(2).standard_normal((6, 1, 6, 6))
+    report = compare_qonnx(tmp_path / "bn.onnx", graph, x)
+    assert report.exact or "float32 rounding in the reference" in report.first.cause
+    result = cli("compare", tmp_path / "bn.onnx", "--random", 4, "--json", tmp_path / "r.json")
+    assert result.exit_code in (0, 1) and json.loads((tmp_path / "r.json").read_text())["reference"] == "qonnx"
+
+
+def test_a_float_value_no_quant_ends_is_refused(tmp_path):
     bn = helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn")
     model = _conv_model([bn], {"gamma": [1.3, 0.7], "beta": [0.1, -0.2], "mean": [0.05, -0.1],
                                "var": [0.9, 1.7]}, conv_out="c")
-    onnx.save(model, tmp_path / "bn.onnx")
-    graph = from_qonnx(tmp_path / "bn.onnx")
-    assert [n.op for n in graph.nodes] == ["conv2d_bn"] and "not bit-exact" in graph.nodes[0].source
-    x = np.random.default_rng(2).standard_normal((6, 1, 6, 6))
-    report = compare_qonnx(tmp_path / "bn.onnx", graph, x)
-    assert not report.exact and report.first.layer == "conv"
-    assert "BatchNormalization" in report.first.cause
-    result = cli("compare", tmp_path / "bn.onnx", "--random", 4, "--json", tmp_path / "r.json")
-    assert result.exit_code == 1 and "first divergence: conv" in result.output
-    assert json.loads((tmp_path / "r.json").read_text())["reference"] == "qonnx"
+    _refused(tmp_path, model, "float value (after bn)", "no Quant ends")
 
 
 def test_compare_blames_float32_beyond_2_24(tmp_path):
@@ -317,8 +366,19 @@ def test_unsupported_op_names_node_op_and_the_supported_list(tmp_path):
     assert "Traceback" not in out
 
 
-def test_a_scale_that_is_not_a_power_of_two_is_refused_never_rounded(tmp_path):
-    _refused(tmp_path, _conv_model(weight_scale=0.3), "node wq (Quant)", "scale 0.3", "not a power of two")
+def test_a_float_weight_scale_is_exact_up_to_the_next_quant_and_refused_without_one(tmp_path):
+    """Weights of scale 0.3: the accumulator is exact integers, its scale and the bias a float
+    chain that the Quant after it ends as thresholds; without that Quant the output would be a
+    float, which the engine does not compute."""
+    _refused(tmp_path, _conv_model(weight_scale=0.3), "float value (after conv)", "no Quant ends")
+    act = _quant("c", "y", "s_out", "b8", name="act")
+    model = _conv_model([act], {"s_out": 0.0371}, conv_out="c", weight_scale=0.3)
+    graph = from_qonnx(model)
+    assert [n.op for n in graph.nodes] == ["conv2d", "thresholds"] and "bias" not in graph.nodes[0].arrays
+    x = grid_inputs(graph, 2, seed=3)
+    from qonnx.transformation.infer_shapes import InferShapes
+    want = qonnx_run(ModelWrapper(model).transform(InferShapes()).model, x)["y"] / np.float32(0.0371)
+    assert np.array_equal(np.round(want), graph.run(x).q)
 
 
 def test_a_nonzero_zero_point_is_refused(tmp_path):
@@ -379,7 +439,7 @@ def test_nan_weights_and_per_channel_activation_scales_are_refused(tmp_path):
     _refused(tmp_path, model, "node wq (Quant)", "NaN")
     model = _conv_model(extra_inits={"s_pc": [2.0 ** -4, 2.0 ** -5]})
     model.graph.node[0].input[1] = "s_pc"
-    _refused(tmp_path, model, "node xq (Quant)", "per-channel scales on a network value")
+    _refused(tmp_path, model, "node xq (Quant)", "one per channel (1)")
 
 
 def test_trunc_version_1_is_refused(tmp_path):
@@ -504,3 +564,101 @@ def test_compare_runs_qonnx_without_identities_and_bounds_its_nodes(tmp_path, mo
     monkeypatch.setattr(qonnx_compare, "MAX_REFERENCE_NODES", 5)
     result = cli("compare", DATA / "cnn.onnx", "--random", 1)
     assert result.exit_code == 2 and "the model has 11 nodes" in result.output and "at most 5" in result.output
+
+
+# ---- float chains: multipliers on request, MultiThreshold in ------------------------------------
+
+def test_multipliers_on_request_are_warned_recorded_and_near_the_exact_thresholds(tmp_path):
+    """--rescale multiplier:BITS: each float chain a rescale layer (its contract is tested in
+    test_thresholds.py), warned at import, listed in the graph's metadata, named by compare as
+    the cause, within a few LSBs of the exact thresholds at 16 bits; its export is refused."""
+    from wageubn_sim.qonnx import InexactImport
+    with pytest.warns(InexactImport, match="16-bit fixed-point multipliers"):
+        graph = from_qonnx(DATA / "float_cnn.onnx", rescale="multiplier:16")
+    assert [n.op for n in graph.nodes].count("rescale") == 3 and len(graph.meta["inexact"]) == 3
+    exact = from_qonnx(DATA / "float_cnn.onnx")
+    x = np.load(DATA / "float_cnn.npz")["input"]
+    first = graph.nodes[1].name
+    a, b = graph.run(x, trace=True).layers[first].q, exact.run(x, trace=True).layers[first].q
+    assert np.abs(a - b).max() <= 1
+    with pytest.raises(ValueError, match="no exact QONNX form"):
+        to_qonnx(graph)
+    result = cli("compare", DATA / "float_cnn.onnx", "--random", 8, "--rescale", "multiplier:6")
+    assert result.exit_code == 1 and "a fixed-point multiplier approximates the float chain" in result.output
+    assert "warning: relu1: the float chain" in result.output
+    bad = cli("compile", DATA / "float_cnn.onnx", "-o", tmp_path / "g", "--rescale", "multiplier:99")
+    assert bad.exit_code == 2 and "multiplier:BITS (BITS 2..32)" in bad.output
+
+
+def test_a_finn_multithreshold_imports_exactly_and_rounds_thresholds_up_to_the_grid():
+    """A MultiThreshold on a value of grid 2**-4 with thresholds off that grid: x >= T holds for
+    the grid's integers from ceil(T * 16); out_scale 2**-1 and out_bias -1.5 give levels -3 + count."""
+    thresholds = np.array([[-0.30, 0.0, 0.03125, 0.4], [-1.0, -0.99, 0.5, 0.51]], np.float32)
+    mt = helper.make_node("MultiThreshold", ["c", "t"], ["y"], name="mt", domain="qonnx.custom_op.general",
+                          out_dtype="INT4", out_scale=0.5, out_bias=-1.5, data_layout="NCHW")
+    model = _conv_model([mt], {"t": thresholds}, conv_out="c")
+    graph = from_qonnx(model)
+    node = graph.nodes[-1]
+    assert node.op == "thresholds" and node.params.first == -3 and node.out_fmt == Format(4, 1)
+    x = grid_inputs(graph, 2, seed=4)
+    from qonnx.transformation.infer_shapes import InferShapes
+    want = qonnx_run(ModelWrapper(model).transform(InferShapes()).model, x)["y"]
+    np.testing.assert_array_equal(graph.run(x).values, want)
+
+
+def test_forged_input_levels_in_a_graph_file_are_bad_input(tmp_path):
+    graph = from_qonnx(DATA / "float_pre.onnx")
+    graph.save(tmp_path / "g")
+    data = json.loads((tmp_path / "g" / "graph.json").read_text())
+    for forge in ("not hex", None):
+        data["inputs"][0]["levels"]["thresholds"][0][0] = forge
+        (tmp_path / "g" / "graph.json").write_text(json.dumps(data))
+        result = cli("simulate", tmp_path / "g", "--random", 1, "-o", tmp_path / "o.npz")
+        assert result.exit_code == 2 and "input levels: threshold" in result.output, result.output
+    data = json.loads(json.dumps(graph.to_json()))
+    data["inputs"][0]["levels"]["thresholds"][0] = data["inputs"][0]["levels"]["thresholds"][0][::-1]
+    (tmp_path / "g" / "graph.json").write_text(json.dumps(data))
+    result = cli("simulate", tmp_path / "g", "--random", 1, "-o", tmp_path / "o.npz")
+    assert result.exit_code == 2 and "non-decreasing" in result.output, result.output
+
+
+def test_run_results_carry_the_output_scale_and_the_imports_inexact_notes(tmp_path):
+    """A float-scale output's values are its integers times its scale (Brevitas's values);
+    a multiplier import's notes travel with every run, and simulate warns; forged metadata
+    is bad input."""
+    graph = from_qonnx(DATA / "float_cnn.onnx")
+    data = np.load(DATA / "float_cnn.npz")
+    result = graph.run(data["input"])
+    assert result.inexact == () and len(result.scale) == 1
+    np.testing.assert_allclose(result.values, data["brevitas_output"], rtol=1e-6)
+    with pytest.warns(UserWarning):
+        inexact = from_qonnx(DATA / "float_cnn.onnx", rescale="multiplier:12")
+    assert len(inexact.run(data["input"][:1]).inexact) == 3
+    inexact.save(tmp_path / "g")
+    np.save(tmp_path / "x.npy", data["input"][:2])
+    result = cli("simulate", tmp_path / "g", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert result.exit_code == 0 and "warning: not bit-exact to the model it came from: relu1" in result.output
+    meta = json.loads((tmp_path / "g" / "graph.json").read_text())
+    meta["meta"]["qonnx_scales"] = {"out": ["-0x1p-3"]}
+    (tmp_path / "g" / "graph.json").write_text(json.dumps(meta))
+    result = cli("simulate", tmp_path / "g", "--input", tmp_path / "x.npy", "-o", tmp_path / "z.npy")
+    assert result.exit_code == 2 and "is no positive float64 in hex" in result.output
+
+
+def test_a_float_first_layer_declares_its_input_register_and_compare_names_it(tmp_path):
+    """A model with no input Quant (a float first conv): --input-format is the hardware's input
+    register; compare gives qonnx the float inputs and names their quantization as the cause."""
+    model = _conv_model()
+    model.graph.node[0].input[0] = "x0"  # the Quant now reads nothing the model feeds
+    model.graph.node[0].op_type = "Identity"
+    del model.graph.node[0].input[1:]
+    del model.graph.node[0].attribute[:]
+    model.graph.node[0].domain = ""
+    model.graph.node[0].input[0] = "x"
+    onnx.save(model, tmp_path / "m.onnx")
+    graph = from_qonnx(tmp_path / "m.onnx", input_format=Format(8, 4))
+    assert graph.meta["input_declared"] is True
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    report = compare_qonnx(tmp_path / "m.onnx", graph, x)
+    assert not report.exact and "the input quantization" in report.first.cause
+    assert compare_qonnx(tmp_path / "m.onnx", graph, grid_inputs(graph, 2)).exact  # on its grid: exact

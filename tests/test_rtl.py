@@ -11,8 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from forgery import forge_value
+from forgery import forge_value, read_values
 
 RTL = Path(__file__).resolve().parent.parent / "rtl_vectors"
 sys.path.insert(0, str(RTL))
@@ -74,6 +75,30 @@ def test_a_weight_mem_file_initialises_a_rom(sim, demo_bundle, tmp_path):
     lines[7] = f"{int(lines[7], 16) ^ 8:02x}"
     (forged / mem.relative_to(demo_bundle)).write_text("\n".join(lines) + "\n")
     assert tb.check_rom(sim, forged, tid, tmp_path / "bad", tmp_path / "bad.xml", WAVES) == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def thresholds_bundle(tmp_path_factory):
+    """A bundle of a model with Brevitas's float scales: three thresholds layers (one after a
+    float BatchNorm), one image."""
+    from wageubn_sim.qonnx import from_qonnx
+    from wageubn_sim.vectors import write_bundle
+    data = Path(__file__).parent / "data" / "brevitas"
+    graph = from_qonnx(data / "float_cnn.onnx")
+    x = np.load(data / "float_cnn.npz")["input"][:1]
+    return write_bundle(graph, x, tmp_path_factory.mktemp("rtl") / "float", command="tests/test_rtl.py")
+
+
+def test_the_comparator_stage_matches_every_thresholds_output(sim, thresholds_bundle, tmp_path):
+    """wageubn_thresholds.v (one comparator per level and a population count) gives every
+    output of the bundle's thresholds layers; one expected bit flipped fails."""
+    runner = tb.build_thresholds(sim, thresholds_bundle, tmp_path / "build", WAVES)
+    assert tb.check_thresholds(sim, runner, tmp_path / "build", thresholds_bundle, tmp_path / "ok.xml",
+                               WAVES) == (1, 0)
+    forged = shutil.copytree(thresholds_bundle, tmp_path / "forged")
+    small = int(np.flatnonzero(read_values(forged, "relu1/output").reshape(-1) < 100)[0])
+    forge_value(forged, "relu1/output", index=small, flip_bit=0)
+    assert tb.check_thresholds(sim, runner, tmp_path / "build", forged, tmp_path / "bad.xml", WAVES) == (1, 1)
 
 
 def test_the_runner_script_honours_sim(sim, demo_bundle, monkeypatch, capsys):

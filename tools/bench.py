@@ -4,6 +4,7 @@
     python tools/bench.py --training [--batch N] [--rounds R]
     python tools/bench.py --data-parallel [--samples N] [--rounds R]
     python tools/bench.py --small [--rounds R]
+    python tools/bench.py --float-scales [--rounds R]
 
 Prints, for the CIFAR (32x32) and ImageNet (224x224) variants: the torch fake-quant forward
 time (float32, the path researchers train with), the engine's bit-exact forward time, their
@@ -17,7 +18,9 @@ workers compile), then timed. ``--small`` times the small CNN of `models.small_c
 MACs an image) in one batch of 200, image by image and in a batch of 4096: the engine (its
 compiled plan), the engine on one thread, the layer-by-layer path and torch float32, each as a
 multiple of torch float32; then the image-by-image loop while a second engine process that the
-bench starts and kills runs its own loop beside it.
+bench starts and kills runs its own loop beside it. ``--float-scales`` times a CNN imported from
+QONNX with Brevitas's default float scales (float biases and BatchNorms: thresholds layers)
+against the same CNN with power-of-two scales, in images/s, batch 256 and image by image.
 
 The machine's speed is printed next to each figure: torch's float32 conv2d on the same layers,
 timed in the same rounds, with the engine's figure as a multiple of it (the goals were set on a
@@ -416,6 +419,82 @@ def _torch_step(net, opt, x, y):
     return step
 
 
+def float_scale_cnn(float_scales: bool, size: int = 32):
+    """A QONNX CNN, input Quant -> [Conv 3x3 (+bias) -> BatchNorm -> Relu -> Quant (uint8) ->
+    MaxPool 2] x 2 -> Flatten -> Gemm -> Quant (int8), with Brevitas's default float scales
+    (float biases, the BatchNorm in float: three thresholds layers) or with power-of-two ones
+    (quantized biases, the BatchNorm left out: each Quant the layer's output register)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits, nodes = {"zero": 0.0, "b8": 8.0, "b32": 32.0}, []
+
+    def scale(name, value):
+        inits[name] = value if float_scales else 2.0 ** round(np.log2(value))
+        return name
+
+    def quant(x, out, s, bits="b8", signed=1):
+        nodes.append(helper.make_node("Quant", [x, s, "zero", bits], [out], name=out, signed=signed, narrow=0,
+                                      rounding_mode="ROUND", domain="qonnx.custom_op.general"))
+
+    quant("x", "xq", scale("s_x", 0.0173))
+    x, channels, side = "xq", 3, size
+    for k, out_channels in enumerate((16, 32)):
+        w = rng.standard_normal((out_channels, channels, 3, 3)) * 0.2
+        inits[f"w{k}"] = w
+        quant(f"w{k}", f"wq{k}", scale(f"sw{k}", float(np.abs(w).max() / 127)))
+        bias = rng.standard_normal(out_channels) * 0.1
+        inits[f"bias{k}"] = bias
+        if not float_scales:  # an Int32Bias on the accumulator's grid
+            quant(f"bias{k}", f"bq{k}", scale(f"sb{k}", inits["s_x" if k == 0 else f"sa{k - 1}"] * inits[f"sw{k}"]), "b32")
+        nodes.append(helper.make_node("Conv", [x, f"wq{k}", f"bias{k}" if float_scales else f"bq{k}"], [f"c{k}"],
+                                      name=f"conv{k}", pads=[1, 1, 1, 1]))
+        y = f"c{k}"
+        if float_scales:
+            for name, values in (("g", rng.uniform(0.5, 1.5, out_channels)), ("be", rng.normal(0, 0.1, out_channels)),
+                                 ("mu", rng.normal(0, 0.1, out_channels)), ("var", rng.uniform(0.5, 2, out_channels))):
+                inits[f"{name}{k}"] = values
+            nodes.append(helper.make_node("BatchNormalization", [y] + [f"{n}{k}" for n in ("g", "be", "mu", "var")],
+                                          [f"n{k}"], name=f"bn{k}"))
+            y = f"n{k}"
+        nodes.append(helper.make_node("Relu", [y], [f"r{k}"], name=f"relu{k}"))
+        quant(f"r{k}", f"a{k}", scale(f"sa{k}", 0.0371 * (k + 1)), signed=0)
+        nodes.append(helper.make_node("MaxPool", [f"a{k}"], [f"p{k}"], name=f"pool{k}", kernel_shape=[2, 2],
+                                      strides=[2, 2]))
+        x, channels, side = f"p{k}", out_channels, side // 2
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
+    w = rng.standard_normal((10, channels * side * side)) * 0.05
+    inits["wf"] = w
+    quant("wf", "wqf", scale("swf", float(np.abs(w).max() / 127)))
+    nodes.append(helper.make_node("Gemm", ["flat", "wqf"], ["fc"], name="fc", transB=1))
+    quant("fc", "y", scale("s_y", 0.21))
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                   helper.make_opsetid("qonnx.custom_op.general", 2)])
+
+
+def bench_float_scales(rounds):
+    """The engine on the same CNN with float scales (thresholds) and with power-of-two scales
+    (output registers), in images/s, batch 256 and image by image, alternating round by round."""
+    from wageubn_sim.qonnx import from_qonnx
+    graphs = {kind: from_qonnx(float_scale_cnn(kind == "float")) for kind in ("float", "pow2")}
+    x = np.random.default_rng(1).uniform(-1, 1, (256, 3, 32, 32)).astype(np.float32)
+    for kind, graph in graphs.items():
+        print(f"{kind}: {[n.op for n in graph.nodes]}")
+        graph.run(x[:2])  # compile
+    for per_image in (False, True):
+        rates = {kind: [] for kind in graphs}
+        for _ in range(rounds):
+            for kind, graph in graphs.items():
+                rates[kind].append(_images_per_second(graph.run, x[:64] if per_image else x, per_image))
+        ratio = [f / p for f, p in zip(rates["float"], rates["pow2"])]
+        print(f"{'image by image' if per_image else 'batch 256'}: float scales "
+              f"{summary(rates['float'], True)} images/s, power-of-two {summary(rates['pow2'], True)}; "
+              f"float / power-of-two {statistics.median(ratio):.2f}x (median of rounds)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
@@ -431,6 +510,8 @@ def main():
     parser.add_argument("--small", action="store_true",
                         help="benchmark the small CNN: batch 200, image by image, 4096, and beside "
                              "a second engine process")
+    parser.add_argument("--float-scales", action="store_true",
+                        help="benchmark a CNN with float scales (thresholds) against its power-of-two twin")
     parser.add_argument("--busy-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.busy_engine:
@@ -440,6 +521,9 @@ def main():
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
     if args.small:
         bench_small(args.rounds if "--rounds" in os.sys.argv else 3)
+        return
+    if args.float_scales:
+        bench_float_scales(args.rounds if "--rounds" in os.sys.argv else 5)
         return
     if args.data_parallel:
         bench_data_parallel(args.samples, args.rounds if "--rounds" in os.sys.argv else 3)

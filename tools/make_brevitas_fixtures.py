@@ -12,9 +12,22 @@ zero-points), calibrated on seeded random data, exported with `brevitas.export.e
 - ``mixed``: per-channel weights, a grouped conv, a residual add, TruncAvgPool2d (Trunc),
   nearest Upsample (Resize), a concat, AdaptiveAvgPool2d (ReduceMean), QuantLinear.
 
-For each, MODEL.onnx (weights inside, no external data file) and MODEL.npz: ``input``, inputs
-on the input quantizer's grid (float32), and ``brevitas_output``, Brevitas's own torch outputs
-for them. The files are written only if they change (same seeds, same bytes).
+and with Brevitas's default float (non-power-of-two) scales (docs/arithmetic.md section 12):
+
+- ``float_cnn``: QuantIdentity (int8, float scale) -> QuantConv2d (per-tensor int8 weights, float
+  bias) -> BatchNorm2d kept in float -> QuantReLU (uint8) -> MaxPool2d -> QuantConv2d
+  (per-channel 4-bit weights) -> QuantReLU (4 bits) -> flatten -> QuantLinear (6 bits) ->
+  QuantIdentity (int8);
+- ``float_pre``: FINN's preprocessing 2x - 1 in float before the first quantizer (3 bits), a
+  depthwise QuantConv2d (per-channel 2-bit weights) with a negative-gamma BatchNorm2d, a
+  signed 5-bit QuantIdentity, a QuantConv2d, QuantReLU (8 bits), QuantLinear, QuantIdentity;
+- ``float_res``: a residual block whose skip and branch have their own float scales, added,
+  then a 7-bit QuantReLU, QuantLinear, QuantIdentity.
+
+For each, MODEL.onnx (weights inside, no external data file) and MODEL.npz: ``input`` (float32:
+the fixed-point models' on the input quantizer's grid, the float models' uniform in [-1, 1] or
+[0, 1]), and ``brevitas_output``, Brevitas's own torch outputs for them. The files are written
+only if they change (same seeds, same bytes).
 """
 from __future__ import annotations
 
@@ -33,7 +46,8 @@ import brevitas
 import brevitas.nn as qnn
 from brevitas.export import export_qonnx
 from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerChannelFixedPointMSE,
-                            Int8WeightPerTensorFixedPoint, Int32Bias, Uint8ActPerTensorFixedPoint)
+                            Int8WeightPerChannelFloat, Int8WeightPerTensorFixedPoint, Int32Bias,
+                            Uint8ActPerTensorFixedPoint)
 
 INT8 = dict(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
 UINT8 = dict(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
@@ -93,6 +107,78 @@ class Mixed(nn.Module):
         return self.fc(g.flatten(1))
 
 
+class FloatCnn(nn.Module):
+    shape = (2, 8, 8)
+    low = -1.0
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity()
+        self.conv1 = qnn.QuantConv2d(2, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu1 = qnn.QuantReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = qnn.QuantConv2d(6, 4, 3, padding=1, weight_quant=Int8WeightPerChannelFloat,
+                                     weight_bit_width=4)
+        self.relu2 = qnn.QuantReLU(bit_width=4)
+        self.fc = qnn.QuantLinear(4 * 4 * 4, 10, weight_bit_width=6)
+        self.out = qnn.QuantIdentity()
+
+    def forward(self, x):
+        x = self.pool(self.relu1(self.bn1(self.conv1(self.inp(x)))))
+        x = self.relu2(self.conv2(x))
+        return self.out(self.fc(x.flatten(1)))
+
+
+class FloatPre(nn.Module):
+    shape = (3, 6, 6)
+    low = 0.0
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity(bit_width=3)
+        self.dw = qnn.QuantConv2d(3, 3, 3, padding=1, groups=3, weight_quant=Int8WeightPerChannelFloat,
+                                  weight_bit_width=2, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.tensor([1.5, -0.75, 0.3]))
+            self.bn.bias.copy_(torch.tensor([0.1, -0.2, 0.05]))
+        self.q1 = qnn.QuantIdentity(bit_width=5)
+        self.conv = qnn.QuantConv2d(3, 5, 3, padding=1)
+        self.relu = qnn.QuantReLU()
+        self.fc = qnn.QuantLinear(5 * 6 * 6, 4)
+        self.out = qnn.QuantIdentity()
+
+    def forward(self, x):
+        x = self.q1(self.bn(self.dw(self.inp(2.0 * x - 1.0))))
+        x = self.relu(self.conv(x))
+        return self.out(self.fc(x.flatten(1)))
+
+
+class FloatRes(nn.Module):
+    """A residual block with Brevitas's default float scales: the skip and the branch each
+    quantized by their own QuantIdentity (two float scales), added in float, then a 7-bit
+    QuantReLU; per-tensor weights, a float bias, a float BatchNorm."""
+    shape = (4, 6, 6)
+    low = -1.0
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity(bit_width=6)
+        self.conv = qnn.QuantConv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.branch_q = qnn.QuantIdentity()
+        self.skip_q = qnn.QuantIdentity()
+        self.relu = qnn.QuantReLU(bit_width=7)
+        self.fc = qnn.QuantLinear(4 * 6 * 6, 3)
+        self.out = qnn.QuantIdentity()
+
+    def forward(self, x):
+        x = self.inp(x)
+        y = self.relu(self.branch_q(self.bn(self.conv(x))) + self.skip_q(x))
+        return self.out(self.fc(y.flatten(1)))
+
+
 def _model_bytes(net, example) -> bytes:
     """The QONNX export, its weights moved inside the one file."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,19 +207,25 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, cls in (("cnn", Cnn), ("mixed", Mixed)):
+    for name, cls in (("cnn", Cnn), ("mixed", Mixed), ("float_cnn", FloatCnn), ("float_pre", FloatPre),
+                      ("float_res", FloatRes)):
         torch.manual_seed(0)
         net = cls()
         net.train()
-        with torch.no_grad():  # calibrate the activation quantizers' scales
-            for _ in range(4):
-                net(torch.randn(8, *cls.shape))
+        floats = hasattr(cls, "low")
+        with torch.no_grad():  # calibrate the activation quantizers' scales (and BatchNorm's statistics)
+            for _ in range(4 if not floats else 40):
+                net(torch.rand(8, *cls.shape) * 2 - 1 if floats else torch.randn(8, *cls.shape))
         net.eval()
         example = torch.randn(2, *cls.shape)
         data = _model_bytes(net, example)
-        with torch.no_grad():  # inputs on the input quantizer's grid (int8 at its scale), so
-            scale = float(net.inp(torch.zeros(1, *cls.shape)).scale)  # that rounding keeps them
-            x = torch.randint(-128, 128, (4, *cls.shape), generator=torch.Generator().manual_seed(1)) * scale
+        with torch.no_grad():
+            if floats:  # float inputs: the model quantizes them itself, exactly in the engine
+                g = torch.Generator().manual_seed(1)
+                x = cls.low + (1 - cls.low) * torch.rand((64, *cls.shape), generator=g)
+            else:  # inputs on the input quantizer's grid (int8 at its scale), so that rounding keeps them
+                scale = float(net.inp(torch.zeros(1, *cls.shape)).scale)
+                x = torch.randint(-128, 128, (4, *cls.shape), generator=torch.Generator().manual_seed(1)) * scale
             want = net(x)
         arrays = io.BytesIO()
         np.savez(arrays, input=x.numpy().astype(np.float32), brevitas_output=want.numpy())

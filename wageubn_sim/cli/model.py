@@ -11,7 +11,8 @@ import numpy as np
 from ..files.write import write_file_atomically
 from .main import CHECK_FAILED, BadInput, check_output, guard, main
 from .options import (accumulator_option, from_qonnx_model, graph_and_inputs, input_format_option,
-                      input_options, is_onnx, load_inputs, load_model, parse_accumulator, parse_format)
+                      input_options, is_onnx, load_inputs, load_model, parse_accumulator, parse_format,
+                      rescale_option)
 
 
 @main.command("compile")
@@ -23,18 +24,22 @@ from .options import (accumulator_option, from_qonnx_model, graph_and_inputs, in
 @click.option("--fold-bn", "fold_bn", type=click.IntRange(2, 31), metavar="BITS",
               help="Fold each BatchNorm into its conv with BITS-bit multipliers (a different "
                    "datapath: docs/arithmetic.md section 9).")
+@rescale_option
 @click.option("-o", "--out", required=True, help="Graph folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def compile_cmd(model, weights, input_path, random, shape, seed, input_format, accumulator,
-                fold_bn, out, force):
+                fold_bn, rescale, out, force):
     """Compile MODEL into an integer graph folder: MODEL is package.module:factory (a model of
     the torch path's modules, traced on an example input) or a QONNX file MODEL.onnx (from
     Brevitas, FINN, hls4ml or `wageubn-sim export`)."""
     from ..graph.fold import fold_batchnorm
     check_output(out, force, weights, input_path, model if is_onnx(model) else None)  # before the work
     if is_onnx(model):
-        graph = from_qonnx_model(model, input_format, accumulator, weights, input_path, random, shape)[1]
+        graph = from_qonnx_model(model, input_format, accumulator, weights, input_path, random, shape,
+                                 rescale)[1]
     else:
+        if rescale is not None:
+            raise BadInput("--rescale is for QONNX models (MODEL.onnx); leave it out")
         from ..graph.importer import compile_model
         fmt, acc = parse_format(input_format or "s16.8"), parse_accumulator(accumulator)
         net = load_model(model, weights)
@@ -82,6 +87,8 @@ def simulate(graph, input_path, random, shape, seed, out, force):
     check_output(out, force, graph, input_path)  # before the work
     g, x = graph_and_inputs(graph, input_path, random, shape, seed)
     result = guard(g.run, x)
+    for note in result.inexact:
+        click.echo(f"warning: not bit-exact to the model it came from: {note}", err=True)
     buf = io.BytesIO()
     np.save(buf, result.q, allow_pickle=False)
     guard(write_file_atomically, out, buf.getvalue(), force)
@@ -96,22 +103,25 @@ def simulate(graph, input_path, random, shape, seed, out, force):
               help="The torch path's dtype (a QONNX model is executed by qonnx, in float32).")
 @input_format_option
 @accumulator_option
+@rescale_option
 @click.option("--json", "json_path", help="Also write the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing JSON file.")
 def compare(model, weights, input_path, random, shape, seed, dtype, input_format, accumulator,
-            json_path, force):
+            rescale, json_path, force):
     """Compare the engine with the torch path, layer by layer, or for MODEL.onnx (QONNX) with
     qonnx's execution of it: the first divergence and its cause (exit 1 if they diverge)."""
     if json_path:
         check_output(json_path, force, weights, input_path, model if is_onnx(model) else None)  # before the work
     if is_onnx(model):
         from ..qonnx.compare import compare_qonnx
-        proto, graph = from_qonnx_model(model, input_format, accumulator, weights)
+        proto, graph = from_qonnx_model(model, input_format, accumulator, weights, rescale=rescale)
         if shape is None and random is not None:
             shape = ",".join(map(str, graph.inputs[0].shape))
         x = load_inputs(input_path, random, shape, seed)
         report = guard(compare_qonnx, proto, graph, x)
     else:
+        if rescale is not None:
+            raise BadInput("--rescale is for QONNX models (MODEL.onnx); leave it out")
         import torch
         from ..graph.compare import compare as run_compare
         fmt, acc = parse_format(input_format or "s16.8"), parse_accumulator(accumulator)

@@ -195,8 +195,17 @@ def is_onnx(model: str) -> bool:
     return model.lower().endswith(".onnx")
 
 
-def from_qonnx_model(model, input_format, accumulator, weights, input_path=None, random=None, shape=None):
-    """(the QONNX model as read, its integer graph), for compile and compare."""
+rescale_option = click.option(
+    "--rescale", metavar="thresholds|multiplier:BITS",
+    help="QONNX: how a float chain (float scales, bias, BatchNorm up to the next Quant) becomes "
+         "integers: exact thresholds (default, up to 8 output bits; 16-bit multipliers beyond) "
+         "or BITS-bit fixed-point multipliers (not bit-exact; warned and recorded).")
+
+
+def from_qonnx_model(model, input_format, accumulator, weights, input_path=None, random=None, shape=None,
+                     rescale=None):
+    """(the QONNX model as read, its integer graph), for compile and compare; what the import
+    could not make exact is warned on stderr."""
     from ..qonnx import from_qonnx, read_qonnx
     if weights:
         raise BadInput(f"--weights: {model} holds its own weights; leave --weights out")
@@ -209,7 +218,12 @@ def from_qonnx_model(model, input_format, accumulator, weights, input_path=None,
         raise BadInput("reading QONNX models needs onnx: pip install 'wageubn-sim[onnx]'") from None
     fmt = parse_format(input_format) if input_format else None
     proto = guard(read_qonnx, model)
-    return proto, guard(from_qonnx, proto, fmt, parse_accumulator(accumulator))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = guard(from_qonnx, proto, fmt, parse_accumulator(accumulator), rescale)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    return proto, graph
 
 
 _data_options = [

@@ -174,3 +174,13 @@ def align(q: np.ndarray, frac: int, to_frac: int) -> np.ndarray:
         return q
     shift = check_aligned(magnitude_max(q) if to_frac != frac else 0, frac, to_frac)
     return q.astype(np.int64) << shift
+
+
+def check_channel_input(op: str, x: np.ndarray, x_frac: int, made_for: int, what: str) -> None:
+    """The input of a per-channel layer whose constants were made for one input grid (the
+    imported float chains: thresholds, multipliers): N, C, ... on that grid."""
+    if x.ndim < 2:
+        raise ValueError(f"{op} expects an N, C, ... input, got shape {x.shape}")
+    if x_frac != made_for:
+        raise ValueError(f"{op}: the input is on 2**-{x_frac}, the {what} were made for "
+                         f"2**-{made_for}; import the model again for this input format")

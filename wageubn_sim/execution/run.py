@@ -26,11 +26,18 @@ class RunResult:
     fmt: Format
     layers: dict  # node name -> engine Output (with trace stages when traced)
     events: dict = dataclasses.field(default_factory=dict)  # node name -> {register: Events}
+    scale: tuple | None = None  # the output's float scales (one, or per channel): an imported float chain's
+    inexact: tuple = ()  # what the graph computes that is not bit-exact to its source (an import's notes)
 
     @property
     def values(self) -> np.ndarray:
-        """The output as float64 (exact while |q| < 2**53)."""
-        return self.q.astype(np.float64) * 2.0 ** -self.fmt.frac_bits
+        """The output as float64: its integers on their grid, times its float scales (exact
+        while |q| < 2**53 on a power-of-two grid; one float64 product each with a float scale)."""
+        values = self.q.astype(np.float64) * 2.0 ** -self.fmt.frac_bits
+        if self.scale is None:
+            return values
+        scale = np.asarray(self.scale, np.float64)
+        return values * (scale.reshape((1, -1) + (1,) * (values.ndim - 2)) if scale.size > 1 else scale)
 
 
 def run_node(node, ins: list, trace: bool = False):
@@ -70,7 +77,7 @@ def run_graph(graph, x, trace: bool = False, timings: dict | None = None, plan: 
         if compiled is not None:
             x = np.asarray(x)
             done = None
-            if x.dtype in (np.float32, np.float64) and compiled.quantizes_floats:
+            if x.dtype in (np.float32, np.float64) and compiled.quantizes_floats and spec.levels is None:
                 spec.check_shape(x)
                 done = compiled.run_floats(x, threads)  # the input quantized in the plan
             out, events = done or compiled.run(spec.quantize(x), threads)

@@ -102,3 +102,34 @@ def round_sqrt(x) -> int:
     if Fraction(2 * n + 1, 2) ** 2 == x and n % 2 == 1:  # tie between n and n + 1
         n += 1
     return n
+
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def saturating_rounding_doubling_high_mul(a: int, b: int) -> int:
+    """gemmlowp's SaturatingRoundingDoublingHighMul of two int32: the high 32 bits of 2 * a * b,
+    a * b / 2**31 rounded to nearest, ties toward +infinity (its nudge of 2**30, or 1 - 2**30 for a
+    negative product, then C's division toward zero: -0.5 goes to 0, 0.5 to 1);
+    INT32_MIN * INT32_MIN, the one overflow, saturates to INT32_MAX."""
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    total = ab + nudge
+    return total // (1 << 31) if total >= 0 else -((-total) // (1 << 31))  # C's truncating division
+
+
+def rounding_divide_by_pot(x: int, exponent: int) -> int:
+    """gemmlowp's RoundingDivideByPOT: x / 2**exponent rounded half away from zero (0 <= exponent <= 31)."""
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)
+
+
+def multiply_by_quantized_multiplier(x: int, multiplier: int, shift: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier: ``shift`` < 0 shifts x left by -shift first
+    (TFLite's positive exponent), > 0 divides the product by 2**shift after (docs §12)."""
+    left, right = max(-shift, 0), max(shift, 0)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x * (1 << left), multiplier), right)

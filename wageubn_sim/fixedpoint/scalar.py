@@ -246,3 +246,32 @@ def is_exact_tie(q, shift):
     if shift <= 0 or shift > MAX_BITS:
         return False
     return (q & low_mask(shift)) == (np.int64(1) << (shift - 1))
+
+
+# ---- TFLite's double rounding (gemmlowp's fixedpoint.h), docs/arithmetic.md section 12 ----------
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+@njit(cache=True, inline="always")
+def saturating_rounding_doubling_high_mul(a, b):
+    """a * b / 2**31 for int32 a and b, rounded to nearest with ties toward +infinity (the
+    nudge, then a division toward zero); the one overflow, INT32_MIN * INT32_MIN, saturates to
+    INT32_MAX (gemmlowp's SaturatingRoundingDoublingHighMul)."""
+    if a == INT32_MIN and b == INT32_MIN:
+        return np.int64(INT32_MAX)
+    ab = np.int64(a) * np.int64(b)
+    nudge = np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30))
+    total = ab + nudge
+    high = total >> 31  # floor; C truncates toward zero: one more for a negative inexact quotient
+    return high + 1 if total < 0 and (total & ((np.int64(1) << 31) - 1)) != 0 else high
+
+
+@njit(cache=True, inline="always")
+def rounding_divide_by_pot(x, exponent):
+    """x / 2**exponent rounded half away from zero, 0 <= exponent <= 31 (gemmlowp's
+    RoundingDivideByPOT)."""
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)

@@ -16,6 +16,7 @@ from ..files.write import write_folder_atomically
 from ..fixedpoint.arrays import exact_int64, in_domain, value_range
 from ..fixedpoint.floats import quantize
 from ..fixedpoint.format import Format
+from ..engine.ops.thresholds import count_levels
 from ..engine.registry import OPS
 from ..execution.run import RunResult, run_graph
 from .params import check_structure, params_from_json, params_to_json, stochastic_fields
@@ -39,11 +40,66 @@ class Node:
     out_shape: tuple | None = None  # without the batch dimension
 
 
+@dataclasses.dataclass(frozen=True)
+class InputLevels:
+    """A float input quantized by thresholds (docs/arithmetic.md section 12): a float-scale input
+    Quant, with any float preprocessing before it, evaluated exactly on the float values. Per
+    channel (or one row for all), the integer is ``first`` + #{l : sign * x >= T[l]}, each T[l]
+    the smallest float64 that reaches the level (+-inf: none, all)."""
+    first: int
+    signs: tuple  # +1 or -1 per row
+    thresholds: tuple  # rows of non-decreasing float64
+
+    def __post_init__(self):
+        if isinstance(self.first, bool) or not isinstance(self.first, int):
+            raise ValueError(f"input levels: first={self.first!r} must be an int")
+        rows = [np.asarray(r, np.float64) for r in self.thresholds]
+        if not rows or len(self.signs) != len(rows) or any(s not in (1, -1) for s in self.signs) \
+                or len({r.shape for r in rows}) != 1 or any(np.isnan(r).any() or np.any(np.diff(r) < 0) for r in rows):
+            raise ValueError("input levels: one sign (+1 or -1) per row, rows of one length, "
+                             "non-decreasing, no NaN")
+
+    def to_json(self) -> dict:
+        return {"first": self.first, "signs": list(self.signs),
+                "thresholds": [[float(t).hex() for t in row] for row in self.thresholds]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "InputLevels":
+        def value(t):
+            if not isinstance(t, str):
+                raise TypeError(f"input levels: threshold {t!r} is not a string")
+            try:
+                return float.fromhex(t)
+            except ValueError:
+                raise ValueError(f"input levels: threshold {t[:40]!r} is not a float64 in hex "
+                                 "(float.hex)") from None
+        rows = tuple(tuple(value(t) for t in row) for row in d["thresholds"])
+        return cls(d["first"], tuple(d["signs"]), rows)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        if not np.all(np.isfinite(x)):
+            raise ValueError("the input holds NaN or Inf; its thresholds quantize finite values")
+        c = x.shape[1]
+        if len(self.thresholds) not in (1, c):
+            raise ValueError(f"input levels of {len(self.thresholds)} rows for {c} channels")
+        return count_levels(x.astype(np.float64), np.array(self.thresholds, np.float64),
+                            np.array(self.signs, np.int64), self.first)
+
+
 @dataclasses.dataclass
 class GraphInput:
     name: str
     shape: tuple  # without the batch dimension
     fmt: Format
+    levels: InputLevels | None = None  # float input quantized by thresholds, not by fmt's grid
+
+    def __post_init__(self):
+        if self.levels is not None:
+            count = len(self.levels.thresholds[0])
+            if not self.fmt.bounded or self.levels.first < self.fmt.min_int or \
+                    self.levels.first + count > self.fmt.max_int:
+                raise ValueError(f"input {self.name}: levels {self.levels.first}.."
+                                 f"{self.levels.first + count} leave its format {self.fmt.describe()}")
 
     def check_size(self) -> None:
         """Refuse a declared input shape beyond what the engine can hold, before any array of it
@@ -73,6 +129,8 @@ class GraphInput:
             return x.astype(np.int64)
         if x.dtype.kind != "f" or x.dtype.itemsize > 8:
             raise ValueError(f"input must be a float (at most float64) or integer array, got {x.dtype}")
+        if self.levels is not None:
+            return self.levels.quantize(x)
         return quantize(x, fmt, "HALF_EVEN", "SAT")
 
 
@@ -114,8 +172,14 @@ class Graph:
         stages, ``timings`` receives each node's seconds, ``plan`` chooses the compiled plan
         (None: where it takes the graph; True: required; False: layer by layer), ``threads``
         bounds the plan's threads). The plan and the layer-by-layer path give the same
-        integers and events."""
-        return run_graph(self, x, trace, timings, plan, threads)
+        integers and events. The result carries the output's float scales and the import's
+        inexact notes (`meta`), where the graph has them."""
+        result = run_graph(self, x, trace, timings, plan, threads)
+        scales = self.meta.get("qonnx_scales", {}).get(self.outputs[0])
+        if scales:
+            result.scale = tuple(float.fromhex(v) for v in scales)
+        result.inexact = tuple(self.meta.get("inexact", ()))
+        return result
 
     __call__ = run
 
@@ -123,7 +187,8 @@ class Graph:
     def to_json(self) -> dict:
         return {
             "format": "wageubn-sim graph", "version": GRAPH_VERSION, "meta": self.meta,
-            "inputs": [{"name": i.name, "shape": list(i.shape), "format": i.fmt.to_dict()}
+            "inputs": [{"name": i.name, "shape": list(i.shape), "format": i.fmt.to_dict(),
+                        **({"levels": i.levels.to_json()} if i.levels is not None else {})}
                        for i in self.inputs],
             "nodes": [{"name": n.name, "op": n.op, "inputs": n.inputs, "source": n.source,
                        "params": params_to_json(n.params), "arrays": sorted(n.arrays),
@@ -211,8 +276,32 @@ class Graph:
                               Format.from_dict(d["out_format"]) if d["out_format"] is not None else None,
                               _shape(shape, f"node {d['name']}: out_shape") if shape is not None else None))
         inputs = [GraphInput(i["name"], _shape(i["shape"], f"input {i['name']}: shape"),
-                             Format.from_dict(i["format"])) for i in data["inputs"]]
-        return cls(inputs, nodes, data["outputs"], data["meta"])
+                             Format.from_dict(i["format"]),
+                             InputLevels.from_json(i["levels"]) if "levels" in i else None)
+                  for i in data["inputs"]]
+        return cls(inputs, nodes, data["outputs"], _checked_meta(data["meta"]))
+
+
+def _checked_meta(meta) -> dict:
+    """A graph file's meta, with the fields the engine reads checked: ``qonnx_scales`` {value:
+    [positive finite float64 in hex]}, ``inexact`` [text]."""
+    if not isinstance(meta, dict):
+        raise TypeError("meta must be an object")
+    scales = meta.get("qonnx_scales", {})
+    if not isinstance(scales, dict) or not all(isinstance(v, list) and v for v in scales.values()):
+        raise TypeError("meta.qonnx_scales must map value names to lists of float64 in hex")
+    for name, values in scales.items():
+        for v in values:
+            try:
+                scale = float.fromhex(v) if isinstance(v, str) else None
+            except ValueError:
+                scale = None
+            if scale is None or not (0 < scale < math.inf):
+                raise ValueError(f"meta.qonnx_scales: {name}: {str(v)[:40]!r} is no positive float64 in hex")
+    inexact = meta.get("inexact", [])
+    if not isinstance(inexact, list) or not all(isinstance(v, str) for v in inexact):
+        raise TypeError("meta.inexact must be a list of texts")
+    return meta
 
 
 def unique_name(base: str, used: set) -> str:

@@ -3,7 +3,7 @@
 rewrites of `passes`, `exporter` writes a graph back, `compare` runs qonnx beside the engine;
 `protocol` is what importer and exporter agree on."""
 from .exporter import ExportError, to_qonnx
-from .importer import from_qonnx
+from .importer import InexactImport, from_qonnx
 from .reader import UnsupportedModel, read_qonnx
 
-__all__ = ["ExportError", "UnsupportedModel", "from_qonnx", "read_qonnx", "to_qonnx"]
+__all__ = ["ExportError", "InexactImport", "UnsupportedModel", "from_qonnx", "read_qonnx", "to_qonnx"]

@@ -77,11 +77,29 @@ def qonnx_values(model, x: np.ndarray) -> dict:
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
 
 
+def _threshold_cause(node, out, i) -> str:
+    """Where the input integer of a thresholds layer lies against its channel's thresholds: the
+    exact boundary the reference's float32 chain fell on the other side of."""
+    x = out.trace["input"]
+    channel = np.unravel_index(i, out.q.shape)[1]
+    table, signs = node.arrays["thresholds"], node.arrays["signs"]
+    row = 0 if table.shape[0] == 1 else channel
+    v = int(signs[row]) * int(x.reshape(-1)[i])
+    reached = int(np.count_nonzero(v >= table[row]))
+    near = [f"{'x' if signs[row] > 0 else '-x'} >= {int(t)} reaches level {node.params.first + k + 1}"
+            for k, t in enumerate(table[row]) if k in (reached - 1, reached)]
+    return (f"float32 rounding in the reference: it computes the float chain ({node.source}) in "
+            f"float32; the engine's thresholds are exact: the integer x = {int(x.reshape(-1)[i])} "
+            f"is at level {node.params.first + reached} ({'; '.join(near)})")
+
+
 def _cause(node, out, i, reference_lsb) -> str:
     flags = int(out.flags.reshape(-1)[i]) if out.flags is not None else 0
-    if "BatchNormalization" in node.source:
-        return ("a float BatchNormalization, folded into the conv with 16-bit multipliers: not "
-                "bit-exact to a float execution")
+    if node.op == "thresholds":
+        return _threshold_cause(node, out, i)
+    if node.op == "rescale":
+        return (f"a fixed-point multiplier approximates the float chain ({node.source}; chosen at "
+                f"import: {node.params.multiplier_bits}-bit multipliers, not bit-exact)")
     if flags & ACC_EVENT:
         return accumulator_cause(node)
     big = any(abs(int(v.reshape(-1)[i])) >= FLOAT32_MANTISSA for k, v in out.trace.items()
@@ -108,12 +126,39 @@ def compare_qonnx(model, graph: Graph, inputs) -> CompareReport:
     if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in tensors.items()):
         raise ValueError("the graph does not name its layers' ONNX tensors; import it with from_qonnx")
+    spec = graph.inputs[0]
     x_q = graph.quantize_input(np.asarray(inputs))
-    x_values = x_q.astype(np.float64) * 2.0 ** -graph.inputs[0].fmt.frac_bits
+    # a float input quantized by its thresholds goes to qonnx as it is (its preprocessing is in
+    # the model), and so does one the model computes on in float (its register declared with
+    # --input-format: its quantization is then a cause); one on a grid as its quantized values
+    grid = x_q.astype(np.float64) * 2.0 ** -spec.fmt.frac_bits
+    raw = np.asarray(inputs, np.float64) if np.asarray(inputs).dtype.kind == "f" else grid
+    declared = bool(graph.meta.get("input_declared")) and not np.array_equal(raw, grid)
+    x_values = raw if spec.levels is not None or declared else grid
     engine = graph.run(x_q, trace=True)
     if not hasattr(model, "graph"):
         from .reader import read_qonnx
         model = read_qonnx(model)  # its external data by this tool's rules
     values = qonnx_values(model, x_values)
-    reference = {name: values[t] for name, t in tensors.items() if t in values}
-    return layer_report(graph, engine, reference, "float32", "qonnx", _cause)
+    scales = graph.meta.get("qonnx_scales", {})
+    reference = {name: _in_units(values[t], scales.get(name)) for name, t in tensors.items() if t in values}
+    cause = _cause
+    if declared:
+        def cause(node, out, i, reference_lsb):
+            return (f"the input quantization: the model computes on float input, which the engine "
+                    f"quantizes into its declared register {spec.fmt.describe()} (--input-format, half "
+                    "to even); qonnx computes on the float values")
+    return layer_report(graph, engine, reference, "float32", "qonnx", cause)
+
+
+def _in_units(value: np.ndarray, scale) -> np.ndarray:
+    """A reference value of a float-scale layer (its integers times the scale, in float32) in
+    the layer's own units: divided by the scale (per channel on axis 1), rounded where it lies
+    within float32's error of an integer."""
+    if scale is None:
+        return value
+    s = np.array([float.fromhex(v) for v in scale], np.float64)
+    s = s.reshape((1, -1) + (1,) * (value.ndim - 2)) if s.size > 1 else s
+    ratio = np.asarray(value, np.float64) / s
+    nearest = np.round(ratio)
+    return np.where(np.abs(ratio - nearest) <= 1e-5 * np.maximum(1, np.abs(nearest)), nearest, ratio)

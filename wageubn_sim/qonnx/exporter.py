@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from ..engine.ops.thresholds import clamped_to_range
 from ..engine.ranges import fit_range
 from ..engine.registry import OPS
 from ..execution.ranges import value_ranges
@@ -230,10 +231,32 @@ class _Exporter:
         return self._name(f"{node.name}/raw") if registered else node.name
 
     def _input(self, spec) -> str:
-        """The float input quantized as `GraphInput.quantize` does: half to even, saturating."""
+        """The float input quantized as `GraphInput.quantize` does: half to even, saturating,
+        or by its thresholds (a MultiThreshold on float64 thresholds: exact for any float)."""
         q = self._name(f"{spec.name}/quantized")
+        if spec.levels is not None:
+            levels = spec.levels
+            table = np.array(levels.thresholds, np.float64)
+            return self._multithreshold(spec.name, spec.shape, np.array(levels.signs), table,
+                                        levels.first, spec.fmt, q, q, f"{spec.name}")
         return self._register(spec.name, None, None, q, q, spec.shape, spec.fmt, Rounding.HALF_EVEN,
                               Overflow.SAT)
+
+    def _multithreshold(self, x, shape, signs, table, first, fmt, out, name, base) -> str:
+        """A MultiThreshold counting the thresholds ``table`` (real values) that signs * x
+        reaches (a Mul by the per-channel directions before it where one is -1), its levels
+        out_scale * count + out_bias on ``fmt``'s grid."""
+        if np.any(signs < 0):
+            factors = self._initializer(f"{base}/directions",
+                                        signs.astype(np.float32).reshape((1, len(signs)) + (1,) * (len(shape) - 1)))
+            x = self._node("Mul", [x, factors], self._name(f"{base}/directed"),
+                           self._name(f"{base}/direction"), shape)
+        values = self._initializer(f"{base}/thresholds", table)
+        dtype = "BINARY" if (fmt.bits == 1 and not fmt.signed) else f"{'INT' if fmt.signed else 'UINT'}{fmt.bits}"
+        return self._node("MultiThreshold", [x, values], out, name, shape, QONNX_DOMAIN,
+                          out_dtype=dtype, out_scale=float(2.0 ** -fmt.frac_bits),
+                          out_bias=float(first * 2.0 ** -fmt.frac_bits),
+                          data_layout="NCHW" if len(shape) == 3 else "NC")
 
     def _accumulator(self, node):
         acc = node.params.accumulator
@@ -344,6 +367,27 @@ class _Exporter:
         scales = self._initializer(f"{node.name}/scales", np.array([1, 1, sh, sw], np.float32))
         self._node("Resize", [ins[0], "", scales], node.name, node.name, node.out_shape, mode="nearest",
                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+    def _thresholds(self, node, ins, in_shapes):
+        """FINN's MultiThreshold (qonnx executes it): the thresholds on the input's grid, each
+        clamped to the input's static range (the same levels for every value in it), a Mul by
+        the per-channel directions before it where one is -1, the levels as out_scale * count
+        + out_bias."""
+        p = node.params
+        source = node.inputs[0]
+        table = clamped_to_range(node.arrays["thresholds"], *self.ranges[source])
+        frac = self.fracs[source]
+        if not _float32_exact(table, frac):
+            raise ExportError(f"layer {node.name}: thresholds of {int(np.abs(table).max()).bit_length()} "
+                              "bits are not float32 (24 significant bits); its input is too wide for "
+                              "MultiThreshold")
+        real = (table.astype(np.float64) * 2.0 ** -frac).astype(np.float32)
+        self._multithreshold(ins[0], in_shapes[0], node.arrays["signs"], real, p.first, p.out_fmt,
+                             node.name, node.name, node.name)
+
+    def _rescale(self, node, ins, in_shapes):
+        raise ExportError(f"layer {node.name}: a fixed-point multiplier layer has no exact QONNX form "
+                          "yet; import the model with --rescale thresholds (exact) to export it")
 
     def _batchnorm2d(self, node, ins, in_shapes):
         """Inexact: qonnx divides in float32 before the xhat register rounds."""

@@ -4,6 +4,7 @@ one node into engine nodes, or into a constant, through the walk's bookkeeping (
 here; the walk finds it by its op type."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -18,8 +19,8 @@ from ..engine.ops.upsample import UpsampleParams
 from ..fixedpoint.floats import quantize
 from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
-from ..graph.fold import folded_registers
 from ..graph.ir import Node
+from . import floats
 from .passes import add_bias, fold_into_conv
 from .protocol import INPUT_REGISTER, ONNX_DOMAINS, OWN_NODE, QONNX_DOMAINS
 from .reader import (UnsupportedModel, int_attr, ints_attr, padding, power_of_two_exponent, str_attr,
@@ -27,7 +28,6 @@ from .reader import (UnsupportedModel, int_attr, ints_attr, padding, power_of_tw
 from .values import QConst, QuantRegister
 
 ONNX, QONNX = "onnx", "qonnx"
-BN_MULTIPLIER_BITS = 16
 HANDLERS: dict = {}  # (ONNX or QONNX, op type) -> (handler, (fewest, most) inputs)
 NOTES: list = []  # what is supported, in registration order
 
@@ -91,8 +91,13 @@ def quantize_const(imp, node, where) -> QConst:
 def quant(imp, i, node, where, attrs):
     x = node.input[0] if node.input else ""
     if x in imp.consts and node.op_type != "Trunc":
-        imp.qconsts[node.output[0]] = quantize_const(imp, node, where)
+        scale = imp.const(node.input[1], where, "scale").astype(np.float64)
+        mantissa = np.frexp(scale)[0]
+        imp.qconsts[node.output[0]] = quantize_const(imp, node, where) if np.all(mantissa == 0.5) \
+            else floats.quantize_float_const(imp, node, where)
         return
+    if node.op_type != "Trunc" and (floats.float_scaled(imp, x) or not imp.power_of_two_quant(node)):
+        return floats.end(imp, i, node, where)  # a float value, or float scales: thresholds
     reg = imp.register_of(i, node, where)
     t = imp.tensor(x, where)
     reader = imp.sole_reader(node.output[0])
@@ -123,7 +128,7 @@ def conv(imp, i, node, where, attrs):
     w = imp.qconst(node.input[1], where, "weight")
     if w.ints.ndim != 4:
         raise UnsupportedModel(f"{where}: weights of rank {w.ints.ndim}; the engine runs 2-D convolutions")
-    b = imp.qconst(node.input[2], where, "bias") if len(node.input) > 2 and node.input[2] else None
+    b = imp.bias(node.input[2], where) if len(node.input) > 2 else None
     auto_pad = str_attr(attrs, "auto_pad", "NOTSET", where)
     if auto_pad not in ("NOTSET", "VALID"):
         raise UnsupportedModel(f"{where}: auto_pad={auto_pad}; give explicit pads")
@@ -150,10 +155,8 @@ def gemm(imp, i, node, where, attrs):
     if w.ints.ndim != 2:
         raise UnsupportedModel(f"{where}: B of rank {w.ints.ndim}, 2 expected")
     if int_attr(attrs, "transB", 0, where, {0, 1}) == 0:
-        w = QConst(np.ascontiguousarray(w.ints.T), w.fmt)
-    b = imp.qconst(node.input[2], where, "bias") if len(node.input) > 2 and node.input[2] else None
-    if b is not None and b.ints.size != w.ints.shape[0]:
-        raise UnsupportedModel(f"{where}: C of shape {b.ints.shape} is no per-output bias")
+        w = _transposed(w, where)
+    b = imp.bias(node.input[2], where) if len(node.input) > 2 else None
     imp.emit_mac(i, node, where, "linear", node.input[0], w, b)
 
 
@@ -162,13 +165,30 @@ def matmul(imp, i, node, where, attrs):
     w = imp.qconst(node.input[1], where, "weight")
     if w.ints.ndim != 2:
         raise UnsupportedModel(f"{where}: B of rank {w.ints.ndim}, 2 expected")
-    w = QConst(np.ascontiguousarray(w.ints.T), w.fmt)
-    imp.emit_mac(i, node, where, "linear", node.input[0], w, None)
+    imp.emit_mac(i, node, where, "linear", node.input[0], _transposed(w, where), None)
+
+
+def _transposed(w: QConst, where) -> QConst:
+    """(in, out) weights as the engine's (out, in); per-output float scales sit on axis 1 then,
+    which a Quant of the constant read as axis 0."""
+    if w.scale is not None and len(w.scale) > 1:
+        raise UnsupportedModel(f"{where}: weights (in, out) with per-channel float scales on "
+                               "axis 0; export with transB=1 (Gemm) or per-tensor scales")
+    return QConst(np.ascontiguousarray(w.ints.T), w.fmt, w.scale)
 
 
 @handles("Relu", "Clip", inputs={"Relu": (1, 1), "Clip": (1, 3)}, note="Relu, Clip(0, n) (ReLU6)")
 def relu(imp, i, node, where, attrs):
-    """Relu, and Clip(0, n) for an integer n (ReLU6)."""
+    """Relu, and Clip(0, n) for an integer n (ReLU6); on a float value, any Clip."""
+    if floats.float_scaled(imp, node.input[0]):
+        lo, hi = Fraction(0), None
+        if node.op_type == "Clip":
+            bounds = [imp.const(n, where, role).astype(np.float64).ravel() if n else None
+                      for n, role in zip(list(node.input[1:3]) + [""] * 2, ("min", "max"))]
+            if any(b is not None and b.size != 1 for b in bounds):
+                raise UnsupportedModel(f"{where}: Clip bounds of more than one value")
+            lo, hi = (Fraction(float(b[0])) if b is not None else None for b in bounds)
+        return floats.clamp(imp, node, where, node.input[0], lo, hi)
     ceiling = None
     if node.op_type == "Clip":
         bounds = [imp.const(n, where, role).astype(np.float64).ravel() if n else None
@@ -190,10 +210,10 @@ def relu(imp, i, node, where, attrs):
 def max_pool(imp, i, node, where, attrs):
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedModel(f"{where}: its Indices output is not supported")
-    t = imp.tensor(node.input[0], where)
+    t = imp.tensor(node.input[0], where, scaled=True)  # positive scales: the max is the same
     params = PoolParams(**pool_geometry(imp, attrs, where))
     imp.emit(Node(imp.unique(i, node), "max_pool2d", [t.value], params, {},
-                    f"onnx MaxPool {node.name}"), node.output[0], where)
+                    f"onnx MaxPool {node.name}"), node.output[0], where, scale=t.scale)
 
 
 @handles("AveragePool", "GlobalAveragePool", "ReduceMean", inputs={"AveragePool": (1, 1), "GlobalAveragePool": (1, 1), "ReduceMean": (1, 2)}, note="AveragePool, GlobalAveragePool, ReduceMean (over H and W)")
@@ -249,26 +269,81 @@ def avg_pool(imp, i, node, where, attrs):
     imp.bind(pool, q.output[0] if q is not None else node.output[0])
 
 
+def _constant_operand(imp, node):
+    """(the network value, the constant, whether the constant comes first) of a binary op, or
+    (None, None, False) when neither input is a constant."""
+    a, b = node.input[0], node.input[1]
+    for const, x, first in ((b, a, False), (a, b, True)):
+        if const in imp.consts or const in imp.qconsts:
+            return x, const, first
+    return None, None, False
+
+
+def _float_operand(imp, x, const, where, role) -> tuple:
+    """A constant of a float chain as exact fractions, one or one per channel (a quantized
+    constant at its real value)."""
+    channels = floats.channels_of(imp, x)
+    if const in imp.qconsts:
+        c = imp.qconsts[const]
+        unit = c.fmt.frac_bits
+        values = [Fraction(int(v), 1 << unit) if unit >= 0 else Fraction(int(v) << -unit)
+                  for v in c.ints.reshape(-1)]
+        if c.scale is not None:
+            values = [v * c.scale[k if len(c.scale) > 1 else 0] for k, v in enumerate(values)]
+        if len(values) not in (1, channels):
+            raise UnsupportedModel(f"{where}: its {role} holds {len(values)} values for "
+                                   f"{channels} channels")
+        return tuple(values)
+    return floats.per_channel(imp, const, where, channels, role)
+
+
+def _into_chain(imp, x, const) -> bool:
+    """Whether a binary op with a constant joins a float chain: its value is a float one, or
+    the constant is a float (not quantized)."""
+    return floats.float_scaled(imp, x) or const in imp.consts
+
+
 @handles("Add", inputs=(2, 2), note="Add")
 def add(imp, i, node, where, attrs):
-    a, b = node.input[0], node.input[1]
-    const = b if b in imp.qconsts else a if a in imp.qconsts else None
+    x, const, _ = _constant_operand(imp, node)
+    if const is not None and _into_chain(imp, x, const):
+        return floats.extend_affine(imp, node, x, where, b=_float_operand(imp, x, const, where, "addend"))
     if const is not None:
-        return add_bias(imp, i, node, where, a if const == b else b, imp.qconsts[const])
-    ta, tb = imp.tensor(a, where), imp.tensor(b, where)
+        return add_bias(imp, i, node, where, x, imp.qconsts[const])
+    if any(imp.tensors.get(n) is not None and imp.tensors[n].scale is not None for n in node.input[:2]):
+        ta, tb = (imp.tensor(n, where, scaled=True) for n in node.input[:2])
+        return floats.add_scaled(imp, i, node, where, ta, tb)
+    ta, tb = imp.tensor(node.input[0], where), imp.tensor(node.input[1], where)
     imp.emit(Node(imp.unique(i, node), "add", [ta.value, tb.value], AddParams(), {},
                     f"onnx Add {node.name}"), node.output[0], where)
 
 
-@handles("Mul", inputs=(2, 2), note="Mul (+ Add) by per-channel constants after a Conv (a folded BatchNorm)")
+@handles("Sub", "Div", inputs=(2, 2), note="Sub, Div by constants (in a float chain)")
+def sub_div(imp, i, node, where, attrs):
+    x, const, first = _constant_operand(imp, node)
+    if const is None:
+        raise UnsupportedModel(f"{where}: {node.op_type} of two network values; the engine takes "
+                               f"{node.op_type} by a constant only")
+    c = _float_operand(imp, x, const, where, "constant")
+    if node.op_type == "Sub":  # x - c, or c - x
+        return floats.extend_affine(imp, node, x, where, a=(-1,) if first else (1,),
+                                    b=c if first else tuple(-v for v in c))
+    if first or any(v == 0 for v in c):
+        raise UnsupportedModel(f"{where}: Div {'of a constant by a value (not monotone)' if first else 'by zero'}")
+    floats.extend_affine(imp, node, x, where, a=tuple(1 / v for v in c))
+
+
+@handles("Mul", inputs=(2, 2), note="Mul by constants (in a float chain; quantized per-channel "
+         "ones after a Conv fold into it)")
 def mul(imp, i, node, where, attrs):
-    a, b = node.input[0], node.input[1]
-    const = b if b in imp.qconsts else a if a in imp.qconsts else None
-    x = a if const == b else b
+    x, const, _ = _constant_operand(imp, node)
+    if const is not None and _into_chain(imp, x, const):
+        return floats.extend_affine(imp, node, x, where, a=_float_operand(imp, x, const, where, "factor"))
     producer = imp.producer(x, where) if const is not None else None
     if producer is None or producer.op != "conv2d" or producer.params.out_fmt is not None:
-        raise UnsupportedModel(f"{where}: Mul is supported only by per-channel constants right "
-                               "after a Conv (a folded BatchNorm)")
+        raise UnsupportedModel(f"{where}: Mul is supported by constants in a float chain (up to "
+                               "the next Quant), or by quantized per-channel constants right after "
+                               "a Conv (a folded BatchNorm)")
     m = imp.qconsts[const]
     channels = producer.arrays["weight"].shape[0]
     if m.ints.size != channels or (m.ints.ndim >= 3 and m.ints.shape[-3:] != (channels, 1, 1)):
@@ -280,27 +355,42 @@ def mul(imp, i, node, where, attrs):
 
 @handles("Concat", inputs=(1, 1 << 16), note="Concat (channels)")
 def concat(imp, i, node, where, attrs):
-    ins = [imp.tensor(n, where) for n in node.input]
+    ins = [imp.tensor(n, where, scaled=True) for n in node.input]
+    if len({t.scale for t in ins}) > 1:
+        raise UnsupportedModel(f"{where}: joins values of different float scales; quantize them "
+                               "with one quantizer (Brevitas: a shared act_quant) before the Concat")
     rank = len(ins[0].shape) + 1
     axis = int_attr(attrs, "axis", None, where)
     if axis not in (1, 1 - rank):
         raise UnsupportedModel(f"{where}: axis={axis}; the engine joins along channels (axis 1)")
+    scale = ins[0].scale if ins[0].scale is None or len(ins[0].scale) == 1 else None
+    if ins[0].scale is not None and scale is None:
+        raise UnsupportedModel(f"{where}: joins values of per-channel float scales")
     imp.emit(Node(imp.unique(i, node), "concat", [t.value for t in ins], ConcatParams(), {},
-                    f"onnx Concat {node.name}"), node.output[0], where)
+                    f"onnx Concat {node.name}"), node.output[0], where, scale=scale)
 
 
 @handles("Flatten", note="Flatten")
 def flatten(imp, i, node, where, attrs):
-    t = imp.tensor(node.input[0], where)
+    t = _per_tensor(imp, node.input[0], where)
     if int_attr(attrs, "axis", 1, where) != 1:
         raise UnsupportedModel(f"{where}: axis={attrs.get('axis')}; only 1 (to N, -1) is supported")
     imp.emit(Node(imp.unique(i, node), "flatten", [t.value], FlattenParams(), {},
-                    f"onnx Flatten {node.name}"), node.output[0], where)
+                    f"onnx Flatten {node.name}"), node.output[0], where, scale=t.scale)
+
+
+def _per_tensor(imp, name, where):
+    """The input of a reshape: its float scale, if any, one for all its values."""
+    t = imp.tensor(name, where, scaled=True)
+    if t.scale is not None and len(t.scale) > 1:
+        raise UnsupportedModel(f"{where}: reshapes a value of per-channel float scales; quantize "
+                               "it per tensor before")
+    return t
 
 
 @handles("Reshape", inputs=(2, 2), note="Reshape (to N,-1)")
 def reshape(imp, i, node, where, attrs):
-    t = imp.tensor(node.input[0], where)
+    t = _per_tensor(imp, node.input[0], where)
     shape = imp.const(node.input[1], where, "shape").reshape(-1).tolist()
     size = math.prod(t.shape)
     batches = (-1, imp.declared_batch()) if int_attr(attrs, "allowzero", 0, where) \
@@ -309,38 +399,28 @@ def reshape(imp, i, node, where, attrs):
             or shape[0] == shape[1] == -1:
         raise UnsupportedModel(f"{where}: Reshape to {shape}; only to (N, {size}) is supported")
     imp.emit(Node(imp.unique(i, node), "flatten", [t.value], FlattenParams(), {},
-                    f"onnx Reshape {node.name}"), node.output[0], where)
+                    f"onnx Reshape {node.name}"), node.output[0], where, scale=t.scale)
 
 
-@handles("BatchNormalization", inputs=(5, 5), note="BatchNormalization (after a Conv)")
+@handles("BatchNormalization", inputs=(5, 5), note="BatchNormalization (in a float chain: exact thresholds)")
 def batchnorm(imp, i, node, where, attrs):
     if len(node.output) > 1 and any(node.output[1:]) or int_attr(attrs, "training_mode", 0, where) != 0:
         raise UnsupportedModel(f"{where}: BatchNormalization in training mode; export for inference")
-    conv = imp.producer(node.input[0], where)
-    if conv is None or conv.op != "conv2d" or conv.params.out_fmt is not None:
-        raise UnsupportedModel(f"{where}: a BatchNormalization is supported right after a Conv "
-                               "(folded into it); fold it in your framework otherwise")
+    channels = floats.channels_of(imp, node.input[0])
     names = ("scale", "bias", "mean", "variance")
-    gamma, beta, mean, var = (imp.const(n, where, r).astype(np.float64).reshape(-1)
+    gamma, beta, mean, var = (floats.per_channel(imp, n, where, channels, r)
                               for n, r in zip(node.input[1:5], names))
-    eps = attrs.get("epsilon", 1e-5)
-    channels = conv.arrays["weight"].shape[0]
-    if any(v.size != channels for v in (gamma, beta, mean, var)) or not isinstance(eps, float):
-        raise UnsupportedModel(f"{where}: its constants must hold one value per channel ({channels})")
-    if np.any(var + eps <= 0):
+    eps = attrs.get("epsilon", float(np.float32(1e-5)))  # ONNX's default, a float32
+    if not isinstance(eps, float):
+        raise UnsupportedModel(f"{where}: epsilon {eps!r} is not a float")
+    if any(v + Fraction(eps) <= 0 for v in var):
         raise UnsupportedModel(f"{where}: variance + epsilon is not positive")
-    ratio = [Fraction(float(g)) / Fraction(float(math.sqrt(float(v) + eps))) for g, v in zip(gamma, var)]
-    mult, offset, frac = folded_registers(ratio, [Fraction(float(v)) for v in beta],
-                                          [Fraction(float(v)) for v in mean],
-                                          conv.out_fmt.frac_bits, BN_MULTIPLIER_BITS)
-    fold_into_conv(imp, conv, mult, frac, offset,
-                         f" + onnx BatchNormalization {node.name} (float, folded with "
-                         f"{BN_MULTIPLIER_BITS}-bit multipliers: not bit-exact)", node.output[0], where)
+    floats.normalize(imp, node, where, node.input[0], gamma, beta, mean, var, Fraction(eps))
 
 
 @handles("Resize", "Upsample", inputs={"Resize": (1, 4), "Upsample": (1, 2)}, note="Resize/Upsample (nearest, integer factors)")
 def resize(imp, i, node, where, attrs):
-    t = imp.tensor(node.input[0], where)
+    t = imp.tensor(node.input[0], where, scaled=True)
     if str_attr(attrs, "mode", "nearest", where) != "nearest":
         raise UnsupportedModel(f"{where}: mode={attrs.get('mode')}; only nearest is supported")
     if node.op_type == "Resize" and len(node.input) > 2:  # opset 11 on: X, roi, scales, sizes
@@ -374,7 +454,7 @@ def resize(imp, i, node, where, attrs):
                                "([1, 1, s_h, s_w]) are supported")
     params = UpsampleParams((int(factors[2]), int(factors[3])))
     imp.emit(Node(imp.unique(i, node), "upsample", [t.value], params, {},
-                    f"onnx {node.op_type} {node.name}"), node.output[0], where)
+                    f"onnx {node.op_type} {node.name}"), node.output[0], where, scale=t.scale)
 
 
 @handles("Identity", "Dropout", inputs={"Identity": (1, 1), "Dropout": (1, 3)}, note="Identity, Dropout")
@@ -385,8 +465,12 @@ def alias(imp, i, node, where, attrs):
         return
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         raise UnsupportedModel(f"{where}: its mask output is read; inference has none")
+    if node.input[0] in imp.chains:
+        chain = imp.chains[node.input[0]]
+        imp.chains[node.output[0]] = dataclasses.replace(chain, nodes=list(chain.nodes))
+        return
     imp.flush_pending(node.input[0])
-    imp.tensors[node.output[0]] = imp.tensor(node.input[0], where)
+    imp.tensors[node.output[0]] = imp.tensor(node.input[0], where, scaled=True)
 
 
 @handles("Constant", inputs=(0, 0), note="Constant")
@@ -399,3 +483,16 @@ def constant(imp, i, node, where, attrs):
     else:
         raise UnsupportedModel(f"{where}: a Constant of {sorted(attrs)}; numbers only (value, "
                                "value_float(s), value_int(s))")
+
+
+@handles("MultiThreshold", inputs=(2, 2), domain=QONNX, note="MultiThreshold")
+def multithreshold(imp, i, node, where, attrs):
+    """FINN's thresholds: the count of thresholds the value reaches, on its integers exactly
+    (a value of a float chain pulled back through it), times out_scale plus out_bias."""
+    layout = str_attr(attrs, "data_layout", "", where)
+    if layout not in ("", "NCHW", "NC"):
+        raise UnsupportedModel(f"{where}: data_layout {layout}; the engine's values are NCHW")
+    floats.multithreshold(imp, i, node, where, imp.const(node.input[1], where, "thresholds"),
+                          str_attr(attrs, "out_dtype", "", where),
+                          Fraction(float(attrs.get("out_scale", 1.0))),
+                          Fraction(float(attrs.get("out_bias", 0.0))))

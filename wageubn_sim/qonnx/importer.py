@@ -21,6 +21,9 @@ registers waiting for the layer after them; each node goes to its op type's hand
 """
 from __future__ import annotations
 
+import warnings
+from fractions import Fraction
+
 import numpy as np
 
 from ..engine.ops.conv2d import Conv2dParams
@@ -30,16 +33,24 @@ from ..execution.run import run_node
 from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..graph.ir import Graph, GraphInput, Node, unique_name
+from ..fixedpoint.chains import Affine
+from .floats import parse_rescale, power_of_two
 from .handlers import HANDLERS, ONNX, QONNX, supported
-from .passes import apply_accumulators, check_unbounded, take_output_register
+from .passes import apply_accumulators, check_unbounded, clamp_thresholds, take_output_register
 from .protocol import ONNX_DOMAINS, QONNX_DOMAINS, ROUNDING_FROM_QONNX, UNBOUNDED
 from .reader import (UnsupportedModel, attributes, check_model, int_attr, marks, module_path,
                      power_of_two_exponent, read_qonnx, str_attr, tensor_array)
-from .values import QConst, QuantRegister, Tensor
+from .values import FloatChain, QConst, QuantRegister, Tensor
 
 
-def from_qonnx(model, input_format: Format | None = None, accumulators=None) -> Graph:
+def from_qonnx(model, input_format: Format | None = None, accumulators=None,
+               rescale: str | None = None) -> Graph:
     """The integer graph of a QONNX model (a path to an .onnx file, or an onnx.ModelProto).
+
+    ``rescale``: how a float chain becomes integers (docs/arithmetic.md section 12):
+    ``thresholds`` (the default: exact, up to 8 output bits; 16-bit multipliers beyond) or
+    ``multiplier:BITS``. An inexact choice is listed in the graph's ``meta["inexact"]`` and
+    warned (`InexactImport`).
 
     ``input_format``: the input's format where the model has no Quant on its input (a model
     that has one takes its format from it). ``accumulators``: as for `compile_model`, keyed by
@@ -50,11 +61,19 @@ def from_qonnx(model, input_format: Format | None = None, accumulators=None) -> 
         model = read_qonnx(model)
     else:
         check_model(model, None)
-    return _Importer(model, input_format, accumulators).run()
+    try:
+        bits = parse_rescale(rescale)
+    except ValueError as err:
+        raise UnsupportedModel(str(err)) from None
+    return _Importer(model, input_format, accumulators, bits).run()
+
+
+class InexactImport(UserWarning):
+    """An import that is not bit-exact to the model's float arithmetic (a multiplier chosen)."""
 
 
 class _Importer:
-    def __init__(self, model, input_format, accumulators):
+    def __init__(self, model, input_format, accumulators, rescale_bits=None):
         self.model, self.graph = model, model.graph
         self.opsets = {o.domain: o.version for o in model.opset_import}
         self.input_format, self.accumulators = input_format, accumulators
@@ -62,6 +81,11 @@ class _Importer:
         self.qconsts: dict = {}  # onnx name -> QConst
         self.tensors: dict = {}  # onnx name -> Tensor
         self.pending: dict = {}  # onnx name -> (Tensor, QuantRegister, node): a next layer's input register
+        self.chains: dict = {}  # onnx name -> FloatChain: a float value no Quant has ended yet
+        self.input: GraphInput | None = None
+        self.rescale_bits = rescale_bits  # multipliers of this width for every float chain
+        self.input_declared = False  # a float input the model reads unquantized: --input-format
+        self.inexact: list = []  # what the import could not make exact
         self.absorbed: set = set()  # indices of onnx nodes folded into a layer
         self.nodes: list = []
         self.used_names: set = set()
@@ -91,12 +115,31 @@ class _Importer:
                                    "runs graphs of one output")
         out = self.graph.output[0].name
         self.flush_pending(out)
+        if out in self.chains:
+            raise UnsupportedModel(f"the model's output {out} is a float value (after "
+                                   f"{self.chains[out].describe()}) that no Quant "
+                                   "ends; the engine's outputs are integers: end the network with a "
+                                   "quantizer (Brevitas: a QuantIdentity)")
+        if graph_input.name not in self.value_fracs:
+            raise UnsupportedModel(f"the input {graph_input.name} is never quantized: a Quant must "
+                                   "end its float chain")
         if out not in self.tensors or self.tensors[out].value == graph_input.name:
             raise UnsupportedModel(f"the model's output {out} is not computed by any supported layer")
         apply_accumulators(self)
         meta = {"source": "qonnx", "qonnx_tensors": self.onnx_tensor}
+        scaled = {t.value: [float(v).hex() for v in t.scale] for t in self.tensors.values()
+                  if t.scale is not None}
+        if scaled:  # what one integer of these values is worth (float scales, exact in float64)
+            meta["qonnx_scales"] = scaled
+        if self.input_declared:  # compare gives qonnx the float input itself
+            meta["input_declared"] = True
+        if self.inexact:
+            meta["inexact"] = self.inexact
+            for note in self.inexact:
+                warnings.warn(note, InexactImport, stacklevel=3)
         graph = Graph([graph_input], self.nodes, [self.tensors[out].value], meta)
         check_unbounded(self, graph)
+        clamp_thresholds(graph)
         return graph.check()
 
     def where(self, i, node) -> str:
@@ -116,11 +159,23 @@ class _Importer:
                                    f"{op} takes {low}..{high} inputs and gives an output")
         handler(self, i, node, where, attributes(node, where))
 
-    def tensor(self, name, where, role="input") -> Tensor:
+    def tensor(self, name, where, role="input", scaled=False) -> Tensor:
+        """The integer tensor ``name``; ``scaled``: the op computes on integers of a float scale
+        as well (it passes the scale on)."""
         if name in self.pending:  # a register no layer took: it becomes a node of its own
             self.flush_pending(name)
+        if name in self.chains:
+            raise UnsupportedModel(f"{where}: its {role} {name} is a float value (after "
+                                   f"{self.chains[name].describe()}) that no Quant "
+                                   "has quantized; the engine computes integers: end the float chain "
+                                   "with a Quant before this op")
         if name in self.tensors:
-            return self.tensors[name]
+            t = self.tensors[name]
+            if t.scale is not None and not scaled:
+                raise UnsupportedModel(f"{where}: its {role} {name} has float scales (a float-scale "
+                                       "Quant before it); this op computes on power-of-two grids "
+                                       "only: quantize its input with a power-of-two scale")
+            return t
         if name in self.consts or name in self.qconsts:
             raise UnsupportedModel(f"{where}: its {role} {name} is a constant; the engine computes "
                                    "this op on the network's values only")
@@ -147,11 +202,12 @@ class _Importer:
     def unique_name(self, base: str) -> str:
         return unique_name(base, self.used_names)
 
-    def emit(self, node: Node, onnx_out: str, where: str) -> Node:
-        """Append a node, derive its shape and grid, and let it take the register after it."""
+    def emit(self, node: Node, onnx_out: str, where: str, scale=None) -> Node:
+        """Append a node, derive its shape and grid, and let it take the register after it
+        (``scale``: the float scales of its integers)."""
         self.infer(node, where)
         self.nodes.append(node)
-        self.bind(node, onnx_out)
+        self.bind(node, onnx_out, scale)
         return node
 
     def infer(self, node: Node, where: str):
@@ -168,12 +224,22 @@ class _Importer:
     def frac_of(self, value):
         return self.value_fracs[value]
 
-    def bind(self, node: Node, onnx_out: str):
+    def bind(self, node: Node, onnx_out: str, scale=None):
         self.value_shapes[node.name] = node.out_shape
         self.value_fracs[node.name] = node.out_fmt.frac_bits
-        self.tensors[onnx_out] = Tensor(node.name, node.out_shape, node.out_fmt.frac_bits)
+        self.tensors[onnx_out] = Tensor(node.name, node.out_shape, node.out_fmt.frac_bits, scale)
         self.onnx_tensor[node.name] = onnx_out
-        take_output_register(self, node, onnx_out)
+        if scale is None:
+            take_output_register(self, node, onnx_out)
+
+    def power_of_two_quant(self, q) -> bool:
+        """Whether the Quant/IntQuant/Trunc ``q`` has one power-of-two scale (else its value has
+        float scales: a float chain's end)."""
+        if q.op_type == "Trunc" or len(q.input) < 2 or q.input[1] not in self.consts:
+            return True
+        scale = self.consts[q.input[1]].astype(np.float64).ravel()
+        return scale.size > 0 and bool(np.all(scale == scale[0])) and \
+            power_of_two(Fraction(float(scale[0]))) is not None
 
     def sole_reader(self, name):
         readers = self.readers.get(name, [])
@@ -240,12 +306,12 @@ class _Importer:
                                    f"{'signed' if signed else 'unsigned'}{hint}")
         return bits
 
-    def layer_input(self, name, where, takes_register: bool):
+    def layer_input(self, name, where, takes_register: bool, scaled=False):
         """A layer's input: (Tensor, input register or None, its rounding)."""
         if name in self.pending and takes_register:
             t, reg, _, _ = self.pending.pop(name)
             return t, reg.fmt, reg.rounding
-        return self.tensor(name, where), None, Rounding.HALF_EVEN
+        return self.tensor(name, where, scaled=scaled), None, Rounding.HALF_EVEN
 
     def flush_pending(self, name):
         if name in self.pending:
@@ -290,7 +356,20 @@ class _Importer:
         fmt = self.input_format
         reader = self.sole_reader(v.name)
         quant = None
-        if reader is not None and reader[1].domain in QONNX_DOMAINS and reader[1].op_type in ("Quant", "IntQuant"):
+        quant_read = reader is not None and reader[1].domain in QONNX_DOMAINS and \
+            reader[1].op_type in ("Quant", "IntQuant")
+        if fmt is None and (not quant_read or not self.power_of_two_quant(reader[1])):
+            # float input: its chain (preprocessing, then a Quant) is the input's quantization
+            graph_input = self.input = GraphInput(name, shape, Format(8, 0))  # set by its Quant
+            try:
+                graph_input.check_size()
+            except ValueError as err:
+                raise UnsupportedModel(str(err)) from None
+            self.used_names.add(name)
+            self.value_shapes[name] = shape
+            self.chains[v.name] = FloatChain(None, [], shape[0] if shape else 1, shape, [])
+            return graph_input
+        if quant_read:
             i, quant = reader
             reg = self.register_of(i, quant, self.where(i, quant))
             if not reg.fmt.bounded or reg.rounding != Rounding.HALF_EVEN:
@@ -303,7 +382,9 @@ class _Importer:
         elif fmt is None:
             raise UnsupportedModel(f"input {v.name} is not read by a Quant alone, so the model does not "
                                    "say its grid; give the input format (--input-format s16.8)")
-        graph_input = GraphInput(name, shape, fmt)
+        else:  # the model computes on float input: the hardware's input register is declared
+            self.input_declared = True
+        graph_input = self.input = GraphInput(name, shape, fmt)
         try:
             graph_input.check_size()
         except ValueError as err:
@@ -318,18 +399,55 @@ class _Importer:
                 self.requantize(quant, self.tensors[v.name], reg, self.where(i, quant))
         return graph_input
 
-    def emit_mac(self, i, node, where, op, x_name, w: QConst, b: QConst | None, **geometry):
-        t, reg, rounding = self.layer_input(x_name, where, True)
-        if b is not None and b.ints.size != w.ints.shape[0]:
-            raise UnsupportedModel(f"{where}: bias of {b.ints.size} values for {w.ints.shape[0]} outputs")
-        params = Conv2dParams(w.fmt, b.fmt if b is not None else None, input_register=reg,
+    def emit_mac(self, i, node, where, op, x_name, w: QConst, b, **geometry):
+        """A MAC layer of weights ``w`` and bias ``b`` (a QConst, a float array, or None). With
+        float scales on its input or weights, or a float bias, its accumulator starts a float
+        chain (scale and bias exact in it) that the next Quant ends."""
+        t, reg, rounding = self.layer_input(x_name, where, True, scaled=True)
+        channels = w.ints.shape[0]
+        if b is not None and np.asarray(b.ints if isinstance(b, QConst) else b).size != channels:
+            raise UnsupportedModel(f"{where}: bias of {np.asarray(b.ints if isinstance(b, QConst) else b).size} "
+                                   f"values for {channels} outputs")
+        floating = t.scale is not None or w.scale is not None or \
+            (b is not None and (not isinstance(b, QConst) or b.scale is not None))
+        if floating and t.scale is not None and len(t.scale) > 1:
+            raise UnsupportedModel(f"{where}: its input has per-channel float scales; a MAC layer "
+                                   "sums over channels, so they must be one")
+        bias = b if isinstance(b, QConst) and not floating else None
+        params = Conv2dParams(w.fmt, bias.fmt if bias is not None else None, input_register=reg,
                               accumulator=Accumulator(), rounding=rounding, **geometry)
         arrays = {"weight": w.ints}
-        if b is not None:
-            arrays["bias"] = b.ints.reshape(-1)
+        if bias is not None:
+            arrays["bias"] = bias.ints.reshape(-1)
         name = self.unique(i, node)
-        return self.emit(Node(name, op, [t.value], params, arrays, f"onnx {node.op_type} {node.name}"),
-                          node.output[0], where)
+        mac = Node(name, op, [t.value], params, arrays, f"onnx {node.op_type} {node.name}")
+        if not floating:
+            return self.emit(mac, node.output[0], where)
+        self.infer(mac, where)
+        self.nodes.append(mac)
+        # its accumulator is no ONNX tensor (the float output adds scale and bias): compare
+        # checks the thresholds after it
+        self.value_shapes[name], self.value_fracs[name] = mac.out_shape, mac.out_fmt.frac_bits
+        s_in = t.scale[0] if t.scale else Fraction(1)
+        acc = Tensor(name, mac.out_shape, mac.out_fmt.frac_bits,
+                     tuple(s_in * s for s in (w.scale or (Fraction(1),))))
+        offset = (Fraction(0),)
+        if isinstance(b, QConst):
+            offset = tuple(Fraction(int(v)) * u for v, u in
+                           zip(b.ints.reshape(-1), _broadcast(Tensor("", (), b.fmt.frac_bits, b.scale).unit(), channels)))
+        elif b is not None:
+            offset = tuple(Fraction(float(v)) for v in np.asarray(b, np.float64).reshape(-1))
+        self.chains[node.output[0]] = FloatChain(acc, [Affine(acc.unit(), offset)], channels,
+                                                 mac.out_shape, [node.name or node.op_type])
+        return mac
+
+    def bias(self, name, where):
+        """A layer's bias: a quantized constant, or a float one (a float chain's offset)."""
+        if not name:
+            return None
+        if name in self.qconsts:
+            return self.qconsts[name]
+        return self.const(name, where, "bias").astype(np.float64)
 
     def producer(self, name, where) -> Node | None:
         """Our node that computes onnx tensor ``name`` as its raw output, read by nothing else."""
@@ -343,3 +461,7 @@ class _Importer:
         v = next(v for v in self.graph.input if v.name not in self.consts)
         d = v.type.tensor_type.shape.dim[0]
         return d.dim_value if d.HasField("dim_value") else None
+
+
+def _broadcast(values: tuple, count: int) -> tuple:
+    return values * count if len(values) == 1 else values

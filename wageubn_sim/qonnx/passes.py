@@ -151,3 +151,17 @@ def shifted(values, shift: int, where) -> np.ndarray:
     if shift and values.size and int(np.abs(values).max()) >= 1 << max(0, MAX_BITS - 1 - shift):
         raise UnsupportedModel(f"{where}: aligning the constants leaves the 62-bit domain")
     return values << shift
+
+
+def clamp_thresholds(graph: Graph):
+    """Each thresholds table clamped to its input's static range (`clamped_to_range`): the
+    canonical table, which the export writes and its import reads back."""
+    from ..engine.ops.thresholds import clamped_to_range
+    from ..execution.ranges import value_ranges
+    layers = [n for n in graph.nodes if n.op == "thresholds"]
+    if not layers or not graph.inputs[0].fmt.bounded:
+        return
+    ranges = value_ranges(graph)
+    for node in layers:
+        node.arrays = dict(node.arrays, thresholds=clamped_to_range(node.arrays["thresholds"],
+                                                                    *ranges[node.inputs[0]]))

@@ -3,6 +3,7 @@ constants, and the registers a Quant stands for."""
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 import numpy as np
 
@@ -16,6 +17,12 @@ class Tensor:
     value: str
     shape: tuple
     frac: int
+    scale: tuple | None = None  # float scales, one or one per channel: the value is ints * 2**-frac * scale
+
+    def unit(self) -> tuple:
+        """What one integer of it is worth, exactly: per channel, or one for all."""
+        return tuple(Fraction(1, 1 << self.frac) * s if self.frac >= 0 else Fraction(1 << -self.frac) * s
+                     for s in (self.scale or (Fraction(1),)))
 
 
 @dataclasses.dataclass
@@ -23,6 +30,23 @@ class QConst:
     """A quantized constant: integers on one grid 2**-frac (per-channel grids aligned)."""
     ints: np.ndarray
     fmt: Format
+    scale: tuple | None = None  # float scales per output channel (axis 0), or one: ints * 2**-frac * scale
+
+
+@dataclasses.dataclass
+class FloatChain:
+    """A float value the walk has not quantized yet: the integer tensor it starts from and the
+    monotone stages (`fixedpoint.chains`) applied to it since; ``source`` None: the network's
+    float input itself. ``nodes``: the ONNX nodes it went through, for messages."""
+    source: Tensor | None
+    stages: list
+    channels: int
+    shape: tuple
+    nodes: list
+
+    def describe(self) -> str:
+        """Where the float value came from, for messages."""
+        return " -> ".join(self.nodes) or ("a float scale" if self.source is not None else "the float input")
 
 
 @dataclasses.dataclass

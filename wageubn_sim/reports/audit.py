@@ -15,6 +15,9 @@ MAC layers, a folded BatchNorm's product register, a BatchNorm's xhat register):
   wraps and saturations, the output's rounding ties and saturations, ...);
 * ``proposed``: a format with the same fractional bits (and signedness), ``bound_bits`` wide for
   MAC layers, ``needed_bits + 1`` (one guard bit) otherwise;
+* for a thresholds layer, its comparator table (``thresholds[L]``: L thresholds per channel, as
+  wide as their values after clamping to the input's static range) and for a rescale its
+  multipliers, the constants that size their memories;
 * a histogram on fixed integer bin edges that follow from the tensor's format alone
   (`histogram_edges`), never from the data.
 
@@ -354,7 +357,30 @@ def audit_report(graph: Graph, stats: AuditStats) -> AuditReport:
             label = (f"declared {fmt.describe()}" if fmt.bounded
                      else f"unbounded; proposed {shown.describe()}") + " range in red"
             hists[(node.name, name)] = (t.counts, histogram_edges(fmt), ((shown.min_int, shown.max_int), label))
+        rows += _constant_rows(graph, node)
     return AuditReport(rows, hists, stats.samples)
+
+
+def _constant_rows(graph: Graph, node) -> list:
+    """The comparator table of a thresholds layer (its count per channel in the row's tensor
+    name, its width: the thresholds clamped to the input's static range, as the plan and the
+    export hold them) and a rescale's multipliers: what sizes their memories."""
+    if node.op == "thresholds":
+        from ..engine.ops.thresholds import clamped_to_range
+        from ..execution.ranges import value_ranges
+        table = node.arrays["thresholds"]
+        if graph.inputs[0].fmt.bounded:
+            table = clamped_to_range(table, *value_ranges(graph)[node.inputs[0]])
+        name, fmt = f"thresholds[{table.shape[1]}]", Format(None, node.params.input_frac)
+    elif node.op == "rescale":
+        table, name, fmt = node.arrays["multiplier"], "multiplier", Format(node.params.multiplier_bits, 0)
+    else:
+        return []
+    lo, hi = (int(table.min()), int(table.max())) if table.size else (0, 0)
+    needed = bits_needed(lo, hi)
+    return [TensorAudit(node.name, node.op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed, None,
+                        None, (fmt.bits - needed) if fmt.bounded else None, 0, 0, 0, 0,
+                        Format(needed, fmt.frac_bits).describe())]
 
 
 def audit(graph: Graph, data, client=None, batch: int | None = None, shard_size: int | None = None,

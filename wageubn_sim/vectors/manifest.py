@@ -27,14 +27,28 @@ def layer_op_enum(schema: dict) -> list:
     return schema["properties"]["layers"]["items"]["properties"]["op"]["enum"]
 
 
+def tensor_role(schema: dict) -> dict:
+    """The schema of a tensor's role in a version-2 schema (where the registry's array roles go)."""
+    return schema["properties"]["tensors"]["additionalProperties"]["properties"]["role"]
+
+
+def role_pattern() -> str:
+    """The roles a tensor may have: the network's and every layer's values, training's, and
+    each op's arrays (its spec's ``array_ranks``)."""
+    arrays = sorted({role for spec in OPS.values() for role in spec.array_ranks})
+    return (f"^(input|{'|'.join(arrays)}|accumulator|output|error|"
+            "(weight|bias|gamma|beta)_(grad_raw|grad|master_before|master_after|momentum_before|momentum_after))$")
+
+
 def schema(version: int) -> dict:
-    """The JSON schema of a manifest version; version 2's layer ops are the engine's ops (its
-    registry), so that a new op needs no edit here (the shipped file lists them for readers,
-    and a test keeps it equal)."""
+    """The JSON schema of a manifest version; version 2's layer ops and array roles are the
+    engine's (its registry), so that a new op needs no edit here (the shipped file lists them
+    for readers, and a test keeps it equal)."""
     data = json.loads(SCHEMAS[version].read_text())
     if version == 2:
         enum = layer_op_enum(data)
         enum[:] = sorted(OPS)
+        tensor_role(data)["pattern"] = role_pattern()
     return data
 
 

@@ -10,6 +10,7 @@ from ...engine.mac.phases import mac_taps, stride_phase_geometry
 from ...engine.mac.weights import weight_summary
 from ...engine.ops.conv2d import accumulator_grid, multiply_bound
 from ...engine.ops.pool import MAX_WINDOW_CELLS, window_cells
+from ...engine.ops.thresholds import clamped_to_range, prepared_rows
 from ...engine.ranges import input_register_range
 from ...engine.registers import align
 from ...engine.registry import OPS
@@ -18,7 +19,7 @@ from ...fixedpoint.modes import OVERFLOW_WRAP, Overflow, Rounding
 from ...fixedpoint.scalar import DOMAIN_LIMIT
 from ..ranges import value_ranges
 from .layout import (ACTIVATION, ADD, COLUMN, FIELDS, MAC, MAX_POOL, OP, PLAN_MAX_ARENA,
-                     PLAN_MAX_MACS, R_FIELDS, R_FLOAT, R_OVERFLOW, R_SHIFT, REGISTER)
+                     PLAN_MAX_MACS, R_FIELDS, R_FLOAT, R_OVERFLOW, R_SHIFT, REGISTER, THRESHOLDS)
 from .runtime import Plan
 
 
@@ -251,6 +252,19 @@ class _Builder:
         self._row(ADD, SRC=a, SRC2=b, DST=dst, C=int(np.prod(shape)), SHIFT_A=frac - fa,
                   SHIFT_B=frac - fb, REG_OUT=reg_out)
 
+    def _thresholds(self, node, ins):
+        src, shape, frac = ins[0]
+        table, signs = node.arrays["thresholds"], node.arrays["signs"]
+        table = clamped_to_range(table, *self.ranges[node.inputs[0]])  # within the arena's bound
+        self._bound(int(np.abs(table).max(initial=0)))
+        blocks, starts = prepared_rows(table)
+        pixels = int(np.prod(shape[1:]))
+        dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
+        at = self._index(blocks)
+        self._row(THRESHOLDS, SRC=src, DST=dst, C=shape[0], H=pixels, KH=table.shape[0],
+                  WOFF=self._index(starts + at), BOFF=self._index(signs), SHIFT_A=node.params.first)
+        self.node_registers[node.name] = ["output"]
+
     def finish(self) -> Plan:
         if self.magnitude >= DOMAIN_LIMIT:
             raise NotPlannable("a static bound leaves the 62-bit domain")
@@ -274,4 +288,4 @@ class _Builder:
 # How each op the plan takes becomes steps: one rule per op (its spec says ``planned``)
 RULES = {"conv2d": _Builder._mac, "linear": _Builder._mac, "activation": _Builder._activation,
          "max_pool2d": _Builder._max_pool, "add": _Builder._add, "requantize": _Builder._requantize,
-         "flatten": _Builder._flatten}
+         "flatten": _Builder._flatten, "thresholds": _Builder._thresholds}

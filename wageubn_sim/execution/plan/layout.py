@@ -15,7 +15,7 @@ COLUMN = {name: i for i, name in enumerate(COLUMNS)}
  TAPS, REG_ACC, REG_OUT, SHIFT_A, SHIFT_B, CEILING, PLANES, SUMS, ROWS, PITCH, F32) = range(len(COLUMNS))
 FIELDS = len(COLUMNS)
 # the step kinds
-MAC, MAX_POOL, ACTIVATION, ADD, REGISTER = range(5)
+MAC, MAX_POOL, ACTIVATION, ADD, REGISTER, THRESHOLDS = range(6)
 # a register row: shift (frac_in - frac_out), bits (0: unbounded), signed, rounding, overflow,
 # and whether its values are exact float integers it may round in float64 (set once the arena
 # dtype is known)

@@ -15,6 +15,7 @@ from ...engine.mac.phases import fill_stride_phases
 from ...engine.ops.activation import relu_into
 from ...engine.ops.add import add_into
 from ...engine.ops.pool import max_over_cells
+from ...engine.ops.thresholds import levels_into
 from ...engine.registers import Events
 from ...fixedpoint.floats import FLOAT_EXACT_BITS, quantize_float_scalar
 from ...fixedpoint.format import Format
@@ -23,8 +24,8 @@ from ...fixedpoint.modes import OVERFLOW_WRAP, ROUND_HALF_EVEN
 from .layout import (ACTIVATION, ADD, BOFF, C, DST, F32, H, KH, KW, MAC, MAX_POOL, O, OH, OP,
                      OW, PARALLEL_MIN_MACS, PH, PITCH, PLANES, PW, R_FLOAT, R_OVERFLOW, R_ROUNDING,
                      R_SHIFT, R_BITS, R_SIGNED, REG_ACC, REG_OUT, ROWS, SATURATIONS, SH, SHIFT_A,
-                     SHIFT_B, CEILING, SRC, SRC2, SUMS, SW, TAPS, TIES, UNDERFLOWS, W, WOFF, WRAPS,
-                     GROUPS)
+                     SHIFT_B, CEILING, SRC, SRC2, SUMS, SW, TAPS, THRESHOLDS, TIES, UNDERFLOWS, W, WOFF,
+                     WRAPS, GROUPS)
 
 
 @dataclasses.dataclass
@@ -253,6 +254,13 @@ def _step(buf, work, s, constants, constants32, indices, registers, counts):
         add_into(buf[a:a + size], buf[b:b + size], buf[dst:dst + size], 1 << s[SHIFT_A], 1 << s[SHIFT_B])
         if s[REG_OUT] >= 0:
             _apply_register(buf, dst, size, registers, s[REG_OUT], counts)
+    elif op == THRESHOLDS:  # the op's own loop (`ops.thresholds.levels_into`), channel by channel
+        pixels = s[H]
+        for c in range(s[C]):
+            row = 0 if s[KH] == 1 else c
+            src, dst = s[SRC] + c * pixels, s[DST] + c * pixels
+            levels_into(buf[src:src + pixels], indices[indices[s[WOFF] + row]:], indices[s[BOFF] + row],
+                        s[SHIFT_A], buf[dst:dst + pixels])
     else:  # REGISTER
         src, dst, size = s[SRC], s[DST], s[C]
         buf[dst:dst + size] = buf[src:src + size]
