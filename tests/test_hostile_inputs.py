@@ -934,10 +934,10 @@ CASES += [
     # float scales (docs/arithmetic.md section 12)
     Case("onnx2", "float-act-scale-zero", float_edit(lambda m: _set_initializer(
         m, "relu1.act_quant.export_handler.lifted_tensor_6", 0.0)), ONNX, 2,
-         r"node node__symbolic_2 \(Quant\): a scale that is not positive"),
+         r"node node__symbolic_2 \(Quant, relu1.act_quant\): a scale that is not positive"),
     Case("onnx2", "float-weight-scale-negative", float_edit(lambda m: _set_initializer(
         m, "conv1.weight_quant.export_handler.lifted_tensor_3", -0.01)), ONNX, 2,
-         r"node node__symbolic_1 \(Quant\): scales of shape .* positive"),
+         r"node node__symbolic_1 \(Quant, conv1.weight_quant\): scales of shape .* positive"),
     Case("onnx2", "float-two-batchnorms", float_edit(_second_batchnorm), ONNX, 2,
          "two BatchNormalizations .* no exact threshold here"),
     Case("onnx2", "float-variance-negative", float_edit(lambda m: _set_initializer(m, "bn1.running_var", -10.0)),

@@ -581,8 +581,15 @@ def test_multipliers_on_request_are_warned_recorded_and_near_the_exact_threshold
     first = graph.nodes[1].name
     a, b = graph.run(x, trace=True).layers[first].q, exact.run(x, trace=True).layers[first].q
     assert np.abs(a - b).max() <= 1
-    with pytest.raises(ValueError, match="no exact QONNX form"):
+    with pytest.raises(ValueError, match="no exact QONNX form .* --allow-inexact"):
         to_qonnx(graph)
+    model = to_qonnx(graph, batch=2, allow_inexact=True)  # Mul, Adds (offsets in float32 parts), Clip, IntQuant
+    assert "relu1: 16-bit multipliers computed in float32" in \
+        {p.key: p.value for p in model.metadata_props}["wageubn_sim.inexact"]
+    with pytest.warns(InexactImport):
+        again = from_qonnx(model)
+    assert canonical(again) == canonical(graph)  # the marked chain comes back as the same multipliers
+    assert compare_qonnx(model, again, x[:4]).exact
     result = cli("compare", DATA / "float_cnn.onnx", "--random", 8, "--rescale", "multiplier:6")
     assert result.exit_code == 1 and "a fixed-point multiplier approximates the float chain" in result.output
     assert "warning: relu1: the float chain" in result.output
@@ -662,3 +669,47 @@ def test_a_float_first_layer_declares_its_input_register_and_compare_names_it(tm
     report = compare_qonnx(tmp_path / "m.onnx", graph, x)
     assert not report.exact and "the input quantization" in report.first.cause
     assert compare_qonnx(tmp_path / "m.onnx", graph, grid_inputs(graph, 2)).exact  # on its grid: exact
+
+
+def test_the_sweep_narrows_a_rescales_multipliers_within_its_criterion():
+    """--registers multiplier: each rescale's multipliers re-rounded to fewer bits (the same
+    ratios, the shift lowered), as narrow as the criterion allows on the data."""
+    from wageubn_sim.reports.sweep import sweep
+    with pytest.warns(UserWarning):
+        graph = from_qonnx(DATA / "float_cnn.onnx", rescale="multiplier:16")
+    x = np.load(DATA / "float_cnn.npz")["input"]
+    report, proposed = sweep(graph, x, "lsb:1", registers=("multiplier",))
+    widths = {n.name: n.params.multiplier_bits for n in proposed.nodes if n.op == "rescale"}
+    assert len(widths) == 3 and all(2 <= b <= 16 for b in widths.values()) and min(widths.values()) < 16
+    assert report.combined_passes and {c.register for c in report.proposal} == {"multiplier"}
+    reference, narrowed = graph.run(x).q, proposed.run(x).q
+    assert np.abs(reference - narrowed).max() <= 1
+    for node in proposed.nodes:
+        if node.op == "rescale":
+            limit = 1 << (node.params.multiplier_bits - 1)
+            assert np.all(np.abs(node.arrays["multiplier"]) < limit) and np.all(node.arrays["shift"] >= 0)
+
+
+def test_fold_bn_on_a_qonnx_model_is_refused_and_refusals_name_the_brevitas_quantizer(tmp_path):
+    result = cli("compile", DATA / "float_cnn.onnx", "--fold-bn", 8, "-o", tmp_path / "g")
+    assert result.exit_code == 2 and "--fold-bn folds the integer BatchNorm layers of a torch model" in result.output
+    assert not (tmp_path / "g").exists()
+    model = onnx.load(DATA / "float_cnn.onnx")
+    quant = next(n for n in model.graph.node if n.name == "node__symbolic_2")  # QuantReLU relu1's
+    next(a for a in quant.attribute if a.name == "rounding_mode").s = b"CEIL"
+    onnx.save(model, tmp_path / "m.onnx")
+    result = cli("compile", tmp_path / "m.onnx", "-o", tmp_path / "g")
+    assert result.exit_code == 2 and "(Quant, relu1.act_quant)" in result.output, result.output
+
+
+def test_exports_name_their_quantizers_quant_and_intquant_on_request(tmp_path):
+    """Quant by default (what FINN, hls4ml and qonnx's transformations match), IntQuant with
+    --int-quant; both import back into the same graph."""
+    graph = from_qonnx(DATA / "cnn.onnx")
+    graph.save(tmp_path / "g")
+    for flag, op, other in (((), "Quant", "IntQuant"), (("--int-quant",), "IntQuant", "Quant")):
+        out = tmp_path / f"{op}.onnx"
+        assert cli("export", tmp_path / "g", "-o", out, *flag).exit_code == 0
+        ops = [n.op_type for n in onnx.load(out).graph.node]
+        assert op in ops and other not in ops
+        assert canonical(from_qonnx(out)) == canonical(graph)

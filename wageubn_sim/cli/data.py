@@ -48,7 +48,8 @@ def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, me
                    "(within N output LSBs), top1[:F] (the same top-1 class on a fraction F of the "
                    "samples) or accuracy[:D] (top-1 accuracy at most D below, with labels).")
 @click.option("--registers", default="accumulator,output", show_default=True,
-              help="Which registers to size: accumulator (MAC layers), output (layers with an output register).")
+              help="Which registers to size: accumulator (MAC layers), output (layers with an output register), "
+                   "multiplier (the fixed-point multipliers of a --rescale multiplier import).")
 @click.option("--layers", help="Only these layers (names, comma-separated).")
 @click.option("--overflow", default="SAT", show_default=True,
               help="Overflow modes to try, comma-separated: SAT, SAT_SYM, WRAP.")

@@ -34,6 +34,10 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
     Brevitas, FINN, hls4ml or `wageubn-sim export`)."""
     from ..graph.fold import fold_batchnorm
     check_output(out, force, weights, input_path, model if is_onnx(model) else None)  # before the work
+    if is_onnx(model) and fold_bn is not None:
+        raise BadInput("--fold-bn folds the integer BatchNorm layers of a torch model; a QONNX "
+                       "model's float BatchNormalization becomes exact thresholds, or fixed-point "
+                       "multipliers with --rescale multiplier:BITS: leave --fold-bn out")
     if is_onnx(model):
         graph = from_qonnx_model(model, input_format, accumulator, weights, input_path, random, shape,
                                  rescale)[1]
@@ -58,11 +62,15 @@ def compile_cmd(model, weights, input_path, random, shape, seed, input_format, a
               help="The batch size the model declares (qonnx executes only declared shapes).")
 @click.option("--allow-inexact", is_flag=True,
               help="Export what QONNX cannot express exactly (narrow accumulators, the integer "
-                   "BatchNorm's division) as qonnx computes it; the file's metadata lists each.")
+                   "BatchNorm's division, fixed-point multipliers) as qonnx computes it; the file's "
+                   "metadata lists each.")
+@click.option("--int-quant", is_flag=True,
+              help="Name the quantizers IntQuant (QONNX's newer name) rather than Quant (what FINN, "
+                   "hls4ml and qonnx's transformations match).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-def export(graph, out, batch, allow_inexact, force):
-    """Export GRAPH as a QONNX model (IntQuant and Trunc registers) that qonnx executes and
-    FINN and hls4ml read."""
+def export(graph, out, batch, allow_inexact, int_quant, force):
+    """Export GRAPH as a QONNX model (Quant, Trunc and MultiThreshold nodes) that qonnx executes
+    and FINN and hls4ml read."""
     from ..graph.ir import load_graph
     from ..qonnx import to_qonnx
     check_output(out, force, graph)  # before the work
@@ -71,7 +79,7 @@ def export(graph, out, batch, allow_inexact, force):
     except ImportError:
         raise BadInput("exporting QONNX needs onnx: pip install 'wageubn-sim[onnx]'") from None
     g = guard(load_graph, graph)
-    model = guard(to_qonnx, g, out, batch, allow_inexact, force)
+    model = guard(to_qonnx, g, out, batch, allow_inexact, force, int_quant)
     inexact = next((p.value for p in model.metadata_props if p.key == "wageubn_sim.inexact"), None)
     click.echo(f"wrote {out}: {len(model.graph.node)} ONNX nodes"
                + (f"; inexact: {inexact}" if inexact else ""))

@@ -1,6 +1,8 @@
 """From an integer graph to a QONNX inference model that qonnx executes, FINN and hls4ml read.
 
-Each register becomes a QONNX quantizer (docs/arithmetic.md section 11): ``IntQuant`` with
+Each register becomes a QONNX quantizer (docs/arithmetic.md section 11): ``Quant`` (what FINN,
+hls4ml and qonnx's transformations match; ``IntQuant``, the same op by its newer name, on
+request) with
 scale 2**-f, zero-point 0, the register's bit width, ``signed``, ``narrow`` = SAT_SYM and
 its rounding by its QONNX name; a FLOOR register that shifts right is a ``Trunc`` (v2).
 Weights, biases and a folded BatchNorm's multipliers and offsets are float32 constants, each
@@ -28,7 +30,7 @@ from ..fixedpoint.format import Format, bits_needed
 from ..fixedpoint.modes import ROUNDING_NAMES, Overflow, Rounding
 from ..graph.ir import Graph, unique_name
 from ..version import __version__
-from .protocol import ACCUMULATORS_KEY, INEXACT_KEY, INPUT_REGISTER, MARKER, OWN_NODE, UNBOUNDED
+from .protocol import ACCUMULATORS_KEY, INEXACT_KEY, INPUT_REGISTER, MARKER, OWN_NODE, RESCALE, UNBOUNDED
 
 ONNX_OPSET = 13  # FINN and hls4ml read opset 13; Resize, Clip and the rest have their final form
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -42,14 +44,15 @@ class ExportError(ValueError):
 
 
 def to_qonnx(graph: Graph, path=None, batch: int = 1, allow_inexact: bool = False,
-             overwrite: bool = False):
+             overwrite: bool = False, int_quant: bool = False):
     """The QONNX model of ``graph`` (an onnx.ModelProto), written to ``path`` if given
     (atomically; an existing file only with ``overwrite``). ``batch``: the batch size the
-    model declares (qonnx executes only the declared shapes)."""
+    model declares (qonnx executes only the declared shapes). ``int_quant``: name the
+    quantizers ``IntQuant`` rather than ``Quant``."""
     import onnx
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r} must be a positive int")
-    model = _Exporter(graph, batch, allow_inexact).model()
+    model = _Exporter(graph, batch, allow_inexact, "IntQuant" if int_quant else "Quant").model()
     onnx.checker.check_model(model)
     if path is not None:
         write_file_atomically(path, model.SerializeToString(), overwrite)
@@ -68,9 +71,20 @@ def _float32_exact(ints: np.ndarray, frac: int) -> bool:
     return bool(np.all(np.isfinite(values))) and np.array_equal(as32.astype(np.float64), values)
 
 
+def _float32_parts(value: int) -> list:
+    """Integers of at most 24 significant bits (float32s) whose sum is ``value``."""
+    parts = []
+    while value:
+        drop = max(abs(value).bit_length() - 24, 0)
+        part = (abs(value) >> drop << drop) * (1 if value > 0 else -1)
+        parts.append(part)
+        value -= part
+    return parts or [0]
+
+
 class _Exporter:
-    def __init__(self, graph: Graph, batch: int, allow_inexact: bool):
-        self.graph, self.batch, self.allow_inexact = graph, batch, allow_inexact
+    def __init__(self, graph: Graph, batch: int, allow_inexact: bool, quant_op: str = "Quant"):
+        self.graph, self.batch, self.allow_inexact, self.quant_op = graph, batch, allow_inexact, quant_op
         self.ranges = value_ranges(graph)
         self.raw = value_ranges(graph, before_output_register=True)
         self.nodes, self.initializers, self.infos, self.scalars = [], {}, [], {}
@@ -181,7 +195,7 @@ class _Exporter:
                                         self._scalar(float(min(in_bits, 62))),
                                         self._scale(fmt.frac_bits, where), self._scalar(float(bits))],
                               out, name, shape, QONNX_DOMAIN, doc, rounding_mode="FLOOR", **attrs)
-        return self._node("IntQuant", [x, self._scale(fmt.frac_bits, where), self._scalar(0.0),
+        return self._node(self.quant_op, [x, self._scale(fmt.frac_bits, where), self._scalar(0.0),
                                        self._scalar(float(bits))],
                           out, name, shape, QONNX_DOMAIN, doc,
                           rounding_mode=self._qonnx_rounding(rounding, where), **attrs)
@@ -201,7 +215,7 @@ class _Exporter:
         lo, hi = (int(ints.min()), int(ints.max())) if ints.size else (0, 0)
         bits = fmt.bits if fmt.bounded else bits_needed(lo, hi, fmt.signed)
         out = self._name(f"{layer}/{role}")
-        return self._node("IntQuant", [raw, self._scale(fmt.frac_bits, where), self._scalar(0.0),
+        return self._node(self.quant_op, [raw, self._scale(fmt.frac_bits, where), self._scalar(0.0),
                                        self._scalar(float(bits))], out, out, values.shape, QONNX_DOMAIN,
                           batched=False, signed=int(fmt.signed), narrow=0, rounding_mode="ROUND")
 
@@ -386,8 +400,40 @@ class _Exporter:
                              node.name, node.name, node.name)
 
     def _rescale(self, node, ins, in_shapes):
-        raise ExportError(f"layer {node.name}: a fixed-point multiplier layer has no exact QONNX form "
-                          "yet; import the model with --rescale thresholds (exact) to export it")
+        """Inexact (qonnx sums x * M + O in float32): per channel a Mul by M 2**(f_in - s - f_out)
+        and an Add of O 2**(-s - f_out), a Clip at the clamp's levels, and an IntQuant on the
+        output's grid with the layer's rounding, marked with its multiplier width: its import
+        takes the chain back as these multipliers."""
+        p = node.params
+        where = f"layer {node.name}"
+        if p.mode != "single":
+            raise ExportError(f"{where}: TFLite's double rounding has no QONNX form")
+        if not self.allow_inexact:
+            raise ExportError(f"{where}: its fixed-point multipliers have no exact QONNX form (qonnx "
+                              "computes x * M + O in float32); give --allow-inexact to export them")
+        self.inexact.append(f"{node.name}: {p.multiplier_bits}-bit multipliers computed in float32")
+        f_in, f_out = self.fracs[node.inputs[0]], p.out_fmt.frac_bits
+        shape = (1, -1) + (1,) * (len(in_shapes[0]) - 1)
+        mults, shifts = node.arrays["multiplier"].tolist(), node.arrays["shift"].tolist()
+        if not all(_float32_exact(np.array([m]), 0) for m in mults):
+            raise ExportError(f"{where}: multipliers of more than 24 significant bits are not float32")
+        factors = [np.ldexp(float(m), f_in - s - f_out) for m, s in zip(mults, shifts)]
+        y = self._node("Mul", [ins[0], self._initializer(f"{node.name}/multiplier",
+                                                         np.array(factors, np.float32).reshape(shape))],
+                       self._name(f"{node.name}/product"), self._name(f"{node.name}/multiply"), node.out_shape)
+        # each offset as float32 parts of 24 significant bits whose sum is exact (an import
+        # sums them exactly; qonnx in float32)
+        parts = [_float32_parts(o) for o in node.arrays["offset"].tolist()]
+        for k in range(max(len(p_) for p_ in parts)):
+            addend = [np.ldexp(float(p_[k]) if k < len(p_) else 0.0, -s - f_out) for p_, s in zip(parts, shifts)]
+            y = self._node("Add", [y, self._initializer(f"{node.name}/offset",
+                                                        np.array(addend, np.float32).reshape(shape))],
+                           self._name(f"{node.name}/sum"), self._name(f"{node.name}/offset_add"), node.out_shape)
+        low, high = p.levels
+        y = self._node("Clip", [y, self._scalar(float(np.ldexp(low, -f_out))), self._scalar(float(np.ldexp(high, -f_out)))],
+                       self._name(f"{node.name}/clamped"), self._name(f"{node.name}/clip"), node.out_shape)
+        self._register(y, None, None, node.name, node.name, node.out_shape, p.out_fmt, p.rounding, p.overflow,
+                       [f"{RESCALE}{p.multiplier_bits}"])
 
     def _batchnorm2d(self, node, ins, in_shapes):
         """Inexact: qonnx divides in float32 before the xhat register rounds."""

@@ -18,7 +18,8 @@ from ..fixedpoint.floats import quantize
 from ..fixedpoint.modes import Overflow
 from ..fixedpoint.scalar import DOMAIN_LIMIT
 from ..graph.ir import InputLevels, Node
-from .reader import UnsupportedModel
+from .protocol import RESCALE
+from .reader import UnsupportedModel, marks
 from .values import FloatChain, QConst, Tensor
 
 MAX_THRESHOLD_BITS = 8  # wider outputs have too many levels per channel for a comparator table
@@ -191,7 +192,9 @@ def _end(imp, i, q, where):
         return _input_levels(imp, q, fmt, quant.q_min, out_scale,
                              [float_thresholds(chain.stages, quant, r) for r in range(rows)])
     names = " -> ".join(chain.nodes + [q.name or q.op_type])
-    bits = imp.rescale_bits or (DEFAULT_MULTIPLIER_BITS if fmt.bits > MAX_THRESHOLD_BITS else None)
+    marked = [m[len(RESCALE):] for m in marks(q) if m.startswith(RESCALE) and m[len(RESCALE):].isdigit()]
+    bits = imp.rescale_bits or (int(marked[0]) if marked else None) or \
+        (DEFAULT_MULTIPLIER_BITS if fmt.bits > MAX_THRESHOLD_BITS else None)  # an export's multipliers come back
     if bits is not None:
         return _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names)
     src = chain.source

@@ -38,7 +38,7 @@ from .floats import parse_rescale, power_of_two
 from .handlers import HANDLERS, ONNX, QONNX, supported
 from .passes import apply_accumulators, check_unbounded, clamp_thresholds, take_output_register
 from .protocol import ONNX_DOMAINS, QONNX_DOMAINS, ROUNDING_FROM_QONNX, UNBOUNDED
-from .reader import (UnsupportedModel, attributes, check_model, int_attr, marks, module_path,
+from .reader import (UnsupportedModel, attributes, check_model, int_attr, marks, module_path, quantizer_path,
                      power_of_two_exponent, read_qonnx, str_attr, tensor_array)
 from .values import FloatChain, QConst, QuantRegister, Tensor
 
@@ -143,7 +143,10 @@ class _Importer:
         return graph.check()
 
     def where(self, i, node) -> str:
-        return f"node {node.name or '#' + str(i)} ({node.op_type})"
+        """A node in messages: its name, op type, and the Brevitas module or quantizer it came
+        from where the export recorded one (``a1.act_quant``)."""
+        path = quantizer_path(node)
+        return f"node {node.name or '#' + str(i)} ({node.op_type}{', ' + path if path else ''})"
 
     def walk_node(self, i, node):
         where = self.where(i, node)

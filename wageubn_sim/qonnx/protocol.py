@@ -10,7 +10,6 @@ QONNX_OPSETS = (1, 2)  # the versions of QONNX's ops (Trunc's second in 2)
 MIN_ONNX_OPSET = 7  # older opsets describe ops (Upsample, BatchNormalization) otherwise
 ONNX_DOMAINS = ("", "ai.onnx")
 # QONNX rounding_mode -> ours; CEIL, UP and HALF_DOWN have no engine mode (refused)
-# QONNX rounding_mode -> ours; CEIL, UP and HALF_DOWN have no engine mode (refused)
 ROUNDING_FROM_QONNX = {"ROUND": Rounding.HALF_EVEN, "HALF_EVEN": Rounding.HALF_EVEN,
                        "HALF_UP": Rounding.HALF_AWAY, "FLOOR": Rounding.FLOOR,
                        "DOWN": Rounding.TOWARD_ZERO}
@@ -18,6 +17,7 @@ MARKER = "wageubn-sim:"  # an exporter's note in a node's doc_string (`exporter`
 UNBOUNDED = "unbounded"  # the register is unbounded; its bit width only holds its static range
 INPUT_REGISTER = "input-register"  # the Quant is the next layer's input register
 OWN_NODE = "requantize"  # the Quant is a requantize node of its own
+RESCALE = "rescale:"  # + BITS: the Quant ends a float chain that was BITS-bit multipliers (`rescale`)
 REGISTER_OPS = ("Quant", "IntQuant", "Trunc")
 ACCUMULATORS_KEY = "wageubn_sim.accumulators"  # metadata: the inexact export's narrow accumulators
 INEXACT_KEY = "wageubn_sim.inexact"  # metadata: what an export computes inexactly, listed

@@ -184,20 +184,33 @@ def module_path(node) -> str | None:
     """The torch module a node came from, where torch.onnx recorded it (its name scopes and
     class hierarchy): the outermost Brevitas layer, else the innermost torch.nn module, e.g.
     layer1.0.conv1, as the torch importer names layers."""
-    props = {p.key: p.value for p in node.metadata_props}
-    try:
-        if max(len(props.get(k, "")) for k in ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")) > 10_000:
-            return None
-        scopes = ast.literal_eval(props["pkg.torch.onnx.name_scopes"])
-        classes = ast.literal_eval(props["pkg.torch.onnx.class_hierarchy"])
-    except (KeyError, ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
-    if not isinstance(scopes, list) or not isinstance(classes, list):
-        return None
-    pairs = [(s, c) for s, c in zip(scopes, classes) if isinstance(s, str) and s and isinstance(c, str)]
+    pairs = _scopes(node)
     quant_layers = [s for s, c in pairs if c.startswith("brevitas.nn.")]  # the outermost one
     layers = [s for s, c in pairs if c.startswith("torch.nn.modules.")]  # the innermost one
     return quant_layers[0] if quant_layers else layers[-1] if layers else None
+
+
+def quantizer_path(node) -> str | None:
+    """For messages: the innermost Brevitas module or quantizer proxy a node came from
+    (``a1.act_quant``, ``conv1.weight_quant``; the layer, ``conv1``, for its Conv), else its
+    module path."""
+    brevitas = [s for s, c in _scopes(node) if c.startswith("brevitas.") and not c.startswith("brevitas.export.")]
+    return brevitas[-1] if brevitas else module_path(node)
+
+
+def _scopes(node) -> list:
+    """[(scope, class)] that torch.onnx recorded for the node (bounded; [] if none)."""
+    props = {p.key: p.value for p in node.metadata_props}
+    try:
+        if max(len(props.get(k, "")) for k in ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")) > 10_000:
+            return []
+        scopes = ast.literal_eval(props["pkg.torch.onnx.name_scopes"])
+        classes = ast.literal_eval(props["pkg.torch.onnx.class_hierarchy"])
+    except (KeyError, ValueError, SyntaxError, MemoryError, RecursionError):
+        return []
+    if not isinstance(scopes, list) or not isinstance(classes, list):
+        return []
+    return [(s, c) for s, c in zip(scopes, classes) if isinstance(s, str) and s and isinstance(c, str)]
 
 
 def padding(pads, where) -> tuple:

@@ -1,5 +1,6 @@
-"""The width sweep: the narrowest accumulator and output registers, layer by layer, that keep
-a network's outputs within a criterion on a dataset.
+"""The width sweep: the narrowest accumulator and output registers, layer by layer, and the
+narrowest fixed-point multipliers of a rescale layer, that keep a network's outputs within a
+criterion on a dataset.
 
 1. The audit (`audit.AuditStats`) gives each register's needed width on the data: at that width
    nothing overflows, so the outputs are bit-identical.
@@ -35,7 +36,7 @@ from ..fixedpoint.format import bits_needed
 from .audit import AuditStats, audit_batch
 
 MAX_WIDENINGS = 4
-REGISTERS = ("accumulator", "output")
+REGISTERS = ("accumulator", "output", "multiplier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Metrics:
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     layer: str
-    register: str  # "accumulator" or "output"
+    register: str  # "accumulator", "output" or "multiplier"
     bits: int
     overflow: str
 
@@ -134,9 +135,11 @@ def apply(graph: Graph, choices) -> Graph:
 
 
 def _applied(node: Node, choices) -> Node:
-    params = node.params
+    params, arrays = node.params, node.arrays
     for c in choices:
-        if c.register == "accumulator":
+        if c.register == "multiplier":
+            params, arrays = _narrower_multipliers(params, arrays, c.bits)
+        elif c.register == "accumulator":
             params = dataclasses.replace(params, accumulator=dataclasses.replace(
                 params.accumulator, bits=c.bits, overflow=Overflow[c.overflow]))
         else:
@@ -145,7 +148,28 @@ def _applied(node: Node, choices) -> Node:
             fmt = register.fmt
             params = spec.with_output_register(params, dataclasses.replace(
                 register, fmt=Format(c.bits, fmt.frac_bits, fmt.signed), overflow=Overflow[c.overflow]))
-    return dataclasses.replace(node, params=params, out_fmt=None, out_shape=None)
+    return dataclasses.replace(node, params=params, arrays=arrays, out_fmt=None, out_shape=None)
+
+
+def _narrower_multipliers(params, arrays, bits: int):
+    """A rescale's multipliers on ``bits`` bits for the same ratios: each M and offset O divided
+    by 2**k (rounded half to even, exactly) and its shift lowered by k, k the bits dropped; a
+    channel whose shift is below k keeps shift 0 and saturates its multiplier to the width
+    (a worse ratio, which the criterion judges)."""
+    from ..fixedpoint.reference import round_fraction
+    from fractions import Fraction
+    dropped = params.multiplier_bits - bits
+    limit = (1 << (bits - 1)) - 1
+    mults, offsets, shifts = [], [], []
+    for m, o, shift in zip(arrays["multiplier"].tolist(), arrays["offset"].tolist(), arrays["shift"].tolist()):
+        k = min(dropped, shift)
+        m2 = round_fraction(Fraction(m, 1 << k), "HALF_EVEN")
+        mults.append(max(-limit, min(limit, m2)))
+        offsets.append(round_fraction(Fraction(o, 1 << k), "HALF_EVEN"))
+        shifts.append(shift - k)
+    narrowed = {"multiplier": np.array(mults, np.int64), "offset": np.array(offsets, np.int64),
+                "shift": np.array(shifts, np.int64)}
+    return dataclasses.replace(params, multiplier_bits=bits), dict(arrays, **narrowed)
 
 
 def _compare(out, ref, labels, ref_correct) -> Metrics:
@@ -343,6 +367,10 @@ def _targets(graph: Graph, stats: AuditStats, registers, layers, overflows) -> l
             elif register == "output" and spec.output_register(node.params) is not None:
                 fmt = spec.output_register(node.params).fmt
                 reference, signed = fmt.describe(), fmt.signed
+            elif register == "multiplier" and node.op == "rescale":  # its own width keeps the outputs
+                bits = node.params.multiplier_bits
+                out.append(_Target(node, register, bits, {overflows[0]: bits}, f"{bits}-bit multipliers"))
+                continue
             else:
                 continue
             t = stats.tensors[(node.name, register)]
