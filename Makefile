@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# The JIT's costliest kernels (the hardware-order MAC loop, the plan's runtimes) compile in a
+# second process on the other core while the tests run (wageubn_sim/warm.py; Numba's disk cache
+# is safe to share), so a fresh clone's cold cache costs less of the run.
 test: setup
-	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+	$(PY) -m wageubn_sim.warm >/dev/null 2>&1 & HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
 demo: setup
 	$(VENV)/bin/wageubn-sim demo --out wageubn-demo --force

@@ -21,7 +21,7 @@ LAYERS = [
     {"qonnx"},  # QONNX in and out
     {"training", "reports"},  # integer training; audit and sweep
     {"vectors"},  # test-vector bundles (of inference and of a training step), verify
-    {"demo"},  # the embedded demo
+    {"demo", "warm"},  # the embedded demo; the JIT's warm-up
     {"cli", "(root)"},  # the command line and the package's API
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

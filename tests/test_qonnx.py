@@ -713,3 +713,26 @@ def test_exports_name_their_quantizers_quant_and_intquant_on_request(tmp_path):
         ops = [n.op_type for n in onnx.load(out).graph.node]
         assert op in ops and other not in ops
         assert canonical(from_qonnx(out)) == canonical(graph)
+
+
+def test_a_batchnorm_after_a_gemm_and_scalar_arithmetic_anywhere_become_thresholds():
+    """FINN's networks (issue 25): BatchNorm1d after a Gemm, a TensorNorm-like Mul and Add by
+    scalars, and a Div, all in one float chain up to the Quant: one thresholds layer, equal to
+    qonnx on every element."""
+    rng = np.random.default_rng(7)
+    inits = {"zero": 0.0, "b8": 8.0, "b4": 4.0, "s_in": 2.0 ** -5, "s_w": 0.0123, "s_out": 0.137,
+             "w": rng.standard_normal((6, 12)), "g": rng.uniform(-1.5, 1.5, 6), "be": rng.normal(0, 0.3, 6),
+             "mu": rng.normal(0, 0.3, 6), "var": rng.uniform(0.2, 2, 6), "k": 1.7, "c": -0.25, "d": 3.0}
+    nodes = [_quant("x", "xq", "s_in", "b8"), _quant("w", "wq", "s_w", "b8", narrow=1),
+             helper.make_node("Gemm", ["xq", "wq"], ["y"], name="fc", transB=1),
+             helper.make_node("BatchNormalization", ["y", "g", "be", "mu", "var"], ["n"], name="bn"),
+             helper.make_node("Mul", ["n", "k"], ["m"], name="scale"),
+             helper.make_node("Add", ["m", "c"], ["a"], name="shift"),
+             helper.make_node("Div", ["a", "d"], ["v"], name="div"),
+             _quant("v", "out", "s_out", "b4", name="act")]
+    model = _model_with(nodes, inits, [2, 12], "out", [2, 6])
+    graph = from_qonnx(model)
+    assert [n.op for n in graph.nodes] == ["linear", "thresholds"]
+    assert sorted(set(graph.nodes[1].arrays["signs"].tolist())) == [-1, 1]  # gamma of both signs
+    x = grid_inputs(graph, 64, seed=8)
+    assert compare_qonnx(model, graph, x).exact

@@ -207,7 +207,9 @@ def _mac_by_mac(x, weight, bias_al, p: Conv2dParams, op, prod_shift, out_size, b
     planes, pitch = stride_phase_planes(x, p.padding, p.stride, dtype)
     cij, tap_plane, tap_offset = mac_taps(cg, kh, kw, sh, sw, dh, dw, pitch,
                                           acc.mac_order == "kernel_major")
-    w_taps = (weight[:, cij[:, 0], cij[:, 1], cij[:, 2]].astype(np.int64) << prod_shift).astype(dtype)
+    # C order whatever the fancy index gave (F for some shapes): one compiled loop per dtype
+    w_taps = np.ascontiguousarray((weight[:, cij[:, 0], cij[:, 1], cij[:, 2]].astype(np.int64)
+                                   << prod_shift).astype(dtype))
     out = np.empty((n, o, oh, ow), np.int64)
     acc_events = np.zeros((n, o), np.int64)
     narrow_mac_loop(planes, pitch, oh, ow, tap_plane, tap_offset, w_taps,
