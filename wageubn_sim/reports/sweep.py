@@ -26,8 +26,7 @@ import json
 
 import numpy as np
 
-from ..engine.registers import Accumulator
-from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
+from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow
 from ..graph.ir import Graph, Node
 from ..engine.registry import OPS
