@@ -34,10 +34,13 @@ class RunResult:
         """The output as float64: its integers on their grid, times its float scales (exact
         while |q| < 2**53 on a power-of-two grid; one float64 product each with a float scale)."""
         values = self.q.astype(np.float64) * 2.0 ** -self.fmt.frac_bits
-        if self.scale is None:
-            return values
-        scale = np.asarray(self.scale, np.float64)
-        return values * (scale.reshape((1, -1) + (1,) * (values.ndim - 2)) if scale.size > 1 else scale)
+        return values if self.scale is None else values * along_channels(self.scale, values.ndim)
+
+
+def along_channels(scale, ndim: int) -> np.ndarray:
+    """Float scales (one, or one per channel) shaped to multiply an (N, C, ...) array of ``ndim``."""
+    scale = np.asarray(scale, np.float64)
+    return scale.reshape((1, -1) + (1,) * (ndim - 2)) if scale.size > 1 else scale
 
 
 def run_node(node, ins: list, trace: bool = False):

@@ -22,6 +22,7 @@ import math
 from fractions import Fraction
 
 from .modes import Rounding
+from .reference import round_fraction
 
 
 # ---- quadratic surds: p + q * sqrt(d), exactly --------------------------------------------------
@@ -400,17 +401,10 @@ def evaluate(stages, quantizer: Quantizer, channel: int, x: int) -> int:
     u = y.affine(1 / scale, zero)
     floor = u.floor()
     if u.rational:
-        frac = u.value() - floor
-        q = _round_rational(floor, frac, Rounding(quantizer.rounding))
+        q = round_fraction(u.value(), Rounding(quantizer.rounding))
     else:  # irrational: never a tie, never an integer
         q = floor + (Rounding(quantizer.rounding) not in (Rounding.FLOOR, Rounding.TOWARD_ZERO) and
                      u.sign_minus(floor + Fraction(1, 2)) > 0)
         if Rounding(quantizer.rounding) == Rounding.TOWARD_ZERO and floor < 0:
             q = floor + 1
     return min(max(q, quantizer.q_min), quantizer.q_max)
-
-
-def _round_rational(floor: int, frac: Fraction, rounding: Rounding) -> int:
-    """floor + frac rounded (0 <= frac < 1), as `reference.round_fraction` rounds."""
-    from .reference import round_fraction
-    return round_fraction(floor + frac, rounding)

@@ -8,6 +8,7 @@ import numpy as np
 from ..engine.registers import ACC_EVENT
 from ..fixedpoint.scalar import TIE
 from ..graph.comparison import FLOAT32_MANTISSA, CompareReport, accumulator_cause, layer_report
+from ..execution.run import along_channels
 from ..graph.ir import Graph
 
 
@@ -157,8 +158,6 @@ def _in_units(value: np.ndarray, scale) -> np.ndarray:
     within float32's error of an integer."""
     if scale is None:
         return value
-    s = np.array([float.fromhex(v) for v in scale], np.float64)
-    s = s.reshape((1, -1) + (1,) * (value.ndim - 2)) if s.size > 1 else s
-    ratio = np.asarray(value, np.float64) / s
+    ratio = np.asarray(value, np.float64) / along_channels([float.fromhex(v) for v in scale], value.ndim)
     nearest = np.round(ratio)
     return np.where(np.abs(ratio - nearest) <= 1e-5 * np.maximum(1, np.abs(nearest)), nearest, ratio)

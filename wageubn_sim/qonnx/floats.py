@@ -16,6 +16,7 @@ from ..fixedpoint.chains import (Affine, Clamp, Normalize, Quantizer, float_thre
 from ..fixedpoint.format import Format
 from ..fixedpoint.floats import quantize
 from ..fixedpoint.modes import Overflow
+from ..fixedpoint.reference import round_fraction
 from ..fixedpoint.scalar import DOMAIN_LIMIT
 from ..graph.ir import InputLevels, Node
 from .protocol import RESCALE
@@ -93,17 +94,12 @@ def quantize_float_const(imp, node, where) -> QConst:
     flat_rows = np.broadcast_to(row, x.shape).reshape(-1)
     for k in np.flatnonzero(near.reshape(-1)):  # the few close to a boundary, exactly
         ratio = Fraction(float(x.reshape(-1)[k])) / Fraction(float(flat_rows[k]))
-        exact.reshape(-1)[k] = _rounded_exact(ratio, rounding)
+        exact.reshape(-1)[k] = float(round_fraction(ratio, rounding))
     try:
         q = quantize(exact, Format(bits, 0, signed), rounding, overflow)
     except (ValueError, OverflowError) as err:
         raise UnsupportedModel(f"{where}: {err}") from None
     return QConst(q, Format(bits, 0, signed), tuple(Fraction(float(v)) for v in per))
-
-
-def _rounded_exact(ratio: Fraction, rounding) -> float:
-    from ..fixedpoint.reference import round_fraction
-    return float(round_fraction(ratio, rounding))
 
 
 # ---- chains -------------------------------------------------------------------------------------
@@ -163,12 +159,10 @@ def quantizer(imp, i, q, where, channels) -> tuple:
     """(Quantizer, output Format, output float scales or None) of the Quant ``q`` ending a chain."""
     signed, overflow, rounding, bits = imp.quantizer(q, where)
     s = scales(imp, q.input[1], where, channels)
-    narrow = overflow == Overflow.SAT_SYM
-    q_min = (-(1 << (bits - 1)) + narrow) if signed else 0
-    q_max = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
     f = power_of_two(s[0]) if len(s) == 1 else None
     fmt = Format(bits, f if f is not None else 0, signed)
-    return Quantizer(s, (0,), q_min, q_max, rounding), fmt, None if f is not None else s
+    q_min = fmt.min_int + (overflow == Overflow.SAT_SYM)  # narrow: the symmetric range
+    return Quantizer(s, (0,), q_min, fmt.max_int, rounding), fmt, None if f is not None else s
 
 
 def end(imp, i, q, where):
@@ -197,18 +191,20 @@ def _end(imp, i, q, where):
         (DEFAULT_MULTIPLIER_BITS if fmt.bits > MAX_THRESHOLD_BITS else None)  # an export's multipliers come back
     if bits is not None:
         return _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names)
+    # clamped to the domain: every integer in it compares the same
+    rows_of = [thresholds(chain.stages, quant, r, -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
+    _thresholds_layer(imp, i, q, where, chain, rows_of, levels, quant.q_min, fmt, out_scale,
+                      "float chain as exact thresholds")
+
+
+def _thresholds_layer(imp, i, node, where, chain, rows_of, levels, first, fmt, scale, label):
+    """The thresholds layer on ``chain``'s integer source, its rows [(direction, thresholds)]."""
     src = chain.source
-    table, signs = [], []
-    for r in range(rows):  # clamped to the domain: every integer in it compares the same
-        sign, row = thresholds(chain.stages, quant, r, -DOMAIN_LIMIT, DOMAIN_LIMIT - 1)
-        signs.append(sign)
-        table.append(row)
-    node = Node(imp.unique(i, q), "thresholds", [src.value],
-                ThresholdsParams(fmt, quant.q_min, src.frac),
-                {"thresholds": np.array(table, np.int64).reshape(rows, levels),
-                 "signs": np.array(signs, np.int64)},
-                f"onnx {names} (float chain as exact thresholds)")
-    imp.emit(node, q.output[0], where, scale=out_scale)
+    names = " -> ".join(chain.nodes + [node.name or node.op_type])
+    layer = Node(imp.unique(i, node), "thresholds", [src.value], ThresholdsParams(fmt, first, src.frac),
+                 {"thresholds": np.array([t for _, t in rows_of], np.int64).reshape(len(rows_of), levels),
+                  "signs": np.array([s for s, _ in rows_of], np.int64)}, f"onnx {names} ({label})")
+    imp.emit(layer, node.output[0], where, scale=scale)
 
 
 def _input_levels(imp, q, fmt, first, out_scale, table):
@@ -244,17 +240,8 @@ def multithreshold(imp, i, node, where, table, dtype: str, out_scale: Fraction, 
     if chain.source is None:  # on the network's float input: its quantization
         return _input_levels(imp, node, fmt, first, scale,
                              [float_thresholds_of_reals(chain.stages, r, at(r)) for r in range(rows)])
-    signs, ints = [], []
-    for r in range(rows):
-        sign, row = thresholds_of_reals(chain.stages, r, at(r), -DOMAIN_LIMIT, DOMAIN_LIMIT - 1)
-        signs.append(sign)
-        ints.append(row)
-    src = chain.source
-    names = " -> ".join(chain.nodes + [node.name or node.op_type])
-    out = Node(imp.unique(i, node), "thresholds", [src.value], ThresholdsParams(fmt, first, src.frac),
-               {"thresholds": np.array(ints, np.int64).reshape(rows, table.shape[1]),
-                "signs": np.array(signs, np.int64)}, f"onnx {names} (thresholds, exact)")
-    imp.emit(out, node.output[0], where, scale=scale)
+    rows_of = [thresholds_of_reals(chain.stages, r, at(r), -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
+    _thresholds_layer(imp, i, node, where, chain, rows_of, table.shape[1], first, fmt, scale, "thresholds, exact")
 
 
 def _datatype(name: str, where) -> tuple:
@@ -276,14 +263,13 @@ def _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names):
     ``bits`` bits with the largest shift, O = round(B / s * 2**shift), a clamp at the end as
     levels. Not bit-exact to the float chain: recorded in the graph's metadata and warned."""
     from ..engine.ops.rescale import RescaleParams
-    from ..fixedpoint.reference import round_fraction
     rows = chain.channels if _per_channel(chain.stages, quant) else 1
     mults, offsets, shifts, lows, highs = [], [], [], [], []
+    limit = (1 << (bits - 1)) - 1
     for r in range(rows):
         a, b, lo, hi = _composed(chain.stages, r, where)
         m, o = a / _pick(quant.scale, r), b / _pick(quant.scale, r)
         shift = 0
-        limit = (1 << (bits - 1)) - 1
         if abs(round_fraction(m, "HALF_EVEN")) > limit:
             raise UnsupportedModel(f"{where}: a multiplier {float(m):.6g} needs more than {bits} bits "
                                    "at shift 0; give more multiplier bits")
@@ -292,8 +278,8 @@ def _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names):
         mults.append(round_fraction(m * (1 << shift), "HALF_EVEN"))
         offsets.append(round_fraction(o * (1 << shift), "HALF_EVEN"))
         shifts.append(shift)
-        lows.append(quant.q_min if lo is None else max(quant.q_min, _level(lo / _pick(quant.scale, r), quant)))
-        highs.append(quant.q_max if hi is None else min(quant.q_max, _level(hi / _pick(quant.scale, r), quant)))
+        lows.append(quant.q_min if lo is None else max(quant.q_min, round_fraction(lo / _pick(quant.scale, r), quant.rounding)))
+        highs.append(quant.q_max if hi is None else min(quant.q_max, round_fraction(hi / _pick(quant.scale, r), quant.rounding)))
     if len(set(lows)) > 1 or len(set(highs)) > 1:
         raise UnsupportedModel(f"{where}: clamps at different levels per channel; use thresholds")
     params = RescaleParams(fmt, bits, chain.source.frac, quant.rounding, Overflow.SAT, "single",
@@ -309,11 +295,6 @@ def _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names):
 
 def _pick(values: tuple, channel: int):
     return values[0] if len(values) == 1 else values[channel]
-
-
-def _level(v: Fraction, quant) -> int:
-    from ..fixedpoint.reference import round_fraction
-    return round_fraction(v, quant.rounding)
 
 
 def _composed(stages, channel, where) -> tuple:

@@ -4,7 +4,6 @@ one node into engine nodes, or into a constant, through the walk's bookkeeping (
 here; the walk finds it by its op type."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from fractions import Fraction
 
@@ -25,7 +24,7 @@ from .passes import add_bias, fold_into_conv
 from .protocol import INPUT_REGISTER, ONNX_DOMAINS, OWN_NODE, QONNX_DOMAINS
 from .reader import (UnsupportedModel, int_attr, ints_attr, padding, power_of_two_exponent, str_attr,
                      tensor_array)
-from .values import QConst, QuantRegister
+from .values import QConst, QuantRegister, per_channel
 
 ONNX, QONNX = "onnx", "qonnx"
 HANDLERS: dict = {}  # (ONNX or QONNX, op type) -> (handler, (fewest, most) inputs)
@@ -285,11 +284,10 @@ def _float_operand(imp, x, const, where, role) -> tuple:
     channels = floats.channels_of(imp, x)
     if const in imp.qconsts:
         c = imp.qconsts[const]
-        unit = c.fmt.frac_bits
-        values = [Fraction(int(v), 1 << unit) if unit >= 0 else Fraction(int(v) << -unit)
-                  for v in c.ints.reshape(-1)]
-        if c.scale is not None:
-            values = [v * c.scale[k if len(c.scale) > 1 else 0] for k, v in enumerate(values)]
+        ints, units = c.ints.reshape(-1), c.unit()
+        if len(units) not in (1, ints.size):
+            raise UnsupportedModel(f"{where}: its {role} holds {ints.size} values of {len(units)} scales")
+        values = [Fraction(int(v)) * u for v, u in zip(ints, per_channel(units, ints.size))]
         if len(values) not in (1, channels):
             raise UnsupportedModel(f"{where}: its {role} holds {len(values)} values for "
                                    f"{channels} channels")
@@ -465,9 +463,8 @@ def alias(imp, i, node, where, attrs):
         return
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         raise UnsupportedModel(f"{where}: its mask output is read; inference has none")
-    if node.input[0] in imp.chains:
-        chain = imp.chains[node.input[0]]
-        imp.chains[node.output[0]] = dataclasses.replace(chain, nodes=list(chain.nodes))
+    if node.input[0] in imp.chains:  # a chain is never changed in place: both names share it
+        imp.chains[node.output[0]] = imp.chains[node.input[0]]
         return
     imp.flush_pending(node.input[0])
     imp.tensors[node.output[0]] = imp.tensor(node.input[0], where, scaled=True)

@@ -40,7 +40,7 @@ from .passes import apply_accumulators, check_unbounded, clamp_thresholds, take_
 from .protocol import ONNX_DOMAINS, QONNX_DOMAINS, ROUNDING_FROM_QONNX, UNBOUNDED
 from .reader import (UnsupportedModel, attributes, check_model, int_attr, marks, module_path, quantizer_path,
                      power_of_two_exponent, read_qonnx, str_attr, tensor_array)
-from .values import FloatChain, QConst, QuantRegister, Tensor
+from .values import FloatChain, QConst, QuantRegister, Tensor, per_channel
 
 
 def from_qonnx(model, input_format: Format | None = None, accumulators=None,
@@ -408,9 +408,9 @@ class _Importer:
         chain (scale and bias exact in it) that the next Quant ends."""
         t, reg, rounding = self.layer_input(x_name, where, True, scaled=True)
         channels = w.ints.shape[0]
-        if b is not None and np.asarray(b.ints if isinstance(b, QConst) else b).size != channels:
-            raise UnsupportedModel(f"{where}: bias of {np.asarray(b.ints if isinstance(b, QConst) else b).size} "
-                                   f"values for {channels} outputs")
+        values = None if b is None else np.asarray(b.ints if isinstance(b, QConst) else b).reshape(-1)
+        if values is not None and values.size != channels:
+            raise UnsupportedModel(f"{where}: bias of {values.size} values for {channels} outputs")
         floating = t.scale is not None or w.scale is not None or \
             (b is not None and (not isinstance(b, QConst) or b.scale is not None))
         if floating and t.scale is not None and len(t.scale) > 1:
@@ -421,25 +421,22 @@ class _Importer:
                               accumulator=Accumulator(), rounding=rounding, **geometry)
         arrays = {"weight": w.ints}
         if bias is not None:
-            arrays["bias"] = bias.ints.reshape(-1)
+            arrays["bias"] = values
         name = self.unique(i, node)
         mac = Node(name, op, [t.value], params, arrays, f"onnx {node.op_type} {node.name}")
         if not floating:
             return self.emit(mac, node.output[0], where)
-        self.infer(mac, where)
-        self.nodes.append(mac)
         # its accumulator is no ONNX tensor (the float output adds scale and bias): compare
         # checks the thresholds after it
-        self.value_shapes[name], self.value_fracs[name] = mac.out_shape, mac.out_fmt.frac_bits
+        self.append(mac, where)
         s_in = t.scale[0] if t.scale else Fraction(1)
         acc = Tensor(name, mac.out_shape, mac.out_fmt.frac_bits,
                      tuple(s_in * s for s in (w.scale or (Fraction(1),))))
         offset = (Fraction(0),)
         if isinstance(b, QConst):
-            offset = tuple(Fraction(int(v)) * u for v, u in
-                           zip(b.ints.reshape(-1), _broadcast(Tensor("", (), b.fmt.frac_bits, b.scale).unit(), channels)))
+            offset = tuple(Fraction(int(v)) * u for v, u in zip(values, per_channel(b.unit(), channels)))
         elif b is not None:
-            offset = tuple(Fraction(float(v)) for v in np.asarray(b, np.float64).reshape(-1))
+            offset = tuple(Fraction(float(v)) for v in values)
         self.chains[node.output[0]] = FloatChain(acc, [Affine(acc.unit(), offset)], channels,
                                                  mac.out_shape, [node.name or node.op_type])
         return mac
@@ -465,6 +462,3 @@ class _Importer:
         d = v.type.tensor_type.shape.dim[0]
         return d.dim_value if d.HasField("dim_value") else None
 
-
-def _broadcast(values: tuple, count: int) -> tuple:
-    return values * count if len(values) == 1 else values

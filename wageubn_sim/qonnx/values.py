@@ -11,6 +11,17 @@ from ..fixedpoint.format import Format
 from ..fixedpoint.modes import Overflow, Rounding
 
 
+def unit(frac: int, scale: tuple | None) -> tuple:
+    """2**-frac times each float scale (one, or one per channel), exactly."""
+    grid = Fraction(1, 1 << frac) if frac >= 0 else Fraction(1 << -frac)
+    return tuple(grid * s for s in (scale or (Fraction(1),)))
+
+
+def per_channel(values: tuple, count: int) -> tuple:
+    """One value per channel: a single value repeated, or the values as they are."""
+    return values * count if len(values) == 1 else values
+
+
 @dataclasses.dataclass
 class Tensor:
     """A tensor the graph computes: our value's name, its shape (no batch) and grid."""
@@ -21,8 +32,7 @@ class Tensor:
 
     def unit(self) -> tuple:
         """What one integer of it is worth, exactly: per channel, or one for all."""
-        return tuple(Fraction(1, 1 << self.frac) * s if self.frac >= 0 else Fraction(1 << -self.frac) * s
-                     for s in (self.scale or (Fraction(1),)))
+        return unit(self.frac, self.scale)
 
 
 @dataclasses.dataclass
@@ -31,6 +41,10 @@ class QConst:
     ints: np.ndarray
     fmt: Format
     scale: tuple | None = None  # float scales per output channel (axis 0), or one: ints * 2**-frac * scale
+
+    def unit(self) -> tuple:
+        """What one integer of it is worth, exactly: per output channel, or one for all."""
+        return unit(self.fmt.frac_bits, self.scale)
 
 
 @dataclasses.dataclass
