@@ -35,6 +35,7 @@ async def bundle_thresholds_match(dut):
         n, c = x.shape[:2]
         x, y = x.reshape(n, c, -1), y.reshape(n, c, -1)
         dut.first.value = p.first
+        dut.step.value = p.step
         dut.cfg_levels.value = table.shape[1]
         for ch in range(c):
             row = 0 if table.shape[0] == 1 else ch

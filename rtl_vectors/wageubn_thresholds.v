@@ -2,7 +2,8 @@
 // (docs/arithmetic.md section 12): a float chain as hardware computes it.
 //
 //   v   = negate ? -x : x                       (the channel's direction)
-//   out = first + #{l < cfg_levels : v >= T[l]}  (a level is reached at or above its threshold)
+//   out = first + step * #{l < cfg_levels : v >= T[l]}  (a level is reached at or above its
+//                                                         threshold; step 2: bipolar -1, +1)
 //
 // One comparator per level and a population count, all in one cycle (FINN's MultiThreshold
 // unrolled). The channel's thresholds come packed, T[0] in the low T_BITS bits; levels at and
@@ -21,6 +22,7 @@ module wageubn_thresholds #(
     input  wire [LEVELS*T_BITS-1:0]       thresholds,
     input  wire [15:0]                    cfg_levels,
     input  wire signed [OUT_BITS-1:0]     first,
+    input  wire signed [OUT_BITS-1:0]     step,
     output wire signed [OUT_BITS-1:0]     out
 );
     // both sides sign-extended to one width, a bit wider than either
@@ -39,11 +41,12 @@ module wageubn_thresholds #(
     endgenerate
 
     integer k;
-    reg [OUT_BITS-1:0] count;  // LEVELS < 2**(OUT_BITS-1): no overflow
+    reg [OUT_BITS-1:0] count;  // LEVELS < 2**(OUT_BITS-1): no overflow (first + step * count fits
+                               // the layer's levels, which fit OUT_BITS)
     always @(*) begin
         count = {OUT_BITS{1'b0}};
         for (k = 0; k < LEVELS; k = k + 1)
             count = count + {{(OUT_BITS-1){1'b0}}, reached[k]};
     end
-    assign out = first + $signed(count);
+    assign out = first + step * $signed(count);
 endmodule

@@ -247,8 +247,11 @@ def plan_graphs(draw):
                                                max_size=rows * levels)), np.int64).reshape(rows, levels), axis=1)
         signs = np.array(draw(st.lists(st.sampled_from([-1, 1]), min_size=rows, max_size=rows)), np.int64)
         out = Format(5, draw(st.integers(-2, 6)), draw(st.booleans()))
-        first = draw(st.integers(out.min_int, out.max_int - levels))
-        add("thresholds", ThresholdsParams(out, first, last.out_fmt.frac_bits),
+        step = draw(st.sampled_from([1, 1, 2]))  # 2: levels two apart (a bipolar sign's -1, +1)
+        levels = min(levels, (out.max_int - out.min_int) // step)
+        table = table[:, :levels]
+        first = draw(st.integers(out.min_int, out.max_int - step * levels))
+        add("thresholds", ThresholdsParams(out, first, last.out_fmt.frac_bits, step),
             {"thresholds": table, "signs": signs})
     if draw(st.booleans()):
         add("flatten", FlattenParams())

@@ -423,6 +423,16 @@ CASES = [
     Case("graph", "pool-all-padding", set_param("4", "padding", [3, 3]), SIM, 2, "lies entirely in the padding"),
     Case("graph", "array-unneeded", edit_graph(lambda d: node(d, "0")["arrays"].append("bias")), SIM, 2,
          "has no array '0/bias'|holds arrays"),
+    Case("graph", "tail-not-object", edit_graph(lambda d: d["meta"].update(float_tail=[1])), SIM, 2,
+         "float tail: an object of unit, offset, ops and names expected"),
+    Case("graph", "tail-bad-op", edit_graph(lambda d: d["meta"].update(float_tail={
+        "unit": ["0x1p-4"], "offset": ["0x0p+0"], "names": [], "ops": [{"op": "Exp", "operand": ["0x1p+0"]}]})),
+        SIM, 2, "float tail: op 'Exp' is not one of"),
+    Case("graph", "tail-not-float32", edit_graph(lambda d: d["meta"].update(float_tail={
+        "unit": ["0x1p-4"], "offset": ["0x0p+0"], "names": [], "ops": [{"op": "Mul", "operand": ["0x1.0000000000001p+0"]}]})),
+        SIM, 2, "Mul's operand must be finite float32 values"),
+    Case("graph", "tail-inf-unit", edit_graph(lambda d: d["meta"].update(float_tail={
+        "unit": ["inf"], "offset": ["0x0p+0"], "names": [], "ops": []})), SIM, 2, "unit must be finite"),
 
     # inputs
     Case("input", "missing", NOTHING, ("simulate", "g", "--input", "none.npy", "-o", "y.npy"), 2, "none.npy does not exist"),
@@ -757,6 +767,17 @@ def _float_output(model):
     model.graph.node.remove(last)
 
 
+def _float_output_clipped(model):
+    """The last Quant replaced by a Clip of two bounds: a float output no tail can compute in
+    one float32 op."""
+    from onnx import helper, numpy_helper
+    last = model.graph.node[-1]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), n)
+                                    for n, v in (("lo", -1.0), ("hi", 1.0))])
+    model.graph.node.remove(last)
+    model.graph.node.append(helper.make_node("Clip", [last.input[0], "lo", "hi"], [last.output[0]], name="clip"))
+
+
 def _set_opset(model, domain, version):
     for entry in model.opset_import:
         if entry.domain == domain:
@@ -942,8 +963,10 @@ CASES += [
          "two BatchNormalizations .* no exact threshold here"),
     Case("onnx2", "float-variance-negative", float_edit(lambda m: _set_initializer(m, "bn1.running_var", -10.0)),
          ONNX, 2, "variance \\+ epsilon is not positive"),
-    Case("onnx2", "float-output-without-quant", float_edit(_float_output), ONNX, 2,
-         "output linear is a float value .* no Quant ends"),
+    Case("onnx2", "float-output-without-quant", float_edit(_float_output), ONNX, 0,
+         "the float tail node_linear after the last integer tensor"),  # a float tail, said
+    Case("onnx2", "float-output-clipped", float_edit(_float_output_clipped), ONNX, 2,
+         "is a float value .* no Quant ends, and it cannot be a float tail: .*Clip of two bounds"),
     Case("onnx2", "rescale-one-bit", float_edit(lambda m: None), ONNX + ("--rescale", "multiplier:1"), 2,
          r"give thresholds or multiplier:BITS \(BITS 2..32\)"),
 

@@ -207,6 +207,29 @@ def test_beyond_2_24_qonnx_errs_and_the_engine_stays_exact():
 
 # ---- (b) round trips -------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["conv1d", "shifted"])
+def test_brevitas_conv1d_zero_points_and_per_channel_activation_scales(name):
+    """QuantConv1d as a conv of height 1; ShiftedUint8's zero-point subtracted where its chain
+    ends (the engine's integers q - z); a QuantReLU of per-channel scales summed by the next conv
+    exactly (its weights times each input channel's integer factor onto their common grid).
+    Every output equals Brevitas's and qonnx's."""
+    graph = from_qonnx(DATA / f"{name}.onnx")
+    data = np.load(DATA / f"{name}.npz")
+    np.testing.assert_array_equal(graph.run(data["input"]).values.astype(np.float32), data["brevitas_output"])
+    assert compare_qonnx(DATA / f"{name}.onnx", graph, data["input"]).exact
+    if name == "conv1d":
+        assert graph.nodes[0].arrays["weight"].shape == (6, 3, 1, 3) and graph.nodes[0].out_shape == (6, 8)
+        exported = to_qonnx(graph, batch=2)
+        assert canonical(from_qonnx(exported)) == canonical(graph)
+        assert compare_qonnx(exported, graph, data["input"][:4]).exact
+    else:
+        shifted = graph.nodes[1]  # uint8 of zero-point z: levels -z .. 255 - z, signed 9 bits
+        assert shifted.op == "thresholds" and shifted.params.first < 0 and shifted.out_fmt.bits == 9
+        assert graph.nodes[3].params.weight_fmt.bits > 8  # widened by the per-channel factors
+        with pytest.raises(ValueError, match="conv2: weight .* is not exactly a float32"):
+            to_qonnx(graph)  # those factors have 24 significant bits: no float32 weight holds them
+
+
 def _wageubn_model(iostrict: bool, bn: bool):
     torch.manual_seed(0)
     layers = [nn.Conv2d(1, 4, 3, padding=1)] + ([nn.BatchNorm2d(4)] if bn else []) + [
@@ -236,14 +259,23 @@ def test_wageubn_graphs_round_trip_and_qonnx_executes_them_exactly(iostrict):
     np.testing.assert_array_equal(qonnx_run(model, xq)[graph.outputs[0]], graph.run(xq).values)
 
 
-@pytest.mark.parametrize("name", ["cnn", "mixed", "float_cnn", "float_pre"])
+@pytest.mark.parametrize("name", ["cnn", "mixed", "float_cnn", "float_pre", "conv1d", "conv_transpose"])
 def test_an_imported_brevitas_model_round_trips(name):
     """Thresholds go out as MultiThreshold (the input's too, on float64 thresholds) and come
-    back the same; qonnx executes the export equal to the engine."""
+    back the same; the export converts in qonnx's cleanup and channels-last passes and qonnx
+    executes it equal to the engine."""
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.util.cleanup import cleanup_model
     graph = from_qonnx(DATA / f"{name}.onnx")
     model = to_qonnx(graph, batch=2)
     again = from_qonnx(model)
     assert canonical(again) == canonical(graph)
+    x = np.load(DATA / f"{name}.npz")["input"][:2]
+    fed = x if graph.inputs[0].levels is not None else np.ldexp(graph.quantize_input(x), -graph.inputs[0].fmt.frac_bits)
+    last = cleanup_model(ModelWrapper(model)).transform(ConvertToChannelsLastAndClean())
+    out = execute_onnx(last, {last.graph.input[0].name: fed.astype(np.float32)})[last.graph.output[0].name]
+    result = graph.run(x)  # the export's values are the integers on their grids (float scales not in it)
+    np.testing.assert_array_equal(out, np.ldexp(result.q, -result.fmt.frac_bits).reshape(out.shape))
     if name.startswith("float"):
         ops = [n.op_type for n in model.graph.node]
         assert ops.count("MultiThreshold") == 1 + sum(n.op == "thresholds" for n in graph.nodes)
@@ -332,6 +364,137 @@ def test_a_float_value_no_quant_ends_is_refused(tmp_path):
     _refused(tmp_path, model, "float value (after bn)", "no Quant ends")
 
 
+def _bipolar(x, out, scale, name=None):
+    return helper.make_node("BipolarQuant", [x, scale], [out], name=name or out,
+                            domain="qonnx.custom_op.general")
+
+
+def test_a_bipolar_activation_is_a_sign_of_levels_minus_one_and_one(tmp_path):
+    """BipolarQuant of a conv's output (after a float BatchNorm): +1 where the value is >= 0,
+    else -1 (0 itself: +1), on its scale; exact against qonnx, out and back the same."""
+    bn = helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["z"], name="bn")
+    model = _conv_model([bn, _bipolar("z", "y", "s_out", name="sign")],
+                        {"gamma": [1.3, -0.7], "beta": [0.1, -0.2], "mean": [0.05, -0.1],
+                         "var": [0.9, 1.7], "s_out": 0.5}, conv_out="c")
+    onnx.save(model, tmp_path / "sign.onnx")
+    graph = from_qonnx(tmp_path / "sign.onnx")
+    sign = graph.nodes[-1]
+    assert sign.op == "thresholds" and (sign.params.first, sign.params.step) == (-1, 2)
+    assert sign.out_fmt == Format(2, 1) and sign.arrays["thresholds"].shape == (2, 1)
+    x = np.random.default_rng(3).standard_normal((6, 1, 6, 6))
+    result = graph.run(x)
+    assert set(np.unique(result.q).tolist()) == {-1, 1}
+    report = compare_qonnx(tmp_path / "sign.onnx", graph, x)
+    assert report.exact or "float32 rounding in the reference" in report.first.cause
+    exported = to_qonnx(graph, batch=2)
+    mt = next(n for n in exported.graph.node if n.op_type == "MultiThreshold")
+    attrs = {a.name: helper.get_attribute_value(a) for a in mt.attribute}
+    assert (attrs["out_dtype"], attrs["out_scale"], attrs["out_bias"]) == (b"BIPOLAR", 1.0, -0.5)
+    assert canonical(from_qonnx(exported)) == canonical(graph)
+    # the bipolar rule at 0 itself: a chain that is 0 at x = 0 gives +1 there
+    zero = _model_with([_quant("x", "xq", "s_in", "b8"), _bipolar("xq", "y", "one", name="sign")],
+                       {"s_in": 2.0 ** -4, "zero": 0.0, "b8": 8.0, "one": 1.0}, [1, 1, 1, 3], "y", [1, 1, 1, 3])
+    g = from_qonnx(zero)
+    assert g.run(np.array([[[[-0.0625, 0.0, 0.0625]]]])).q.tolist() == [[[[-1, 1, 1]]]]
+
+
+def test_a_bipolar_float_input_after_2x_minus_1_and_a_view(tmp_path):
+    """FINN's TFC front: x.view(N, -1), 2x - 1, BipolarQuant: the input's own thresholds (one
+    at x = 1/2, levels -1, +1), the flatten done on the integers."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["v"], name="view"),
+             helper.make_node("Mul", ["v", "two"], ["m"], name="mul"),
+             helper.make_node("Sub", ["m", "one"], ["s"], name="sub"),
+             _bipolar("s", "y", "one", name="sign")]
+    model = _model_with(nodes, {"shape": np.array([1, -1]), "two": 2.0, "one": 1.0}, [1, 1, 2, 3], "y", [1, 6])
+    graph = from_qonnx(model)
+    assert graph.inputs[0].levels.thresholds == ((0.5,),) and graph.inputs[0].levels.step == 2
+    assert [n.op for n in graph.nodes] == ["flatten"]
+    x = np.array([[[[0.0, 0.49999997, 0.5], [0.5000001, 1.0, 0.25]]]], np.float32)
+    assert graph.run(x).q.tolist() == [[-1, -1, 1, 1, 1, -1]]
+    again = from_qonnx(to_qonnx(graph))
+    assert again.inputs[0].levels == graph.inputs[0].levels
+
+
+def test_a_zero_point_is_subtracted_where_its_chain_ends(tmp_path):
+    """An unsigned 4-bit Quant of zero-point 5 after a conv: the engine's integer is q - 5 (in
+    -5..10, a signed 5-bit format), exact against qonnx; a zero-point that is no integer, or
+    per channel, is refused."""
+    act = _quant("c", "y", "s_out", "b4", name="act", signed=0, zero="z5")
+    model = _conv_model([act], {"s_out": 2.0 ** -2, "b4": 4.0, "z5": 5.0}, conv_out="c")
+    onnx.save(model, tmp_path / "zp.onnx")
+    graph = from_qonnx(tmp_path / "zp.onnx")
+    act_node = graph.nodes[-1]
+    assert act_node.op == "thresholds" and act_node.params.first == -5 and act_node.out_fmt == Format(5, 2)
+    x = np.random.default_rng(4).standard_normal((6, 1, 6, 6)) * 2
+    q = graph.run(x).q
+    assert q.min() == -5 and q.max() == 10  # both rails reached
+    report = compare_qonnx(tmp_path / "zp.onnx", graph, x)
+    assert report.exact, str(report)
+    for zero, needle in ((2.5, "one integer"), ([1.0, 2.0], "one integer")):
+        bad = _conv_model([act], {"s_out": 2.0 ** -2, "b4": 4.0, "z5": zero}, conv_out="c")
+        _refused(tmp_path, bad, "zero-point", needle, "(Quant)")
+
+
+def test_a_float_tail_is_computed_as_the_reference_does(tmp_path):
+    """Mul, Sub and Div by float constants after the last integer tensor, no quantizer after
+    them: the graph ends at the integers; the tail's float32 values equal qonnx's, compare names
+    the tail, and the export carries it back."""
+    tail = [helper.make_node("Mul", ["c", "gain"], ["m"], name="scale"),
+            helper.make_node("Sub", ["m", "mean"], ["d"], name="centre"),
+            helper.make_node("Div", ["d", "std"], ["y"], name="norm")]
+    model = _conv_model(tail, {"gain": 0.3, "mean": np.array([0.1, -0.2], np.float32).reshape(1, 2, 1, 1),
+                               "std": 1.7}, conv_out="c")
+    onnx.save(model, tmp_path / "tail.onnx")
+    with pytest.warns(UserWarning, match="float tail scale -> centre -> norm"):
+        graph = from_qonnx(tmp_path / "tail.onnx")
+    assert graph.nodes[-1].op == "conv2d" and graph.outputs == [graph.nodes[-1].name]
+    x = np.random.default_rng(5).standard_normal((4, 1, 6, 6))
+    report = compare_qonnx(tmp_path / "tail.onnx", graph, x)
+    assert report.exact and report.tail.mismatches == 0 and report.tail.elements == 4 * 2 * 36
+    assert "float tail scale -> centre -> norm: 288 of 288 equal" in str(report)
+    with pytest.warns(UserWarning, match="float tail tail/mul -> tail/sub -> tail/div"):
+        again = from_qonnx(to_qonnx(graph, batch=2))
+    assert canonical(again) == canonical(graph)
+    assert dict(again.meta["float_tail"], names=0) == dict(graph.meta["float_tail"], names=0)
+    # a tail the reference has no one float32 order for is refused, with the reason
+    bn = helper.make_node("BatchNormalization", ["c", "g", "b", "mean2", "var"], ["y"], name="bn")
+    bad = _conv_model([bn], {"g": [1.0, 1.0], "b": [0.0, 0.0], "mean2": [0.0, 0.0], "var": [1.0, 1.0]},
+                      conv_out="c")
+    _refused(tmp_path, bad, "cannot be a float tail", "BatchNormalization")
+
+
+@pytest.mark.parametrize("stride, pad, dilation, groups", [(1, 1, 1, 1), (2, 2, 2, 2)])
+def test_a_1d_convolution_is_a_2d_one_of_height_one(tmp_path, stride, pad, dilation, groups):
+    """Conv with (O, I, K) weights on (N, C, L): exact against qonnx, the plan's result the
+    layer path's, and exported back as a 1-D Conv that imports into the same graph."""
+    rng = np.random.default_rng(6)
+    inits = {"s_in": 2.0 ** -4, "s_w": 2.0 ** -6, "s_b": 2.0 ** -10, "zero": 0.0, "b8": 8.0,
+             "b16": 16.0, "w": rng.standard_normal((4, 4 // groups, 3)) * 0.5, "bias": rng.standard_normal(4),
+             "s_out": 2.0 ** -3}
+    nodes = [_quant("x", "xq", "s_in", "b8"), _quant("w", "wq", "s_w", "b8", narrow=1),
+             _quant("bias", "bq", "s_b", "b16"),
+             helper.make_node("Conv", ["xq", "wq", "bq"], ["c"], name="conv1d", kernel_shape=[3],
+                              strides=[stride], pads=[pad, pad], dilations=[dilation], group=groups),
+             _quant("c", "y", "s_out", "b8", name="act")]
+    length = (13 + 2 * pad - dilation * 2 - 1) // stride + 1
+    model = _model_with(nodes, inits, [2, 4, 13], "y", [2, 4, length])
+    onnx.save(model, tmp_path / "c1.onnx")
+    graph = from_qonnx(tmp_path / "c1.onnx")
+    conv = graph.nodes[0]
+    assert conv.op == "conv2d" and conv.out_shape == (4, length) and conv.arrays["weight"].shape == (4, 4 // groups, 1, 3)
+    x = np.random.default_rng(7).standard_normal((5, 4, 13)) * 3
+    assert compare_qonnx(tmp_path / "c1.onnx", graph, x).exact
+    q = graph.quantize_input(x)
+    planned, layered = graph.run(q, plan=True), graph.run(q, plan=False)
+    assert np.array_equal(planned.q, layered.q) and planned.events == layered.events
+    exported = to_qonnx(graph, batch=2)
+    conv_node = next(n for n in exported.graph.node if n.op_type == "Conv")
+    assert [helper.get_attribute_value(a) for a in conv_node.attribute if a.name == "kernel_shape"] == [[3]]
+    assert canonical(from_qonnx(exported)) == canonical(graph)
+    ctx = qonnx_run(exported, q[:2] * 2.0 ** -4)
+    np.testing.assert_array_equal(ctx[graph.outputs[0]], graph.run(q[:2]).values)
+
+
 def test_compare_blames_float32_beyond_2_24(tmp_path):
     path = tmp_path / "wide.onnx"
     to_qonnx(_wide_linear(), path, batch=4)
@@ -368,9 +531,11 @@ def test_unsupported_op_names_node_op_and_the_supported_list(tmp_path):
 
 def test_a_float_weight_scale_is_exact_up_to_the_next_quant_and_refused_without_one(tmp_path):
     """Weights of scale 0.3: the accumulator is exact integers, its scale and the bias a float
-    chain that the Quant after it ends as thresholds; without that Quant the output would be a
-    float, which the engine does not compute."""
-    _refused(tmp_path, _conv_model(weight_scale=0.3), "float value (after conv)", "no Quant ends")
+    chain that the Quant after it ends as thresholds; without that Quant the output is a float
+    tail (the scale and bias in float32 after the exact accumulator), said at import."""
+    with pytest.warns(UserWarning, match="the float tail conv after the last integer tensor"):
+        tail = from_qonnx(_conv_model(weight_scale=0.3))
+    assert [n.op for n in tail.nodes] == ["conv2d"] and tail.meta["float_tail"]["ops"] == []
     act = _quant("c", "y", "s_out", "b8", name="act")
     model = _conv_model([act], {"s_out": 0.0371}, conv_out="c", weight_scale=0.3)
     graph = from_qonnx(model)
@@ -381,9 +546,16 @@ def test_a_float_weight_scale_is_exact_up_to_the_next_quant_and_refused_without_
     assert np.array_equal(np.round(want), graph.run(x).q)
 
 
-def test_a_nonzero_zero_point_is_refused(tmp_path):
-    model = _conv_model(extra_inits={"z1": 1.0}, zero="z1")
-    _refused(tmp_path, model, "node xq (Quant)", "zero-point [1.0] is not zero")
+def test_a_zero_point_on_the_input_is_its_quantization_and_on_a_constant_is_refused(tmp_path):
+    graph = from_qonnx(_conv_model(extra_inits={"z1": 1.0}, zero="z1"))
+    levels = graph.inputs[0].levels  # round(x 16 + 1) in -128..127, the engine's integer q - 1
+    assert levels.first == -129 and graph.inputs[0].fmt == Format(9, 4)
+    x = np.array([-9.0, -8.0, -0.03, 0.0, 0.03125, 7.9]).reshape(1, 1, 1, 6)
+    # round half to even of 16 x + 1: -143 -> -128, -127, 0.52 -> 1, 1, 1.5 -> 2, 127.4 -> 127
+    assert levels.quantize(x).ravel().tolist() == [-129, -128, 0, 0, 1, 126]
+    weights = _conv_model(extra_inits={"z1": 1.0})
+    weights.graph.node[1].input[2] = "z1"
+    _refused(tmp_path, weights, "node wq (Quant)", "zero-point 1 is not zero")
 
 
 @pytest.mark.parametrize("change, needles", [

@@ -91,7 +91,8 @@ def thresholds_bundle(tmp_path_factory):
 
 def test_the_comparator_stage_matches_every_thresholds_output(sim, thresholds_bundle, tmp_path):
     """wageubn_thresholds.v (one comparator per level and a population count) gives every
-    output of the bundle's thresholds layers; one expected bit flipped fails."""
+    output of the bundle's thresholds layers, and of a bipolar network's; one expected bit
+    flipped fails."""
     runner = tb.build_thresholds(sim, thresholds_bundle, tmp_path / "build", WAVES)
     assert tb.check_thresholds(sim, runner, tmp_path / "build", thresholds_bundle, tmp_path / "ok.xml",
                                WAVES) == (1, 0)
@@ -99,6 +100,13 @@ def test_the_comparator_stage_matches_every_thresholds_output(sim, thresholds_bu
     small = int(np.flatnonzero(read_values(forged, "relu1/output").reshape(-1) < 100)[0])
     forge_value(forged, "relu1/output", index=small, flip_bit=0)
     assert tb.check_thresholds(sim, runner, tmp_path / "build", forged, tmp_path / "bad.xml", WAVES) == (1, 1)
+    # FINN's TFC-w1a1 (bnn_pynq): levels -1 and +1 (first -1, step 2), on the same build
+    from test_bnn_pynq import _load
+    from wageubn_sim.vectors import write_bundle
+    _, graph, x, _ = _load("tfc_1w1a")
+    assert {(n.params.first, n.params.step) for n in graph.nodes if n.op == "thresholds"} == {(-1, 2)}
+    bipolar = write_bundle(graph, x[:1], tmp_path / "tfc", command="tests/test_rtl.py")
+    assert tb.check_thresholds(sim, runner, tmp_path / "build", bipolar, tmp_path / "tfc.xml", WAVES) == (1, 0)
 
 
 def test_the_runner_script_honours_sim(sim, demo_bundle, monkeypatch, capsys):

@@ -126,8 +126,8 @@ def test_a_batchnorm_square_root_is_kept_exact():
 
 
 @given(seed=st.integers(0, 2**31), channels=st.integers(1, 5), levels=st.integers(0, 20),
-       batch=st.integers(0, 3), shared=st.booleans())
-def test_the_thresholds_op_counts_the_thresholds_reached(seed, channels, levels, batch, shared):
+       batch=st.integers(0, 3), shared=st.booleans(), step=st.sampled_from([1, 2, 3]))
+def test_the_thresholds_op_counts_the_thresholds_reached(seed, channels, levels, batch, shared, step):
     rng = np.random.default_rng(seed)
     rows = 1 if shared else channels
     table = np.sort(rng.integers(-2**61, 2**61, (rows, levels)), axis=1)
@@ -136,11 +136,11 @@ def test_the_thresholds_op_counts_the_thresholds_reached(seed, channels, levels,
     signs = rng.choice([-1, 1], rows)
     x = rng.integers(-60, 60, (batch, channels, 3, 2))
     x.reshape(-1)[:2] = [-2**61, 2**61 - 1][: x.size]  # the domain's ends
-    p = ThresholdsParams(Format(8, 0), -100, 3)
+    p = ThresholdsParams(Format(8, 0), -100, 3, step)
     out = thresholds(x, 3, table, signs, p, trace=True)
     for idx in np.ndindex(x.shape):
         row = 0 if shared else idx[1]
-        assert out.q[idx] == -100 + int(np.count_nonzero(signs[row] * int(x[idx]) >= table[row]))
+        assert out.q[idx] == -100 + step * int(np.count_nonzero(signs[row] * int(x[idx]) >= table[row]))
     assert out.fmt == p.out_fmt and out.q.shape == x.shape
 
 
@@ -176,6 +176,10 @@ def test_the_thresholds_op_refuses_what_it_cannot_compute():
         thresholds(x, 0, np.zeros((1, 8), np.int64), np.array([1]), p)
     with pytest.raises(ValueError, match="must be a bounded format"):
         ThresholdsParams(Format(None, 0), 0, 0)
+    with pytest.raises(ValueError, match="step=0 must be positive"):
+        ThresholdsParams(Format(4, 0), 0, 0, 0)
+    with pytest.raises(ValueError, match="4 levels above -7 leave out_fmt s4.0"):  # -7 + 4 * 4 = 9 > 7
+        thresholds(x, 0, np.zeros((1, 4), np.int64), np.array([1]), ThresholdsParams(Format(4, 0), -7, 0, 4))
 
 
 # ---- the fixed-point rescale ----------------------------------------------------------------

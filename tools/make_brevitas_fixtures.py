@@ -22,7 +22,14 @@ and with Brevitas's default float (non-power-of-two) scales (docs/arithmetic.md 
   depthwise QuantConv2d (per-channel 2-bit weights) with a negative-gamma BatchNorm2d, a
   signed 5-bit QuantIdentity, a QuantConv2d, QuantReLU (8 bits), QuantLinear, QuantIdentity;
 - ``float_res``: a residual block whose skip and branch have their own float scales, added,
-  then a 7-bit QuantReLU, QuantLinear, QuantIdentity.
+  then a 7-bit QuantReLU, QuantLinear, QuantIdentity;
+- ``conv1d``: a QuantConv1d (stride 2, padding 1), QuantReLU, QuantLinear, QuantIdentity;
+- ``shifted``: a zero-point (ShiftedUint8ActPerTensorFloat) and a QuantReLU of per-channel
+  scales before a QuantConv2d;
+- ``conv_transpose``: QuantIdentity (int8), QuantConvTranspose2d (stride 2, padding 1,
+  output_padding 1; fixed-point int8 weights, int32 bias), QuantReLU (uint8).
+
+With ``--bnn-pynq FOLDER``, also FINN's example networks (`bnn_pynq` below).
 
 For each, MODEL.onnx (weights inside, no external data file) and MODEL.npz: ``input`` (float32:
 the fixed-point models' on the input quantizer's grid, the float models' uniform in [-1, 1] or
@@ -47,7 +54,7 @@ import brevitas.nn as qnn
 from brevitas.export import export_qonnx
 from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerChannelFixedPointMSE,
                             Int8WeightPerChannelFloat, Int8WeightPerTensorFixedPoint, Int32Bias,
-                            Uint8ActPerTensorFixedPoint)
+                            ShiftedUint8ActPerTensorFloat, Uint8ActPerTensorFixedPoint)
 
 INT8 = dict(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
 UINT8 = dict(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
@@ -179,6 +186,59 @@ class FloatRes(nn.Module):
         return self.out(self.fc(y.flatten(1)))
 
 
+class Conv1d(nn.Module):
+    """FINN users' 1-D networks: a QuantConv1d (stride 2, padding 1) between float-scale
+    quantizers."""
+    shape = (3, 16)
+    low = -1.0
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity()
+        self.conv = qnn.QuantConv1d(3, 6, 3, stride=2, padding=1)
+        self.relu = qnn.QuantReLU()
+        self.fc = qnn.QuantLinear(6 * 8, 4)
+        self.out = qnn.QuantIdentity()
+
+    def forward(self, x):
+        return self.out(self.fc(self.relu(self.conv(self.inp(x))).flatten(1)))
+
+
+class Shifted(nn.Module):
+    """A nonzero zero-point (ShiftedUint8ActPerTensorFloat) and per-channel activation scales
+    (a QuantReLU scaled per output channel) before a conv that sums over those channels."""
+    shape = (2, 6, 6)
+    low = -1.0
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity()
+        self.conv = qnn.QuantConv2d(2, 4, 3, padding=1)
+        self.act = qnn.QuantIdentity(act_quant=ShiftedUint8ActPerTensorFloat)
+        self.relu = qnn.QuantReLU(per_channel_broadcastable_shape=(1, 4, 1, 1), scaling_per_output_channel=True,
+                                  scaling_stats_permute_dims=(1, 0, 2, 3))
+        self.conv2 = qnn.QuantConv2d(4, 3, 3, padding=1)
+        self.out = qnn.QuantIdentity()
+
+    def forward(self, x):
+        return self.out(self.conv2(self.relu(self.act(self.conv(self.inp(x))))))
+
+
+class ConvTranspose(nn.Module):
+    """A decoder's upsampling: QuantConvTranspose2d (stride 2, padding 1, output_padding 1,
+    power-of-two scales, int8 weights and an int32 bias), then a QuantReLU."""
+    shape = (4, 5, 5)
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity(**INT8)
+        self.up = qnn.QuantConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, **WEIGHTS)
+        self.relu = qnn.QuantReLU(**UINT8)
+
+    def forward(self, x):
+        return _value(self.relu(self.up(self.inp(x))))
+
+
 def _model_bytes(net, example) -> bytes:
     """The QONNX export, its weights moved inside the one file."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,14 +261,67 @@ def _write_if_changed(path: Path, data: bytes) -> None:
         print(f"wrote {path}")
 
 
+BNN_PYNQ = ("tfc_1w1a", "tfc_1w2a", "tfc_2w2a", "sfc_1w1a", "sfc_1w2a", "sfc_2w2a", "lfc_1w1a",
+            "lfc_1w2a", "cnv_1w1a", "cnv_1w2a", "cnv_2w2a")
+
+
+def bnn_pynq(out: Path) -> None:
+    """FINN's example networks (``brevitas_examples.bnn_pynq``) at their real sizes: random
+    weights put on their quantizer's grid (so that the export's float32 weights are exactly
+    the integers, and xz stores a 1-bit weight in about a bit), BatchNorm statistics calibrated
+    on seeded random images (cumulative averages), exported with export_qonnx: NAME.onnx.xz, and
+    NAME.npz with ``pixels`` (uint8 images; the input is pixels / 255 in float32, the range
+    the models were trained on), Brevitas's ``brevitas_output`` and ``brevitas_last`` (the last
+    QuantLinear's output, before TensorNorm's float tail) and ``brevitas_divisor`` (TensorNorm's
+    (var + eps) ** 0.5 as torch computes it at run time; the export holds it folded)."""
+    import lzma
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+    out.mkdir(parents=True, exist_ok=True)
+    for name in BNN_PYNQ:
+        torch.manual_seed(0)
+        net, _ = model_with_cfg(name, pretrained=False)
+        shape = (1, 28, 28) if "fc" in name else (3, 32, 32)
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, (qnn.QuantLinear, qnn.QuantConv2d)):
+                    m.weight.copy_(_value(m.quant_weight()))
+                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    m.momentum = None  # a cumulative average over the calibration batches
+            net.train()
+            for _ in range(4):
+                net(torch.rand(32, *shape))
+        net.eval()
+        pixels = torch.randint(0, 256, (4, *shape), generator=torch.Generator().manual_seed(1),
+                               dtype=torch.uint8)
+        x = pixels.to(torch.float32) / 255
+        last = {}
+        tail = net.features[-1] if hasattr(net, "features") else net.linear_features[-1]
+        hook = tail.register_forward_hook(lambda mod, inp, _: last.update(x=_value(inp[0])))  # None: output kept
+        with torch.no_grad():
+            want = net(x)
+        hook.remove()
+        data = _model_bytes(net, torch.rand(1, *shape))
+        arrays = io.BytesIO()
+        divisor = (tail.running_var + tail.eps).pow(0.5)  # as TensorNorm computes it at run time
+        np.savez(arrays, pixels=pixels.numpy(), brevitas_output=want.numpy(),
+                 brevitas_last=last["x"].numpy(), brevitas_divisor=divisor.detach().numpy())
+        _write_if_changed(out / f"{name}.onnx.xz", lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+        _write_if_changed(out / f"{name}.npz", arrays.getvalue())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent.parent / "tests" / "data" / "brevitas"))
+    parser.add_argument("--bnn-pynq", help="Also write FINN's bnn_pynq networks into this folder "
+                        "(tests/data/bnn_pynq).")
     args = parser.parse_args(argv)
+    if args.bnn_pynq:
+        bnn_pynq(Path(args.bnn_pynq))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, cls in (("cnn", Cnn), ("mixed", Mixed), ("float_cnn", FloatCnn), ("float_pre", FloatPre),
-                      ("float_res", FloatRes)):
+                      ("float_res", FloatRes), ("conv1d", Conv1d), ("shifted", Shifted),
+                      ("conv_transpose", ConvTranspose)):
         torch.manual_seed(0)
         net = cls()
         net.train()

@@ -28,11 +28,15 @@ class RunResult:
     events: dict = dataclasses.field(default_factory=dict)  # node name -> {register: Events}
     scale: tuple | None = None  # the output's float scales (one, or per channel): an imported float chain's
     inexact: tuple = ()  # what the graph computes that is not bit-exact to its source (an import's notes)
+    tail: object = None  # float ops after the output integers (`graph.tail.FloatTail`), or None
 
     @property
     def values(self) -> np.ndarray:
         """The output as float64: its integers on their grid, times its float scales (exact
-        while |q| < 2**53 on a power-of-two grid; one float64 product each with a float scale)."""
+        while |q| < 2**53 on a power-of-two grid; one float64 product each with a float scale);
+        with a float tail, the tail's float32 values."""
+        if self.tail is not None:
+            return self.tail(self.q).astype(np.float64)
         values = self.q.astype(np.float64) * 2.0 ** -self.fmt.frac_bits
         return values if self.scale is None else values * along_channels(self.scale, values.ndim)
 

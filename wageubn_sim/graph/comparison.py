@@ -34,20 +34,32 @@ class Divergence:
 
 
 @dataclasses.dataclass
+class TailComparison:
+    """A float tail's float32 values (`graph.tail`) against the reference's output."""
+    ops: str
+    elements: int
+    mismatches: int
+    max_abs: float
+    cause: str  # why they differ, or how they are computed where they agree
+
+
+@dataclasses.dataclass
 class CompareReport:
     dtype: str
     layers: list
     first: Divergence | None
     reference: str = "torch path"  # what the engine is compared against
+    tail: TailComparison | None = None
 
     @property
     def exact(self) -> bool:
-        return self.first is None
+        return self.first is None and (self.tail is None or self.tail.mismatches == 0)
 
     def to_dict(self) -> dict:
         return {"reference": self.reference, "dtype": self.dtype, "exact": self.exact,
                 "layers": [dict(dataclasses.asdict(l), exact=l.exact) for l in self.layers],
-                "first_divergence": dataclasses.asdict(self.first) if self.first else None}
+                "first_divergence": dataclasses.asdict(self.first) if self.first else None,
+                **({"float_tail": dataclasses.asdict(self.tail)} if self.tail else {})}
 
     def __str__(self) -> str:
         rows = [f"engine vs {self.reference} ({self.dtype}): "
@@ -60,6 +72,10 @@ class CompareReport:
             f = self.first
             rows.append(f"first divergence: {f.layer} at {f.index}: {self.reference} {f.reference_lsb!r} LSB, "
                         f"engine {f.engine_int}; cause: {f.cause}")
+        if self.tail:
+            t = self.tail
+            rows.append(f"float tail {t.ops}: {t.elements - t.mismatches} of {t.elements} equal "
+                        f"(max |d| {t.max_abs:.4g}); {t.cause}")
         return "\n".join(rows)
 
 

@@ -19,6 +19,7 @@ from ..fixedpoint.format import Format
 from ..engine.ops.thresholds import count_levels
 from ..engine.registry import OPS
 from ..execution.run import RunResult, run_graph
+from .tail import FloatTail
 from .params import check_structure, params_from_json, params_to_json, stochastic_fields
 
 GRAPH_VERSION = 2  # 2: params as plain values; version 1 files (tagged values) are read too
@@ -45,14 +46,18 @@ class InputLevels:
     """A float input quantized by thresholds (docs/arithmetic.md section 12): a float-scale input
     Quant, with any float preprocessing before it, evaluated exactly on the float values. Per
     channel (or one row for all), the integer is ``first`` + #{l : sign * x >= T[l]}, each T[l]
-    the smallest float64 that reaches the level (+-inf: none, all)."""
+    the smallest float64 that reaches the level (+-inf: none, all); levels ``step`` apart (a
+    bipolar input's -1, +1: first -1, step 2)."""
     first: int
     signs: tuple  # +1 or -1 per row
     thresholds: tuple  # rows of non-decreasing float64
+    step: int = 1
 
     def __post_init__(self):
         if isinstance(self.first, bool) or not isinstance(self.first, int):
             raise ValueError(f"input levels: first={self.first!r} must be an int")
+        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
+            raise ValueError(f"input levels: step={self.step!r} must be a positive int")
         rows = [np.asarray(r, np.float64) for r in self.thresholds]
         if not rows or len(self.signs) != len(rows) or any(s not in (1, -1) for s in self.signs) \
                 or len({r.shape for r in rows}) != 1 or any(np.isnan(r).any() or np.any(np.diff(r) < 0) for r in rows):
@@ -60,8 +65,9 @@ class InputLevels:
                              "non-decreasing, no NaN")
 
     def to_json(self) -> dict:
-        return {"first": self.first, "signs": list(self.signs),
-                "thresholds": [[float(t).hex() for t in row] for row in self.thresholds]}
+        d = {"first": self.first, "signs": list(self.signs),
+             "thresholds": [[float(t).hex() for t in row] for row in self.thresholds]}
+        return d if self.step == 1 else {**d, "step": self.step}  # levels one apart: as before
 
     @classmethod
     def from_json(cls, d: dict) -> "InputLevels":
@@ -74,7 +80,7 @@ class InputLevels:
                 raise ValueError(f"input levels: threshold {t[:40]!r} is not a float64 in hex "
                                  "(float.hex)") from None
         rows = tuple(tuple(value(t) for t in row) for row in d["thresholds"])
-        return cls(d["first"], tuple(d["signs"]), rows)
+        return cls(d["first"], tuple(d["signs"]), rows, d.get("step", 1))
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(x)):
@@ -83,7 +89,7 @@ class InputLevels:
         if len(self.thresholds) not in (1, c):
             raise ValueError(f"input levels of {len(self.thresholds)} rows for {c} channels")
         return count_levels(x.astype(np.float64), np.array(self.thresholds, np.float64),
-                            np.array(self.signs, np.int64), self.first)
+                            np.array(self.signs, np.int64), self.first, self.step)
 
 
 @dataclasses.dataclass
@@ -96,10 +102,10 @@ class GraphInput:
     def __post_init__(self):
         if self.levels is not None:
             count = len(self.levels.thresholds[0])
-            if not self.fmt.bounded or self.levels.first < self.fmt.min_int or \
-                    self.levels.first + count > self.fmt.max_int:
-                raise ValueError(f"input {self.name}: levels {self.levels.first}.."
-                                 f"{self.levels.first + count} leave its format {self.fmt.describe()}")
+            top = self.levels.first + self.levels.step * count
+            if not self.fmt.bounded or self.levels.first < self.fmt.min_int or top > self.fmt.max_int:
+                raise ValueError(f"input {self.name}: levels {self.levels.first}..{top} leave its "
+                                 f"format {self.fmt.describe()}")
 
     def check_size(self) -> None:
         """Refuse a declared input shape beyond what the engine can hold, before any array of it
@@ -179,6 +185,8 @@ class Graph:
         if scales:
             result.scale = tuple(float.fromhex(v) for v in scales)
         result.inexact = tuple(self.meta.get("inexact", ()))
+        if "float_tail" in self.meta:
+            result.tail = FloatTail.from_json(self.meta["float_tail"])
         return result
 
     __call__ = run
@@ -284,7 +292,7 @@ class Graph:
 
 def _checked_meta(meta) -> dict:
     """A graph file's meta, with the fields the engine reads checked: ``qonnx_scales`` {value:
-    [positive finite float64 in hex]}, ``inexact`` [text]."""
+    [positive finite float64 in hex]}, ``inexact`` [text], ``float_tail`` (`tail.FloatTail`)."""
     if not isinstance(meta, dict):
         raise TypeError("meta must be an object")
     scales = meta.get("qonnx_scales", {})
@@ -301,6 +309,8 @@ def _checked_meta(meta) -> dict:
     inexact = meta.get("inexact", [])
     if not isinstance(inexact, list) or not all(isinstance(v, str) for v in inexact):
         raise TypeError("meta.inexact must be a list of texts")
+    if "float_tail" in meta:
+        FloatTail.from_json(meta["float_tail"])  # its error names the field
     return meta
 
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from ..engine.registers import ACC_EVENT
 from ..fixedpoint.scalar import TIE
-from ..graph.comparison import FLOAT32_MANTISSA, CompareReport, accumulator_cause, layer_report
+from ..graph.comparison import (FLOAT32_MANTISSA, CompareReport, TailComparison, accumulator_cause,
+                               layer_report)
 from ..execution.run import along_channels
 from ..graph.ir import Graph
 
@@ -87,11 +88,12 @@ def _threshold_cause(node, out, i) -> str:
     row = 0 if table.shape[0] == 1 else channel
     v = int(signs[row]) * int(x.reshape(-1)[i])
     reached = int(np.count_nonzero(v >= table[row]))
-    near = [f"{'x' if signs[row] > 0 else '-x'} >= {int(t)} reaches level {node.params.first + k + 1}"
+    level = lambda count: node.params.first + node.params.step * count
+    near = [f"{'x' if signs[row] > 0 else '-x'} >= {int(t)} reaches level {level(k + 1)}"
             for k, t in enumerate(table[row]) if k in (reached - 1, reached)]
     return (f"float32 rounding in the reference: it computes the float chain ({node.source}) in "
             f"float32; the engine's thresholds are exact: the integer x = {int(x.reshape(-1)[i])} "
-            f"is at level {node.params.first + reached} ({'; '.join(near)})")
+            f"is at level {level(reached)} ({'; '.join(near)})")
 
 
 def _cause(node, out, i, reference_lsb) -> str:
@@ -149,7 +151,27 @@ def compare_qonnx(model, graph: Graph, inputs) -> CompareReport:
             return (f"the input quantization: the model computes on float input, which the engine "
                     f"quantizes into its declared register {spec.fmt.describe()} (--input-format, half "
                     "to even); qonnx computes on the float values")
-    return layer_report(graph, engine, reference, "float32", "qonnx", cause)
+    report = layer_report(graph, engine, reference, "float32", "qonnx", cause)
+    if engine.tail is not None:
+        report.tail = _tail_comparison(engine, values.get(model.graph.output[0].name), report.first)
+    return report
+
+
+def _tail_comparison(engine, reference, first) -> TailComparison:
+    """The float tail's float32 values against qonnx's output."""
+    ours = engine.values
+    names = engine.tail.describe()
+    if reference is None or np.shape(reference) != ours.shape:
+        return TailComparison(names, ours.size, ours.size, float("inf"),
+                              "qonnx gives no output of the tail's shape")
+    diff = np.abs(np.asarray(reference, np.float64) - ours)
+    bad = int(np.count_nonzero(diff))
+    cause = ("computed in float32 in the model's order, from the last integer tensor's exact value: "
+             "not the engine's integers" if not bad else
+             "follows from the integer layers' divergence above" if first is not None else
+             "the reference computes the tail otherwise (its last integer tensor's float32 value "
+             "rounds, or its runtime fuses or reorders the float ops); the integer layers agree")
+    return TailComparison(names, ours.size, bad, float(diff.max(initial=0.0)), cause)
 
 
 def _in_units(value: np.ndarray, scale) -> np.ndarray:

@@ -28,6 +28,7 @@ from ..execution.ranges import value_ranges
 from ..files.write import write_file_atomically
 from ..fixedpoint.format import Format, bits_needed
 from ..fixedpoint.modes import ROUNDING_NAMES, Overflow, Rounding
+from ..graph.tail import FloatTail
 from ..graph.ir import Graph, unique_name
 from ..version import __version__
 from .protocol import ACCUMULATORS_KEY, INEXACT_KEY, INPUT_REGISTER, MARKER, OWN_NODE, RESCALE, UNBOUNDED
@@ -108,6 +109,8 @@ class _Exporter:
             tensors[node.name] = node.name
         out = self.graph.outputs[0]
         out_shape = [self.batch, *shapes[out]]
+        if "float_tail" in self.graph.meta:
+            out = self._float_tail(FloatTail.from_json(self.graph.meta["float_tail"]), out, shapes[out])
         graph = helper.make_graph(
             self.nodes, "wageubn_sim",
             [helper.make_tensor_value_info(spec.name, TensorProto.FLOAT, [self.batch, *spec.shape])],
@@ -124,6 +127,30 @@ class _Exporter:
             props[ACCUMULATORS_KEY] = json.dumps(self.accumulators, sort_keys=True)
         helper.set_model_props(model, props)
         return model
+
+    def _float_tail(self, tail: FloatTail, x: str, shape) -> str:
+        """The float tail after the output's value (integers times 2**-f): a Mul by the rest of
+        its unit, an Add of its offset, then its ops, in float32 as qonnx computes them; the
+        import reads them back as the same tail."""
+        frac = self.fracs[x]
+        channels = lambda values: np.array(values, np.float32).reshape(
+            (1, -1) + (1,) * (len(shape) - 1) if len(values) > 1 else (1,))
+        factor = [np.ldexp(u, frac) for u in tail.unit]
+        steps = ([("Mul", factor)] if any(f != 1.0 for f in factor) else []) + \
+            ([("Add", list(tail.offset))] if any(tail.offset) else []) + \
+            [(o.op, list(o.operand)) for o in tail.ops]
+        for op, operand in steps:
+            if op in ("Max", "Min"):  # a Clip of one bound, a scalar
+                if len(operand) > 1:
+                    raise ExportError(f"the float tail's {op} has per-channel bounds; Clip takes one")
+                bound = self._scalar(float(operand[0]))
+                inputs, onnx_op = ([x, bound] if op == "Max" else [x, "", bound]), "Clip"
+            else:
+                c = self._initializer(f"tail/{op.lower()}/operand", channels(operand))
+                inputs, onnx_op = ([c, x], "Sub") if op == "SubFrom" else ([x, c], op)
+            name = self._name(f"tail/{op.lower()}")
+            x = self._node(onnx_op, inputs, name, name, shape)
+        return x
 
     # ---- building blocks ---------------------------------------------------------------------
     def _name(self, base: str) -> str:
@@ -252,11 +279,11 @@ class _Exporter:
             levels = spec.levels
             table = np.array(levels.thresholds, np.float64)
             return self._multithreshold(spec.name, spec.shape, np.array(levels.signs), table,
-                                        levels.first, spec.fmt, q, q, f"{spec.name}")
+                                        levels.first, levels.step, spec.fmt, q, q, f"{spec.name}")
         return self._register(spec.name, None, None, q, q, spec.shape, spec.fmt, Rounding.HALF_EVEN,
                               Overflow.SAT)
 
-    def _multithreshold(self, x, shape, signs, table, first, fmt, out, name, base) -> str:
+    def _multithreshold(self, x, shape, signs, table, first, step, fmt, out, name, base) -> str:
         """A MultiThreshold counting the thresholds ``table`` (real values) that signs * x
         reaches (a Mul by the per-channel directions before it where one is -1), its levels
         out_scale * count + out_bias on ``fmt``'s grid."""
@@ -266,9 +293,11 @@ class _Exporter:
             x = self._node("Mul", [x, factors], self._name(f"{base}/directed"),
                            self._name(f"{base}/direction"), shape)
         values = self._initializer(f"{base}/thresholds", table)
-        dtype = "BINARY" if (fmt.bits == 1 and not fmt.signed) else f"{'INT' if fmt.signed else 'UINT'}{fmt.bits}"
+        dtype = "BINARY" if (fmt.bits == 1 and not fmt.signed) else \
+            "BIPOLAR" if (first, step, table.shape[1]) == (-1, 2, 1) else \
+            f"{'INT' if fmt.signed else 'UINT'}{fmt.bits}"
         return self._node("MultiThreshold", [x, values], out, name, shape, QONNX_DOMAIN,
-                          out_dtype=dtype, out_scale=float(2.0 ** -fmt.frac_bits),
+                          out_dtype=dtype, out_scale=float(step * 2.0 ** -fmt.frac_bits),
                           out_bias=float(first * 2.0 ** -fmt.frac_bits),
                           data_layout="NCHW" if len(shape) == 3 else "NC")
 
@@ -288,7 +317,9 @@ class _Exporter:
         p = node.params
         x = self._input_register(node, ins[0], in_shapes[0])
         self._accumulator(node)
-        inputs = [x, self._const(node.name, "weight", node.arrays["weight"], p.weight_fmt)]
+        one_d = node.op == "conv2d" and len(in_shapes[0]) == 2  # (C, L): a 1-D Conv, weights (O, I, K)
+        weight = node.arrays["weight"][:, :, 0, :] if one_d else node.arrays["weight"]
+        inputs = [x, self._const(node.name, "weight", weight, p.weight_fmt)]
         if "bias" in node.arrays:
             inputs.append(self._const(node.name, "bias", node.arrays["bias"], p.bias_fmt))
         acc = self._name(f"{node.name}/accumulator") if (p.out_fmt is not None or node.op == "conv2d_bn") \
@@ -296,16 +327,19 @@ class _Exporter:
         if node.op == "linear":
             return self._node("Gemm", inputs, acc, node.name, node.out_shape, transB=1)
         ph, pw = p.padding
-        return self._node("Conv", inputs, acc, node.name, node.out_shape,
-                          kernel_shape=list(node.arrays["weight"].shape[2:]), strides=list(p.stride),
-                          pads=[ph, pw, ph, pw], dilations=list(p.dilation), group=p.groups)
+        axes = slice(1, None) if one_d else slice(None)  # a 1-D Conv leaves out the height
+        transposed = {"output_padding": list(p.output_padding)} if node.op == "conv_transpose2d" else {}
+        return self._node("ConvTranspose" if transposed else "Conv", inputs, acc, node.name, node.out_shape,
+                          kernel_shape=list(weight.shape[2:]), strides=list(p.stride[axes]),
+                          pads=([pw, pw] if one_d else [ph, pw, ph, pw]), dilations=list(p.dilation[axes]),
+                          group=p.groups, **transposed)
 
     def _conv2d(self, node, ins, in_shapes):
         acc = self._mac_core(node, ins, in_shapes)
         if acc != node.name:
             self._out(node, acc, node.out_shape)
 
-    _linear = _conv2d
+    _linear = _conv_transpose2d = _conv2d
 
     def _conv2d_bn(self, node, ins, in_shapes):
         p = node.params
@@ -396,7 +430,7 @@ class _Exporter:
                               "bits are not float32 (24 significant bits); its input is too wide for "
                               "MultiThreshold")
         real = (table.astype(np.float64) * 2.0 ** -frac).astype(np.float32)
-        self._multithreshold(ins[0], in_shapes[0], node.arrays["signs"], real, p.first, p.out_fmt,
+        self._multithreshold(ins[0], in_shapes[0], node.arrays["signs"], real, p.first, p.step, p.out_fmt,
                              node.name, node.name, node.name)
 
     def _rescale(self, node, ins, in_shapes):

@@ -6,24 +6,29 @@ before the network's first Quant becomes the input's own quantization (`graph.ir
 The handlers call these where they meet a float part."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from fractions import Fraction
 
 import numpy as np
 
+from ..engine.ops.flatten import FlattenParams
 from ..engine.ops.thresholds import ThresholdsParams
 from ..fixedpoint.chains import (Affine, Clamp, Normalize, Quantizer, float_thresholds,
                                 float_thresholds_of_reals, thresholds, thresholds_of_reals)
-from ..fixedpoint.format import Format
+from ..fixedpoint.format import Format, bits_needed
 from ..fixedpoint.floats import quantize
-from ..fixedpoint.modes import Overflow
+from ..fixedpoint.modes import Overflow, Rounding
 from ..fixedpoint.reference import round_fraction
 from ..fixedpoint.scalar import DOMAIN_LIMIT
 from ..graph.ir import InputLevels, Node
+from ..graph.tail import FloatTail, TailOp
 from .protocol import RESCALE
 from .reader import UnsupportedModel, marks
 from .values import FloatChain, QConst, Tensor
+from .values import per_channel as repeated_per_channel
 
-MAX_THRESHOLD_BITS = 8  # wider outputs have too many levels per channel for a comparator table
+MAX_THRESHOLD_BITS = 8  # more than 2**8 - 1 levels per channel are too many for a comparator table
 DEFAULT_MULTIPLIER_BITS = 16  # a wider output's multipliers, unless --rescale says otherwise
 MAX_SHIFT = 62
 
@@ -113,11 +118,35 @@ def chain_of(imp, name, where) -> FloatChain:
     return FloatChain(t, [Affine(t.unit(), (0,))], t.shape[0] if t.shape else 1, t.shape, [])
 
 
-def extend(imp, node, name, where, stage):
-    """The float value ``node`` computes from ``name`` through ``stage``."""
+def extend(imp, node, name, where, stage, op: TailOp | None = None):
+    """The float value ``node`` computes from ``name`` through ``stage`` (``op``: the same as
+    the reference's float32 op, for a float tail)."""
     chain = chain_of(imp, name, where)
-    imp.chains[node.output[0]] = FloatChain(chain.source, chain.stages + [stage], chain.channels,
-                                            chain.shape, chain.nodes + [node.name or node.op_type])
+    imp.chains[node.output[0]] = dataclasses.replace(chain, stages=chain.stages + [stage],
+                                                     nodes=chain.nodes + [node.name or node.op_type],
+                                                     ops=chain.ops + (op,))
+
+
+def flatten(imp, node, where):
+    """A Flatten or Reshape to (N, -1) of a float value: its stages are elementwise and commute
+    with it, so the integers are flattened where the chain ends. Per-tensor stages only (the
+    channels they would apply to are gone)."""
+    chain = chain_of(imp, node.input[0], where)
+    if _per_channel(chain.stages, None):
+        raise UnsupportedModel(f"{where}: flattens a float value of per-channel stages "
+                               f"({chain.describe()}); quantize it before the {node.op_type}")
+    imp.chains[node.output[0]] = dataclasses.replace(
+        chain, channels=1, shape=(math.prod(chain.shape),), nodes=chain.nodes + [node.name or node.op_type],
+        flattened=True)
+
+
+def _flatten_after(imp, chain, onnx_out, where):
+    """The Flatten a chain took on its way, on the integers that end it."""
+    if chain.flattened:
+        t = imp.tensors[onnx_out]
+        imp.emit(Node(imp.unique_name(f"{t.value}.flatten"), "flatten", [t.value], FlattenParams(), {},
+                      f"onnx {' -> '.join(chain.nodes)} (a flatten of the float value, on its integers)"),
+                 onnx_out, where, scale=t.scale)
 
 
 def per_channel(imp, name, where, channels: int, role: str) -> tuple:
@@ -141,9 +170,9 @@ def channels_of(imp, name) -> int:
     return t.shape[0] if t is not None and t.shape else 1
 
 
-def extend_affine(imp, node, x, where, a=None, b=None):
-    """x * a + b by constants (None: 1, 0) in the chain of ``x``."""
-    extend(imp, node, x, where, Affine(a or (1,), b or (0,)))
+def extend_affine(imp, node, x, where, a=None, b=None, op: TailOp | None = None):
+    """x * a + b by constants (None: 1, 0) in the chain of ``x``; ``op``: its float32 form."""
+    extend(imp, node, x, where, Affine(a or (1,), b or (0,)), op)
 
 
 def normalize(imp, node, where, x, gamma, beta, mean, var, eps):
@@ -152,17 +181,66 @@ def normalize(imp, node, where, x, gamma, beta, mean, var, eps):
 
 
 def clamp(imp, node, where, x, lo, hi):
-    extend(imp, node, x, where, Clamp(lo, hi))
+    ops = [TailOp(op, (float(v),)) for op, v in (("Max", lo), ("Min", hi)) if v is not None]
+    extend(imp, node, x, where, Clamp(lo, hi), ops[0] if len(ops) == 1 else None)
+
+
+def float_tail(imp, name) -> tuple:
+    """(the integer tensor, `FloatTail`) of the float chain ``name`` that ends the network with
+    no quantizer (FINN's TensorNorm), or an UnsupportedModel naming why it cannot be one."""
+    chain = imp.chains[name]
+    first = chain.stages[0] if chain.stages else None
+    why = ("it starts at the float input" if chain.source is None else
+           "it is flattened on the way" if chain.flattened else
+           "it holds an op without one float32 form (BatchNormalization, Clip of two bounds)"
+           if None in chain.ops or not isinstance(first, Affine) else None)
+    if why is None:
+        unit, offset, ops = first.a, first.b, list(chain.ops)
+        if ops and ops[0].op == "Mul" and not any(offset) and all(power_of_two(u) is not None for u in unit):
+            # q 2**-f * m rounds once, as the export's Quant then Mul does while q 2**-f is a float32
+            n = max(len(unit), len(ops[0].operand))
+            unit = tuple(u * Fraction(m) for u, m in zip(repeated_per_channel(unit, n),
+                                                         repeated_per_channel(ops[0].operand, n)))
+            ops.pop(0)
+        if ops and ops[0].op == "Add" and not any(offset):  # the same float32 sum either way
+            offset = ops.pop(0).operand
+        try:
+            tail = FloatTail(tuple(float(v) for v in unit), tuple(float(v) for v in offset),
+                             tuple(ops), tuple(chain.nodes))
+        except (ValueError, OverflowError) as err:
+            why = str(err)
+    if why is not None:
+        raise UnsupportedModel(f"the model's output {name} is a float value (after {chain.describe()}) "
+                               f"that no Quant ends, and it cannot be a float tail: {why}; end the "
+                               "network with a quantizer (Brevitas: a QuantIdentity)")
+    return chain.source, tail
 
 
 def quantizer(imp, i, q, where, channels) -> tuple:
-    """(Quantizer, output Format, output float scales or None) of the Quant ``q`` ending a chain."""
-    signed, overflow, rounding, bits = imp.quantizer(q, where)
+    """(Quantizer, output Format, output float scales or None, first level) of the Quant ``q``
+    ending a chain. A zero-point z keeps the quantizer's integers q in their b bits, but the
+    engine's integer is q - z (the value (q - z) * scale: docs/arithmetic.md section 12): its
+    levels run from q_min - z, in the narrowest signed format that holds them."""
+    signed, overflow, rounding, bits = imp.quantizer(q, where, zero_point=True)
+    s = scales(imp, q.input[1], where, channels)
+    z = imp.zero_point(q, where)
+    f = power_of_two(s[0]) if len(s) == 1 else None
+    stored = Format(bits, 0, signed)  # the quantizer's own integers
+    q_min = stored.min_int + (overflow == Overflow.SAT_SYM)  # narrow: the symmetric range
+    lo, hi = q_min - z, stored.max_int - z
+    fmt = Format(bits if z == 0 else bits_needed(lo, hi), f if f is not None else 0, signed or z != 0)
+    return Quantizer(s, (z,), q_min, stored.max_int, rounding), fmt, None if f is not None else s, lo
+
+
+def bipolar_quantizer(imp, q, where, channels) -> tuple:
+    """(Quantizer, output Format, output float scales or None, first level) of a BipolarQuant
+    of a network value (QONNX: +1 where x >= 0, else -1, times its scale): floor(y / s + 1)
+    reaches 1 exactly where y >= 0, so the sign is a quantizer of two levels, 0 and 1; the
+    engine's integers are -1 and +1 (first -1, step 2)."""
     s = scales(imp, q.input[1], where, channels)
     f = power_of_two(s[0]) if len(s) == 1 else None
-    fmt = Format(bits, f if f is not None else 0, signed)
-    q_min = fmt.min_int + (overflow == Overflow.SAT_SYM)  # narrow: the symmetric range
-    return Quantizer(s, (0,), q_min, fmt.max_int, rounding), fmt, None if f is not None else s
+    return Quantizer(s, (1,), 0, 1, Rounding.FLOOR), Format(2, f if f is not None else 0), \
+        None if f is not None else s, -1
 
 
 def end(imp, i, q, where):
@@ -179,39 +257,47 @@ def end(imp, i, q, where):
 def _end(imp, i, q, where):
     x = q.input[0]
     chain = chain_of(imp, x, where)
-    quant, fmt, out_scale = quantizer(imp, i, q, where, chain.channels)
+    bipolar = q.op_type == "BipolarQuant"
+    quant, fmt, out_scale, first = (bipolar_quantizer(imp, q, where, chain.channels) if bipolar
+                                    else quantizer(imp, i, q, where, chain.channels))
+    step = 2 if bipolar else 1
     rows = chain.channels if _per_channel(chain.stages, quant) else 1
     levels = quant.q_max - quant.q_min
     if chain.source is None:  # the network's float input
-        return _input_levels(imp, q, fmt, quant.q_min, out_scale,
-                             [float_thresholds(chain.stages, quant, r) for r in range(rows)])
+        _input_levels(imp, q, fmt, first, out_scale,
+                      [float_thresholds(chain.stages, quant, r) for r in range(rows)], step)
+        return _flatten_after(imp, chain, q.output[0], where)
     names = " -> ".join(chain.nodes + [q.name or q.op_type])
     marked = [m[len(RESCALE):] for m in marks(q) if m.startswith(RESCALE) and m[len(RESCALE):].isdigit()]
-    bits = imp.rescale_bits or (int(marked[0]) if marked else None) or \
-        (DEFAULT_MULTIPLIER_BITS if fmt.bits > MAX_THRESHOLD_BITS else None)  # an export's multipliers come back
+    bits = None if bipolar else imp.rescale_bits or (int(marked[0]) if marked else None) or \
+        (DEFAULT_MULTIPLIER_BITS if levels >> MAX_THRESHOLD_BITS else None)  # an export's multipliers come back
     if bits is not None:
-        return _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names)
+        if first != quant.q_min:
+            raise UnsupportedModel(f"{where}: a zero-point with multipliers; use thresholds")
+        _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names)
+        return _flatten_after(imp, chain, q.output[0], where)
     # clamped to the domain: every integer in it compares the same
     rows_of = [thresholds(chain.stages, quant, r, -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
-    _thresholds_layer(imp, i, q, where, chain, rows_of, levels, quant.q_min, fmt, out_scale,
-                      "float chain as exact thresholds")
+    _thresholds_layer(imp, i, q, where, chain, rows_of, levels, first, fmt, out_scale,
+                      "float chain as exact thresholds", step)
+    _flatten_after(imp, chain, q.output[0], where)
 
 
-def _thresholds_layer(imp, i, node, where, chain, rows_of, levels, first, fmt, scale, label):
+def _thresholds_layer(imp, i, node, where, chain, rows_of, levels, first, fmt, scale, label, step=1):
     """The thresholds layer on ``chain``'s integer source, its rows [(direction, thresholds)]."""
     src = chain.source
     names = " -> ".join(chain.nodes + [node.name or node.op_type])
-    layer = Node(imp.unique(i, node), "thresholds", [src.value], ThresholdsParams(fmt, first, src.frac),
+    layer = Node(imp.unique(i, node), "thresholds", [src.value], ThresholdsParams(fmt, first, src.frac, step),
                  {"thresholds": np.array([t for _, t in rows_of], np.int64).reshape(len(rows_of), levels),
                   "signs": np.array([s for s, _ in rows_of], np.int64)}, f"onnx {names} ({label})")
     imp.emit(layer, node.output[0], where, scale=scale)
 
 
-def _input_levels(imp, q, fmt, first, out_scale, table):
+def _input_levels(imp, q, fmt, first, out_scale, table, step=1):
     """The network's float input quantized by ``table`` [(direction, float64 thresholds)] per
     row: the graph input's levels and format."""
     imp.input.fmt = fmt
-    imp.input.levels = InputLevels(first, tuple(s for s, _ in table), tuple(tuple(t) for _, t in table))
+    imp.input.levels = InputLevels(first, tuple(s for s, _ in table), tuple(tuple(t) for _, t in table), step)
     name = imp.input.name
     imp.value_fracs[name] = fmt.frac_bits
     imp.tensors[q.output[0]] = Tensor(name, imp.input.shape, fmt.frac_bits, out_scale)
@@ -219,35 +305,55 @@ def _input_levels(imp, q, fmt, first, out_scale, table):
 
 def multithreshold(imp, i, node, where, table, dtype: str, out_scale: Fraction, out_bias: Fraction):
     """A MultiThreshold on the value ``node.input[0]`` (integers, or a float chain): each
-    threshold pulled back to the integers exactly; the output first + count on out_scale's grid
-    (a power of two; else a float scale), with first = out_bias / out_scale an integer."""
+    threshold pulled back to the integers exactly; the output first + step * count on a grid
+    2**-f where out_bias and out_scale are whole numbers first and step of it (a bipolar
+    out_scale 2, out_bias -1: first -1, step 2), else on out_scale as a float scale with first =
+    out_bias / out_scale an integer."""
     bits, signed = _datatype(dtype, where)
     chain = chain_of(imp, node.input[0], where)
     table = np.asarray(table, np.float64)
     if table.ndim != 2 or table.shape[0] not in (1, chain.channels):
         raise UnsupportedModel(f"{where}: thresholds of shape {table.shape}; (1 or {chain.channels}, levels)")
-    if out_scale <= 0 or (out_bias / out_scale).denominator != 1:
+    grid = _binary_grid(out_scale, out_bias)
+    if out_scale <= 0 or (grid is None and (out_bias / out_scale).denominator != 1):
         raise UnsupportedModel(f"{where}: out_bias {float(out_bias)} is not a whole number of out_scale "
-                               f"{float(out_scale)} (or out_scale is not positive)")
-    first = int(out_bias / out_scale)
-    f = power_of_two(out_scale)
-    fmt = Format(bits, f if f is not None else 0, signed)
-    if not fmt.min_int <= first or first + table.shape[1] > fmt.max_int:
-        raise UnsupportedModel(f"{where}: levels {first}..{first + table.shape[1]} leave out_dtype {dtype}")
+                               f"{float(out_scale)} nor both of a power of two (or out_scale is not positive)")
+    unit = Fraction(2) ** -grid if grid is not None else out_scale
+    first, step = int(out_bias / unit), int(out_scale / unit)
+    fmt = Format(bits, grid if grid is not None else 0, signed)
+    top = first + step * table.shape[1]
+    if not fmt.min_int <= first or top > fmt.max_int:
+        raise UnsupportedModel(f"{where}: levels {first}..{top} leave out_dtype {dtype}")
     rows = table.shape[0] if table.shape[0] > 1 or not _per_channel(chain.stages, None) else chain.channels
     at = lambda r: table[r if table.shape[0] > 1 else 0].tolist()
-    scale = None if f is not None else (out_scale,)
+    scale = None if grid is not None else (out_scale,)
     if chain.source is None:  # on the network's float input: its quantization
-        return _input_levels(imp, node, fmt, first, scale,
-                             [float_thresholds_of_reals(chain.stages, r, at(r)) for r in range(rows)])
-    rows_of = [thresholds_of_reals(chain.stages, r, at(r), -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
-    _thresholds_layer(imp, i, node, where, chain, rows_of, table.shape[1], first, fmt, scale, "thresholds, exact")
+        _input_levels(imp, node, fmt, first, scale,
+                      [float_thresholds_of_reals(chain.stages, r, at(r)) for r in range(rows)], step)
+    else:
+        rows_of = [thresholds_of_reals(chain.stages, r, at(r), -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
+        _thresholds_layer(imp, i, node, where, chain, rows_of, table.shape[1], first, fmt, scale,
+                          "thresholds, exact", step)
+    _flatten_after(imp, chain, node.output[0], where)
+
+
+def _binary_grid(out_scale: Fraction, out_bias: Fraction) -> int | None:
+    """The coarsest f (|f| <= 62) with out_scale and out_bias whole numbers of 2**-f and
+    out_scale a power of two or twice one (the levels one or two integers apart), else None."""
+    for f in range(-MAX_SHIFT, MAX_SHIFT + 1):
+        unit = Fraction(2) ** -f
+        step, first = out_scale / unit, out_bias / unit
+        if step.denominator == 1 and first.denominator == 1:
+            return f if step in (1, 2) else None
+    return None
 
 
 def _datatype(name: str, where) -> tuple:
-    """(bits, signed) of a qonnx DataType name (INTn, UINTn, BINARY)."""
+    """(bits, signed) of a qonnx DataType name (INTn, UINTn, BINARY, BIPOLAR)."""
     if name == "BINARY":
         return 1, False
+    if name == "BIPOLAR":  # -1, +1
+        return 2, True
     for prefix, signed in (("UINT", False), ("INT", True)):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             bits = int(name[len(prefix):])

@@ -12,6 +12,7 @@ import numpy as np
 from ..engine.ops.activation import ActivationParams
 from ..engine.ops.add import AddParams
 from ..engine.ops.concat import ConcatParams
+from ..engine.ops.conv_transpose2d import ConvTranspose2dParams
 from ..engine.ops.flatten import FlattenParams
 from ..engine.ops.pool import PoolParams
 from ..engine.ops.upsample import UpsampleParams
@@ -19,6 +20,7 @@ from ..fixedpoint.floats import quantize
 from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..graph.ir import Node
+from ..graph.tail import TailOp
 from . import floats
 from .passes import add_bias, fold_into_conv
 from .protocol import INPUT_REGISTER, ONNX_DOMAINS, OWN_NODE, QONNX_DOMAINS
@@ -95,7 +97,7 @@ def quant(imp, i, node, where, attrs):
         imp.qconsts[node.output[0]] = quantize_const(imp, node, where) if np.all(mantissa == 0.5) \
             else floats.quantize_float_const(imp, node, where)
         return
-    if node.op_type != "Trunc" and (floats.float_scaled(imp, x) or not imp.power_of_two_quant(node)):
+    if node.op_type != "Trunc" and (floats.float_scaled(imp, x) or not imp.fixed_point_quant(node)):
         return floats.end(imp, i, node, where)  # a float value, or float scales: thresholds
     reg = imp.register_of(i, node, where)
     t = imp.tensor(x, where)
@@ -110,36 +112,68 @@ def quant(imp, i, node, where, attrs):
     imp.requantize(node, t, reg, where)
 
 
-@handles("BipolarQuant", inputs=(2, 2), domain=QONNX, note="BipolarQuant (of constants)")
+@handles("BipolarQuant", inputs=(2, 2), domain=QONNX, note="BipolarQuant (constants; a network "
+         "value's sign as a thresholds layer of levels -1 and +1)")
 def bipolar(imp, i, node, where, attrs):
-    if len(node.input) != 2 or node.input[0] not in imp.consts:
-        raise UnsupportedModel(f"{where}: BipolarQuant of a network value has no engine op (a "
-                               "sign function); only quantized constants")
+    if node.input[0] not in imp.consts:
+        return floats.end(imp, i, node, where)
     x = imp.const(node.input[0], where, "input")
     f = imp.scalar_scale(node.input[1], where)
     imp.qconsts[node.output[0]] = QConst(np.where(x >= 0, 1, -1).astype(np.int64), Format(2, f))
 
 
-@handles("Conv", inputs=(2, 3), note="Conv (2-D)")
+@handles("Conv", inputs=(2, 3), note="Conv (2-D, and 1-D as 2-D of height 1)")
 def conv(imp, i, node, where, attrs):
     if len(node.input) < 2 or len(node.output) != 1:
         raise UnsupportedModel(f"{where}: Conv needs an input and weights")
     w = imp.qconst(node.input[1], where, "weight")
-    if w.ints.ndim != 4:
-        raise UnsupportedModel(f"{where}: weights of rank {w.ints.ndim}; the engine runs 2-D convolutions")
+    if w.ints.ndim not in (3, 4):
+        raise UnsupportedModel(f"{where}: weights of rank {w.ints.ndim}; the engine runs 1-D and "
+                               "2-D convolutions")
+    rank = w.ints.ndim - 2
     b = imp.bias(node.input[2], where) if len(node.input) > 2 else None
     auto_pad = str_attr(attrs, "auto_pad", "NOTSET", where)
     if auto_pad not in ("NOTSET", "VALID"):
         raise UnsupportedModel(f"{where}: auto_pad={auto_pad}; give explicit pads")
+    kernel = ints_attr(attrs, "kernel_shape", w.ints.shape[2:], where, rank)
+    if kernel != tuple(w.ints.shape[2:]):
+        raise UnsupportedModel(f"{where}: kernel_shape {list(kernel)} differs from the weights' "
+                               f"{list(w.ints.shape[2:])}")
+    stride = ints_attr(attrs, "strides", (1,) * rank, where, rank)
+    dilation = ints_attr(attrs, "dilations", (1,) * rank, where, rank)
+    pads = ints_attr(attrs, "pads", (), where)
+    if rank == 1:  # (N, C, L): a 2-D convolution of height 1, the weights (O, I, 1, K)
+        w = QConst(w.ints[:, :, None, :], w.fmt, w.scale)
+        stride, dilation = (1, *stride), (1, *dilation)
+        pads = (0, *pads[:1], 0, *pads[1:]) if pads else ()
+    imp.emit_mac(i, node, where, "conv2d", node.input[0], w, b, stride=stride,
+                 padding=padding(pads, where), dilation=dilation, groups=int_attr(attrs, "group", 1, where))
+
+
+@handles("ConvTranspose", inputs=(2, 3), note="ConvTranspose (2-D)")
+def conv_transpose(imp, i, node, where, attrs):
+    w = imp.qconst(node.input[1], where, "weight")
+    if w.ints.ndim != 4:
+        raise UnsupportedModel(f"{where}: weights of rank {w.ints.ndim}; the engine runs 2-D "
+                               "transposed convolutions")
+    if w.scale is not None and len(w.scale) > 1:
+        raise UnsupportedModel(f"{where}: per-channel float weight scales on axis 0 (the input "
+                               "channels of a transposed convolution); quantize its weights per tensor")
+    if str_attr(attrs, "auto_pad", "NOTSET", where) not in ("NOTSET", "VALID") or \
+            "output_shape" in attrs:
+        raise UnsupportedModel(f"{where}: auto_pad or output_shape; give explicit pads and "
+                               "output_padding")
     kernel = ints_attr(attrs, "kernel_shape", w.ints.shape[2:], where, 2)
     if kernel != tuple(w.ints.shape[2:]):
         raise UnsupportedModel(f"{where}: kernel_shape {list(kernel)} differs from the weights' "
                                f"{list(w.ints.shape[2:])}")
-    imp.emit_mac(i, node, where, "conv2d", node.input[0], w, b,
-              stride=ints_attr(attrs, "strides", (1, 1), where, 2),
-              padding=padding(ints_attr(attrs, "pads", (), where), where),
-              dilation=ints_attr(attrs, "dilations", (1, 1), where, 2),
-              groups=int_attr(attrs, "group", 1, where))
+    groups = int_attr(attrs, "group", 1, where)
+    b = imp.bias(node.input[2], where) if len(node.input) > 2 else None
+    imp.emit_mac(i, node, where, "conv_transpose2d", node.input[0], w, b, ConvTranspose2dParams,
+                 w.ints.shape[1] * groups, stride=ints_attr(attrs, "strides", (1, 1), where, 2),
+                 padding=padding(ints_attr(attrs, "pads", (), where), where),
+                 output_padding=ints_attr(attrs, "output_padding", (0, 0), where, 2),
+                 dilation=ints_attr(attrs, "dilations", (1, 1), where, 2), groups=groups)
 
 
 @handles("Gemm", inputs=(2, 3), note="Gemm")
@@ -295,6 +329,15 @@ def _float_operand(imp, x, const, where, role) -> tuple:
     return floats.per_channel(imp, const, where, channels, role)
 
 
+def _tail_op(op: str, values: tuple) -> TailOp | None:
+    """The float32 op of a chain's stage (None: its constant is no float32, so no float tail
+    computes it as the reference does)."""
+    try:
+        return TailOp(op, tuple(float(v) for v in values))
+    except (ValueError, OverflowError):
+        return None
+
+
 def _into_chain(imp, x, const) -> bool:
     """Whether a binary op with a constant joins a float chain: its value is a float one, or
     the constant is a float (not quantized)."""
@@ -305,7 +348,8 @@ def _into_chain(imp, x, const) -> bool:
 def add(imp, i, node, where, attrs):
     x, const, _ = _constant_operand(imp, node)
     if const is not None and _into_chain(imp, x, const):
-        return floats.extend_affine(imp, node, x, where, b=_float_operand(imp, x, const, where, "addend"))
+        c = _float_operand(imp, x, const, where, "addend")
+        return floats.extend_affine(imp, node, x, where, b=c, op=_tail_op("Add", c))
     if const is not None:
         return add_bias(imp, i, node, where, x, imp.qconsts[const])
     if any(imp.tensors.get(n) is not None and imp.tensors[n].scale is not None for n in node.input[:2]):
@@ -325,10 +369,11 @@ def sub_div(imp, i, node, where, attrs):
     c = _float_operand(imp, x, const, where, "constant")
     if node.op_type == "Sub":  # x - c, or c - x
         return floats.extend_affine(imp, node, x, where, a=(-1,) if first else (1,),
-                                    b=c if first else tuple(-v for v in c))
+                                    b=c if first else tuple(-v for v in c),
+                                    op=_tail_op("SubFrom" if first else "Sub", c))
     if first or any(v == 0 for v in c):
         raise UnsupportedModel(f"{where}: Div {'of a constant by a value (not monotone)' if first else 'by zero'}")
-    floats.extend_affine(imp, node, x, where, a=tuple(1 / v for v in c))
+    floats.extend_affine(imp, node, x, where, a=tuple(1 / v for v in c), op=_tail_op("Div", c))
 
 
 @handles("Mul", inputs=(2, 2), note="Mul by constants (in a float chain; quantized per-channel "
@@ -336,7 +381,8 @@ def sub_div(imp, i, node, where, attrs):
 def mul(imp, i, node, where, attrs):
     x, const, _ = _constant_operand(imp, node)
     if const is not None and _into_chain(imp, x, const):
-        return floats.extend_affine(imp, node, x, where, a=_float_operand(imp, x, const, where, "factor"))
+        c = _float_operand(imp, x, const, where, "factor")
+        return floats.extend_affine(imp, node, x, where, a=c, op=_tail_op("Mul", c))
     producer = imp.producer(x, where) if const is not None else None
     if producer is None or producer.op != "conv2d" or producer.params.out_fmt is not None:
         raise UnsupportedModel(f"{where}: Mul is supported by constants in a float chain (up to "
@@ -370,9 +416,11 @@ def concat(imp, i, node, where, attrs):
 
 @handles("Flatten", note="Flatten")
 def flatten(imp, i, node, where, attrs):
-    t = _per_tensor(imp, node.input[0], where)
     if int_attr(attrs, "axis", 1, where) != 1:
         raise UnsupportedModel(f"{where}: axis={attrs.get('axis')}; only 1 (to N, -1) is supported")
+    if node.input[0] in imp.chains:
+        return floats.flatten(imp, node, where)
+    t = _per_tensor(imp, node.input[0], where)
     imp.emit(Node(imp.unique(i, node), "flatten", [t.value], FlattenParams(), {},
                     f"onnx Flatten {node.name}"), node.output[0], where, scale=t.scale)
 
@@ -388,14 +436,17 @@ def _per_tensor(imp, name, where):
 
 @handles("Reshape", inputs=(2, 2), note="Reshape (to N,-1)")
 def reshape(imp, i, node, where, attrs):
-    t = _per_tensor(imp, node.input[0], where)
+    chain = imp.chains.get(node.input[0])
+    t = None if chain is not None else _per_tensor(imp, node.input[0], where)
     shape = imp.const(node.input[1], where, "shape").reshape(-1).tolist()
-    size = math.prod(t.shape)
+    size = math.prod(chain.shape if chain is not None else t.shape)
     batches = (-1, imp.declared_batch()) if int_attr(attrs, "allowzero", 0, where) \
         else (0, -1, imp.declared_batch())  # 0 copies the batch unless allowzero
     if len(shape) != 2 or shape[0] not in batches or shape[1] not in (size, -1) \
             or shape[0] == shape[1] == -1:
         raise UnsupportedModel(f"{where}: Reshape to {shape}; only to (N, {size}) is supported")
+    if chain is not None:
+        return floats.flatten(imp, node, where)
     imp.emit(Node(imp.unique(i, node), "flatten", [t.value], FlattenParams(), {},
                     f"onnx Reshape {node.name}"), node.output[0], where, scale=t.scale)
 

@@ -21,6 +21,7 @@ registers waiting for the layer after them; each node goes to its op type's hand
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from fractions import Fraction
 
@@ -34,7 +35,7 @@ from ..fixedpoint.format import MAX_BITS, MAX_UNSIGNED_BITS, Format
 from ..fixedpoint.modes import Overflow, Rounding
 from ..graph.ir import Graph, GraphInput, Node, unique_name
 from ..fixedpoint.chains import Affine
-from .floats import parse_rescale, power_of_two
+from .floats import float_tail, parse_rescale, power_of_two
 from .handlers import HANDLERS, ONNX, QONNX, supported
 from .passes import apply_accumulators, check_unbounded, clamp_thresholds, take_output_register
 from .protocol import ONNX_DOMAINS, QONNX_DOMAINS, ROUNDING_FROM_QONNX, UNBOUNDED
@@ -115,11 +116,9 @@ class _Importer:
                                    "runs graphs of one output")
         out = self.graph.output[0].name
         self.flush_pending(out)
-        if out in self.chains:
-            raise UnsupportedModel(f"the model's output {out} is a float value (after "
-                                   f"{self.chains[out].describe()}) that no Quant "
-                                   "ends; the engine's outputs are integers: end the network with a "
-                                   "quantizer (Brevitas: a QuantIdentity)")
+        tail = None
+        if out in self.chains:  # a float tail: the graph ends at its integer tensor
+            self.tensors[out], tail = float_tail(self, out)
         if graph_input.name not in self.value_fracs:
             raise UnsupportedModel(f"the input {graph_input.name} is never quantized: a Quant must "
                                    "end its float chain")
@@ -133,6 +132,10 @@ class _Importer:
             meta["qonnx_scales"] = scaled
         if self.input_declared:  # compare gives qonnx the float input itself
             meta["input_declared"] = True
+        if tail is not None:  # float ops after the last integer tensor, as the reference does them
+            meta["float_tail"] = tail.to_json()
+            self.inexact.append(f"the float tail {tail.describe()} after the last integer tensor is "
+                                "computed in float32 as the model's runtime does it, not in integers")
         if self.inexact:
             meta["inexact"] = self.inexact
             for note in self.inexact:
@@ -235,14 +238,16 @@ class _Importer:
         if scale is None:
             take_output_register(self, node, onnx_out)
 
-    def power_of_two_quant(self, q) -> bool:
-        """Whether the Quant/IntQuant/Trunc ``q`` has one power-of-two scale (else its value has
-        float scales: a float chain's end)."""
-        if q.op_type == "Trunc" or len(q.input) < 2 or q.input[1] not in self.consts:
+    def fixed_point_quant(self, q) -> bool:
+        """Whether the Quant/IntQuant/Trunc ``q`` has one power-of-two scale and a zero
+        zero-point: an engine format (else a float chain's end: float scales, a zero-point)."""
+        if q.op_type == "Trunc" or len(q.input) < 3 or q.input[1] not in self.consts:
             return True
         scale = self.consts[q.input[1]].astype(np.float64).ravel()
+        zero = self.consts.get(q.input[2])
         return scale.size > 0 and bool(np.all(scale == scale[0])) and \
-            power_of_two(Fraction(float(scale[0]))) is not None
+            power_of_two(Fraction(float(scale[0]))) is not None and \
+            (zero is None or bool(np.all(zero.astype(np.float64) == 0)))
 
     def sole_reader(self, name):
         readers = self.readers.get(name, [])
@@ -264,8 +269,9 @@ class _Importer:
         fmt = Format(None if UNBOUNDED in notes else bits, frac, signed)
         return QuantRegister(fmt, rounding, overflow, scale_in if trunc else None, notes)
 
-    def quantizer(self, node, where) -> tuple:
-        """(signed, overflow, rounding, bits) of a Quant/IntQuant/Trunc; its zero-point checked."""
+    def quantizer(self, node, where, zero_point: bool = False) -> tuple:
+        """(signed, overflow, rounding, bits) of a Quant/IntQuant/Trunc; its zero-point checked
+        (zero, unless ``zero_point``: the caller reads it with `zero_point`)."""
         trunc = node.op_type == "Trunc"
         if len(node.input) != (6 if trunc else 4) or len(node.output) != 1:
             raise UnsupportedModel(f"{where}: {len(node.input)} inputs; "
@@ -283,12 +289,21 @@ class _Importer:
         if mode not in ROUNDING_FROM_QONNX:
             raise UnsupportedModel(f"{where}: rounding_mode {mode} has no engine rounding; "
                                    f"supported: {', '.join(ROUNDING_FROM_QONNX)}")
-        zero = self.const(node.input[2], where, "zero-point")
-        if zero.size == 0 or np.any(zero != 0):
-            raise UnsupportedModel(f"{where}: zero-point {zero.ravel()[:4].tolist()} is not zero; "
-                                   "the engine's formats are symmetric (zero-point 0)")
+        if not zero_point and self.zero_point(node, where) != 0:
+            raise UnsupportedModel(f"{where}: zero-point {self.zero_point(node, where)} is not zero; "
+                                   "a zero-point is taken where a float chain ends (a Quant of a "
+                                   "network value), not here")
         bits = self.bit_width(node.input[5] if trunc else node.input[3], where, signed)
         return signed, Overflow.SAT_SYM if narrow else Overflow.SAT, ROUNDING_FROM_QONNX[mode], bits
+
+    def zero_point(self, node, where) -> int:
+        """The Quant's zero-point: one integer for the whole tensor."""
+        zero = self.const(node.input[2], where, "zero-point").astype(np.float64)
+        if zero.size == 0 or np.any(zero != zero.ravel()[0]) or not np.isfinite(zero.ravel()[0]) \
+                or zero.ravel()[0] != np.round(zero.ravel()[0]) or abs(zero.ravel()[0]) > 1 << 32:
+            raise UnsupportedModel(f"{where}: zero-point {zero.ravel()[:4].tolist()}; one integer "
+                                   "for the whole tensor (|z| <= 2**32)")
+        return int(zero.ravel()[0])
 
     def scalar_scale(self, name, where) -> int:
         scale = self.const(name, where, "scale").astype(np.float64)
@@ -361,7 +376,7 @@ class _Importer:
         quant = None
         quant_read = reader is not None and reader[1].domain in QONNX_DOMAINS and \
             reader[1].op_type in ("Quant", "IntQuant")
-        if fmt is None and (not quant_read or not self.power_of_two_quant(reader[1])):
+        if fmt is None and (not quant_read or not self.fixed_point_quant(reader[1])):
             # float input: its chain (preprocessing, then a Quant) is the input's quantization
             graph_input = self.input = GraphInput(name, shape, Format(8, 0))  # set by its Quant
             try:
@@ -402,22 +417,26 @@ class _Importer:
                 self.requantize(quant, self.tensors[v.name], reg, self.where(i, quant))
         return graph_input
 
-    def emit_mac(self, i, node, where, op, x_name, w: QConst, b, **geometry):
-        """A MAC layer of weights ``w`` and bias ``b`` (a QConst, a float array, or None). With
-        float scales on its input or weights, or a float bias, its accumulator starts a float
-        chain (scale and bias exact in it) that the next Quant ends."""
+    def emit_mac(self, i, node, where, op, x_name, w: QConst, b, params_type=Conv2dParams,
+                 out_channels=None, **geometry):
+        """A MAC layer of weights ``w`` and bias ``b`` (a QConst, a float array, or None), its
+        params a ``params_type`` of ``geometry``, ``out_channels`` outputs (None: the weights'
+        axis 0). With float scales on its input or weights, or a float bias, its accumulator
+        starts a float chain (scale and bias exact in it) that the next Quant ends."""
         t, reg, rounding = self.layer_input(x_name, where, True, scaled=True)
-        channels = w.ints.shape[0]
+        channels = out_channels or w.ints.shape[0]
         values = None if b is None else np.asarray(b.ints if isinstance(b, QConst) else b).reshape(-1)
         if values is not None and values.size != channels:
             raise UnsupportedModel(f"{where}: bias of {values.size} values for {channels} outputs")
         floating = t.scale is not None or w.scale is not None or \
             (b is not None and (not isinstance(b, QConst) or b.scale is not None))
         if floating and t.scale is not None and len(t.scale) > 1:
-            raise UnsupportedModel(f"{where}: its input has per-channel float scales; a MAC layer "
-                                   "sums over channels, so they must be one")
+            if out_channels is not None:
+                raise UnsupportedModel(f"{where}: its input has per-channel float scales; quantize "
+                                       "it per tensor before this layer")
+            t, w = self._on_common_grid(t, w, geometry.get("groups", 1), where)
         bias = b if isinstance(b, QConst) and not floating else None
-        params = Conv2dParams(w.fmt, bias.fmt if bias is not None else None, input_register=reg,
+        params = params_type(w.fmt, bias.fmt if bias is not None else None, input_register=reg,
                               accumulator=Accumulator(), rounding=rounding, **geometry)
         arrays = {"weight": w.ints}
         if bias is not None:
@@ -440,6 +459,30 @@ class _Importer:
         self.chains[node.output[0]] = FloatChain(acc, [Affine(acc.unit(), offset)], channels,
                                                  mac.out_shape, [node.name or node.op_type])
         return mac
+
+    def _on_common_grid(self, t: Tensor, w: QConst, groups: int, where) -> tuple:
+        """A MAC's input of per-channel float scales s_c summed exactly: each s_c is an integer
+        k_c times the channels' common grid g (binary fractions: the finest 2**-e of them), so
+        the sum over c of x_c s_c w_oc is g times the sum of x_c (k_c w_oc): the weights of
+        input channel c times k_c, the input's scale g (docs/arithmetic.md section 12)."""
+        units = t.scale
+        if any(u.denominator & (u.denominator - 1) for u in units):
+            raise UnsupportedModel(f"{where}: an input scale that is no binary fraction")
+        grid = min(Fraction(1, u.denominator) for u in units)
+        factors = np.array([int(u / grid) for u in units], dtype=object)
+        per_group = w.ints.shape[1]  # input channels each output reads
+        if per_group * groups != len(factors):
+            raise UnsupportedModel(f"{where}: {len(factors)} input scales for weights of "
+                                   f"{per_group} x {groups} input channels")
+        widened = w.fmt.bits + max(int(f) for f in factors).bit_length()
+        if widened > MAX_BITS:
+            raise UnsupportedModel(f"{where}: the input's per-channel scales are too far apart to "
+                                   f"sum exactly within {MAX_BITS} bits of weight")
+        outputs = w.ints.shape[0]
+        k = np.array([[int(factors[(o // (outputs // groups)) * per_group + c]) for c in range(per_group)]
+                      for o in range(outputs)], np.int64).reshape((outputs, per_group) + (1,) * (w.ints.ndim - 2))
+        weights = QConst(w.ints * k, Format(widened, w.fmt.frac_bits, w.fmt.signed), w.scale)
+        return dataclasses.replace(t, scale=(grid,)), weights
 
     def bias(self, name, where):
         """A layer's bias: a quantized constant, or a float one (a float chain's offset)."""

@@ -29,7 +29,8 @@ def take_output_register(imp, node: Node, onnx_out: str):
     if reader is None or not free_output(node):
         return
     i, q = reader
-    if q.domain not in QONNX_DOMAINS or q.op_type not in REGISTER_OPS or q.input[0] != onnx_out:
+    if q.domain not in QONNX_DOMAINS or q.op_type not in REGISTER_OPS or q.input[0] != onnx_out \
+            or not imp.fixed_point_quant(q):  # float scales, a zero-point: a float chain's end
         return
     where = imp.where(i, q)
     reg = imp.register_of(i, q, where)

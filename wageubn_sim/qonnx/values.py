@@ -57,6 +57,8 @@ class FloatChain:
     channels: int
     shape: tuple
     nodes: list
+    flattened: bool = False  # a Flatten/Reshape on the way: done on the integers where it ends
+    ops: tuple = ()  # per stage after the first, its float32 op (`graph.tail.TailOp`; None: none)
 
     def describe(self) -> str:
         """Where the float value came from, for messages."""

@@ -90,6 +90,12 @@ def accumulator_grid(x_frac: int, weight_fmt: Format, bias_fmt: Format | None,
 def conv2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias: np.ndarray | None,
            p: Conv2dParams, trace: bool = False, op: int = OP_MULTIPLY) -> Output:
     what = "Adder2d" if op == OP_ADDER else "Conv2d"
+    if x.ndim == 3:  # a 1-D convolution of (N, C, L): a 2-D one of height 1, the same sums
+        if weight.ndim != 4 or weight.shape[2] != 1 or (p.stride[0], p.padding[0], p.dilation[0]) != (1, 0, 1):
+            raise ValueError(f"{what}: an N,C,L input takes weights (O, I, 1, K) and stride, "
+                             f"padding, dilation (1, s), (0, p), (1, d); got {tuple(weight.shape)}, "
+                             f"{p.stride}, {p.padding}, {p.dilation}")
+        return _squeezed(conv2d(x[:, :, None, :], x_frac, weight, bias, p, trace, op), (slice(None), slice(None), 0))
     _check(x, weight, bias, p, what)
     stages: dict = {}
     x, x_frac, registers = input_stage(x, x_frac, p.input_register, p.rounding)
@@ -247,9 +253,15 @@ def linear(x: np.ndarray, x_frac: int, weight: np.ndarray, bias, p: Conv2dParams
     if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"Linear: input {x.shape} does not fit weights {weight.shape}")
     out = conv2d(x[:, :, None, None], x_frac, weight[:, :, None, None], bias, p, trace)
-    out.q = out.q[:, :, 0, 0]
-    out.flags = out.flags[:, :, 0, 0]
-    out.trace = {k: (v[:, :, 0, 0] if v.ndim == 4 else v) for k, v in out.trace.items()}
+    return _squeezed(out, (slice(None), slice(None), 0, 0))
+
+
+def _squeezed(out: Output, index: tuple) -> Output:
+    """A 4-D run's Output at the caller's rank: its integers, flags and traced stages indexed
+    (Linear: H = W = 0; a 1-D convolution: H = 0)."""
+    out.q = out.q[index]
+    out.flags = out.flags[index]
+    out.trace = {k: (v[index] if v.ndim == 4 else v) for k, v in out.trace.items()}
     return out
 
 

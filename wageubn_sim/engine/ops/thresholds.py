@@ -1,13 +1,14 @@
 """Thresholds: a monotone float chain between two integer registers as hardware computes it
 (FINN's MultiThreshold; docs/arithmetic.md section 12):
 
-    y[n, c, ...] = first + #{l : s_c * x[n, c, ...] >= T[c, l]}
+    y[n, c, ...] = first + step * #{l : s_c * x[n, c, ...] >= T[c, l]}
 
 per channel c, with T[c] non-decreasing and s_c = +1 for a chain that does not decrease, -1 for
 one that does not increase (a negative scale or gamma). The thresholds are computed exactly when
 the chain is imported (`fixedpoint.chains.thresholds`); the comparison itself is exact on any
 integers, so the layer has no register to round, wrap or saturate: its levels are its output.
-A (1, L) table serves every channel (a per-tensor chain).
+A (1, L) table serves every channel (a per-tensor chain). ``step`` is 1 but for levels that lie
+step integers apart: a bipolar (sign) activation's -1, +1 is first = -1, step = 2.
 
 Overflow bound: s_c * x for x in the domain stays in it (-2**61 <= x < 2**61 gives
 -2**61 < -x <= 2**61, compared, never stored, in int64).
@@ -29,22 +30,26 @@ SIGNS_FORMAT = Format(2, 0)  # the directions: +1 or -1
 @dataclasses.dataclass(frozen=True)
 class ThresholdsParams:
     """``out_fmt``: the levels' grid and width; ``first``: the lowest level (an integer of
-    out_fmt); ``input_frac``: the grid of the input the thresholds were computed for."""
+    out_fmt); ``input_frac``: the grid of the input the thresholds were computed for;
+    ``step``: the integers from one level to the next (positive)."""
 
     out_fmt: Format
     first: int
     input_frac: int
+    step: int = 1
 
     def __post_init__(self):
         if not isinstance(self.out_fmt, Format) or not self.out_fmt.bounded:
             raise ValueError(f"thresholds: out_fmt {self.out_fmt!r} must be a bounded format")
-        for name in ("first", "input_frac"):
+        for name in ("first", "input_frac", "step"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"thresholds: {name}={value!r} must be an int")
         if not self.out_fmt.min_int <= self.first <= self.out_fmt.max_int:
             raise ValueError(f"thresholds: first={self.first} lies outside out_fmt "
                              f"{self.out_fmt.describe()}")
+        if self.step < 1:
+            raise ValueError(f"thresholds: step={self.step} must be positive")
 
 
 @njit(cache=True, inline="always")
@@ -115,15 +120,15 @@ def prepared_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
-def levels_into(x, block, sign, first, out):
-    """out[i] = first + the levels sign * x[i] reaches on the prepared row ``block`` (the
+def levels_into(x, block, sign, first, step, out):
+    """out[i] = first + step * the levels sign * x[i] reaches on the prepared row ``block`` (the
     loop the layer path and the plan's step share): its bucket's count, plus the repeats of
     the one threshold the bucket may hold, or a search of the row where it has no buckets."""
     buckets, base, shift, levels = block[0], block[1], block[2], block[3]
     row = block[HEADER:HEADER + levels]
     if buckets == 0:
         for i in range(x.shape[0]):
-            out[i] = first + count_reached(row, sign * x[i])
+            out[i] = first + step * count_reached(row, sign * x[i])
         return
     counted = block[HEADER + levels:HEADER + levels + buckets]
     nexts = block[HEADER + levels + buckets:HEADER + levels + 2 * buckets]
@@ -133,22 +138,22 @@ def levels_into(x, block, sign, first, out):
         b = min(max((v - base) >> shift, 0), last)  # |v - base| < 2**62: both in the domain
         word = counted[b]
         k = (word & 0xFFFFFFFF) + (word >> 32) * (v >= nexts[b])
-        out[i] = first + k * (v >= base)  # below the first threshold: none reached
+        out[i] = first + step * k * (v >= base)  # below the first threshold: none reached
 
 
 @njit(cache=True, parallel=True)
-def _levels(x, blocks, starts, signs, first, out):
+def _levels(x, blocks, starts, signs, first, step, out):
     """x (N, C, P) into out: each value's level on its channel's prepared row."""
     n, c, pixels = x.shape
     shared = starts.shape[0] == 1
     for job in prange(n * c):
         b, ch = job // c, job % c
         k = 0 if shared else ch
-        levels_into(x[b, ch], blocks[starts[k]:], signs[k], first, out[b, ch])
+        levels_into(x[b, ch], blocks[starts[k]:], signs[k], first, step, out[b, ch])
 
 
 @njit(cache=True)
-def float_levels_into(x, row, sign, first, out):
+def float_levels_into(x, row, sign, first, step, out):
     """Float values (an input's own quantization) against float64 thresholds: the count is
     guessed from the row's interior (an input chain is affine: its thresholds evenly spaced
     between the clamped ends) and checked against the two thresholds around it; a wrong guess
@@ -172,21 +177,22 @@ def float_levels_into(x, row, sign, first, out):
         below, above = row[max(k - 1, 0)], row[min(k, n - 1)]
         if not (((k == 0) | (v >= below)) & ((k == n) | (v < above))):
             k = count_reached(row, v)
-        out[i] = first + k
+        out[i] = first + step * k
 
 
 @njit(cache=True, parallel=True)
-def _float_levels(x, table, signs, first, out):
+def _float_levels(x, table, signs, first, step, out):
     n, c, pixels = x.shape
     shared = table.shape[0] == 1
     for job in prange(n * c):
         b, ch = job // c, job % c
         k = 0 if shared else ch
-        float_levels_into(x[b, ch], table[k], signs[k], first, out[b, ch])
+        float_levels_into(x[b, ch], table[k], signs[k], first, step, out[b, ch])
 
 
-def count_levels(x: np.ndarray, table: np.ndarray, signs: np.ndarray, first: int) -> np.ndarray:
-    """first + the levels each value of x (N, C, ...: integers, or the floats of an input's own
+def count_levels(x: np.ndarray, table: np.ndarray, signs: np.ndarray, first: int,
+                 step: int = 1) -> np.ndarray:
+    """first + step * the levels each value of x (N, C, ...: integers, or the floats of an input's own
     quantization against float thresholds) reaches on its channel's row of ``table`` (one row:
     every channel's)."""
     n, c = x.shape[:2]
@@ -194,9 +200,9 @@ def count_levels(x: np.ndarray, table: np.ndarray, signs: np.ndarray, first: int
     out = np.empty(x3.shape, np.int64)
     signs = np.ascontiguousarray(signs, dtype=np.int64)
     if table.dtype.kind == "f":
-        _float_levels(x3, np.ascontiguousarray(table), signs, first, out)
+        _float_levels(x3, np.ascontiguousarray(table), signs, first, step, out)
     else:
-        _levels(x3, *prepared_rows(table), signs, first, out)
+        _levels(x3, *prepared_rows(table), signs, first, step, out)
     return out.reshape(x.shape)
 
 
@@ -211,10 +217,10 @@ def thresholds(x: np.ndarray, x_frac: int, table: np.ndarray, signs: np.ndarray,
         raise ValueError("thresholds: each channel's thresholds must not decrease")
     if not bool(np.all(np.abs(signs) == 1)):
         raise ValueError("thresholds: each sign is +1 or -1")
-    if p.first + levels > p.out_fmt.max_int:
+    if p.first + p.step * levels > p.out_fmt.max_int:
         raise ValueError(f"thresholds: {levels} levels above {p.first} leave out_fmt "
                          f"{p.out_fmt.describe()}")
-    q = count_levels(np.asarray(x, np.int64), np.asarray(table, np.int64), signs, p.first)
+    q = count_levels(np.asarray(x, np.int64), np.asarray(table, np.int64), signs, p.first, p.step)
     return Output(q, p.out_fmt, Events(), {"input": x, "output": q} if trace else {},
                   np.zeros(q.shape, np.uint8))
 
@@ -232,7 +238,7 @@ def thresholds_range(p: ThresholdsParams, arrays, ins):
     (lo, hi), _ = ins[0]
     table, signs = arrays["thresholds"], arrays["signs"]
     counts = [int(np.count_nonzero(s * v >= row)) for row, s in zip(table, signs) for v in (lo, hi)]
-    return p.first + min(counts), p.first + max(counts), p.out_fmt.frac_bits
+    return p.first + p.step * min(counts), p.first + p.step * max(counts), p.out_fmt.frac_bits
 
 
 SPECS = (OpSpec("thresholds", ThresholdsParams,

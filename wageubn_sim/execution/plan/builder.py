@@ -157,6 +157,8 @@ class _Builder:
         weight, bias = node.arrays["weight"], node.arrays.get("bias")
         if node.op == "linear":
             shape, weight = (shape[0], 1, 1), weight[:, :, None, None]
+        elif len(shape) == 2:  # a 1-D convolution: one row of height 1
+            shape = (shape[0], 1, shape[1])
         src, fx, x_max = self._input_register(node, src, shape, frac)
         o, cg, kh, kw = weight.shape
         fw = p.weight_fmt.frac_bits
@@ -170,7 +172,8 @@ class _Builder:
             raise NotPlannable(f"node {node.name}: its {acc.bits}-bit saturating accumulator may "
                                "saturate MAC by MAC; that order runs layer by layer")
         self._bound(bound, summary["abs_max"] << prod_shift)  # the sums, and the weights themselves
-        oh, ow = node.out_shape[1:] if node.op == "conv2d" else (1, 1)
+        oh, ow = (1, 1) if node.op == "linear" else (1, *node.out_shape[1:]) if len(node.out_shape) == 2 \
+            else node.out_shape[1:]
         if node.op == "linear":  # a dot product per output (`_mac`), over the weights as they are
             taps, weights, planes, sums, rows, pitch, f32 = -1, w, -1, -1, -1, -1, False
         else:
@@ -262,7 +265,8 @@ class _Builder:
         dst = self._slot(node.name, node.out_shape, node.out_fmt.frac_bits)
         at = self._index(blocks)
         self._row(THRESHOLDS, SRC=src, DST=dst, C=shape[0], H=pixels, KH=table.shape[0],
-                  WOFF=self._index(starts + at), BOFF=self._index(signs), SHIFT_A=node.params.first)
+                  WOFF=self._index(starts + at), BOFF=self._index(signs), SHIFT_A=node.params.first,
+                  SHIFT_B=node.params.step)
         self.node_registers[node.name] = ["output"]
 
     def finish(self) -> Plan:

@@ -260,7 +260,7 @@ def _step(buf, work, s, constants, constants32, indices, registers, counts):
             row = 0 if s[KH] == 1 else c
             src, dst = s[SRC] + c * pixels, s[DST] + c * pixels
             levels_into(buf[src:src + pixels], indices[indices[s[WOFF] + row]:], indices[s[BOFF] + row],
-                        s[SHIFT_A], buf[dst:dst + pixels])
+                        s[SHIFT_A], s[SHIFT_B], buf[dst:dst + pixels])
     else:  # REGISTER
         src, dst, size = s[SRC], s[DST], s[C]
         buf[dst:dst + size] = buf[src:src + size]
