@@ -21,6 +21,7 @@ LAYERS = [
     {"qonnx"},  # QONNX in and out
     {"training", "reports"},  # integer training; audit and sweep
     {"vectors"},  # test-vector bundles (of inference and of a training step), verify
+    {"codegen"},  # the golden model as C (a bundle's layout for its taps)
     {"demo", "warm"},  # the embedded demo; the JIT's warm-up
     {"cli", "(root)"},  # the command line and the package's API
 ]

@@ -87,6 +87,24 @@ def export(graph, out, batch, allow_inexact, int_quant, force):
 
 @main.command()
 @click.argument("graph")
+@click.option("-o", "--out", required=True, help="The folder to write (C sources, params.bin, Makefile).")
+@click.option("--embed", is_flag=True, help="Compile the parameters into the code instead of params.bin.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def codegen(graph, out, embed, force):
+    """Write GRAPH's golden model as portable C99: `make -C OUT` builds OUT/golden, which reads a
+    bundle's input.npy and writes the output integers (--taps: every layer's, and its events)."""
+    from ..codegen import generate_c
+    from ..files.write import write_folder_atomically
+    from ..graph.ir import load_graph
+    check_output(out, force, graph)  # before the work
+    g = guard(load_graph, graph)
+    files = guard(generate_c, g, embed)
+    guard(write_folder_atomically, out, files, force)
+    click.echo(f"wrote {out}: the C model of {len(g.nodes)} layers; build it with make -C {out}")
+
+
+@main.command()
+@click.argument("graph")
 @input_options
 @click.option("-o", "--out", required=True, help="Output .npy (integers of the output format).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
