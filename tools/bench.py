@@ -40,6 +40,7 @@ import platform
 import statistics
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -495,6 +496,62 @@ def bench_float_scales(rounds):
               f"float / power-of-two {statistics.median(ratio):.2f}x (median of rounds)")
 
 
+def bench_codegen(rounds):
+    """The generated C model (`wageubn-sim codegen`, gcc -O2) against the engine's one-thread
+    rate: the small CNN image by image, ResNet-18 CIFAR; its build time and equality."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import numba
+    from wageubn_sim.codegen import generate_c
+
+    def build(graph, folder):
+        files = generate_c(graph)
+        assert files == generate_c(graph), "the folder is not the same bytes twice"
+        for rel, data in files.items():
+            (folder / rel).write_bytes(data)
+        start = time.perf_counter()
+        subprocess.run(["make", "-s", "-C", str(folder), "CFLAGS=-O2"], check=True)
+        return time.perf_counter() - start
+
+    def c_rate(folder, q):
+        np.save(folder / "in.npy", q.astype(np.int64))
+        run = lambda: subprocess.run([str(folder / "golden"), str(folder / "in.npy"), str(folder / "out.npy")], check=True)
+        run()
+        return [len(q) / timed(run) for _ in range(rounds)]
+
+    def engine_rate(graph, x, per_image):
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            graph.run(x[:1])
+            return [_images_per_second(graph.run, x, per_image) for _ in range(rounds)]
+        finally:
+            numba.set_num_threads(threads)
+
+    small, _ = _small_cnn_graph()
+    torch.manual_seed(0)
+    resnet = wageubn_sim.compile(wageubn_sim.quantize_model(resnet18(10, True)).eval(),
+                                 np.random.default_rng(0).standard_normal((1, 3, 32, 32)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, graph, n, per_image in (("small CNN 16x16x3, one image at a time", small, 2000, True),
+                                           ("ResNet-18 CIFAR 32x32", resnet, 16, False)):
+            folder = Path(tmp) / label.split()[0]
+            folder.mkdir()
+            seconds = build(graph, folder)
+            x = np.random.default_rng(1).standard_normal((n, *graph.inputs[0].shape))
+            q = graph.quantize_input(x)
+            c = c_rate(folder, q)
+            exact = np.array_equal(np.load(folder / "out.npy"), graph.run(q).q)
+            engine = engine_rate(graph, x, per_image)
+            print(f"{label}: C model (gcc -O2, built in {seconds:.1f} s) {summary(c, True, fmt='{:.0f}')} "
+                  f"images/s, engine one thread {summary(engine, True, fmt='{:.0f}')} images/s: "
+                  f"{statistics.median(c) / statistics.median(engine):.2f}x; equal to the engine: "
+                  f"{'yes' if exact else 'NO'}")
+            shutil.rmtree(folder)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
@@ -512,6 +569,8 @@ def main():
                              "a second engine process")
     parser.add_argument("--float-scales", action="store_true",
                         help="benchmark a CNN with float scales (thresholds) against its power-of-two twin")
+    parser.add_argument("--codegen", action="store_true",
+                        help="benchmark the generated C model against the engine's one-thread rate")
     parser.add_argument("--busy-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.busy_engine:
@@ -521,6 +580,9 @@ def main():
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
     if args.small:
         bench_small(args.rounds if "--rounds" in os.sys.argv else 3)
+        return
+    if args.codegen:
+        bench_codegen(args.rounds if "--rounds" in os.sys.argv else 3)
         return
     if args.float_scales:
         bench_float_scales(args.rounds if "--rounds" in os.sys.argv else 5)

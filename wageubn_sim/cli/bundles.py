@@ -49,7 +49,10 @@ def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_wid
 @click.argument("bundle")
 @click.option("--graph", "graph_path", help="Also check that the bundle is this graph's: layers, "
                                             "params, parameter values, input, outputs.")
-def verify(bundle, graph_path):
+@click.option("--golden", "golden_dir", help="Also recompute it with a built golden model (the "
+                                             "folder of wageubn-sim codegen, after make): every "
+                                             "layer's tensors and events.")
+def verify(bundle, graph_path, golden_dir):
     """Check a bundle from its files alone: every file listed and matching its sha256, the
     network recomputed from the input and parameters, every layer, tensor, format and event
     count compared (exit 1 listing every failure; 2 if BUNDLE is no bundle)."""
@@ -58,4 +61,11 @@ def verify(bundle, graph_path):
     graph = guard(load_graph, graph_path) if graph_path else None
     report = guard(verify_bundle, bundle, graph)
     click.echo(str(report))
-    sys.exit(0 if report.ok else CHECK_FAILED)
+    ok = report.ok
+    if golden_dir:
+        from ..codegen.check import check_bundle
+        layers, failures = guard(check_bundle, golden_dir, bundle)
+        click.echo(f"golden model {golden_dir}: {layers} layers recomputed: "
+                   + ("all match" if not failures else f"{len(failures)} FAILED\n  " + "\n  ".join(failures)))
+        ok = ok and not failures
+    sys.exit(0 if ok else CHECK_FAILED)

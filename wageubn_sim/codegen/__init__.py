@@ -1,4 +1,5 @@
 """Backends that write the golden model as source code (`c`: portable C99)."""
-from .c import CodegenError, generate_c
+from .c import generate_c
+from .rules import CodegenError
 
 __all__ = ["CodegenError", "generate_c"]

@@ -116,21 +116,24 @@ int main(int argc, char **argv) {
         if (shape[k + 1] != WG_INPUT_SHAPE[k]) fail("the input's shape does not fit the graph's input", in_path);
     int64_t n = shape[0];
 
+    /* every layer's values of the whole batch with --taps; else one image's, and the output's */
     int64_t *out[WG_LAYERS], *acc[WG_LAYERS];
     static wg_events ev[WG_LAYERS][3];
     for (int k = 0; k < WG_LAYERS; k++) {
         const wg_layer_info *l = &WG_LAYER_INFO[k];
-        out[k] = malloc((size_t)(n * l->size + 1) * 8u);
-        acc[k] = l->accumulator_size ? malloc((size_t)(n * l->accumulator_size + 1) * 8u) : NULL;
+        int64_t images = (taps || k == WG_OUTPUT_LAYER) ? n : 1;
+        out[k] = malloc((size_t)(images * l->size + 1) * 8u);
+        acc[k] = l->accumulator_size ? malloc((size_t)((taps ? n : 1) * l->accumulator_size + 1) * 8u) : NULL;
         if (!out[k] || (l->accumulator_size && !acc[k])) fail("out of memory for the layers", NULL);
     }
     for (int64_t b = 0; b < n; b++) {
         int64_t *out_b[WG_LAYERS], *acc_b[WG_LAYERS];
         for (int k = 0; k < WG_LAYERS; k++) {
-            out_b[k] = out[k] + b * WG_LAYER_INFO[k].size;
-            acc_b[k] = acc[k] ? acc[k] + b * WG_LAYER_INFO[k].accumulator_size : NULL;
+            int64_t at = (taps || k == WG_OUTPUT_LAYER) ? b : 0;
+            out_b[k] = out[k] + at * WG_LAYER_INFO[k].size;
+            acc_b[k] = acc[k] ? acc[k] + (taps ? b : 0) * WG_LAYER_INFO[k].accumulator_size : NULL;
         }
-        wg_run_image(x + b * WG_INPUT_SIZE, out_b, acc_b, ev);
+        if (wg_run_image(x + b * WG_INPUT_SIZE, out_b, acc_b, ev) != 0) fail("the input", wg_error);
     }
     const wg_layer_info *last = &WG_LAYER_INFO[WG_OUTPUT_LAYER];
     write_npy(out_path, out[WG_OUTPUT_LAYER], n, last->rank, last->shape);

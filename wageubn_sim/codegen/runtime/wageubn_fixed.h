@@ -16,6 +16,10 @@ enum { WG_HALF_EVEN = 0, WG_HALF_UP = 1, WG_HALF_AWAY = 2, WG_FLOOR = 3, WG_TOWA
 enum { WG_WRAP = 0, WG_SAT = 1, WG_SAT_SYM = 2 };
 #define WG_MAX_BITS 62
 
+/* Why the last image was refused (0: it was not): a value the engine refuses too, such as a
+ * left shift out of an unbounded register's 62-bit domain. Defined in model.c. */
+extern const char *wg_error;
+
 /* section 9, Events: what a register did (over every element it moved) */
 typedef struct { int64_t wraps, saturations, ties, underflows; } wg_events;
 
@@ -101,8 +105,9 @@ static inline int wg_left_shift_overflows(int64_t q, int shift, int bits, int is
  * a shift of 64 on), computed in uint64_t. */
 static inline int64_t wg_shift_left_fitted(int64_t q, int shift, int bits, int is_signed, int overflow) {
     int64_t lo, hi;
+    if (q == 0) return 0;
     if (!wg_left_shift_overflows(q, shift, bits, is_signed, overflow))
-        return q * ((int64_t)1 << shift); /* it fits: no overflow */
+        return q * ((int64_t)1 << shift); /* it fits (so shift < 62): no overflow */
     if (overflow == WG_WRAP)
         return wg_fit(shift < 64 ? (int64_t)(((uint64_t)q << shift) & (uint64_t)INT64_MAX) : 0, bits, is_signed, overflow);
     wg_range(bits, is_signed, overflow, &lo, &hi);
@@ -122,6 +127,10 @@ static inline int64_t wg_register(int64_t q, int shift, int bits, int is_signed,
         over = r != rounded;
     } else {
         over = wg_left_shift_overflows(q, -shift, bits, is_signed, overflow);
+        if (over && bits == 0) {  /* section 3: an unbounded format refuses it */
+            wg_error = "a left shift leaves the 62-bit domain of an unbounded register";
+            return 0;
+        }
         r = wg_shift_left_fitted(q, -shift, bits, is_signed, overflow);
     }
     ev->ties += tie;
