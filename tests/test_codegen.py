@@ -144,8 +144,24 @@ def test_embedded_parameters_and_the_same_bytes_for_the_same_graph(tmp_path, dem
     assert done.returncode == 2 and "does not fit the graph's input" in done.stderr
 
 
-def test_the_command_writes_the_folder_and_refuses_what_it_cannot_generate(tmp_path, demo_graph):
+def test_folded_batchnorm_and_a_transposed_convolution_equal_the_engine(tmp_path, demo_graph):
+    """conv2d_bn (the demo folded with 8-bit multipliers) and Brevitas's QuantConvTranspose2d."""
     from wageubn_sim.graph.fold import fold_batchnorm
+    from wageubn_sim.qonnx import from_qonnx
+    graph, x = demo_graph
+    folded = fold_batchnorm(graph, 8)
+    assert "conv2d_bn" in {n.op for n in folded.nodes}
+    assert_equal_taps(folded, build(folded, tmp_path / "folded"), folded.quantize_input(x[:6]))
+    data = Path(__file__).parent / "data" / "brevitas"
+    up = from_qonnx(data / "conv_transpose.onnx")
+    q = up.quantize_input(np.load(data / "conv_transpose.npz")["input"][:4])
+    assert_equal_taps(up, build(up, tmp_path / "up"), q)
+
+
+def test_the_command_writes_the_folder_and_refuses_what_it_cannot_generate(tmp_path, demo_graph):
+    from wageubn_sim.engine.ops.conv2d import Conv2dParams
+    from wageubn_sim.fixedpoint import Format
+    from wageubn_sim.graph.ir import GraphInput, Node
     graph, _ = demo_graph
     graph.save(tmp_path / "g")
     runner = CliRunner()
@@ -155,9 +171,12 @@ def test_the_command_writes_the_folder_and_refuses_what_it_cannot_generate(tmp_p
             "layers.json"} <= {p.name for p in (tmp_path / "c").iterdir()}
     again = runner.invoke(main, ["codegen", str(tmp_path / "g"), "-o", str(tmp_path / "c")])
     assert again.exit_code == 2 and "exists" in again.output
-    fold_batchnorm(graph, 8).save(tmp_path / "folded")
-    refused = runner.invoke(main, ["codegen", str(tmp_path / "folded"), "-o", str(tmp_path / "f")])
-    assert refused.exit_code == 2 and "(conv2d_bn): the C model has no rule for conv2d_bn yet" in refused.output
+    adder = Graph([GraphInput("x", (1, 4, 4), Format(8, 4))],
+                  [Node("add1", "adder2d", ["x"], Conv2dParams(Format(8, 4)), {"weight": np.ones((2, 1, 3, 3), np.int64)})],
+                  ["add1"]).check()
+    adder.save(tmp_path / "adder")
+    refused = runner.invoke(main, ["codegen", str(tmp_path / "adder"), "-o", str(tmp_path / "f")])
+    assert refused.exit_code == 2 and "node add1 (adder2d): the C model has no rule for adder2d yet" in refused.output
     assert not (tmp_path / "f").exists()
 
 

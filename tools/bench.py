@@ -496,6 +496,30 @@ def bench_float_scales(rounds):
               f"float / power-of-two {statistics.median(ratio):.2f}x (median of rounds)")
 
 
+def _every_tap_equal(graph, folder, q) -> bool:
+    """Whether `golden --taps` gives every layer's output, accumulator and events as the
+    engine's traced run does."""
+    import json
+    import subprocess
+
+    from wageubn_sim.execution.run import node_events
+    from wageubn_sim.vectors.bundle import file_safe
+    np.save(folder / "taps_in.npy", q.astype(np.int64))
+    subprocess.run([str(folder / "golden"), "--taps", str(folder / "taps"), str(folder / "taps_in.npy"),
+                    str(folder / "taps_out.npy")], check=True)
+    traced = graph.run(q, trace=True)
+    events = json.loads((folder / "taps" / "events.json").read_text())
+    for node in graph.nodes:
+        out, where = traced.layers[node.name], folder / "taps" / file_safe(node.name)
+        if not np.array_equal(np.load(where / "output.npy"), out.q) or (
+                out.acc_fmt is not None and not np.array_equal(np.load(where / "accumulator.npy"),
+                                                               out.trace["accumulator"])):
+            return False
+        if events[file_safe(node.name)] != {r: e.counts() for r, e in node_events(out).items()}:
+            return False
+    return True
+
+
 def bench_codegen(rounds):
     """The generated C model (`wageubn-sim codegen`, gcc -O2) against the engine's one-thread
     rate: the small CNN image by image, ResNet-18 CIFAR; its build time and equality."""
@@ -544,11 +568,12 @@ def bench_codegen(rounds):
             q = graph.quantize_input(x)
             c = c_rate(folder, q)
             exact = np.array_equal(np.load(folder / "out.npy"), graph.run(q).q)
+            taps = _every_tap_equal(graph, folder, q[:2])
             engine = engine_rate(graph, x, per_image)
             print(f"{label}: C model (gcc -O2, built in {seconds:.1f} s) {summary(c, True, fmt='{:.0f}')} "
                   f"images/s, engine one thread {summary(engine, True, fmt='{:.0f}')} images/s: "
                   f"{statistics.median(c) / statistics.median(engine):.2f}x; equal to the engine: "
-                  f"{'yes' if exact else 'NO'}")
+                  f"{'yes' if exact else 'NO'}; every tap and event count of 2 images: {'equal' if taps else 'DIFFER'}")
             shutil.rmtree(folder)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..version import __version__
 from ..vectors.bundle import file_safe
+from . import mac  # noqa: F401  (registers the MAC layers' rules)
 from .rules import RULES, RUNTIME, CodegenError, Emitter, Layer, c_int, c_string, image_size
 
 STATIC = ("wageubn_fixed.h", "golden_main.c", "Makefile", "wageubn_dpi.c", "dpi_args.py", "tb_golden.sv",

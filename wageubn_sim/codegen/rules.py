@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.mac.weights import weight_summary
-from ..engine.ops.conv2d import accumulator_grid, multiply_bound
 from ..engine.ops.thresholds import clamped_to_range
 from ..engine.ranges import input_register_range
 from ..execution.ranges import value_ranges
@@ -137,14 +135,14 @@ def image_size(shape) -> int:
     return int(math.prod(shape))
 
 
-def _output_register(e, node, value: str, frac: int, fmt, rounding, overflow, ev: str) -> str:
+def output_register(e, node, value: str, frac: int, fmt, rounding, overflow, ev: str) -> str:
     """The C expression of ``value`` (at 2**-frac) moved into its output register (None: as it is)."""
     if fmt is None:
         return value
     return f"wg_register({value}, {frac - fmt.frac_bits}, {_register_args(fmt, rounding, overflow)}, {ev})"
 
 
-def _input_register(e, node, x: str, size: int, register, rounding, ev: str) -> tuple[str, str, int]:
+def input_register(e, node, x: str, size: int, register, rounding, ev: str) -> tuple[str, str, int]:
     """(code, the buffer the layer reads, its frac): iostrict's input register over the image."""
     frac = e.fracs[node.inputs[0]]
     if register is None:
@@ -158,135 +156,13 @@ def _input_register(e, node, x: str, size: int, register, rounding, ev: str) -> 
 
 # ---- rules ---------------------------------------------------------------------------------------
 
-@rule("conv2d", "linear")
-def _mac(e, node):
-    """The accumulator preloaded with the aligned bias, then the products on its grid: exact
-    (any order), WRAP (the exact sum wrapped once, an event per element), or SAT (clamped after
-    every addition in the declared MAC order and k_split chunks, an event per clamp)."""
-    p = node.params
-    registers = (["input"] if p.input_register is not None else []) + ["accumulator", "output"]
-    ev = {r: f"&ev[{k}]" for k, r in enumerate(registers)}
-    shape = e.shapes[node.inputs[0]]
-    weight = node.arrays["weight"]
-    if node.op == "linear":
-        c, h, w = shape[0], 1, 1
-        weight = weight[:, :, None, None]
-    else:
-        c, h, w = (shape[0], 1, shape[1]) if len(shape) == 2 else shape
-    o, cg, kh, kw = weight.shape
-    out_shape = e.shapes[node.name]
-    oh, ow = (1, 1) if node.op == "linear" else ((1, out_shape[1]) if len(out_shape) == 2 else out_shape[1:])
-    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
-    code, x, fx = _input_register(e, node, "x0", c * h * w, p.input_register, p.rounding, ev.get("input"))
-    bias = node.arrays.get("bias")
-    frac, prod_shift = accumulator_grid(fx, p.weight_fmt, p.bias_fmt if bias is not None else None)
-    bias_al = np.zeros(o, object) if bias is None else bias.astype(object) * (1 << (frac - p.bias_fmt.frac_bits))
-    lo, hi = e.ranges[node.inputs[0]]
-    (x_lo, x_hi), _ = input_register_range((lo, hi), e.fracs[node.inputs[0]], p.input_register, p.rounding)
-    b_max = max((abs(int(v)) for v in bias_al), default=0)
-    summary = weight_summary(weight.reshape(o, -1))
-    guard, x_max = e.guard(node, x, c * h * w, max(-x_lo, x_hi, 0),
-                           lambda m: multiply_bound(summary, b_max, m, prod_shift) < DOMAIN_LIMIT,
-                           "a partial sum of its accumulator")
-    code += guard
-    bound = multiply_bound(summary, b_max, x_max, prod_shift)
-    acc = p.accumulator
-    if acc.bits is not None and acc.overflow != Overflow.WRAP:
-        a_lo, a_hi = -(1 << (acc.bits - 1)) + (acc.overflow == Overflow.SAT_SYM), (1 << (acc.bits - 1)) - 1
-        if b_max and (min(int(v) for v in bias_al) < a_lo or max(int(v) for v in bias_al) > a_hi):
-            raise CodegenError(f"node {node.name}: its aligned bias leaves its saturating accumulator")
-    w_ptr = e.constant(weight.astype(np.int64) * (1 << prod_shift))  # products land on the grid
-    b_ptr = e.constant(np.array([int(v) for v in bias_al], np.int64))
-    og = o // p.groups
-    taps = [(ci, ky, kx) for ci in range(cg) for ky in range(kh) for kx in range(kw)]
-    if acc.mac_order == "kernel_major":
-        taps = [(ci, ky, kx) for ky in range(kh) for kx in range(kw) for ci in range(cg)]
-    saturating = acc.bits is not None and acc.overflow != Overflow.WRAP
-    k_total = cg * kh * kw
-    chunk = -(-k_total // acc.k_split)
-    tap_list = e.constant(np.array([ci * kh * kw + ky * kw + kx for ci, ky, kx in taps], np.int64)) \
-        if saturating else None
-    value = _output_register(e, node, "a", frac, p.out_fmt, p.rounding, p.out_overflow, ev["output"])
-    if saturating:  # MAC by MAC in the declared order, clamped after every addition
-        fit = f"wg_fit(v, {acc.bits}, 1, {int(acc.overflow)})"
-        sums = f"""    const int64_t *T = {tap_list};
-    for (int64_t oc = 0; oc < {o}; oc++) {{
-        const int64_t *x_g = {x} + (oc / {og}) * {cg * h * w};
-        const int64_t *w_o = W + oc * {k_total};
-        for (int64_t oy = 0; oy < {oh}; oy++)
-            for (int64_t ox = 0; ox < {ow}; ox++) {{
-                int64_t part[{acc.k_split}];
-                for (int s = 0; s < {acc.k_split}; s++) part[s] = s == 0 ? B[oc] : 0;
-                for (int64_t t = 0; t < {k_total}; t++) {{  /* the declared MAC order */
-                    int64_t k = T[t], ci = k / {kh * kw}, ky = (k / {kw}) % {kh}, kx = k % {kw};
-                    int64_t iy = oy * {sh} - {ph} + ky * {dh}, ix = ox * {sw} - {pw} + kx * {dw};
-                    int64_t xv = (iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) ? x_g[ci * {h * w} + iy * {w} + ix] : 0;
-                    int64_t v = part[t / {chunk}] + xv * w_o[k], fitted = {fit};
-                    if (fitted != v) ev_acc->saturations++;
-                    part[t / {chunk}] = fitted;
-                }}
-                for (int s = 1; s < {acc.k_split}; s++) {{  /* the chunks added in order into the first */
-                    int64_t v = part[0] + part[s], fitted = {fit};
-                    if (fitted != v) ev_acc->saturations++;
-                    part[0] = fitted;
-                }}
-                acc[(oc * {oh} + oy) * {ow} + ox] = part[0];
-            }}
-    }}
-"""
-    else:  # exact (or wrapped once after): any order; weight by weight over the output rows,
-        # in int32 where every partial sum is below 2**31 (the loop then vectorizes), else int64
-        t = "int32_t" if bound < (1 << 31) - 1 else "int64_t"
-        narrow = t == "int32_t"
-        sums = (f"""    static int32_t x32[{c * h * w}], a32[{o * oh * ow}];
-    for (int64_t i = 0; i < {c * h * w}; i++) x32[i] = (int32_t){x}[i];  /* |x| < 2**31 (the bound) */
-""" if narrow else "") + f"""    for (int64_t oc = 0; oc < {o}; oc++) {{
-        const {t} *x_g = {'x32' if narrow else x} + (oc / {og}) * {cg * h * w};
-        const int64_t *w_o = W + oc * {k_total};
-        {t} *a_o = {'a32' if narrow else 'acc'} + oc * {oh * ow};
-        for (int64_t i = 0; i < {oh * ow}; i++) a_o[i] = ({t})B[oc];
-        for (int64_t ci = 0; ci < {cg}; ci++)
-            for (int64_t ky = 0; ky < {kh}; ky++)
-                for (int64_t kx = 0; kx < {kw}; kx++) {{
-                    const {t} wv = ({t})w_o[(ci * {kh} + ky) * {kw} + kx];
-                    const int64_t dx = kx * {dw} - {pw};  /* ix = ox * {sw} + dx */
-                    const int64_t ox_lo = dx >= 0 ? 0 : (-dx + {sw - 1}) / {sw};
-                    const int64_t ox_hi = {w} - 1 - dx < 0 ? 0 : ({w} - 1 - dx) / {sw} + 1;
-                    const int64_t ox_end = ox_hi < {ow} ? ox_hi : {ow};
-                    if (wv == 0) continue;
-                    for (int64_t oy = 0; oy < {oh}; oy++) {{
-                        const int64_t iy = oy * {sh} - {ph} + ky * {dh};
-                        if (iy < 0 || iy >= {h}) continue;
-                        const {t} *xr = x_g + ci * {h * w} + iy * {w};
-                        {t} *ar = a_o + oy * {ow};
-                        for (int64_t ox = ox_lo; ox < ox_end; ox++) ar[ox] += xr[ox * {sw} + dx] * wv;
-                    }}
-                }}
-    }}
-""" + (f"    for (int64_t i = 0; i < {o * oh * ow}; i++) acc[i] = a32[i];\n" if narrow else "")
-    wrap = ""
-    if acc.bits is not None and acc.overflow == Overflow.WRAP:
-        wrap = f"""        {{ int64_t wrapped = wg_fit(a, {acc.bits}, 1, {int(Overflow.WRAP)});
-          if (wrapped != a) ev_acc->wraps++;
-          a = wrapped; }}
-"""
-    body = code + f"    const int64_t *W = {w_ptr}, *B = {b_ptr};\n" + sums + f"""    for (int64_t i = 0; i < {o * oh * ow}; i++) {{
-        int64_t a = acc[i];
-{wrap}        acc[i] = a;
-        y[i] = {value};
-    }}
-"""
-    body = f"    wg_events *ev_acc = {ev['accumulator']};\n    (void)ev_acc;\n" + body
-    return registers, (o, oh, ow) if node.op == "conv2d" else (o,), body
-
-
 @rule("activation")
 def _activation(e, node):
     p = node.params
     registers = (["input"] if p.input_register is not None else []) + ["output"]
     ev = {r: f"&ev[{k}]" for k, r in enumerate(registers)}
     size = image_size(e.shapes[node.inputs[0]])
-    code, x, frac = _input_register(e, node, "x0", size, p.input_register, p.rounding, ev.get("input"))
+    code, x, frac = input_register(e, node, "x0", size, p.input_register, p.rounding, ev.get("input"))
     value, clamped_frac = "(x_i > 0 ? x_i : 0)", frac
     if p.ceiling is not None:  # a grid that holds the ceiling: frac >= 0
         clamped_frac = max(frac, 0)
@@ -298,7 +174,7 @@ def _activation(e, node):
         guard, _ = e.guard(node, x, size, e.magnitude(node.inputs[0]),
                            lambda m: m << (clamped_frac - frac) < DOMAIN_LIMIT, "its input on the ceiling's grid")
         code += guard
-    out = _output_register(e, node, "a", clamped_frac, p.out_fmt, p.rounding, p.overflow, ev["output"])
+    out = output_register(e, node, "a", clamped_frac, p.out_fmt, p.rounding, p.overflow, ev["output"])
     return registers, None, code + f"""    for (int64_t i = 0; i < {size}; i++) {{
         int64_t x_i = {x}[i], a = {value};
         y[i] = {out};
@@ -387,7 +263,7 @@ def _add(e, node):
     guards = "".join(e.guard(node, buf, size, e.magnitude(name), lambda m, f=f: m << (frac - f) < DOMAIN_LIMIT,
                              "its operand on the common grid")[0]
                      for buf, name, f in (("x0", a, fa), ("x1", b, fb)))  # each below 2**61: the sum fits int64
-    out = _output_register(e, node, "s", frac, p.out_fmt, p.rounding, p.overflow, "&ev[0]")
+    out = output_register(e, node, "s", frac, p.out_fmt, p.rounding, p.overflow, "&ev[0]")
     return ["output"], None, guards + f"""    for (int64_t i = 0; i < {size}; i++) {{
         int64_t s = x0[i] * {c_int(1 << (frac - fa))} + x1[i] * {c_int(1 << (frac - fb))};
         y[i] = {out};
@@ -406,7 +282,7 @@ def _requantize(e, node):
     p = node.params
     size = image_size(e.shapes[node.name])
     e.check(node, e.magnitude(node.name), "its output")
-    out = _output_register(e, node, "x0[i]", e.fracs[node.inputs[0]], p.out_fmt, p.rounding, p.overflow, "&ev[0]")
+    out = output_register(e, node, "x0[i]", e.fracs[node.inputs[0]], p.out_fmt, p.rounding, p.overflow, "&ev[0]")
     return ["output"], None, f"    for (int64_t i = 0; i < {size}; i++) y[i] = {out};\n"
 
 
@@ -442,7 +318,7 @@ def _concat(e, node):
         size = image_size(e.shapes[name])
         code += e.guard(node, f"x{k}", size, e.magnitude(name),
                         lambda m, f=e.fracs[name]: m << (frac - f) < DOMAIN_LIMIT, "its input on the common grid")[0]
-        out = _output_register(e, node, f"x{k}[i] * {c_int(1 << (frac - e.fracs[name]))}", frac, p.out_fmt,
+        out = output_register(e, node, f"x{k}[i] * {c_int(1 << (frac - e.fracs[name]))}", frac, p.out_fmt,
                                p.rounding, p.overflow, "&ev[0]")
         code += f"    for (int64_t i = 0; i < {size}; i++) y[{at} + i] = {out};\n"
         at += size
@@ -469,7 +345,7 @@ def _batchnorm(e, node):
     registers = (["input"] if p.input_register is not None else []) + ["xhat", "output"]
     ev = {r: f"&ev[{k}]" for k, r in enumerate(registers)}
     c, h, w = e.shapes[node.inputs[0]]
-    code, x, fx = _input_register(e, node, "x0", c * h * w, p.input_register, p.rounding, ev.get("input"))
+    code, x, fx = input_register(e, node, "x0", c * h * w, p.input_register, p.rounding, ev.get("input"))
     frac = max(fx, p.mean_fmt.frac_bits)
     mean = node.arrays["mean"].astype(object) * (1 << (frac - p.mean_fmt.frac_bits))
     shift = p.std_fmt.frac_bits + p.xhat_fmt.frac_bits - frac
@@ -504,7 +380,7 @@ def _batchnorm(e, node):
     d_ptr = e.constant(node.arrays["std"].astype(np.int64) * (1 << max(-shift, 0)))
     g_ptr = e.constant(np.array([int(v) for v in gamma], np.int64))
     b_ptr = e.constant(np.array([int(v) for v in beta], np.int64))
-    out = _output_register(e, node, "a", y_frac, p.out_fmt, p.rounding, p.overflow, ev["output"])
+    out = output_register(e, node, "a", y_frac, p.out_fmt, p.rounding, p.overflow, ev["output"])
     return registers, None, code + guard + f"""    const int64_t *M = {m_ptr}, *D = {d_ptr}, *G = {g_ptr}, *BE = {b_ptr};
     wg_events *ev_xhat = {ev['xhat']};
     for (int64_t ch = 0; ch < {c}; ch++)

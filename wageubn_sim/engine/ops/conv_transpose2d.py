@@ -40,7 +40,7 @@ class ConvTranspose2dParams(Conv2dParams):
                                  "below the stride or the dilation on each axis")
 
 
-def _equivalent(weight: np.ndarray, p: ConvTranspose2dParams) -> tuple:
+def equivalent(weight: np.ndarray, p: ConvTranspose2dParams) -> tuple:
     """(the convolution's weights (g og, cg, KH, KW), its params) of the transposed one's
     weights (C, og, KH, KW): flipped, in and out swapped within each group."""
     c, og, kh, kw = weight.shape
@@ -53,7 +53,7 @@ def _equivalent(weight: np.ndarray, p: ConvTranspose2dParams) -> tuple:
     return w, Conv2dParams(**{**fields, "stride": (1, 1), "padding": (0, 0)})
 
 
-def _borders(weight_shape, p: ConvTranspose2dParams) -> tuple:
+def borders(weight_shape, p: ConvTranspose2dParams) -> tuple:
     """Per axis, the zeros before the scattered input, d (K - 1) - p, and after it, the same
     plus output_padding."""
     before = tuple(d * (k - 1) - pad for d, k, pad in zip(p.dilation, weight_shape[2:], p.padding))
@@ -65,9 +65,9 @@ def _borders(weight_shape, p: ConvTranspose2dParams) -> tuple:
 
 def scattered(x: np.ndarray, weight_shape, p: ConvTranspose2dParams) -> np.ndarray:
     """The input as the equivalent convolution reads it: s - 1 zeros between pixels, the borders
-    around (`_borders`)."""
+    around (`borders`)."""
     n, c, h, w = x.shape
-    (bh, bw), (ah, aw) = _borders(weight_shape, p)
+    (bh, bw), (ah, aw) = borders(weight_shape, p)
     sh, sw = p.stride
     up = np.zeros((n, c, bh + (h - 1) * sh + 1 + ah, bw + (w - 1) * sw + 1 + aw), np.int64)
     up[:, :, bh:bh + (h - 1) * sh + 1:sh, bw:bw + (w - 1) * sw + 1:sw] = x
@@ -84,7 +84,7 @@ def conv_transpose2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias, p: Co
     if min(sizes) < 1:
         raise ValueError(f"ConvTranspose2d: an input {x.shape[2]}x{x.shape[3]} gives an output "
                          f"{sizes[0]}x{sizes[1]}: the padding {p.padding} removes all of it")
-    w, conv_p = _equivalent(weight, p)
+    w, conv_p = equivalent(weight, p)
     out = conv2d(scattered(np.asarray(x, np.int64), weight.shape, p), x_frac, w, bias, conv_p, trace)
     if trace:  # the layer's own input (after its input register), not the scattered one
         out.trace["input"] = _pixels(out.trace["input"], x.shape, weight.shape, p)
@@ -93,12 +93,12 @@ def conv_transpose2d(x: np.ndarray, x_frac: int, weight: np.ndarray, bias, p: Co
 
 def _pixels(up: np.ndarray, shape, weight_shape, p: ConvTranspose2dParams) -> np.ndarray:
     """The input's pixels out of a scattered array (`scattered`'s inverse)."""
-    (bh, bw), _ = _borders(weight_shape, p)
+    (bh, bw), _ = borders(weight_shape, p)
     return np.ascontiguousarray(up[:, :, bh::p.stride[0], bw::p.stride[1]][:, :, :shape[2], :shape[3]])
 
 
 def conv_transpose2d_range(p: ConvTranspose2dParams, arrays, ins):
-    w, conv_p = _equivalent(arrays["weight"], p)
+    w, conv_p = equivalent(arrays["weight"], p)
     return mac_range(conv_p, {**arrays, "weight": w}, ins)
 
 
@@ -108,7 +108,7 @@ def conv_transpose2d_backward(p: ConvTranspose2dParams, arrays, ins, out, error)
     x = out.trace["input"]
     x_frac = p.input_register.frac_bits if p.input_register is not None else ins[0][1]
     weight = arrays["weight"]
-    w, conv_p = _equivalent(weight, p)
+    w, conv_p = equivalent(weight, p)
     dx_up, dw, db = conv2d_backward(scattered(x, weight.shape, p), w, error.q, conv_p, "bias" in arrays)
     dx = _pixels(dx_up, x.shape, weight.shape, p)
     c, og, kh, kw = weight.shape
