@@ -578,6 +578,7 @@ def bench_codegen(rounds):
 
 
 def main():
+    wageubn_sim.keep_freed_memory()  # the command line's memory policy, as its figures assume
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--rounds", type=int, default=9,

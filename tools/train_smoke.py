@@ -27,6 +27,7 @@ from wageubn_sim.training.step import cross_entropy_error
 
 
 def main(argv=None) -> int:
+    wageubn_sim.keep_freed_memory()  # the command line's memory policy, as its figures assume
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)

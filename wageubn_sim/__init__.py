@@ -6,8 +6,7 @@ the seed's API corrected), `convert` (float model -> WAGEUBN modules), `engine` 
 integer kernels, one op per file), `graph` (the integer graph, its torch and QONNX importers,
 the QONNX exporter, the layer-by-layer comparisons).
 """
-from . import memory as _memory  # noqa: F401  (the freed-memory policy, applied at import)
-
+from .memory import keep_freed_memory  # the freed-memory policy, on request (the CLI asks for it)
 from .version import __version__
 
 

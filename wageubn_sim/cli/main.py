@@ -57,6 +57,8 @@ def main():
 
     Exit codes: 0 success, 1 a check failed, 2 bad input (the message says what and how to
     fix it), 3 an internal error (a bug; its traceback is printed)."""
+    from ..memory import keep_freed_memory
+    keep_freed_memory()  # the command's memory policy (wageubn_sim/memory.py)
 
 
 def command_line() -> str:
