@@ -12,7 +12,7 @@ from ..engine.ops.conv2d import accumulator_grid, multiply_bound
 from ..engine.ranges import input_register_range
 from ..fixedpoint.modes import Overflow
 from ..fixedpoint.scalar import DOMAIN_LIMIT
-from .rules import CodegenError, input_register, output_register, rule
+from .rules import CodegenError, c_int, input_register, output_register, rule
 
 
 @dataclasses.dataclass
@@ -42,31 +42,39 @@ def _accumulate(e, node, sums: _Sums, guard_x: tuple, extra=None) -> tuple[str, 
     o, cg, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = sums.stride, sums.padding, sums.dilation
     bias = node.arrays.get("bias")
-    frac, prod_shift = accumulator_grid(sums.fx, p.weight_fmt, p.bias_fmt if bias is not None else None)
+    adder = node.op == "adder2d"  # -|x - w| on one grid, MAC by MAC (section 9)
+    frac, prod_shift = accumulator_grid(sums.fx, p.weight_fmt, p.bias_fmt if bias is not None else None, adder)
     bias_al = np.zeros(o, object) if bias is None else bias.astype(object) * (1 << (frac - p.bias_fmt.frac_bits))
     b_max = max((abs(int(v)) for v in bias_al), default=0)
     summary = weight_summary(weight.reshape(o, -1))
-    bound_of = lambda m: multiply_bound(summary, b_max, m, prod_shift)
+    w_abs = int(np.abs(weight).max(initial=0)) << (frac - p.weight_fmt.frac_bits) if adder else 0
+    bound_of = (lambda m: b_max + cg * kh * kw * ((m << (frac - sums.fx)) + w_abs)) if adder else \
+        (lambda m: multiply_bound(summary, b_max, m, prod_shift))
     fits = lambda m: bound_of(m) < DOMAIN_LIMIT and (extra is None or extra(bound_of(m)))
     guard, x_max = e.guard(node, guard_x[0], guard_x[1], guard_x[2], fits, "a partial sum of its accumulator")
     bound = bound_of(x_max)
     acc = p.accumulator
     saturating = acc.bits is not None and acc.overflow != Overflow.WRAP
+    per_mac = saturating or adder  # the adder's accumulator is MAC by MAC in either mode
     if saturating:
         a_lo, a_hi = -(1 << (acc.bits - 1)) + (acc.overflow == Overflow.SAT_SYM), (1 << (acc.bits - 1)) - 1
         if b_max and (min(int(v) for v in bias_al) < a_lo or max(int(v) for v in bias_al) > a_hi):
             raise CodegenError(f"node {node.name}: its aligned bias leaves its saturating accumulator")
-    w_ptr = e.constant(weight.astype(np.int64) * (1 << prod_shift))  # products land on the grid
+    # products land on the grid (the adder: the weights on it, the input moved onto it per MAC)
+    w_ptr = e.constant(weight.astype(np.int64) * (1 << ((frac - p.weight_fmt.frac_bits) if adder else prod_shift)))
     b_ptr = e.constant(np.array([int(v) for v in bias_al], np.int64))
     og, k_total, x = o // sums.groups, cg * kh * kw, sums.x
     code = guard + f"    const int64_t *W = {w_ptr}, *B = {b_ptr};\n"
-    if saturating:  # MAC by MAC in the declared order, clamped after every addition
+    if per_mac:  # MAC by MAC in the declared order, the accumulator's rule after every addition
         taps = [(ci, ky, kx) for ci in range(cg) for ky in range(kh) for kx in range(kw)]
         if acc.mac_order == "kernel_major":
             taps = [(ci, ky, kx) for ky in range(kh) for kx in range(kw) for ci in range(cg)]
         tap_list = e.constant(np.array([ci * kh * kw + ky * kw + kx for ci, ky, kx in taps], np.int64))
         chunk = -(-k_total // acc.k_split)
-        fit = f"wg_fit(v, {acc.bits}, 1, {int(acc.overflow)})"
+        fit = f"wg_fit(v, {acc.bits}, 1, {int(acc.overflow)})" if acc.bits is not None else "v"
+        event = "wraps" if acc.overflow == Overflow.WRAP else "saturations"
+        term = (f"-((xv * {c_int(1 << (frac - sums.fx))} - w_o[k]) < 0 ? w_o[k] - xv * {c_int(1 << (frac - sums.fx))} "
+                f": xv * {c_int(1 << (frac - sums.fx))} - w_o[k])") if adder else "xv * w_o[k]"
         return code + f"""    const int64_t *T = {tap_list};
     for (int64_t oc = 0; oc < {o}; oc++) {{
         const int64_t *x_g = {x} + (oc / {og}) * {cg * h * w};
@@ -79,13 +87,13 @@ def _accumulate(e, node, sums: _Sums, guard_x: tuple, extra=None) -> tuple[str, 
                     int64_t k = T[t], ci = k / {kh * kw}, ky = (k / {kw}) % {kh}, kx = k % {kw};
                     int64_t iy = oy * {sh} - {ph} + ky * {dh}, ix = ox * {sw} - {pw} + kx * {dw};
                     int64_t xv = (iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) ? x_g[ci * {h * w} + iy * {w} + ix] : 0;
-                    int64_t v = part[t / {chunk}] + xv * w_o[k], fitted = {fit};
-                    if (fitted != v) ev_acc->saturations++;
+                    int64_t v = part[t / {chunk}] + {term}, fitted = {fit};
+                    if (fitted != v) ev_acc->{event}++;
                     part[t / {chunk}] = fitted;
                 }}
                 for (int s = 1; s < {acc.k_split}; s++) {{  /* the chunks added in order into the first */
                     int64_t v = part[0] + part[s], fitted = {fit};
-                    if (fitted != v) ev_acc->saturations++;
+                    if (fitted != v) ev_acc->{event}++;
                     part[0] = fitted;
                 }}
                 acc[(oc * {oh} + oy) * {ow} + ox] = part[0];
@@ -122,7 +130,7 @@ def _accumulate(e, node, sums: _Sums, guard_x: tuple, extra=None) -> tuple[str, 
                 }}
     }}
 """ + (f"    for (int64_t i = 0; i < {o * oh * ow}; i++) acc[i] = a32[i];\n" if narrow else "")
-    if acc.bits is not None:  # WRAP: the exact sum wrapped once
+    if acc.bits is not None:  # WRAP (a multiply layer's): the exact sum wrapped once
         code += f"""    for (int64_t i = 0; i < {o * oh * ow}; i++) {{
         int64_t wrapped = wg_fit(acc[i], {acc.bits}, 1, {int(Overflow.WRAP)});
         if (wrapped != acc[i]) ev_acc->wraps++;
@@ -148,7 +156,7 @@ def _mac_frame(ev, code: str, size: int, value: str) -> str:
 """
 
 
-@rule("conv2d", "linear", "conv2d_bn")
+@rule("conv2d", "linear", "conv2d_bn", "adder2d")
 def _mac(e, node):
     """Conv2d (1-D as 2-D of height 1), Linear (1x1) and Conv2d with BatchNorm folded in (its
     accumulator times the per-channel multiplier plus the offset, `conv2d_bn`): the input

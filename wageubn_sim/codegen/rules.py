@@ -337,6 +337,50 @@ def _upsample(e, node):
 """
 
 
+@rule("rescale")
+def _rescale(e, node):
+    """A fixed-point multiplier per channel (`rescale.rescale`): single, y = R((x M + O) / 2**s)
+    then the overflow; double, TFLite's SRDHM then RDBP plus the zero point; a clamp to the
+    levels after either. Its events: overflows (wraps or saturations) and ties, no underflows."""
+    p = node.params
+    shape = e.shapes[node.inputs[0]]
+    channels, pixels = shape[0], image_size(shape[1:])
+    m, o, sh = (node.arrays[k].astype(np.int64) for k in ("multiplier", "offset", "shift"))
+    at = "0" if m.size == 1 else "ch"
+    low, high = p.levels
+    fmt = p.out_fmt
+    if (p.mode == "single" and sh.size and (sh.min() < 0 or sh.max() > 62)) or (p.mode == "double" and sh.size and (
+            sh.min() < -31 or sh.max() > 31 or m.min() < 0 or m.max() > (1 << 31) - 1)):
+        raise CodegenError(f"node {node.name} (rescale): shifts or multipliers outside the {p.mode} mode's "
+                           "(the engine refuses them too)")
+    if p.mode == "single":
+        m_max, o_max = int(np.abs(m).max(initial=0)), int(np.abs(o).max(initial=0))
+        guard, _ = e.guard(node, "x0", channels * pixels, e.magnitude(node.inputs[0]),
+                           lambda v: v * m_max + o_max < DOMAIN_LIMIT, "x * M + O")
+        value = f"""            int tie;
+            int64_t v = x0[ch * {pixels} + i] * M[{at}] + O[{at}];
+            int64_t rounded = wg_shift_right_rounded(v, (int)S[{at}], {int(p.rounding)}, &tie);
+            int64_t r = wg_fit(rounded, {fmt.bits}, {int(fmt.signed)}, {int(p.overflow)});
+            ev[0].ties += tie;
+"""
+    else:
+        left = max(-int(sh.min(initial=0)), 0)
+        guard, _ = e.guard(node, "x0", channels * pixels, e.magnitude(node.inputs[0]),
+                           lambda v: v << left <= (1 << 31) - 1, "TFLite's int32 accumulator (shifted left)")
+        value = f"""            int64_t s = S[{at}], left = s < 0 ? -s : 0, right = s > 0 ? s : 0;
+            int64_t upper = wg_saturating_rounding_doubling_high_mul(x0[ch * {pixels} + i] * ((int64_t)1 << left), M[{at}]);
+            int64_t rounded = wg_rounding_divide_by_pot(upper, (int)right) + O[{at}];
+            int64_t r = wg_fit(rounded, {fmt.bits}, {int(fmt.signed)}, {int(p.overflow)});
+"""
+    return ["output"], None, guard + f"""    const int64_t *M = {e.constant(m)}, *O = {e.constant(o)}, *S = {e.constant(sh)};
+    for (int64_t ch = 0; ch < {channels}; ch++)
+        for (int64_t i = 0; i < {pixels}; i++) {{
+{value}            if (r != rounded) {{ if ({int(p.overflow)} == WG_WRAP) ev[0].wraps++; else ev[0].saturations++; }}
+            y[ch * {pixels} + i] = r < {c_int(low)} ? {c_int(low)} : (r > {c_int(high)} ? {c_int(high)} : r);
+        }}
+"""
+
+
 @rule("batchnorm2d")
 def _batchnorm(e, node):
     """d = x - mean on the finer grid, xhat = round(d 2**s / std) fitted, y = xhat gamma + beta,

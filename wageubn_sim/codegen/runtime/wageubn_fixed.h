@@ -153,4 +153,23 @@ static inline int64_t wg_divide_rounded(int64_t p, int64_t d, int mode, int *tie
     return q + wg_rounds_up(p, q, 2 * r, d, mode);
 }
 
+/* Section 12, TFLite's double rounding (gemmlowp's fixedpoint.h): a * b / 2**31 of int32 a, b
+ * rounded to nearest, ties toward +infinity; INT32_MIN * INT32_MIN saturates to INT32_MAX. */
+static inline int64_t wg_saturating_rounding_doubling_high_mul(int64_t a, int64_t b) {
+    const int64_t int32_min = -((int64_t)1 << 31), int32_max = ((int64_t)1 << 31) - 1;
+    if (a == int32_min && b == int32_min) return int32_max;
+    int64_t ab = a * b;  /* |a|, |b| <= 2**31: the product fits */
+    int64_t total = ab + (ab >= 0 ? ((int64_t)1 << 30) : 1 - ((int64_t)1 << 30));
+    int64_t high = wg_shift_right_floor(total, 31);  /* C's division truncates toward zero: */
+    return (total < 0 && wg_remainder(total, 31) != 0) ? high + 1 : high;
+}
+
+/* Section 12: x / 2**exponent rounded half away from zero, 0 <= exponent <= 31 (gemmlowp's
+ * RoundingDivideByPOT). */
+static inline int64_t wg_rounding_divide_by_pot(int64_t x, int exponent) {
+    int64_t mask = ((int64_t)1 << exponent) - 1;
+    int64_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return wg_shift_right_floor(x, exponent) + (wg_remainder(x, exponent) > threshold ? 1 : 0);
+}
+
 #endif /* WAGEUBN_FIXED_H */
