@@ -9,10 +9,9 @@ import numpy as np
 
 from ..engine.mac.weights import weight_summary
 from ..engine.ops.conv2d import accumulator_grid, multiply_bound
-from ..engine.ranges import input_register_range
 from ..fixedpoint.modes import Overflow
 from ..fixedpoint.scalar import DOMAIN_LIMIT
-from .rules import CodegenError, c_int, input_register, output_register, rule
+from .rules import CodegenError, c_int, input_register, output_register, registers, rule
 
 
 @dataclasses.dataclass
@@ -35,8 +34,8 @@ def _accumulate(e, node, sums: _Sums, guard_x: tuple, extra=None) -> tuple[str, 
     aligned bias, then the products on its grid: exact (any order), WRAP (the exact sum wrapped
     once, an event per element), or SAT (clamped after every addition in the declared MAC order
     and k_split chunks, an event per clamp). ``guard_x`` (buffer, size, static magnitude): the
-    layer's input, checked at run time where the static bound fails; ``extra(m, bound)``: a
-    further condition on the values formed after the sums."""
+    layer's input, checked at run time where the static bound fails; ``extra(bound)``: a further
+    condition on the values formed after the sums, given the accumulator's bound."""
     p = node.params
     (c, h, w), (oh, ow), weight = sums.chw, sums.out, sums.weight
     o, cg, kh, kw = weight.shape
@@ -140,11 +139,6 @@ def _accumulate(e, node, sums: _Sums, guard_x: tuple, extra=None) -> tuple[str, 
     return code, frac
 
 
-def _mac_registers(node):
-    registers = (["input"] if node.params.input_register is not None else []) + ["accumulator", "output"]
-    return registers, {r: f"&ev[{k}]" for k, r in enumerate(registers)}
-
-
 def _mac_frame(ev, code: str, size: int, value: str) -> str:
     """A MAC layer's body: its accumulator events' pointer, its sums, then each output value."""
     return f"""    wg_events *ev_acc = {ev['accumulator']};
@@ -158,11 +152,11 @@ def _mac_frame(ev, code: str, size: int, value: str) -> str:
 
 @rule("conv2d", "linear", "conv2d_bn", "adder2d")
 def _mac(e, node):
-    """Conv2d (1-D as 2-D of height 1), Linear (1x1) and Conv2d with BatchNorm folded in (its
-    accumulator times the per-channel multiplier plus the offset, `conv2d_bn`): the input
-    register, the accumulator (`_accumulate`), the output register."""
+    """Conv2d (1-D as 2-D of height 1), Linear (1x1), Adder2d and Conv2d with BatchNorm folded
+    in (its accumulator times the per-channel multiplier plus the offset, `conv2d_bn`): the
+    input register, the accumulator (`_accumulate`), the output register."""
     p = node.params
-    registers, ev = _mac_registers(node)
+    names, ev = registers(node, "accumulator", "output")
     shape = e.shapes[node.inputs[0]]
     weight = node.arrays["weight"]
     if node.op == "linear":
@@ -173,8 +167,6 @@ def _mac(e, node):
     out_shape = e.shapes[node.name]
     oh, ow = (1, 1) if node.op == "linear" else ((1, out_shape[1]) if len(out_shape) == 2 else out_shape[1:])
     code, x, fx = input_register(e, node, "x0", c * h * w, p.input_register, p.rounding, ev.get("input"))
-    lo, hi = e.ranges[node.inputs[0]]
-    (x_lo, x_hi), _ = input_register_range((lo, hi), e.fracs[node.inputs[0]], p.input_register, p.rounding)
     sums = _Sums(x, (c, h, w), fx, weight, p.stride, p.padding, p.dilation, p.groups, (oh, ow))
     extra, value = None, "a"
     if node.op == "conv2d_bn":  # s = acc * m_c + o_c, exact (the folded BatchNorm's registers)
@@ -182,17 +174,14 @@ def _mac(e, node):
         m_max, o_max = int(np.abs(m).max(initial=0)), int(np.abs(off).max(initial=0))
         extra = lambda bound: bound * m_max + o_max < DOMAIN_LIMIT
         value = f"a * {e.constant(m)}[i / {oh * ow}] + {e.constant(off)}[i / {oh * ow}]"
-    sums_code, frac = _accumulate(e, node, sums, (x, c * h * w, max(-x_lo, x_hi, 0)), extra)
+    sums_code, frac = _accumulate(e, node, sums, (x, c * h * w, e.input_magnitude(node)), extra)
     if node.op == "conv2d_bn":
         if frac != p.accumulator_frac:
             raise CodegenError(f"node {node.name}: its accumulator is at 2**-{frac}, its folded offsets "
                                f"were made for 2**-{p.accumulator_frac}; refold the graph")
         frac += p.multiplier_frac
     out = output_register(e, node, value, frac, p.out_fmt, p.rounding, p.out_overflow, ev["output"])
-    acc_shape = (o, oh, ow) if node.op != "linear" else (o,)
-    if len(out_shape) == 2 and node.op != "linear":
-        acc_shape = (o, ow)
-    return registers, acc_shape, code + _mac_frame(ev, sums_code, o * oh * ow, out)
+    return names, out_shape, code + _mac_frame(ev, sums_code, o * oh * ow, out)  # the accumulator's shape is the output's
 
 
 @rule("conv_transpose2d")
@@ -201,7 +190,7 @@ def _conv_transpose(e, node):
     equivalent convolution's accumulator (`conv_transpose2d`), the output register."""
     from ..engine.ops.conv_transpose2d import borders, equivalent
     p = node.params
-    registers, ev = _mac_registers(node)
+    names, ev = registers(node, "accumulator", "output")
     c, h, w = e.shapes[node.inputs[0]]
     o, oh, ow = e.shapes[node.name]
     code, x, fx = input_register(e, node, "x0", c * h * w, p.input_register, p.rounding, ev.get("input"))
@@ -216,9 +205,7 @@ def _conv_transpose(e, node):
             for (int64_t j = 0; j < {w}; j++)
                 xs[(ch * {hs} + {bh} + i * {sh}) * {ws} + {bw} + j * {sw}] = {x}[(ch * {h} + i) * {w} + j];
 """
-    lo, hi = e.ranges[node.inputs[0]]
-    (x_lo, x_hi), _ = input_register_range((lo, hi), e.fracs[node.inputs[0]], p.input_register, p.rounding)
     sums = _Sums("xs", (c, hs, ws), fx, weight, conv_p.stride, conv_p.padding, conv_p.dilation, p.groups, (oh, ow))
-    sums_code, frac = _accumulate(e, node, sums, (x, c * h * w, max(-x_lo, x_hi, 0)))
+    sums_code, frac = _accumulate(e, node, sums, (x, c * h * w, e.input_magnitude(node)))
     out = output_register(e, node, "a", frac, p.out_fmt, p.rounding, p.out_overflow, ev["output"])
-    return registers, (o, oh, ow), code + _mac_frame(ev, sums_code, o * oh * ow, out)
+    return names, (o, oh, ow), code + _mac_frame(ev, sums_code, o * oh * ow, out)

@@ -1,9 +1,10 @@
 """The C model's rules: each op is one rule in ``RULES`` (keyed by op name, as the exporter's): the layer's exact
 computation in int64, then its registers through `wg_register`, in the order and with the event
-counts of the engine's kernel (docs/arithmetic.md sections 2 to 4 and 9). Every value a layer
-forms is bounded from the graph's static ranges before any code is written: a graph whose
-bounds leave the 62-bit domain is refused, so the C code never overflows (no undefined
-behaviour), and an op without a rule is refused with the node named.
+counts of the engine's kernel (docs/arithmetic.md sections 2 to 4, 9 and 13). Every value a
+layer forms is bounded before it is formed: from the graph's static ranges when the code is
+written, else by a check of each image's input (`Emitter.guard`) that refuses it where the
+engine refuses it too, so the C code never overflows (no undefined behaviour); an op without a
+rule is refused with the node named. The MAC layers' rules are in `mac.py`.
 """
 from __future__ import annotations
 
@@ -74,7 +75,6 @@ class Emitter:
             self.fracs[node.name] = node.out_fmt.frac_bits
         try:
             self.ranges = value_ranges(graph)
-            self.raw = value_ranges(graph, before_output_register=True)
         except (ValueError, OverflowError) as err:
             raise CodegenError(f"the graph's static ranges: {err}") from None
         self.params: list = []
@@ -91,6 +91,14 @@ class Emitter:
     def magnitude(self, name) -> int:
         lo, hi = self.ranges[name]
         return max(-int(lo), int(hi), 0)
+
+    def input_magnitude(self, node) -> int:
+        """The static magnitude of a layer's input as the layer reads it: after its input
+        register (iostrict), where it has one."""
+        p = node.params
+        (lo, hi), _ = input_register_range(self.ranges[node.inputs[0]], self.fracs[node.inputs[0]],
+                                           p.input_register, p.rounding)
+        return max(-lo, hi, 0)
 
     def guard(self, node, x: str, size: int, static: int, fits, what: str) -> tuple[str, int]:
         """(C code, the input magnitude the layer's arithmetic is proven for): nothing where
@@ -142,6 +150,13 @@ def output_register(e, node, value: str, frac: int, fmt, rounding, overflow, ev:
     return f"wg_register({value}, {frac - fmt.frac_bits}, {_register_args(fmt, rounding, overflow)}, {ev})"
 
 
+def registers(node, *names) -> tuple[list, dict]:
+    """A layer's registers as the engine names them, iostrict's input register first where the
+    layer has one, and each one's events in the layer's C function (``&ev[k]``)."""
+    names = (["input"] if getattr(node.params, "input_register", None) is not None else []) + list(names)
+    return names, {r: f"&ev[{k}]" for k, r in enumerate(names)}
+
+
 def input_register(e, node, x: str, size: int, register, rounding, ev: str) -> tuple[str, str, int]:
     """(code, the buffer the layer reads, its frac): iostrict's input register over the image."""
     frac = e.fracs[node.inputs[0]]
@@ -159,23 +174,21 @@ def input_register(e, node, x: str, size: int, register, rounding, ev: str) -> t
 @rule("activation")
 def _activation(e, node):
     p = node.params
-    registers = (["input"] if p.input_register is not None else []) + ["output"]
-    ev = {r: f"&ev[{k}]" for k, r in enumerate(registers)}
+    names, ev = registers(node, "output")
     size = image_size(e.shapes[node.inputs[0]])
     code, x, frac = input_register(e, node, "x0", size, p.input_register, p.rounding, ev.get("input"))
     value, clamped_frac = "(x_i > 0 ? x_i : 0)", frac
-    if p.ceiling is not None:  # a grid that holds the ceiling: frac >= 0
+    if p.ceiling is not None:  # a grid that holds the ceiling (frac >= 0): the only arithmetic
         clamped_frac = max(frac, 0)
         scale = 1 << (clamped_frac - frac)
         value = f"((x_i > 0 ? x_i : 0) * {c_int(scale)} < {c_int(p.ceiling << clamped_frac)} ? " \
                 f"(x_i > 0 ? x_i : 0) * {c_int(scale)} : {c_int(p.ceiling << clamped_frac)})"
-    if p.ceiling is not None:  # the only arithmetic: the input moved onto the ceiling's grid
         e.check(node, p.ceiling << clamped_frac, "its ceiling on its grid")
         guard, _ = e.guard(node, x, size, e.magnitude(node.inputs[0]),
                            lambda m: m << (clamped_frac - frac) < DOMAIN_LIMIT, "its input on the ceiling's grid")
         code += guard
     out = output_register(e, node, "a", clamped_frac, p.out_fmt, p.rounding, p.overflow, ev["output"])
-    return registers, None, code + f"""    for (int64_t i = 0; i < {size}; i++) {{
+    return names, None, code + f"""    for (int64_t i = 0; i < {size}; i++) {{
         int64_t x_i = {x}[i], a = {value};
         y[i] = {out};
     }}
@@ -386,14 +399,12 @@ def _batchnorm(e, node):
     """d = x - mean on the finer grid, xhat = round(d 2**s / std) fitted, y = xhat gamma + beta,
     then the output register (`batchnorm.batchnorm2d`)."""
     p = node.params
-    registers = (["input"] if p.input_register is not None else []) + ["xhat", "output"]
-    ev = {r: f"&ev[{k}]" for k, r in enumerate(registers)}
+    names, ev = registers(node, "xhat", "output")
     c, h, w = e.shapes[node.inputs[0]]
     code, x, fx = input_register(e, node, "x0", c * h * w, p.input_register, p.rounding, ev.get("input"))
     frac = max(fx, p.mean_fmt.frac_bits)
     mean = node.arrays["mean"].astype(object) * (1 << (frac - p.mean_fmt.frac_bits))
     shift = p.std_fmt.frac_bits + p.xhat_fmt.frac_bits - frac
-    (x_lo, x_hi), _ = input_register_range(e.ranges[node.inputs[0]], e.fracs[node.inputs[0]], p.input_register, p.rounding)
     e.check(node, int(node.arrays["std"].max(initial=1)) << max(-shift, 0), "its std on the division's grid")
     y_frac = p.xhat_fmt.frac_bits
     gamma = np.ones(c, object) if p.gamma_fmt is None else node.arrays["gamma"].astype(object)
@@ -419,13 +430,13 @@ def _batchnorm(e, node):
             affine = max(affine, xhat * abs(int(g)) + abs(int(b)))
         return span < DOMAIN_LIMIT and affine < DOMAIN_LIMIT
 
-    guard, _ = e.guard(node, x, c * h * w, max(-x_lo, x_hi, 0), fits, "the normalisation")
+    guard, _ = e.guard(node, x, c * h * w, e.input_magnitude(node), fits, "the normalisation")
     m_ptr = e.constant(np.array([int(v) for v in mean], np.int64))
     d_ptr = e.constant(node.arrays["std"].astype(np.int64) * (1 << max(-shift, 0)))
     g_ptr = e.constant(np.array([int(v) for v in gamma], np.int64))
     b_ptr = e.constant(np.array([int(v) for v in beta], np.int64))
     out = output_register(e, node, "a", y_frac, p.out_fmt, p.rounding, p.overflow, ev["output"])
-    return registers, None, code + guard + f"""    const int64_t *M = {m_ptr}, *D = {d_ptr}, *G = {g_ptr}, *BE = {b_ptr};
+    return names, None, code + guard + f"""    const int64_t *M = {m_ptr}, *D = {d_ptr}, *G = {g_ptr}, *BE = {b_ptr};
     wg_events *ev_xhat = {ev['xhat']};
     for (int64_t ch = 0; ch < {c}; ch++)
         for (int64_t i = 0; i < {h * w}; i++) {{

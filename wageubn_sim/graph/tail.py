@@ -9,11 +9,9 @@ import dataclasses
 
 import numpy as np
 
+from ..execution.run import along_channels
+
 OPS = ("Add", "Sub", "SubFrom", "Mul", "Div", "Max", "Min")  # SubFrom: c - x; Max/Min: Relu, Clip
-
-
-def _along_channels(values: np.ndarray, ndim: int) -> np.ndarray:
-    return values.reshape((1, -1) + (1,) * (ndim - 2)) if values.size > 1 else values.reshape(())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +28,7 @@ class TailOp:
             raise ValueError(f"float tail: {self.op}'s operand must be finite float32 values")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        c = _along_channels(np.asarray(self.operand, np.float32), x.ndim)
+        c = along_channels(self.operand, x.ndim).astype(np.float32)  # float32 values: exact
         if self.op == "SubFrom":
             return np.subtract(c, x, dtype=np.float32)
         ufunc = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
@@ -63,8 +61,7 @@ class FloatTail:
 
     def __call__(self, q: np.ndarray) -> np.ndarray:
         """The tail on the last integer tensor's integers q (N, C, ...): float32 values."""
-        unit = _along_channels(np.asarray(self.unit, np.float64), q.ndim)
-        offset = _along_channels(np.asarray(self.offset, np.float64), q.ndim)
+        unit, offset = along_channels(self.unit, q.ndim), along_channels(self.offset, q.ndim)
         # q * unit is exact in float64 while |q| times unit's mantissa < 2**53
         x = (q.astype(np.float64) * unit).astype(np.float32)
         if np.any(offset):

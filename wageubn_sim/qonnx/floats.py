@@ -263,23 +263,21 @@ def _end(imp, i, q, where):
     step = 2 if bipolar else 1
     rows = chain.channels if _per_channel(chain.stages, quant) else 1
     levels = quant.q_max - quant.q_min
-    if chain.source is None:  # the network's float input
-        _input_levels(imp, q, fmt, first, out_scale,
-                      [float_thresholds(chain.stages, quant, r) for r in range(rows)], step)
-        return _flatten_after(imp, chain, q.output[0], where)
-    names = " -> ".join(chain.nodes + [q.name or q.op_type])
     marked = [m[len(RESCALE):] for m in marks(q) if m.startswith(RESCALE) and m[len(RESCALE):].isdigit()]
     bits = None if bipolar else imp.rescale_bits or (int(marked[0]) if marked else None) or \
         (DEFAULT_MULTIPLIER_BITS if levels >> MAX_THRESHOLD_BITS else None)  # an export's multipliers come back
-    if bits is not None:
+    if chain.source is None:  # the network's float input
+        _input_levels(imp, q, fmt, first, out_scale,
+                      [float_thresholds(chain.stages, quant, r) for r in range(rows)], step)
+    elif bits is not None:
         if first != quant.q_min:
             raise UnsupportedModel(f"{where}: a zero-point with multipliers; use thresholds")
-        _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits, names)
-        return _flatten_after(imp, chain, q.output[0], where)
-    # clamped to the domain: every integer in it compares the same
-    rows_of = [thresholds(chain.stages, quant, r, -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
-    _thresholds_layer(imp, i, q, where, chain, rows_of, levels, first, fmt, out_scale,
-                      "float chain as exact thresholds", step)
+        _multipliers(imp, i, q, where, chain, quant, fmt, out_scale, bits,
+                     " -> ".join(chain.nodes + [q.name or q.op_type]))
+    else:  # clamped to the domain: every integer in it compares the same
+        rows_of = [thresholds(chain.stages, quant, r, -DOMAIN_LIMIT, DOMAIN_LIMIT - 1) for r in range(rows)]
+        _thresholds_layer(imp, i, q, where, chain, rows_of, levels, first, fmt, out_scale,
+                          "float chain as exact thresholds", step)
     _flatten_after(imp, chain, q.output[0], where)
 
 

@@ -132,13 +132,7 @@ def conv(imp, i, node, where, attrs):
                                "2-D convolutions")
     rank = w.ints.ndim - 2
     b = imp.bias(node.input[2], where) if len(node.input) > 2 else None
-    auto_pad = str_attr(attrs, "auto_pad", "NOTSET", where)
-    if auto_pad not in ("NOTSET", "VALID"):
-        raise UnsupportedModel(f"{where}: auto_pad={auto_pad}; give explicit pads")
-    kernel = ints_attr(attrs, "kernel_shape", w.ints.shape[2:], where, rank)
-    if kernel != tuple(w.ints.shape[2:]):
-        raise UnsupportedModel(f"{where}: kernel_shape {list(kernel)} differs from the weights' "
-                               f"{list(w.ints.shape[2:])}")
+    _check_kernel(attrs, w, where, rank)
     stride = ints_attr(attrs, "strides", (1,) * rank, where, rank)
     dilation = ints_attr(attrs, "dilations", (1,) * rank, where, rank)
     pads = ints_attr(attrs, "pads", (), where)
@@ -150,6 +144,17 @@ def conv(imp, i, node, where, attrs):
                  padding=padding(pads, where), dilation=dilation, groups=int_attr(attrs, "group", 1, where))
 
 
+def _check_kernel(attrs, w: QConst, where, rank: int) -> None:
+    """A convolution's auto_pad (explicit pads) and kernel_shape (the weights')."""
+    auto_pad = str_attr(attrs, "auto_pad", "NOTSET", where)
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise UnsupportedModel(f"{where}: auto_pad={auto_pad}; give explicit pads")
+    kernel = ints_attr(attrs, "kernel_shape", w.ints.shape[2:], where, rank)
+    if kernel != tuple(w.ints.shape[2:]):
+        raise UnsupportedModel(f"{where}: kernel_shape {list(kernel)} differs from the weights' "
+                               f"{list(w.ints.shape[2:])}")
+
+
 @handles("ConvTranspose", inputs=(2, 3), note="ConvTranspose (2-D)")
 def conv_transpose(imp, i, node, where, attrs):
     w = imp.qconst(node.input[1], where, "weight")
@@ -159,14 +164,9 @@ def conv_transpose(imp, i, node, where, attrs):
     if w.scale is not None and len(w.scale) > 1:
         raise UnsupportedModel(f"{where}: per-channel float weight scales on axis 0 (the input "
                                "channels of a transposed convolution); quantize its weights per tensor")
-    if str_attr(attrs, "auto_pad", "NOTSET", where) not in ("NOTSET", "VALID") or \
-            "output_shape" in attrs:
-        raise UnsupportedModel(f"{where}: auto_pad or output_shape; give explicit pads and "
-                               "output_padding")
-    kernel = ints_attr(attrs, "kernel_shape", w.ints.shape[2:], where, 2)
-    if kernel != tuple(w.ints.shape[2:]):
-        raise UnsupportedModel(f"{where}: kernel_shape {list(kernel)} differs from the weights' "
-                               f"{list(w.ints.shape[2:])}")
+    if "output_shape" in attrs:
+        raise UnsupportedModel(f"{where}: output_shape; give explicit pads and output_padding")
+    _check_kernel(attrs, w, where, 2)
     groups = int_attr(attrs, "group", 1, where)
     b = imp.bias(node.input[2], where) if len(node.input) > 2 else None
     imp.emit_mac(i, node, where, "conv_transpose2d", node.input[0], w, b, ConvTranspose2dParams,

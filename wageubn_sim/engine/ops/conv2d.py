@@ -360,6 +360,15 @@ def _spread(count: int, stride: int, start: int, size: int):
     return (slice(start + first * stride, start + last * stride + 1, stride), slice(first, last + 1))
 
 
+def transposed_kernel(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A convolution's weights (A, B, KH, KW) as those of the convolution that transposes it,
+    (groups * B, A / groups, KH, KW): within each group the in and out axes swapped and the
+    kernel flipped (its own inverse)."""
+    a, b, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.reshape(groups, a // groups, b, kh, kw).transpose(0, 2, 1, 3, 4)
+                                [..., ::-1, ::-1]).reshape(groups * b, a // groups, kh, kw)
+
+
 def conv2d_input_error(x_shape, weight: np.ndarray, error: np.ndarray, p: Conv2dParams) -> np.ndarray:
     """dx as the forward convolution of the error (the transposed convolution): with e_up the
     error spread to every s-th cell (zeros between) and padded by (k - 1) d - p on each side
@@ -386,8 +395,7 @@ def conv2d_input_error(x_shape, weight: np.ndarray, error: np.ndarray, p: Conv2d
     lo, hi = cache["range"] if "range" in cache else value_range(weight)
     narrow = next(t for t in (np.int8, np.int16, np.int32, np.int64)
                   if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
-    w_t = np.ascontiguousarray(weight.astype(narrow).reshape(p.groups, og, cg, kh, kw)
-                               .transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]).reshape(c, og, kh, kw)
+    w_t = transposed_kernel(weight.astype(narrow), p.groups)
     params = Conv2dParams(p.weight_fmt, dilation=p.dilation, groups=p.groups)
     # e_pad holds the error's values and zeros, which every exact method's range includes
     return exact_sums(e_pad, w_t, params, h, w, value_range(error), {})

@@ -21,7 +21,8 @@ import dataclasses
 import numpy as np
 
 from ..registers import Output, check_ints
-from .conv2d import (Conv2dParams, conv2d, conv2d_backward, mac_gradients, mac_range, mac_spec)
+from .conv2d import (Conv2dParams, conv2d, conv2d_backward, layer_input, mac_gradients, mac_range, mac_spec,
+                     transposed_kernel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +44,11 @@ class ConvTranspose2dParams(Conv2dParams):
 def equivalent(weight: np.ndarray, p: ConvTranspose2dParams) -> tuple:
     """(the convolution's weights (g og, cg, KH, KW), its params) of the transposed one's
     weights (C, og, KH, KW): flipped, in and out swapped within each group."""
-    c, og, kh, kw = weight.shape
-    if c % p.groups:
-        raise ValueError(f"ConvTranspose2d: {c} input channels do not split into {p.groups} groups")
-    cg = c // p.groups
-    w = np.ascontiguousarray(weight.reshape(p.groups, cg, og, kh, kw).transpose(0, 2, 1, 3, 4)
-                             [..., ::-1, ::-1]).reshape(p.groups * og, cg, kh, kw)
+    if weight.shape[0] % p.groups:
+        raise ValueError(f"ConvTranspose2d: {weight.shape[0]} input channels do not split into "
+                         f"{p.groups} groups")
     fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(Conv2dParams)}
-    return w, Conv2dParams(**{**fields, "stride": (1, 1), "padding": (0, 0)})
+    return transposed_kernel(weight, p.groups), Conv2dParams(**{**fields, "stride": (1, 1), "padding": (0, 0)})
 
 
 def borders(weight_shape, p: ConvTranspose2dParams) -> tuple:
@@ -105,16 +103,11 @@ def conv_transpose2d_range(p: ConvTranspose2dParams, arrays, ins):
 def conv_transpose2d_backward(p: ConvTranspose2dParams, arrays, ins, out, error):
     """Through the equivalent convolution (`conv2d.conv2d_backward`, exact): the input error
     at the scattered input's pixels, the weight gradient flipped and swapped back."""
-    x = out.trace["input"]
-    x_frac = p.input_register.frac_bits if p.input_register is not None else ins[0][1]
+    x, x_frac = layer_input(p, ins, out)
     weight = arrays["weight"]
     w, conv_p = equivalent(weight, p)
     dx_up, dw, db = conv2d_backward(scattered(x, weight.shape, p), w, error.q, conv_p, "bias" in arrays)
-    dx = _pixels(dx_up, x.shape, weight.shape, p)
-    c, og, kh, kw = weight.shape
-    cg = c // p.groups
-    grad = dw.reshape(p.groups, og, cg, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(weight.shape)
-    return mac_gradients(dx, np.ascontiguousarray(grad), db,
+    return mac_gradients(_pixels(dx_up, x.shape, weight.shape, p), transposed_kernel(dw, p.groups), db,
                          p.weight_fmt.frac_bits, x_frac, error)
 
 
