@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 # second process on the other core while the tests run (wageubn_sim/warm.py; Numba's disk cache
 # is safe to share), so a fresh clone's cold cache costs less of the run.
 test: setup
-	$(PY) -m wageubn_sim.warm >/dev/null 2>&1 & HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+	$(PY) -m wageubn_sim.warm >/dev/null 2>&1 & HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q --durations=15
 
 demo: setup
 	$(VENV)/bin/wageubn-sim demo --out wageubn-demo --force

@@ -343,3 +343,63 @@ def test_bad_data_options_exit_2(demo, monkeypatch, args, message):
     import re
     assert re.search(message, result.output), result.output
     assert "Traceback" not in result.output
+
+
+# ---- the input register ----------------------------------------------------------------------
+
+def test_inputs_beyond_the_format_get_a_row_and_a_warning(demo, tmp_path):
+    """Digits times 1000 saturate the demo's s16.8 input (+-128): the audit's input row counts
+    them exactly and needs the data's own width; every command warns, naming the counts and
+    the ranges; --input-warning raises the threshold; reports carry the row."""
+    graph, x, labels, root = demo
+    big = x[:40] * 1000
+    np.save(tmp_path / "big.npy", big)
+    scaled = np.round(big * 256)
+    saturated = int(np.count_nonzero(scaled > 32767))
+    assert saturated > 0.1 * big.size
+    result = CliRunner().invoke(main, ["audit", str(root / "g"), "--data", str(tmp_path / "big.npy"),
+                                       "-o", str(tmp_path / "a")], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert f"warning: the input saturates on {saturated} of {big.size} values" in result.stderr
+    assert "format s16.8 (-128 .. 127.996" in result.stderr and "ranges over 0 .. 1000" in result.stderr
+    row = json.loads((tmp_path / "a" / "audit.json").read_text())["rows"][0]
+    assert (row["layer"], row["op"], row["saturations"], row["observed_max"]) == ("input", "input", saturated, 256000)
+    assert row["needed_bits"] == 19 and row["headroom_bits"] == 16 - 19 and row["values"] == 64
+    assert (tmp_path / "a" / "audit.csv").read_text().splitlines()[1].startswith(f"input,input,input,s16.8,8,0,256000,19")
+    markdown = (tmp_path / "a" / "audit.md").read_text()
+    assert "**Warning:** the input saturates" in markdown and "| input | input | s16.8 | 0 | 256000 | 19 |" in markdown
+    quiet = CliRunner().invoke(main, ["audit", str(root / "g"), "--data", str(tmp_path / "big.npy"),
+                                      "--input-warning", "0.9"], catch_exceptions=False)
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+    for args in (["simulate", root / "g", "--input", tmp_path / "big.npy", "-o", tmp_path / "o.npy"],
+                 ["vectors", root / "g", "--input", tmp_path / "big.npy", "-o", tmp_path / "v", "--formats", "npy"],
+                 ["compare", MODEL, "--weights", DEMO_DATA, "--input", tmp_path / "big.npy"],
+                 ["sweep", root / "g", "--data", tmp_path / "big.npy", "--registers", "accumulator",
+                  "--layers", "8", "-o", tmp_path / "s"]):
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert f"warning: the input saturates on {saturated} of {big.size} values" in result.stderr, args[0]
+    swept = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert swept["input"]["saturations"] == saturated
+    fine = CliRunner().invoke(main, ["simulate", str(root / "g"), "--input", str(root / "x.npy"),
+                                     "-o", str(tmp_path / "o2.npy")], catch_exceptions=False)
+    assert fine.exit_code == 0 and "warning" not in fine.stderr
+
+
+def test_the_sweep_reports_register_bits_for_every_proposal_tried(demo):
+    graph, x, labels, _ = demo
+    report, _ = sweep(graph, (x[:60], labels[:60]), "accuracy:0.05", registers=("accumulator", "output"))
+    data = json.loads(report.to_json())
+    values = {(r["layer"], r["register"]): r["values"] for r in data["registers"]}
+    assert data["proposals_tried"] and data["proposals_tried"][-1]["passes"] == data["combined"]["passes"]
+    last = data["proposals_tried"][-1]
+    assert last["total_register_bits"] == sum(c["bits"] * values[(c["layer"], c["register"])] for c in data["proposal"])
+    assert data["reference_total_register_bits"] == sum(
+        (r["reference_bits"] or r["needed_bits"]) * r["values"] for r in data["registers"])
+    trained = graph.run(x[:60], trace=True)
+    for r in data["registers"]:  # values per sample: the register's elements per image
+        out = trained.layers[r["layer"]]
+        tensor = out.trace.get(r["register"], out.q) if r["register"] == "accumulator" else out.q
+        assert r["values"] == tensor[0].size
+    crit = Criterion.parse("accuracy:0.05")
+    m = report.combined
+    assert crit.score(m) == m.correct / m.samples and crit.limit(m) == m.reference_correct / m.samples - 0.05

@@ -7,6 +7,7 @@ from hypothesis import given, strategies as st
 from strategies import dyadic_floats, edge_ints, formats, int_arrays, overflows, roundings, u32_words
 
 from wageubn_sim.fixedpoint.arrays import requantize_flagged
+from wageubn_sim.fixedpoint.floats import quantize_events
 from wageubn_sim.fixedpoint import (Format, Overflow, Rounding, quantize, quantize_to_grid,
                                     reference as ref, requantize, requantize_scalar)
 
@@ -381,3 +382,43 @@ def test_the_one_pass_wrap_is_exact_at_the_widest_formats(fmt):
     from wageubn_sim.fixedpoint.floats import fake_quantize
     assert fake_quantize(x, fmt, "HALF_EVEN", "WRAP", out_frac=0).tolist() == \
         quantize_to_grid(x, fmt, "HALF_EVEN", "WRAP").tolist()
+
+
+# ---- quantize_events: what the input register meets, before its fit ---------------------------
+
+def _events_reference(x, fmt, rounding):
+    """Per value, in exact rationals: the rounded integer, a tie, an overflow, an underflow."""
+    out = []
+    for v in x.tolist():
+        scaled = Fraction(v) * Fraction(2) ** fmt.frac_bits
+        r = ref.round_fraction(scaled, rounding)
+        tie = scaled - (scaled.numerator // scaled.denominator) == Fraction(1, 2)
+        over = fmt.bounded and not fmt.min_int <= r <= fmt.max_int
+        out.append((max(-2**61, min(2**61 - 1, r)), tie, over, r == 0 and v != 0))
+    return out
+
+
+@given(x=dyadic_floats(mant_bits=52, exp_range=(-60, 70)), fmt=formats(max_bits=62, unbounded=True),
+       rounding=st.sampled_from([r for r in Rounding if r != Rounding.STOCHASTIC]))
+def test_quantize_events_equal_their_definition(x, fmt, rounding):
+    """The values before the fit (clipped to the 62-bit domain), ties, overflows and underflows,
+    against exact rationals, in every width: the rails of s62 included."""
+    rounded, counts = quantize_events(x, fmt, rounding)
+    want = _events_reference(x, fmt, rounding)
+    assert rounded.tolist() == [r for r, *_ in want]
+    assert counts == {"ties": sum(t for _, t, _, _ in want), "overflowed": sum(o for _, _, o, _ in want),
+                      "underflows": sum(u for *_, u in want)}
+
+
+def test_quantize_events_at_the_edges():
+    fmt = Format(8, 0)  # -128 .. 127
+    rounded, counts = quantize_events(np.array([127.5, 126.5, -128.5, -128.0, 0.5, -0.5, 0.0, 1e300]), fmt)
+    # 127.5 rounds to 128 (even): beyond the rail; 126.5 to 126; -128.5 to -128 (even): inside
+    assert rounded.tolist() == [128, 126, -128, -128, 0, 0, 0, 2**61 - 1]
+    assert counts == {"ties": 5, "overflowed": 2, "underflows": 2}
+    assert quantize_events(np.zeros((0, 3)), fmt)[1] == {"ties": 0, "overflowed": 0, "underflows": 0}
+    assert quantize_events(np.zeros((2, 3)), fmt)[1] == {"ties": 0, "overflowed": 0, "underflows": 0}
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize_events(np.array([np.inf]), fmt)
+    with pytest.raises(ValueError, match="random words"):
+        quantize_events(np.array([1.0]), fmt, "STOCHASTIC")

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from . import function as F
 from .convert import quantize_model
+from .graph.ir import INPUT_WARNING_FRACTION
 
 
 class ResidualBlock(nn.Module):
@@ -95,13 +96,15 @@ def run_demo(out_dir, force: bool = False, echo=print, progress=None) -> bool:
 
 def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_lr: float = 0.05,
                      seed: int = 0, limit: int | None = None, echo=print, progress=None,
-                     step_vectors=None, force: bool = False, command: str | None = None) -> dict:
+                     step_vectors=None, force: bool = False, command: str | None = None,
+                     input_warning: float = INPUT_WARNING_FRACTION) -> dict:
     """Train the demo architecture from scratch twice on the digits, on the same batches: with
     the bit-exact integer engine (full 8-bit W/A/G/E/U/BN, `training.IntegerTrainer`, learning
     rate ``lr``: G normalises gradients to at most 127 * 2**-14, so it wants a larger rate than
     float) and in float (plain torch, SGD with momentum 0.9 at ``float_lr``). Returns both
     held-out accuracies. ``step_vectors``: a folder for the training-step bundle of the first
-    step."""
+    step. ``input_warning``: echo a warning when more than this fraction of the training inputs
+    saturates or underflows in the input format (`graph.ir.input_warning`)."""
     from .function.optim import WageubnSGD
     from .training.step import IntegerTrainer
 
@@ -116,6 +119,9 @@ def train_comparison(epochs: int = 10, batch: int = 32, lr: float = 0.25, float_
     model = quantize_model(demo_model()).double().train()
     WageubnSGD(model.parameters(), lr).snap_to_grid()
     trainer = IntegerTrainer.from_model(model, x_train[:batch], lr)
+    warning = trainer.graph.inputs[0].saturation_warning(x_train, input_warning)
+    if warning:
+        echo(f"warning: {warning}")
     if step_vectors is not None:
         from .vectors.training import write_training_bundle
         first = next(iter(batches))

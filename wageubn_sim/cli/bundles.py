@@ -6,12 +6,13 @@ import sys
 import click
 
 from .main import CHECK_FAILED, BadInput, check_output, command_line, guard, main, progress
-from .options import graph_and_inputs, input_options
+from .options import graph_and_inputs, input_options, input_warning_option, warn_about_input
 
 
 @main.command()
 @click.argument("graph")
 @input_options
+@input_warning_option
 @click.option("-o", "--out", required=True, help="Bundle folder to write.")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--lanes", type=click.IntRange(1), default=1, show_default=True,
@@ -29,7 +30,7 @@ from .options import graph_and_inputs, input_options
 @click.option("--hex-addressing", type=click.Choice(["word", "byte"]), default="word", show_default=True,
               help="Intel HEX record addresses: word index (Quartus) or byte offset (srec_cat, objcopy).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_width, formats, depth,
+def vectors(graph, input_path, random, shape, seed, input_warning, out, layout, lanes, word_width, formats, depth,
             fill, hex_addressing, force):
     """Write a test-vector bundle (manifest + memory images) for GRAPH on inputs."""
     from ..vectors.bundle import write_bundle
@@ -39,6 +40,7 @@ def vectors(graph, input_path, random, shape, seed, out, layout, lanes, word_wid
     except ValueError:
         raise BadInput(f"--fill {fill!r}: give a word as a number, e.g. 0 or 0xdead") from None
     g, x = graph_and_inputs(graph, input_path, random, shape, seed)
+    warn_about_input(g.inputs[0], x, input_warning)
     guard(write_bundle, g, x, out, layout, lanes, [k.strip() for k in formats.split(",")], force,
            seed if input_path is None else None, command_line(), progress("writing vectors"),
            word_width, depth, fill_word, hex_addressing)

@@ -7,17 +7,19 @@ import sys
 import click
 
 from .main import CHECK_FAILED, BadInput, check_output, guard, main
-from .options import check_cluster, data_options, dataset, input_options, on_cluster, progress_line
+from .options import (check_cluster, data_options, dataset, input_options, input_warning_option, on_cluster,
+                      progress_line, warn)
 
 
 @main.command()
 @click.argument("graph")
 @input_options
 @data_options
+@input_warning_option
 @click.option("-o", "--out", help="Folder for audit.json, .csv, .md and .html.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, mean, std, batch,
-          shard_size, workers, force_workers, scheduler, out, force):
+          shard_size, workers, force_workers, scheduler, input_warning, out, force):
     """Audit the register widths of GRAPH over inputs or a whole dataset (--data; serial, or on
     Dask with --workers/--scheduler: the same bytes either way); print the table."""
     from ..files.write import write_folder_atomically
@@ -32,6 +34,7 @@ def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, me
     report = guard(on_cluster, lambda client: run_audit(g, source, client, batch, shard_size,
                                                           progress_line("audit")(total)),
                     workers, force_workers, scheduler)
+    warn(report.input_warning(input_warning))
     click.echo(report.to_table().rstrip())
     if out:
         files = {"audit.json": report.to_json(), "audit.csv": report.to_csv(),
@@ -43,6 +46,7 @@ def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, me
 @main.command()
 @click.argument("graph")
 @data_options
+@input_warning_option
 @click.option("--criterion", default="exact", show_default=True,
               help="What the narrower registers must keep: exact (bit-identical outputs), lsb:N "
                    "(within N output LSBs), top1[:F] (the same top-1 class on a fraction F of the "
@@ -59,7 +63,7 @@ def audit(graph, input_path, random, shape, seed, data, labels, resize, crop, me
               help="Folder for sweep.json, sweep.txt, sweep.html and graph/ (the proposed graph).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def sweep(graph, data, labels, resize, crop, mean, std, batch, shard_size, workers, force_workers,
-          scheduler, criterion, registers, layers, overflow, min_bits, out, force):
+          scheduler, input_warning, criterion, registers, layers, overflow, min_bits, out, force):
     """Find, per layer, the narrowest accumulator and output registers that keep GRAPH's outputs
     on --data within --criterion (each layer alone, then all together); write the report and
     the proposed graph (ready for `vectors`)."""
@@ -78,6 +82,7 @@ def sweep(graph, data, labels, resize, crop, mean, std, batch, shard_size, worke
         [n.strip() for n in layers.split(",")] if layers else None,
         [m.strip().upper() for m in overflow.split(",")], min_bits, client, batch, shard_size,
         lambda label: progress_line(label)(len(source))), workers, force_workers, scheduler)
+    warn(report.input_warning(input_warning))
     click.echo(report.to_table().rstrip())
     files = {"sweep.json": report.to_json(), "sweep.txt": report.to_table(), "sweep.html": report.to_html()}
     files = {k: v.encode() for k, v in files.items()}

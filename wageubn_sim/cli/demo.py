@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from .main import CHECK_FAILED, BadInput, check_output, command_line, guard, main, progress
+from .options import input_warning_option
 
 
 MAX_EPOCHS = 10_000  # `train --epochs`: the demo's digits learn in 10
@@ -51,7 +52,8 @@ def positive_rate(name: str, value: float) -> float:
 @click.option("--limit", type=click.IntRange(2), help="Train on the first N digits only.")
 @click.option("--step-vectors", help="Write the first step's training bundle into this folder.")
 @click.option("--force", is_flag=True, help="Replace an existing --step-vectors folder.")
-def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
+@input_warning_option
+def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force, input_warning):
     """Train the demo model bit-exactly in integers (8-bit W/A/G/E/U/BN) and in float."""
     from ..demo import DEMO_DATA, train_comparison
     from ..scheme.quantizers import lr_quantize
@@ -73,4 +75,4 @@ def train(epochs, batch, lr, float_lr, seed, limit, step_vectors, force):
     if step_vectors:
         check_output(step_vectors, force)
     guard(train_comparison, epochs, batch, lr, float_lr, seed, limit, click.echo,
-           progress("training"), step_vectors, force, command_line())
+           progress("training"), step_vectors, force, command_line(), input_warning)

@@ -11,8 +11,8 @@ import numpy as np
 from ..files.write import write_file_atomically
 from .main import CHECK_FAILED, BadInput, check_output, guard, main
 from .options import (accumulator_option, from_qonnx_model, graph_and_inputs, input_format_option,
-                      input_options, is_onnx, load_inputs, load_model, parse_accumulator, parse_format,
-                      rescale_option)
+                      input_options, input_warning_option, is_onnx, load_inputs, load_model,
+                      parse_accumulator, parse_format, rescale_option, warn_about_input)
 
 
 @main.command("compile")
@@ -106,12 +106,14 @@ def codegen(graph, out, embed, force):
 @main.command()
 @click.argument("graph")
 @input_options
+@input_warning_option
 @click.option("-o", "--out", required=True, help="Output .npy (integers of the output format).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-def simulate(graph, input_path, random, shape, seed, out, force):
+def simulate(graph, input_path, random, shape, seed, input_warning, out, force):
     """Run a saved GRAPH on inputs with the integer engine."""
     check_output(out, force, graph, input_path)  # before the work
     g, x = graph_and_inputs(graph, input_path, random, shape, seed)
+    warn_about_input(g.inputs[0], x, input_warning)
     result = guard(g.run, x)
     for note in result.inexact:
         click.echo(f"warning: not bit-exact to the model it came from: {note}", err=True)
@@ -125,6 +127,7 @@ def simulate(graph, input_path, random, shape, seed, out, force):
 @click.argument("model")
 @click.option("--weights", help="State dict: .pt (loaded with weights_only=True) or .npz.")
 @input_options
+@input_warning_option
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="The torch path's dtype (a QONNX model is executed by qonnx, in float32).")
 @input_format_option
@@ -132,8 +135,8 @@ def simulate(graph, input_path, random, shape, seed, out, force):
 @rescale_option
 @click.option("--json", "json_path", help="Also write the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing JSON file.")
-def compare(model, weights, input_path, random, shape, seed, dtype, input_format, accumulator,
-            rescale, json_path, force):
+def compare(model, weights, input_path, random, shape, seed, input_warning, dtype, input_format,
+            accumulator, rescale, json_path, force):
     """Compare the engine with the torch path, layer by layer, or for MODEL.onnx (QONNX) with
     qonnx's execution of it: the first divergence and its cause (exit 1 if they diverge)."""
     if json_path:
@@ -144,15 +147,18 @@ def compare(model, weights, input_path, random, shape, seed, dtype, input_format
         if shape is None and random is not None:
             shape = ",".join(map(str, graph.inputs[0].shape))
         x = load_inputs(input_path, random, shape, seed)
+        warn_about_input(graph.inputs[0], x, input_warning)
         report = guard(compare_qonnx, proto, graph, x)
     else:
         if rescale is not None:
             raise BadInput("--rescale is for QONNX models (MODEL.onnx); leave it out")
         import torch
         from ..graph.compare import compare as run_compare
+        from ..graph.ir import GraphInput
         fmt, acc = parse_format(input_format or "s16.8"), parse_accumulator(accumulator)
         net = load_model(model, weights)
         x = load_inputs(input_path, random, shape, seed)
+        warn_about_input(GraphInput("input", x.shape[1:], fmt), x, input_warning)
         report = guard(run_compare, net, x, None, getattr(torch, dtype), fmt, acc)
     click.echo(str(report))
     if json_path:

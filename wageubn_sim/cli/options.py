@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from ..files.read import UnreadableFile, npz_members, read_npy, read_npz, their_reason
+from ..graph.ir import INPUT_WARNING_FRACTION
 from .main import BadInput, guard
 
 
@@ -175,6 +176,24 @@ def input_options(fn):
     for option in reversed(_input_options):
         fn = option(fn)
     return fn
+
+
+input_warning_option = click.option(
+    "--input-warning", "input_warning", type=click.FloatRange(0, 1), default=INPUT_WARNING_FRACTION,
+    show_default=True,
+    metavar="FRACTION", help="Warn when more than this fraction of the input values saturates or "
+                             "underflows to zero in the graph's input format.")
+
+
+def warn(text: str | None) -> None:
+    if text:
+        click.echo(f"warning: {text}", err=True)
+
+
+def warn_about_input(spec, x, fraction: float) -> None:
+    """Warn on stderr when the float input ``x`` saturates or underflows in the input register
+    ``spec`` (a `graph.ir.GraphInput`) on more than ``fraction`` of its values."""
+    warn(guard(spec.saturation_warning, x, fraction))
 
 
 def graph_and_inputs(path, input_path, random, shape, seed):

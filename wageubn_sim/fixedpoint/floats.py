@@ -343,3 +343,28 @@ def quantize(x, fmt: Format, rounding=Rounding.HALF_EVEN, overflow=Overflow.SAT,
     # every rail lies within +-2**62: clipping there first keeps each decision and fits int64
     limit = float(1 << MAX_BITS)
     return np.clip(np.clip(r, -limit, limit).astype(np.int64), lo, hi)
+
+
+def quantize_events(x, fmt: Format, rounding=Rounding.HALF_EVEN) -> tuple:
+    """What `quantize` of float x in ``fmt`` meets, measured before its fit: (the rounded
+    integers, clipped to the 62-bit domain, so an out-of-range input shows its own range; and
+    counts as `arrays.requantize_counted` gives them: ties, overflowed (values the fit must
+    saturate or wrap), underflows (nonzero values rounded to zero)). Deterministic roundings
+    only. Exact: the scaling by 2**f, ``y - floor(y)`` and the comparisons with the rails (a
+    power of two each, ``max_int + 1`` for the upper) are exact in float64."""
+    rounding = Rounding.parse(rounding)
+    if rounding == Rounding.STOCHASTIC:
+        raise ValueError("quantize_events counts deterministic roundings; give the random words "
+                         "to quantize itself")
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("cannot quantize NaN or Inf; check the tensor for overflowed values")
+    y = np.clip(scale_exactly(x, fmt.frac_bits), -_WRAPS_TO_ZERO, _WRAPS_TO_ZERO)
+    r = round_to_integer(y, rounding)
+    ties = int(np.count_nonzero(y - np.floor(y) == 0.5))
+    overflowed = int(np.count_nonzero((r < float(fmt.min_int)) | (r >= float(fmt.max_int + 1)))) \
+        if fmt.bounded else 0
+    underflows = int(np.count_nonzero((r == 0) & (y != 0)))  # zero lies in every format
+    limit = 1 << (MAX_BITS - 1)  # the domain's edge, a power of two: clipping at it is exact
+    rounded = np.minimum(np.clip(r, -float(limit), float(limit)).astype(np.int64), limit - 1)
+    return rounded, {"ties": ties, "overflowed": overflowed, "underflows": underflows}

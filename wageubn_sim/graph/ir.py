@@ -14,9 +14,11 @@ import numpy as np
 from ..files.read import UnreadableFile, inside_folder, read_json, read_npz
 from ..files.write import write_folder_atomically
 from ..fixedpoint.arrays import exact_int64, in_domain, value_range
-from ..fixedpoint.floats import quantize
+from ..fixedpoint.floats import quantize, quantize_events
 from ..fixedpoint.format import Format
+from ..fixedpoint.modes import Overflow
 from ..engine.ops.thresholds import count_levels
+from ..engine.registers import Events
 from ..engine.registry import OPS
 from ..execution.run import RunResult, run_graph
 from .tail import FloatTail
@@ -27,6 +29,7 @@ GRAPH_VERSIONS = (1, 2)
 GRAPH_JSON = "graph.json"
 GRAPH_ARRAYS = "arrays.npz"
 MAX_INPUT_VALUES = 1 << 28  # values in one input sample (2 GiB of int64)
+INPUT_WARNING_FRACTION = 0.001  # warn when more of the input saturates or underflows
 
 
 @dataclasses.dataclass
@@ -138,6 +141,43 @@ class GraphInput:
         if self.levels is not None:
             return self.levels.quantize(x)
         return quantize(x, fmt, "HALF_EVEN", "SAT")
+
+    def quantize_counted(self, x) -> tuple:
+        """`quantize` and what its register met: (q, the rounded values before the fit, which
+        show the range the data itself needs, and the register's Events). Integer input and
+        input quantized by thresholds levels meet no rounding or fit: their values are q."""
+        q = self.quantize(x)
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or self.levels is not None:
+            return q, q, Events()
+        rounded, counts = quantize_events(x, self.fmt)
+        return q, rounded, Events.of_requantize(counts, Overflow.SAT)
+
+    def saturation_warning(self, x, fraction: float = INPUT_WARNING_FRACTION) -> str | None:
+        """`input_warning` for the input x: None when it fits."""
+        _, before_fit, events = self.quantize_counted(x)
+        if not before_fit.size:
+            return None
+        return input_warning(self.fmt, before_fit.size, events, int(before_fit.min()),
+                             int(before_fit.max()), fraction)
+
+
+def input_warning(fmt: Format, values: int, events: Events, lo, hi,
+                  fraction: float = INPUT_WARNING_FRACTION) -> str | None:
+    """The warning for an input register that saturates or underflows on more than
+    ``fraction`` of its ``values`` (None when it does not), naming the counts and the range
+    seen (``lo``, ``hi``: integers on the format's grid, before the fit) against the format's."""
+    problems = [f"{what} on {count} of {values} values ({100 * count / values:.3g} %)"
+                for what, count in (("saturates", events.saturations), ("underflows to zero", events.underflows))
+                if values and count > fraction * values]
+    if not problems:
+        return None
+    scale = 2.0 ** -fmt.frac_bits
+    return (f"the input {' and '.join(problems)} in its format {fmt.describe()} "
+            f"({fmt.min_int * scale:g} .. {fmt.max_int * scale:g}, steps of {scale:g}); the data "
+            f"ranges over {lo * scale:g} .. {hi * scale:g}, and the results are for the clipped "
+            "input. Scale the data into the format (its normalization, --mean/--std) or give the "
+            "graph another input format; the warning's threshold is --input-warning FRACTION")
 
 
 class Graph:

@@ -10,7 +10,11 @@ MAC layers, a folded BatchNorm's product register, a BatchNorm's xhat register):
   (+1 with a bias) for MAC layers — for an unbounded input the observed input width stands in;
 * ``bound_bits``: the bound from the actual weights, ``|b| + sum_k |w_k| * max|x|`` (A2Q-style),
   with max|x| observed: guaranteed for any input within the observed input range;
-* ``headroom_bits`` = declared - needed (bounded formats only);
+* ``headroom_bits`` = declared - needed; for an unbounded register, against the narrowest width
+  known to hold every input (``headroom_against``: ``bound``, else ``static``, the static range
+  analysis of an output);
+* the graph input's own row (op ``input``): the float data's quantization, its range before
+  the fit (`graph.ir.GraphInput.quantize_counted`), its saturations, ties and underflows;
 * event counts (wraps, saturations, ties, underflows) of that register alone (the accumulator's
   wraps and saturations, the output's rounding ties and saturations, ...);
 * ``proposed``: a format with the same fractional bits (and signedness), ``bound_bits`` wide for
@@ -27,7 +31,6 @@ one pass over it (`audit(graph, data, client=...)`).
 """
 from __future__ import annotations
 
-import base64
 import csv
 import dataclasses
 import html
@@ -38,12 +41,15 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..fixedpoint.format import Format
-from ..graph.ir import Graph
-from ..engine.ops.conv2d import accumulator_grid
-from ..engine.registry import OPS
-from ..fixedpoint.format import bits_needed
 from ..fixedpoint.arrays import needed_bits
+from ..fixedpoint.format import Format, bits_needed
+from ..engine.ops.conv2d import accumulator_grid
+from ..engine.registers import Events
+from ..engine.registry import OPS
+from ..execution.ranges import value_ranges
+from ..graph.ir import INPUT_WARNING_FRACTION, Graph, input_warning
+from .network import bars_of, png_figure, text_figure
+from .pages import image, image_map, page, png_of, pyplot, table
 
 
 @dataclasses.dataclass
@@ -59,26 +65,29 @@ class TensorAudit:
     static_bits: int | None
     bound_bits: int | None
     headroom_bits: int | None
+    headroom_against: str  # declared, or for an unbounded register: bound or static ("" if neither)
+    values: int  # per sample
     wraps: int
     saturations: int
     ties: int
     underflows: int
+    proposed_bits: int
     proposed: str
 
 
 @dataclasses.dataclass
 class AuditReport:
     rows: list
-    histograms: dict  # (layer, tensor) -> (counts, edges, ((lo, hi), label))
+    histograms: dict  # (layer, tensor) -> (counts, edges, Format, (lo, hi) shown in red, label)
     samples: int = 0
 
     def to_dict(self):
         return {"samples": self.samples,
                 "columns": [f.name for f in dataclasses.fields(TensorAudit)],
                 "rows": [dataclasses.asdict(r) for r in self.rows],
-                "histograms": [{"layer": layer, "tensor": tensor, "edges": edges.tolist(),
-                                "counts": counts.tolist()}
-                               for (layer, tensor), (counts, edges, _) in self.histograms.items()]}
+                "histograms": [{"layer": layer, "tensor": tensor, "edges": h[1].tolist(),
+                                "counts": h[0].tolist()}
+                               for (layer, tensor), h in self.histograms.items()]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
@@ -92,53 +101,75 @@ class AuditReport:
             writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(r).items()})
         return buf.getvalue()
 
+    def input_warning(self, fraction: float = INPUT_WARNING_FRACTION) -> str | None:
+        """`graph.ir.input_warning` for the graph input's row."""
+        for r in self.rows:
+            if r.op == "input":
+                return row_input_warning(r, self.histograms[(r.layer, r.tensor)][2], self.samples, fraction)
+        return None
+
     def _cells(self):
         head = ["layer", "tensor", "declared", "min", "max", "needed", "static", "bound",
                 "headroom", "wraps", "sats", "ties", "underflows", "proposed"]
         body = [[r.layer, r.tensor, r.declared, r.observed_min, r.observed_max, r.needed_bits,
-                 _dash(r.static_bits), _dash(r.bound_bits), _dash(r.headroom_bits), r.wraps,
+                 _dash(r.static_bits), _dash(r.bound_bits), _headroom(r), r.wraps,
                  r.saturations, r.ties, r.underflows, r.proposed] for r in self.rows]
         return head, [[str(c) for c in row] for row in body]
 
     def to_table(self) -> str:
+        """The whole network as text bars, then the table."""
         head, body = self._cells()
         widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h)
                   for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.rjust(w) if c.lstrip("-").isdigit() else c.ljust(w)
+        lines += ["  ".join(c.rjust(w) if c.lstrip("-+").isdigit() else c.ljust(w)
                             for c, w in zip(row, widths)) for row in body]
-        return "\n".join(lines) + "\n"
+        return text_figure(bars_of(self)) + "\n" + "\n".join(lines) + "\n"
 
     def to_markdown(self) -> str:
         head, body = self._cells()
-        lines = ["# Width audit", "", "| " + " | ".join(head) + " |",
-                 "|" + "---|" * len(head)]
+        warning = self.input_warning()
+        lines = ["# Width audit", "", f"{self.samples} samples.", ""]
+        if warning:
+            lines += [f"**Warning:** {warning}.", ""]
+        lines += ["## The whole network", "", "```", text_figure(bars_of(self)).rstrip(), "```", "",
+                  "## Registers", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
-        """A self-contained page: the table, and per tensor a histogram of the observed values
-        against the declared format's range (matplotlib, embedded as PNG)."""
+        """A self-contained page: the whole network in one figure (each line linked to its
+        histogram), the table (each row linked likewise), then per register a collapsible
+        histogram of the observed values against the format's range (matplotlib, PNG)."""
         head, body = self._cells()
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                       for row in body)
-        figures = "".join(f"<h3>{html.escape(layer)} / {html.escape(tensor)}</h3>"
-                          f'<img alt="histogram" src="data:image/png;base64,{png}">'
-                          for (layer, tensor), png in self._histogram_pngs())
-        return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>wageubn-sim width audit</title>"
-                "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-                "td,th{border:1px solid #999;padding:2px 6px;text-align:right}</style></head><body>"
-                "<h1>Width audit</h1><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-                + rows + "</table><h2>Observed values against each format's range (in LSBs)</h2>"
-                + figures + "</body></html>\n")
+        bars = bars_of(self)
+        anchors = {b.label: b.anchor for b in bars}
+        links = [anchors.get(f"{r.layer} / {r.tensor}") for r in self.rows]
+        parts = [f"<h1>Width audit</h1><p>{self.samples} samples; {len(self.rows)} rows.</p>"]
+        warning = self.input_warning()
+        if warning:
+            parts.append(f"<p class='warning'>Warning: {html.escape(warning)}.</p>")
+        if bars:
+            png, areas = png_figure(bars)
+            parts.append("<h2>The whole network</h2>" + image(
+                png, "every register in graph order: declared, needed, proposed, static and "
+                "weight-bound widths in bits, with each register's events", "network")
+                + image_map("network", areas))
+        parts.append("<h2>Registers</h2>" + table(head, body, links))
+        parts.append("<h2>Observed values against each format's range (in LSBs)</h2>")
+        rows = {(r.layer, r.tensor): r for r in self.rows}
+        for (layer, tensor), png in self._histogram_pngs():
+            r = rows[(layer, tensor)]
+            name = f"{layer} / {tensor}"
+            parts.append(f"<details id='{anchors[name]}'><summary>{html.escape(name)}: declared "
+                         f"{r.declared}, needed {r.needed_bits} bits</summary>"
+                         + image(png, f"histogram of {name}") + "</details>")
+        return page("wageubn-sim width audit", "".join(parts))
 
     def _histogram_pngs(self):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        for key, (counts, edges, rng) in self.histograms.items():
+        plt = pyplot()
+        for key, (counts, edges, _, (lo, hi), label) in self.histograms.items():
             fig, ax = plt.subplots(figsize=(6, 2.2), dpi=80)
-            (lo, hi), label = rng
             if edges is _LOG_EDGES:  # bins of equal bit length: one bar each, where values fell
                 used = np.flatnonzero(counts)
                 first, last = (int(used[0]), int(used[-1])) if used.size else (61, 62)
@@ -155,10 +186,20 @@ class AuditReport:
             ax.set_title(label, fontsize=8)
             ax.set_ylabel("count")
             fig.tight_layout()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", metadata={"Software": None})
-            plt.close(fig)
-            yield key, base64.b64encode(buf.getvalue()).decode()
+            yield key, png_of(fig)
+
+
+def row_input_warning(row: TensorAudit, fmt: Format, samples: int, fraction: float) -> str | None:
+    """`graph.ir.input_warning` of the graph input's audit row over ``samples`` samples."""
+    return input_warning(fmt, row.values * samples, Events(row.wraps, row.saturations, row.ties, row.underflows),
+                         row.observed_min, row.observed_max, fraction)
+
+
+def _headroom(r) -> str:
+    """Declared minus needed; for an unbounded register, against the width it is compared with."""
+    if r.headroom_bits is None:
+        return "-"
+    return str(r.headroom_bits) if r.headroom_against == "declared" else f"{r.headroom_bits} ({r.headroom_against})"
 
 
 def _bin_label(edge: int) -> str:
@@ -283,24 +324,34 @@ class AuditStats:
                           {k: v.merge(other.tensors[k]) for k, v in self.tensors.items()}, mac)
 
 
+def register_stats(values: np.ndarray, fmt: Format, events) -> TensorStats:
+    """The statistics of one register's integers in one batch (``events``: its Events)."""
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (None, None)
+    return TensorStats(fmt, int(values.size), lo, hi, tuple(getattr(events, k) for k in _EVENTS),
+                       histogram(values, histogram_edges(fmt)))
+
+
+INPUT_REGISTER = "input"  # the tensor name of the graph input's own row
+
+
 def audit_batch(graph: Graph, x, labels=None) -> AuditStats:
-    """The statistics of one batch (traced run); a shard task of `audit`."""
-    q = graph.quantize_input(x)
+    """The statistics of one batch (traced run); a shard task of `audit`. The graph input's
+    quantization is a register too: its range is the data's before the fit, so an input that
+    saturates shows the width it would need."""
+    spec = graph.inputs[0]
+    q, before_fit, input_events = spec.quantize_counted(x)
     result = graph.run(q, trace=True)
-    values = {graph.inputs[0].name: (q, graph.inputs[0].fmt)}
-    tensors, mac = {}, {}
+    values = {spec.name: q}
+    tensors = {(spec.name, INPUT_REGISTER): register_stats(before_fit, spec.fmt, input_events)}
+    mac = {}
     for node in graph.nodes:
         out = result.layers[node.name]
         for name, q, fmt in OPS[node.op].traced_registers(node.params, out):
-            ev = out.events_at(name)
-            lo, hi = (int(q.min()), int(q.max())) if q.size else (None, None)
-            tensors[(node.name, name)] = TensorStats(fmt, int(q.size), lo, hi,
-                                                     tuple(getattr(ev, k) for k in _EVENTS),
-                                                     histogram(q, histogram_edges(fmt)))
+            tensors[(node.name, name)] = register_stats(q, fmt, out.events_at(name))
         if OPS[node.op].accumulator:
-            x_reg = out.trace.get("input", values[node.inputs[0]][0])
+            x_reg = out.trace.get("input", values[node.inputs[0]])
             mac[node.name] = (int(x_reg.min()), int(x_reg.max())) if x_reg.size else (None, None)
-        values[node.name] = (out.q, out.fmt)
+        values[node.name] = out.q
     return AuditStats(len(x), tensors, mac)
 
 
@@ -332,10 +383,36 @@ def _mac_bounds(node, x_range, fmt_in: Format):
 
 
 def audit_report(graph: Graph, stats: AuditStats) -> AuditReport:
-    """The audit's rows and histograms from (merged) statistics."""
+    """The audit's rows and histograms from (merged) statistics: the graph input's row first,
+    then each layer's registers in datapath order."""
     fmts = {graph.inputs[0].name: graph.inputs[0].fmt}
     fmts.update({n.name: n.out_fmt for n in graph.nodes})
+    static_ranges = value_ranges(graph) if graph.inputs[0].fmt.bounded else {}
     rows, hists = [], {}
+
+    def add(layer, op, name, t: TensorStats, static, bound):
+        fmt = t.fmt
+        lo, hi = (t.lo, t.hi) if t.lo is not None else (0, 0)
+        unsigned = not fmt.signed and lo >= 0  # an unsigned register: widths in unsigned bits
+        needed = bits_needed(lo, hi, signed=not unsigned)
+        proposed_bits = min(62 - unsigned, max(needed, bound) if bound is not None else needed + 1)
+        if fmt.bounded:
+            headroom, against = fmt.bits - needed, "declared"
+        else:  # against the narrowest width known to hold every input: the weight bound or the static one
+            width, against = min(((w, k) for w, k in ((bound, "bound"), (static, "static")) if w is not None),
+                                 default=(None, ""))
+            headroom = None if width is None else width - needed
+        rows.append(TensorAudit(layer, op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed, static,
+                                bound, headroom, against, t.count // max(stats.samples, 1), *t.events,
+                                proposed_bits, Format(proposed_bits, fmt.frac_bits, not unsigned).describe()))
+        shown = fmt if fmt.bounded else Format(proposed_bits, fmt.frac_bits, not unsigned)
+        label = (f"declared {fmt.describe()}" if fmt.bounded
+                 else f"unbounded; proposed {shown.describe()}") + " range in red"
+        hists[(layer, name)] = (t.counts, histogram_edges(fmt), fmt, (shown.min_int, shown.max_int), label)
+
+    spec = graph.inputs[0]
+    if (spec.name, INPUT_REGISTER) in stats.tensors:
+        add(spec.name, "input", INPUT_REGISTER, stats.tensors[(spec.name, INPUT_REGISTER)], None, None)
     for node in graph.nodes:
         static = bound = None
         if OPS[node.op].accumulator:
@@ -343,20 +420,12 @@ def audit_report(graph: Graph, stats: AuditStats) -> AuditReport:
         for (layer, name), t in stats.tensors.items():
             if layer != node.name:
                 continue
-            fmt = t.fmt
-            lo, hi = (t.lo, t.hi) if t.lo is not None else (0, 0)
-            unsigned = not fmt.signed and lo >= 0  # an unsigned register: widths in unsigned bits
-            needed = bits_needed(lo, hi, signed=not unsigned)
-            proposed_bits = min(62 - unsigned, max(needed, bound) if name == "accumulator" else needed + 1)
-            rows.append(TensorAudit(
-                node.name, node.op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed,
-                static if name == "accumulator" else None, bound if name == "accumulator" else None,
-                (fmt.bits - needed) if fmt.bounded else None, *t.events,
-                Format(proposed_bits, fmt.frac_bits, not unsigned).describe()))
-            shown = fmt if fmt.bounded else Format(proposed_bits, fmt.frac_bits, not unsigned)
-            label = (f"declared {fmt.describe()}" if fmt.bounded
-                     else f"unbounded; proposed {shown.describe()}") + " range in red"
-            hists[(node.name, name)] = (t.counts, histogram_edges(fmt), ((shown.min_int, shown.max_int), label))
+            if name == "accumulator":
+                add(layer, node.op, name, t, static, bound)
+            else:
+                rng = static_ranges.get(node.name) if name == "output" else None
+                add(layer, node.op, name, t,
+                    None if rng is None else bits_needed(*rng, signed=t.fmt.signed or rng[0] < 0), None)
         rows += _constant_rows(graph, node)
     return AuditReport(rows, hists, stats.samples)
 
@@ -367,7 +436,6 @@ def _constant_rows(graph: Graph, node) -> list:
     export hold them) and a rescale's multipliers: what sizes their memories."""
     if node.op == "thresholds":
         from ..engine.ops.thresholds import clamped_to_range
-        from ..execution.ranges import value_ranges
         table = node.arrays["thresholds"]
         if graph.inputs[0].fmt.bounded:
             table = clamped_to_range(table, *value_ranges(graph)[node.inputs[0]])
@@ -379,8 +447,9 @@ def _constant_rows(graph: Graph, node) -> list:
     lo, hi = (int(table.min()), int(table.max())) if table.size else (0, 0)
     needed = bits_needed(lo, hi)
     return [TensorAudit(node.name, node.op, name, fmt.describe(), fmt.frac_bits, lo, hi, needed, None,
-                        None, (fmt.bits - needed) if fmt.bounded else None, 0, 0, 0, 0,
-                        Format(needed, fmt.frac_bits).describe())]
+                        None, (fmt.bits - needed) if fmt.bounded else None,
+                        "declared" if fmt.bounded else "", int(table.size), 0, 0, 0, 0,
+                        needed, Format(needed, fmt.frac_bits).describe())]
 
 
 def audit(graph: Graph, data, client=None, batch: int | None = None, shard_size: int | None = None,

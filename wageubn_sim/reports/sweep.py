@@ -18,21 +18,17 @@ a sweep on shards, serial or on Dask, gives the same bytes (`data.shards.map_red
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
-import io
 import json
 
 import numpy as np
 
-from ..fixedpoint.format import Format
+from ..fixedpoint.format import Format, bits_needed
 from ..fixedpoint.modes import Overflow
-from ..graph.ir import Graph, Node
 from ..engine.registry import OPS
 from ..execution.run import run_from
-from ..fixedpoint.format import bits_needed
-from .audit import AuditStats, audit_batch
+from ..graph.ir import INPUT_WARNING_FRACTION, Graph, Node
+from .audit import AuditStats, TensorAudit, audit_batch, audit_report, row_input_warning
 
 MAX_WIDENINGS = 4
 REGISTERS = ("accumulator", "output", "multiplier")
@@ -71,6 +67,35 @@ class Criterion:
 
     def __str__(self):
         return self.kind if self.kind == "exact" else f"{self.kind}:{self.value:g}"
+
+    @property
+    def score_name(self) -> str:
+        return {"top1": "top-1 agreement with the graph", "accuracy": "accuracy on the labels"}.get(
+            self.kind, "max |error| (output LSB)")
+
+    def score(self, m: "Metrics") -> float:
+        """The candidate in the criterion's terms: accuracy, top-1 agreement, or the largest
+        error in output LSBs (for exact and lsb); NaN for a refused candidate."""
+        if m.refused or not m.samples:
+            return float("nan")
+        if self.kind == "top1":
+            return (m.samples - m.top1_changes) / m.samples
+        if self.kind == "accuracy":
+            return m.correct / m.samples
+        return float(m.max_lsb)
+
+    def own_score(self, m: "Metrics") -> float:
+        """The graph's own score on the samples of ``m``: full agreement, no error, or its
+        accuracy on the labels."""
+        if self.kind == "top1":
+            return 1.0
+        if self.kind == "accuracy":
+            return m.reference_correct / m.samples if m.samples else 0.0
+        return 0.0
+
+    def limit(self, m: "Metrics") -> float:
+        """The score a candidate must reach (at least for accuracy and top1, at most for LSBs)."""
+        return self.own_score(m) - self.value if self.kind == "accuracy" else float(self.value)
 
     def holds(self, m: "Metrics") -> bool:
         if m.refused:
@@ -228,9 +253,20 @@ class RegisterSweep:
     layer: str
     register: str
     reference: str  # the graph's own register
+    reference_bits: int | None  # its width (None: unbounded)
     needed_bits: int  # on the data: nothing overflows at this width
+    values: int  # per sample (a multiplier table: its entries)
     tried: list  # [(Candidate, Metrics)]
     chosen: Candidate | None  # the narrowest that met the criterion
+
+
+@dataclasses.dataclass
+class ProposalTried:
+    """One combined check: every register at the proposal's width, all at once."""
+    widened: int | None  # bits added to every narrowest choice (None: the safe widths)
+    total_register_bits: int  # sum over the registers of width x values per sample
+    metrics: Metrics
+    passes: bool
 
 
 @dataclasses.dataclass
@@ -242,24 +278,40 @@ class SweepReport:
     combined_passes: bool
     widened: int | None  # bits added to every proposal for the combined check (None: the safe widths)
     proposal: list  # the Candidates applied to the proposed graph
+    proposals_tried: list = dataclasses.field(default_factory=list)  # ProposalTried, in order
+    input: TensorAudit | None = None  # the graph input's audit row
+    input_fmt: Format | None = None
+
+    @property
+    def reference_total_bits(self) -> int:
+        """The total register bits of the graph's own registers (`ProposalTried`'s measure; an
+        unbounded register counts at the width it needs on the data)."""
+        return sum((r.reference_bits or r.needed_bits) * r.values for r in self.registers)
+
+    def input_warning(self, fraction: float = INPUT_WARNING_FRACTION) -> str | None:
+        return None if self.input is None else row_input_warning(self.input, self.input_fmt, self.samples, fraction)
 
     def to_dict(self) -> dict:
         def metrics(m):
             return dataclasses.asdict(m) if m is not None else None
         return {"criterion": self.criterion, "samples": self.samples,
+                "input": dataclasses.asdict(self.input) if self.input is not None else None,
                 "registers": [{"layer": r.layer, "register": r.register, "reference": r.reference,
-                               "needed_bits": r.needed_bits,
+                               "reference_bits": r.reference_bits, "needed_bits": r.needed_bits,
+                               "values": r.values,
                                "tried": [dict(dataclasses.asdict(c), metrics=metrics(m)) for c, m in r.tried],
                                "chosen": dataclasses.asdict(r.chosen) if r.chosen else None}
                               for r in self.registers],
                 "combined": {"passes": self.combined_passes, "widened_bits": self.widened,
                              "metrics": metrics(self.combined)},
+                "reference_total_register_bits": self.reference_total_bits,
+                "proposals_tried": [dataclasses.asdict(p) for p in self.proposals_tried],
                 "proposal": [dataclasses.asdict(c) for c in self.proposal]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
-    def _cells(self):
+    def cells(self):
         head = ["layer", "register", "reference", "needed", "chosen", "overflow", "saved bits"]
         chosen = {(c.layer, c.register): c for c in self.proposal}
         body = []
@@ -270,55 +322,28 @@ class SweepReport:
                          str(r.needed_bits - c.bits) if c else "-"])
         return head, body
 
+    def verdict(self) -> str:
+        return (f"combined ({self.criterion}, {self.samples} samples): "
+                + ("met" if self.combined_passes else "NOT met")
+                + (f" after widening every proposal by {self.widened} bit(s)" if self.widened
+                   else " with every register at its safe width" if self.widened is None else "")
+                + f"; total register bits {self._proposal_bits()} a sample "
+                  f"(the graph's own: {self.reference_total_bits})")
+
+    def _proposal_bits(self) -> int:
+        return self.proposals_tried[-1].total_register_bits if self.proposals_tried else self.reference_total_bits
+
     def to_table(self) -> str:
-        head, body = self._cells()
+        head, body = self.cells()
         widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-        verdict = (f"combined ({self.criterion}, {self.samples} samples): "
-                   + ("met" if self.combined_passes else "NOT met")
-                   + (f" after widening every proposal by {self.widened} bit(s)" if self.widened
-                      else " with every register at its safe width" if self.widened is None else ""))
-        return "\n".join(lines + [verdict]) + "\n"
+        return "\n".join(lines + [self.verdict()]) + "\n"
 
     def to_html(self) -> str:
-        """The table, and per register a plot of its error against its width."""
-        head, body = self._cells()
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-        figures = "".join(f"<h3>{html.escape(r.layer)} / {r.register}</h3>"
-                          f'<img alt="error against width" src="data:image/png;base64,{png}">'
-                          for r, png in self._plots())
-        return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>wageubn-sim width sweep</title>"
-                "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-                "td,th{border:1px solid #999;padding:2px 6px}</style></head><body>"
-                f"<h1>Width sweep ({html.escape(self.criterion)}, {self.samples} samples)</h1>"
-                "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + rows + "</table>"
-                f"<p>{html.escape(self.to_table().splitlines()[-1])}</p>"
-                "<h2>Error against width, per register (others at the graph's own)</h2>"
-                + figures + "</body></html>\n")
-
-    def _plots(self):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        for r in self.registers:
-            fig, ax = plt.subplots(figsize=(5, 2.2), dpi=80)
-            for mode in sorted({c.overflow for c, _ in r.tried}):
-                points = sorted((c.bits, m.max_lsb if not m.refused else np.nan) for c, m in r.tried
-                                if c.overflow == mode)
-                if points:
-                    ax.plot(*zip(*points), marker="o", label=mode)
-            ax.axvline(r.needed_bits, color="gray", linestyle=":", linewidth=1)
-            if r.chosen is not None:
-                ax.axvline(r.chosen.bits, color="green", linestyle="--", linewidth=1)
-            ax.set_xlabel("bits (dotted: needed on the data; dashed: chosen)")
-            ax.set_ylabel("max |error| (output LSB)")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", metadata={"Software": None})
-            plt.close(fig)
-            yield r, base64.b64encode(buf.getvalue()).decode()
+        """The page (`sweep_page.sweep_html`)."""
+        from .sweep_page import sweep_html
+        return sweep_html(self, Criterion.parse(self.criterion))
 
 
 def combined_batch(payload, x, labels=None) -> PassStats:
@@ -343,16 +368,17 @@ class _Target:
     needed: int  # the observed values' width
     safe: dict  # overflow mode -> a width at which the outputs cannot change on this data
     reference: str
+    reference_bits: int | None  # the graph's own width (None: unbounded)
+    values: int  # per sample
 
 
-def _targets(graph: Graph, stats: AuditStats, registers, layers, overflows) -> list:
+def _targets(graph: Graph, stats: AuditStats, audited, registers, layers, overflows) -> list:
     """The registers the sweep sizes, with the widths known to keep the outputs: an output
     register holds its observed values (nothing saturates; SAT_SYM needs the symmetric
     width); a wrapping accumulator holds the final sums (a wrap is exact modulo 2**bits); a
     saturating one must hold every partial sum: the audit's weight bound (|b| + sum |w| max|x|
-    over the observed inputs)."""
-    from .audit import audit_report
-    rows = {(r.layer, r.tensor): r for r in audit_report(graph, stats).rows}
+    over the observed inputs). ``audited``: the `audit.AuditReport` of ``stats``."""
+    rows = {(r.layer, r.tensor): r for r in audited.rows}
     out = []
     for node in graph.nodes:
         if layers is not None and node.name not in layers:
@@ -362,13 +388,14 @@ def _targets(graph: Graph, stats: AuditStats, registers, layers, overflows) -> l
             if register == "accumulator" and spec.mac == "multiply":  # the audit's bound: products
                 acc = node.params.accumulator
                 reference = f"{acc.bits} bits {acc.overflow.name}" if acc.bits else "exact"
-                signed = True
+                signed, own_bits = True, acc.bits
             elif register == "output" and spec.output_register(node.params) is not None:
                 fmt = spec.output_register(node.params).fmt
-                reference, signed = fmt.describe(), fmt.signed
+                reference, signed, own_bits = fmt.describe(), fmt.signed, fmt.bits
             elif register == "multiplier" and node.op == "rescale":  # its own width keeps the outputs
                 bits = node.params.multiplier_bits
-                out.append(_Target(node, register, bits, {overflows[0]: bits}, f"{bits}-bit multipliers"))
+                out.append(_Target(node, register, bits, {overflows[0]: bits}, f"{bits}-bit multipliers",
+                                   bits, int(node.arrays["multiplier"].size)))
                 continue
             else:
                 continue
@@ -381,7 +408,8 @@ def _targets(graph: Graph, stats: AuditStats, registers, layers, overflows) -> l
                     safe[mode] = needed if mode == "WRAP" else max(needed, rows[(node.name, register)].bound_bits)
                 else:
                     safe[mode] = bits_needed(lo, hi, signed, narrow=mode == "SAT_SYM" and signed)
-            out.append(_Target(node, register, needed, safe, reference))
+            out.append(_Target(node, register, needed, safe, reference, own_bits,
+                               rows[(node.name, register)].values))
     return out
 
 
@@ -423,7 +451,8 @@ def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=Non
     stats = run_pass(audit_batch, graph, "audit")
     if stats is None:
         raise ValueError("the data holds no samples")
-    targets = _targets(graph, stats, registers, layers, overflows)
+    audited = audit_report(graph, stats)
+    targets = _targets(graph, stats, audited, registers, layers, overflows)
     for name in layers or ():
         if not any(t.node.name == name for t in targets):
             node = next(n for n in graph.nodes if n.name == name)
@@ -460,25 +489,34 @@ def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=Non
                    key=lambda c: (c.bits, list(t.safe).index(c.overflow)))
         mine = sorted(((c, m) for c, m in tried.items() if (c.layer, c.register) == (name, t.register)),
                       key=lambda cm: (cm[0].overflow, cm[0].bits))
-        sweeps.append(RegisterSweep(name, t.register, t.reference, t.needed, mine, best))
+        sweeps.append(RegisterSweep(name, t.register, t.reference, t.reference_bits, t.needed, t.values,
+                                    mine, best))
         narrowest.append(best)
         safest.append(dataclasses.replace(best, bits=t.safe[best.overflow]))
     # the narrowest choices together; widened a bit at a time (never beyond the safe widths)
-    def check(proposal):
+    values = {(t.node.name, t.register): t.values for t in targets}
+    tried_proposals = []
+
+    def check(proposal, widened):
         proposed = apply(graph, proposal)
         metrics = run_pass(combined_batch, (graph, proposed), "combined check").metrics["combined"]
-        return proposed, metrics, criterion.holds(metrics)
+        passes = criterion.holds(metrics)
+        tried_proposals.append(ProposalTried(widened, sum(c.bits * values[(c.layer, c.register)] for c in proposal),
+                                             metrics, passes))
+        return proposed, metrics, passes
 
     combined, passes, widened, proposal, proposed = None, not narrowest, 0, narrowest, graph
     for widened in range(MAX_WIDENINGS + 1):
         if not narrowest:
             break
         proposal = [dataclasses.replace(c, bits=min(c.bits + widened, s.bits)) for c, s in zip(narrowest, safest)]
-        proposed, combined, passes = check(proposal)
+        proposed, combined, passes = check(proposal, widened)
         if passes or proposal == safest:
             break
     if narrowest and not passes:  # the safe widths keep the outputs on this data
         proposal, widened = safest, None
-        proposed, combined, passes = check(proposal)
-    report = SweepReport(str(criterion), stats.samples, sweeps, combined, passes, widened, proposal)
+        proposed, combined, passes = check(proposal, None)
+    input_row = next((r for r in audited.rows if r.op == "input"), None)
+    report = SweepReport(str(criterion), stats.samples, sweeps, combined, passes, widened, proposal,
+                         tried_proposals, input_row, graph.inputs[0].fmt)
     return report, proposed
