@@ -3,9 +3,9 @@ import os
 from hypothesis import HealthCheck, settings
 
 # "ci": enough examples to matter, derandomized so a CI run is reproducible.
-settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None,
+settings.register_profile("ci", max_examples=200, derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-# "thorough": ten times ci, for long runs (HYPOTHESIS_PROFILE=thorough make test)
+# "thorough": fifteen times ci, for long runs (HYPOTHESIS_PROFILE=thorough make test)
 settings.register_profile("thorough", max_examples=3000, derandomize=False, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=60, deadline=None,

@@ -368,8 +368,9 @@ def test_inputs_beyond_the_format_get_a_row_and_a_warning(demo, tmp_path):
     assert (tmp_path / "a" / "audit.csv").read_text().splitlines()[1].startswith(f"input,input,input,s16.8,8,0,256000,19")
     markdown = (tmp_path / "a" / "audit.md").read_text()
     assert "**Warning:** the input saturates" in markdown and "| input | input | s16.8 | 0 | 256000 | 19 |" in markdown
-    quiet = CliRunner().invoke(main, ["audit", str(root / "g"), "--data", str(tmp_path / "big.npy"),
-                                      "--input-warning", "0.9"], catch_exceptions=False)
+    quiet = CliRunner().invoke(main, ["simulate", str(root / "g"), "--input", str(tmp_path / "big.npy"),
+                                      "--input-warning", "0.9", "-o", str(tmp_path / "q.npy")],
+                               catch_exceptions=False)
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
     for args in (["simulate", root / "g", "--input", tmp_path / "big.npy", "-o", tmp_path / "o.npy"],
                  ["vectors", root / "g", "--input", tmp_path / "big.npy", "-o", tmp_path / "v", "--formats", "npy"],
@@ -387,7 +388,8 @@ def test_inputs_beyond_the_format_get_a_row_and_a_warning(demo, tmp_path):
 
 def test_the_sweep_reports_register_bits_for_every_proposal_tried(demo):
     graph, x, labels, _ = demo
-    report, _ = sweep(graph, (x[:60], labels[:60]), "accuracy:0.05", registers=("accumulator", "output"))
+    report, _ = sweep(graph, (x[:24], labels[:24]), "accuracy:0.05", registers=("accumulator", "output"),
+                      layers=["3.conv1", "3.relu1", "8"])
     data = json.loads(report.to_json())
     values = {(r["layer"], r["register"]): r["values"] for r in data["registers"]}
     assert data["proposals_tried"] and data["proposals_tried"][-1]["passes"] == data["combined"]["passes"]
@@ -395,7 +397,7 @@ def test_the_sweep_reports_register_bits_for_every_proposal_tried(demo):
     assert last["total_register_bits"] == sum(c["bits"] * values[(c["layer"], c["register"])] for c in data["proposal"])
     assert data["reference_total_register_bits"] == sum(
         (r["reference_bits"] or r["needed_bits"]) * r["values"] for r in data["registers"])
-    trained = graph.run(x[:60], trace=True)
+    trained = graph.run(x[:24], trace=True)
     for r in data["registers"]:  # values per sample: the register's elements per image
         out = trained.layers[r["layer"]]
         tensor = out.trace.get(r["register"], out.q) if r["register"] == "accumulator" else out.q

@@ -243,7 +243,8 @@ def test_layers_have_one_name_everywhere(demo, tmp_path):
     manifest = json.loads((root / "manifest.json").read_text())
     assert [l["name"] for l in manifest["layers"]] == names
     assert [l["folder"] for l in manifest["layers"]] == names  # module paths are file-safe
-    assert {r.layer for r in audit(graph, x).rows} == set(names)
+    rows = audit(graph, x).rows  # the graph input's row first, then the layers'
+    assert rows[0].layer == graph.inputs[0].name and {r.layer for r in rows[1:]} == set(names)
     net = wageubn_sim.quantize_model(resnet18(10, cifar=True)).eval()
     rnames = [n.name for n in wageubn_sim.compile(net, np.zeros((1, 3, 32, 32))).nodes]
     assert "layer1.0.relu" in rnames and "layer1.0.relu-2" in rnames and "layer1.0.conv1" in rnames
