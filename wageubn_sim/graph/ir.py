@@ -147,17 +147,26 @@ class GraphInput:
         show the range the data itself needs, and the register's Events). Integer input and
         input quantized by thresholds levels meet no rounding or fit: their values are q."""
         q = self.quantize(x)
+        measured = self._before_fit(x)
+        return (q, q, Events()) if measured is None else (q, *measured)
+
+    def _before_fit(self, x):
+        """(the rounded values before the fit, Events) of float input on the format's grid;
+        None for integer input and input quantized by levels."""
         x = np.asarray(x)
         if x.dtype.kind != "f" or self.levels is not None:
-            return q, q, Events()
+            return None
         rounded, counts = quantize_events(x, self.fmt)
-        return q, rounded, Events.of_requantize(counts, Overflow.SAT)
+        return rounded, Events.of_requantize(counts, Overflow.SAT)
 
     def saturation_warning(self, x, fraction: float = INPUT_WARNING_FRACTION) -> str | None:
-        """`input_warning` for the input x: None when it fits."""
-        _, before_fit, events = self.quantize_counted(x)
-        if not before_fit.size:
+        """`input_warning` for the input x: None when it fits (measured without quantizing it
+        a second time: the run quantizes it)."""
+        self.check_shape(np.asarray(x))
+        measured = self._before_fit(x)
+        if measured is None or not measured[0].size:
             return None
+        before_fit, events = measured
         return input_warning(self.fmt, before_fit.size, events, int(before_fit.min()),
                              int(before_fit.max()), fraction)
 

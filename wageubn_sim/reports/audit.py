@@ -101,12 +101,16 @@ class AuditReport:
             writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(r).items()})
         return buf.getvalue()
 
+    @property
+    def input_row(self) -> TensorAudit | None:
+        """The graph input's own row (the first), where the statistics have one."""
+        return self.rows[0] if self.rows and self.rows[0].op == "input" else None
+
     def input_warning(self, fraction: float = INPUT_WARNING_FRACTION) -> str | None:
         """`graph.ir.input_warning` for the graph input's row."""
-        for r in self.rows:
-            if r.op == "input":
-                return row_input_warning(r, self.histograms[(r.layer, r.tensor)][2], self.samples, fraction)
-        return None
+        r = self.input_row
+        return None if r is None else row_input_warning(r, self.histograms[(r.layer, r.tensor)][2],
+                                                         self.samples, fraction)
 
     def _cells(self):
         head = ["layer", "tensor", "declared", "min", "max", "needed", "static", "bound",

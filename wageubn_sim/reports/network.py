@@ -40,7 +40,7 @@ def value_widths(counts: np.ndarray, edges: np.ndarray, signed: bool) -> tuple |
     per_width = {}
     for i in np.flatnonzero(counts):
         lo, hi = int(edges[i]), int(edges[i + 1]) - 1
-        width = bits_needed(min(lo, 0) if signed else max(lo, 0), hi, signed) if hi >= lo else 1
+        width = bits_needed(lo if signed else max(lo, 0), hi, signed)
         per_width[width] = per_width.get(width, 0) + int(counts[i])
     if not per_width:
         return None

@@ -516,7 +516,6 @@ def sweep(graph: Graph, data, criterion="exact", registers=REGISTERS, layers=Non
     if narrowest and not passes:  # the safe widths keep the outputs on this data
         proposal, widened = safest, None
         proposed, combined, passes = check(proposal, None)
-    input_row = next((r for r in audited.rows if r.op == "input"), None)
     report = SweepReport(str(criterion), stats.samples, sweeps, combined, passes, widened, proposal,
-                         tried_proposals, input_row, graph.inputs[0].fmt)
+                         tried_proposals, audited.input_row, graph.inputs[0].fmt)
     return report, proposed
